@@ -1,0 +1,69 @@
+"""cellray's runtime: Ray's task and object API on a cluster you start from a notebook.
+
+Use it as Ray::
+
+    import runtime as rt
+    rt.init(num_cpus=2)                  # a local cluster: GCS, node manager, workers
+    @rt.remote
+    def f(x):
+        return x + 1
+    rt.get([f.remote(i) for i in range(10)])
+    rt.shutdown()
+
+How the package is built: ``api`` is the driver side (a core client with one IO thread
+and one batched stream to the node); ``gcs`` is the Global Control Store; ``node`` the
+node manager (local scheduler, object store, worker pool); ``worker`` the task executor;
+``protocol`` the wire format; ``cluster`` starts processes. Only the names below are public.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from runtime import exceptions
+from runtime.api._core import (ClusterInfo, RuntimeContext, available_resources, cancel,
+                               cluster_resources, get, get_runtime_context, init, is_initialized,
+                               nodes, put, shutdown, wait)
+from runtime.api._object_ref import ObjectRef
+from runtime.api._remote_function import RemoteFunction
+
+__all__ = [
+    "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel", "nodes",
+    "cluster_resources", "available_resources", "get_runtime_context", "ObjectRef",
+    "RemoteFunction", "RuntimeContext", "ClusterInfo", "exceptions",
+]
+
+__version__ = "0.1.0"
+
+
+def _make_remote(obj: Any, options: dict[str, Any]) -> Any:
+    if inspect.isclass(obj):
+        raise TypeError(f"@remote on a class ({obj.__name__}) needs actor support, which this "
+                        "version of cellray does not have yet; use @remote on functions.")
+    if not callable(obj):
+        raise TypeError(f"@remote expects a function, got {type(obj).__name__}")
+    return RemoteFunction(obj, options)
+
+
+def remote(*args: Any, **options: Any) -> Any:
+    """Make a function a remote task: ``@remote`` or ``@remote(num_cpus=2, ...)``.
+
+    Options: num_cpus (default 1), num_gpus, resources (dict of custom resources),
+    num_returns (default 1), max_retries (default 3; re-runs when the worker dies),
+    retry_exceptions (True or a list of exception classes), name.
+
+    Examples
+    --------
+    >>> @rt.remote
+    ... def square(x):
+    ...     return x * x
+    >>> rt.get(square.remote(4))       # doctest: +SKIP
+    16
+    """
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError("@remote takes either no arguments (@remote) or only keyword options, "
+                        "e.g. @remote(num_cpus=2)")
+    return lambda obj: _make_remote(obj, options)

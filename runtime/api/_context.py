@@ -1,0 +1,27 @@
+"""The current connection: set by ``init``, cleared by ``shutdown``. One small lookup."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from runtime.api._client import CoreClient
+
+_current: CoreClient | None = None
+
+
+def current() -> CoreClient:
+    """The connected client, or a clear error when ``init`` was not called."""
+    if _current is None:
+        raise RuntimeError("cellray is not initialized: call runtime.init() first "
+                           "(or `%cluster start` in a notebook).")
+    return _current
+
+
+def peek() -> CoreClient | None:
+    return _current
+
+
+def set_current(client: CoreClient | None) -> None:
+    global _current
+    _current = client

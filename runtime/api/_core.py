@@ -1,0 +1,384 @@
+"""The public functions: init, shutdown, get, put, wait, cancel, nodes, resources, context."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import pathlib
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, overload
+
+from runtime import _ids, _session, config
+from runtime.api import _context
+from runtime.api._client import CoreClient
+from runtime.api._object_ref import ObjectRef
+from runtime.cluster.local import LocalCluster, NodeSpec
+from runtime.gcs.client import GcsClient
+from runtime.protocol import codec, gcs_pb2
+
+_cluster: LocalCluster | None = None
+_info: ClusterInfo | None = None
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """What ``init`` connected to."""
+
+    #: GCS address, ``host:port``; pass it to ``init(address=...)`` from another process.
+    address: str
+    #: The cluster's session directory (logs, token).
+    session_dir: str
+    #: The token file to pass as ``init(token_file=...)`` from another machine.
+    token_file: str
+    #: Hex id of the node this driver talks to.
+    node_id: str
+    #: Hex id of this driver's job.
+    job_id: str
+    #: True when this process started the cluster (``shutdown`` stops it).
+    started_here: bool
+
+    @property
+    def address_info(self) -> dict[str, str]:
+        """Ray-style summary."""
+        return {"address": self.address, "gcs_address": self.address,
+                "session_dir": self.session_dir, "node_id": self.node_id}
+
+    def __repr__(self) -> str:
+        how = "started here" if self.started_here else "attached"
+        return f"<cellray cluster {self.address} ({how}), node {self.node_id[:12]}, job {self.job_id}>"
+
+
+def is_initialized() -> bool:
+    """True when ``init`` has connected this process to a cluster."""
+    return _context.peek() is not None
+
+
+def init(address: str | None = None, *, num_cpus: float | None = None,
+         num_gpus: float | None = None, resources: dict[str, float] | None = None,
+         object_store_memory: int | None = None, token_file: str | None = None,
+         ignore_reinit_error: bool = False, num_nodes: int = 1,
+         log_to_driver: bool = True, _settings: config.Settings | None = None) -> ClusterInfo:
+    """Start a local cluster, or attach to a running one, and connect this process to it.
+
+    Parameters
+    ----------
+    address : str, optional
+        ``"host:port"`` of a running cluster's GCS, or ``"auto"`` for the newest cluster
+        on this machine. None (the default) starts a new local cluster, unless the
+        ``CELLRAY_ADDRESS`` environment variable names one.
+    num_cpus, num_gpus, resources, object_store_memory
+        What the local cluster's node offers (only when starting one). GPUs are logical.
+    token_file : str, optional
+        The cluster token when attaching; found in the session directory when the
+        cluster runs on this machine.
+    ignore_reinit_error : bool
+        Return the current connection instead of raising when already initialized.
+    num_nodes : int
+        Node managers to start for a local cluster.
+
+    Raises
+    ------
+    RuntimeError
+        When already initialized (unless ``ignore_reinit_error``).
+    ConnectionLostError
+        When the cluster at ``address`` does not answer.
+    PermissionError
+        When the token is missing or wrong.
+
+    Examples
+    --------
+    >>> import runtime as rt
+    >>> rt.init(num_cpus=2)            # doctest: +SKIP
+    """
+    global _cluster, _info
+    if is_initialized():
+        if ignore_reinit_error:
+            assert _info is not None
+            return _info
+        raise RuntimeError("runtime.init() was already called in this process. Call "
+                           "runtime.shutdown() first, or pass ignore_reinit_error=True.")
+    settings = _settings or config.load()
+    address = address or os.environ.get("CELLRAY_ADDRESS") or None
+    started = False
+    if address is None:
+        if num_nodes < 1:
+            raise ValueError(f"num_nodes must be >= 1, got {num_nodes}")
+        spec = NodeSpec(num_cpus=num_cpus, num_gpus=num_gpus, resources=dict(resources or {}),
+                        object_store_memory=object_store_memory)
+        cluster = LocalCluster([spec] * num_nodes, settings=settings).start()
+        _cluster, started = cluster, True
+        address = cluster.address
+        assert cluster.token_file is not None
+        token_file = str(cluster.token_file)
+    else:
+        if address == "auto":
+            latest = _session.latest_session_dir()
+            if latest is None or not (latest / "address").exists():
+                raise ConnectionError("address='auto' found no cluster on this machine. Start one "
+                                      "with `cellray start --head` or call init() without address.")
+            address = (latest / "address").read_text().strip()
+        if token_file is None:
+            found = _session.find_session_for(address)
+            if found is None:
+                raise PermissionError(
+                    f"No token for the cluster at {address}: pass token_file=PATH (the token file "
+                    "printed by `cellray start --head`, in the cluster's session directory).")
+            token_file = str(found / "token")
+    try:
+        client = _connect(address, _session.read_token(token_file))
+    except BaseException:
+        if _cluster is not None and started:
+            _cluster.stop()
+            _cluster = None
+        raise
+    if log_to_driver:
+        client.log_handlers.append(_print_log)
+    _context.set_current(client)
+    _info = ClusterInfo(address=address, session_dir=client.session_dir,
+                        token_file=str(token_file), node_id=client.node_id.hex(),
+                        job_id=client.job_id.hex(), started_here=started)
+    return _info
+
+
+def _connect(address: str, token: str) -> CoreClient:
+    """Register a job with the GCS at ``address`` and open a session to a local node."""
+
+    async def find(gcs: GcsClient) -> tuple[bytes, str]:
+        await gcs.ping()
+        nodes = [gcs_pb2.NodeRow.FromString(v) for _, v in await gcs.list_table("nodes")]
+        alive = [n for n in nodes if n.alive]
+        if not alive:
+            raise ConnectionError(f"The cluster at {address} has no live node. Add one with "
+                                  f"`cellray start --address {address}`.")
+        here = socket.gethostname()
+        local = [n for n in alive if n.hostname == here] or alive
+        job = gcs_pb2.JobRow(driver_pid=os.getpid(), driver_host=here, alive=True)
+        job_id = await gcs.register_job(job)
+        return job_id, local[0].address
+
+    # Everything async runs on the client's IO thread: a notebook's own loop is busy.
+    client = CoreClient(node_address="", gcs_address=address, token=token, kind="driver",
+                        job_id=b"")
+    try:
+        client.start_loop()
+        assert client.gcs is not None
+        client.job_id, client.node_address = client.run(find(client.gcs), 30.0)
+        client.run(client._connect(), 30.0)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def _print_log(lines: Any) -> None:
+    import sys
+    stream = sys.stderr if lines.stderr else sys.stdout
+    prefix = f"({lines.name} pid={lines.pid}) "
+    stream.write("".join(prefix + line + "\n" for line in lines.lines))
+    stream.flush()
+
+
+def shutdown() -> None:
+    """Disconnect; stop the cluster if ``init`` started it. Every process it started is gone after."""
+    global _cluster, _info
+    client = _context.peek()
+    _context.set_current(None)
+    if client is not None:
+        if client.gcs is not None and client.job_id:
+            try:
+                client.run(client.gcs.finish_job(client.job_id), 5.0)
+            except Exception:
+                pass
+        client.close()
+    if _cluster is not None:
+        _cluster.stop()
+        _cluster = None
+    _info = None
+
+
+atexit.register(shutdown)
+
+
+def _ids_of(refs: Sequence[Any], fn: str) -> list[bytes]:
+    ids = []
+    for r in refs:
+        if not isinstance(r, ObjectRef):
+            raise TypeError(f"{fn}() expects ObjectRefs, got {type(r).__name__}: {r!r}")
+        ids.append(r._id)
+    return ids
+
+
+@overload
+def get(object_refs: ObjectRef, *, timeout: float | None = None) -> Any: ...
+@overload
+def get(object_refs: Sequence[ObjectRef], *, timeout: float | None = None) -> list[Any]: ...
+
+
+def get(object_refs: Any, *, timeout: float | None = None) -> Any:
+    """The value of an ObjectRef, or the values of a list of them (order kept).
+
+    Blocks until ready. Raises the task's error: a ``TaskError`` that is also an instance
+    of the original exception's class, with the remote traceback; ``GetTimeoutError``
+    after ``timeout`` seconds; ``TaskCancelledError`` for a cancelled task;
+    ``WorkerCrashedError`` when the worker died and retries were spent.
+
+    Examples
+    --------
+    >>> rt.get(f.remote(1))                     # doctest: +SKIP
+    >>> rt.get([f.remote(i) for i in range(3)]) # doctest: +SKIP
+    """
+    client = _context.current()
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
+    if isinstance(object_refs, ObjectRef):
+        return client.get_values([object_refs._id], timeout)[0]
+    if not isinstance(object_refs, (list, tuple)):
+        raise ValueError(f"get() expects an ObjectRef or a list of ObjectRefs, got "
+                         f"{type(object_refs).__name__}")
+    return client.get_values(_ids_of(object_refs, "get"), timeout)
+
+
+def put(value: Any) -> ObjectRef:
+    """Store ``value`` in the cluster's object store and return a ref to it.
+
+    Large values (numpy arrays above all) go to shared memory: ``get`` on the same node
+    returns a read-only view without copying. Raises ``ObjectStoreFullError`` when the
+    value is larger than the object store.
+    """
+    client = _context.current()
+    if isinstance(value, ObjectRef):
+        raise TypeError("put() of an ObjectRef is not allowed: pass the ref itself instead")
+    s = codec.serialize(value)
+    oid = _ids.object_id(_ids.new_id(), 0)
+    ref = ObjectRef(oid)
+    client.put_serialized(oid, s)
+    return ref
+
+
+def wait(object_refs: list[ObjectRef], *, num_returns: int = 1, timeout: float | None = None,
+         fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Wait until ``num_returns`` of ``object_refs`` are ready or ``timeout`` seconds pass.
+
+    Returns ``(ready, not_ready)``, each in the order of ``object_refs``; ``ready`` has at
+    most ``num_returns`` refs. ``timeout=0`` only checks.
+
+    Raises
+    ------
+    TypeError
+        ``object_refs`` is not a list of ObjectRefs.
+    ValueError
+        ``num_returns`` is not in 1..len(object_refs), refs repeat, or ``timeout`` < 0.
+    """
+    client = _context.current()
+    if isinstance(object_refs, ObjectRef):
+        raise TypeError("wait() expects a list of ObjectRefs, got a single ObjectRef; "
+                        "use wait([ref])")
+    if not isinstance(object_refs, (list, tuple)):
+        raise TypeError(f"wait() expects a list of ObjectRefs, got {type(object_refs).__name__}")
+    ids = _ids_of(object_refs, "wait")
+    if len(set(ids)) != len(ids):
+        raise ValueError("wait() requires a list of unique ObjectRefs")
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int):
+        raise TypeError(f"num_returns must be an int, got {num_returns!r}")
+    if not 1 <= num_returns <= max(len(ids), 1) or (not ids and num_returns != 1):
+        raise ValueError(f"num_returns must be between 1 and the number of refs ({len(ids)}), "
+                         f"got {num_returns}")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
+        raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
+    if not ids:
+        return [], []
+    ready_ids = set(client.wait_ids(ids, num_returns, timeout)[:num_returns])
+    ready = [r for r in object_refs if r._id in ready_ids]
+    not_ready = [r for r in object_refs if r._id not in ready_ids]
+    return ready, not_ready
+
+
+def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task that produces ``object_ref``.
+
+    A queued task never runs; a running one gets ``KeyboardInterrupt`` (``force=True``
+    kills its worker instead). ``get`` then raises ``TaskCancelledError``. A cancelled
+    task is never retried; ``recursive`` also cancels the tasks it submitted.
+    """
+    if not isinstance(object_ref, ObjectRef):
+        raise TypeError(f"cancel() expects an ObjectRef, got {type(object_ref).__name__}")
+    _context.current().cancel(object_ref._id[:16], force, recursive)
+
+
+def _list(table: str) -> list[bytes]:
+    client = _context.current()
+    assert client.gcs is not None
+    return [v for _, v in client.run(client.gcs.list_table(table), 30.0)]
+
+
+def nodes() -> list[dict[str, Any]]:
+    """The cluster's nodes, as Ray reports them: dicts with NodeID, Alive, Resources, ..."""
+    out = []
+    for raw in _list("nodes"):
+        n = gcs_pb2.NodeRow.FromString(raw)
+        host, _, port = n.address.rpartition(":")
+        out.append({"NodeID": n.node_id.hex(), "Alive": n.alive, "alive": n.alive,
+                    "NodeManagerAddress": host, "NodeManagerHostname": n.hostname,
+                    "NodeManagerPort": int(port or 0), "NodeName": host,
+                    "Resources": dict(n.load.total), "Available": dict(n.load.available),
+                    "QueueLength": n.load.queue_length,
+                    "ObjectStoreUsed": n.load.store_used,
+                    "ObjectStoreCapacity": n.load.store_capacity,
+                    "DeathCause": n.death_cause, "Labels": dict(n.labels)})
+    return out
+
+
+def cluster_resources() -> dict[str, float]:
+    """Total resources of the live nodes."""
+    total: dict[str, float] = {}
+    for n in nodes():
+        if n["Alive"]:
+            for k, v in n["Resources"].items():
+                total[k] = total.get(k, 0.0) + v
+    return total
+
+
+def available_resources() -> dict[str, float]:
+    """Resources not in use on the live nodes, as of their latest heartbeats."""
+    total: dict[str, float] = {}
+    for n in nodes():
+        if n["Alive"]:
+            for k, v in n["Available"].items():
+                total[k] = total.get(k, 0.0) + v
+    return {k: v for k, v in total.items() if v > 0}
+
+
+class RuntimeContext:
+    """Where the calling code runs: job, task, node (``get_runtime_context()``)."""
+
+    def __init__(self, client: CoreClient) -> None:
+        self._client = client
+
+    def get_job_id(self) -> str:
+        """Hex id of the job (driver) the current task belongs to."""
+        stack = self._client.task_stack
+        return (stack[-1].job_id if stack else self._client.job_id).hex()
+
+    def get_task_id(self) -> str | None:
+        """Hex id of the running task; None in a driver."""
+        stack = self._client.task_stack
+        return stack[-1].task_id.hex() if stack else None
+
+    def get_node_id(self) -> str:
+        """Hex id of the node this process is on."""
+        return self._client.node_id.hex()
+
+    def get_worker_id(self) -> str:
+        """Hex id of this process's client."""
+        return (self._client.worker_id or self._client.client_id).hex()
+
+    @property
+    def session_dir(self) -> pathlib.Path:
+        return pathlib.Path(self._client.session_dir)
+
+
+def get_runtime_context() -> RuntimeContext:
+    """Facts about where the caller runs: ``get_job_id()``, ``get_task_id()``, ``get_node_id()``."""
+    return RuntimeContext(_context.current())

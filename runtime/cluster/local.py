@@ -1,0 +1,139 @@
+"""LocalCluster: a head (GCS) and node managers as processes on this machine.
+
+The one way clusters start: ``rt.init()`` uses it, ``cellray start`` uses it, tests use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime import _session, config
+from runtime.cluster.process import ProcessHandle
+
+
+@dataclass
+class NodeSpec:
+    """What one node offers."""
+
+    num_cpus: float | None = None
+    num_gpus: float | None = None
+    resources: dict[str, float] = field(default_factory=dict)
+    object_store_memory: int | None = None
+    prestart: int | None = None
+
+
+class LocalCluster:
+    """A GCS process and ``len(nodes)`` node manager processes.
+
+    ``detach=False`` (as ``rt.init`` uses it): every process exits when this Python
+    process does. ``detach=True`` (``cellray start``): they outlive it until ``cellray stop``.
+    """
+
+    def __init__(self, nodes: list[NodeSpec] | None = None, *, host: str = "127.0.0.1",
+                 port: int = 0, settings: config.Settings | None = None,
+                 session_root: pathlib.Path | None = None, detach: bool = False,
+                 env: dict[str, str] | None = None) -> None:
+        self.node_specs = nodes if nodes is not None else [NodeSpec()]
+        self.host = host
+        self.port = port
+        self.settings = settings or config.load()
+        self.session_root = session_root
+        self.detach = detach
+        self.env = env
+        self.session_dir: pathlib.Path | None = None
+        self.token_file: pathlib.Path | None = None
+        self.address = ""
+        self.head: ProcessHandle | None = None
+        self.nodes: list[ProcessHandle] = []
+        self.node_info: list[dict[str, Any]] = []
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ if self.env is None else self.env)
+        s = self.settings
+        env["CELLRAY_HEARTBEAT_MS"] = str(s.heartbeat_ms)
+        env["CELLRAY_NODE_TIMEOUT_MS"] = str(s.node_timeout_ms)
+        env["CELLRAY_EVENT_FLUSH_MS"] = str(s.event_flush_ms)
+        return env
+
+    def _common(self) -> list[str]:
+        assert self.session_dir is not None and self.token_file is not None
+        args = ["--session-dir", str(self.session_dir), "--token-file", str(self.token_file)]
+        if not self.detach:
+            args += ["--parent-pid", str(os.getpid())]
+        return args
+
+    def start(self) -> LocalCluster:
+        """Start the head, then the nodes; return when every process answers."""
+        self.session_dir = _session.new_session_dir(self.session_root)
+        self.token_file = _session.write_token(self.session_dir)
+        logs = self.session_dir / "logs"
+        try:
+            self.head = ProcessHandle(
+                "gcs", "runtime.gcs",
+                ["--host", self.host, "--port", str(self.port),
+                 "--num-shards", str(self.settings.gcs_shards),
+                 "--heartbeat-ms", str(self.settings.heartbeat_ms),
+                 "--node-timeout-ms", str(self.settings.node_timeout_ms), *self._common()],
+                logs / "gcs.log", self.session_dir / "gcs.ready", env=self._env(),
+                detach=self.detach)
+            info = self.head.wait_ready(self.settings.start_timeout_s)
+            self.address = f"{self.host}:{info['port']}"
+            for spec in self.node_specs:
+                self.add_node(spec)
+        except BaseException:
+            self.stop()
+            raise
+        self._record()
+        return self
+
+    def add_node(self, spec: NodeSpec, wait: bool = True) -> ProcessHandle:
+        """Start one more node manager joined to this cluster's head."""
+        assert self.session_dir is not None
+        i = len(self.nodes)
+        args = ["--gcs-address", self.address, "--host", self.host, *self._common()]
+        if spec.num_cpus is not None:
+            args += ["--num-cpus", str(spec.num_cpus)]
+        if spec.num_gpus is not None:
+            args += ["--num-gpus", str(spec.num_gpus)]
+        if spec.resources:
+            args += ["--resources", json.dumps(spec.resources)]
+        if spec.object_store_memory:
+            args += ["--object-store-memory", str(int(spec.object_store_memory))]
+        if spec.prestart is not None:
+            args += ["--prestart", str(spec.prestart)]
+        handle = ProcessHandle(f"node-{i}", "runtime.node", args,
+                               self.session_dir / "logs" / f"node-{i}.log",
+                               self.session_dir / f"node-{i}.ready", env=self._env(),
+                               detach=self.detach)
+        self.nodes.append(handle)
+        if wait:
+            self.node_info.append(handle.wait_ready(self.settings.start_timeout_s))
+        self._record()
+        return handle
+
+    def _record(self) -> None:
+        if self.session_dir is None:
+            return
+        pids = {"head": self.head.pid if self.head else None, "nodes": [n.pid for n in self.nodes]}
+        (self.session_dir / "processes.json").write_text(json.dumps(pids))
+
+    def stop(self) -> None:
+        """Stop the nodes (each stops its workers), then the head. Returns when all are gone."""
+        for node in reversed(self.nodes):
+            node.stop()
+        if self.head is not None:
+            self.head.stop()
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return (f"<LocalCluster address={self.address or '-'} nodes={len(self.nodes)} "
+                f"session={self.session_dir}>")

@@ -1,0 +1,146 @@
+"""ProcessHandle: start a daemon, wait until it is ready, stop it for sure.
+
+Readiness is a signal: the child writes a JSON ready file (its real port, ids) by an
+atomic rename. The parent waits against a deadline and, on every poll, checks whether the
+child already exited; if so it fails at once with the exit code and the log's tail.
+Stopping is bounded: SIGTERM to the child's process group, a grace period, then SIGKILL,
+and ``stop()`` returns only when the process is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+
+class ProcessStartError(RuntimeError):
+    """A cluster process exited or stayed silent before it became ready."""
+
+
+def write_ready_file(path: str | os.PathLike[str], info: dict[str, Any]) -> None:
+    """Child side: publish ``info`` atomically at ``path``."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, path)
+
+
+def _tail(path: pathlib.Path, n: int = 20) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(lines[-n:])
+
+
+class ProcessHandle:
+    """One child process running ``python -m <module> <args>``, logging to ``log_path``."""
+
+    def __init__(self, name: str, module: str, args: Sequence[str], log_path: pathlib.Path,
+                 ready_path: pathlib.Path | None = None, env: dict[str, str] | None = None,
+                 detach: bool = False) -> None:
+        self.name = name
+        self.log_path = log_path
+        self.ready_path = ready_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        full_env = dict(os.environ if env is None else env)
+        full_env.setdefault("PYTHONUNBUFFERED", "1")
+        cmd = [sys.executable, "-m", module, *args]
+        if ready_path is not None:
+            cmd += ["--ready-file", str(ready_path)]
+        with open(log_path, "ab") as log:
+            self.popen = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=full_env, start_new_session=True, close_fds=True,
+                cwd=None if not detach else "/",
+            )
+        self.pid = self.popen.pid
+
+    def wait_ready(self, timeout: float = 30.0) -> dict[str, Any]:
+        """Block until the ready file appears; raise ProcessStartError if the child dies or times out."""
+        assert self.ready_path is not None
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        while True:
+            if self.ready_path.exists():
+                info: dict[str, Any] = json.loads(self.ready_path.read_text())
+                return info
+            code = self.popen.poll()
+            if code is not None:
+                raise ProcessStartError(
+                    f"{self.name} (pid {self.pid}) exited with code {code} before it was ready. "
+                    f"Last lines of {self.log_path}:\n{_tail(self.log_path)}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ProcessStartError(
+                    f"{self.name} (pid {self.pid}) was not ready within {timeout:.0f} s. "
+                    f"Last lines of {self.log_path}:\n{_tail(self.log_path)}")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, grace: float = 5.0) -> int | None:
+        """SIGTERM the process group, wait ``grace`` seconds, then SIGKILL; return the exit code."""
+        if self.popen.poll() is None:
+            _signal_group(self.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.pid, signal.SIGKILL)
+                self.popen.wait()
+        # Anything left in the group (e.g. a worker that ignored SIGTERM) goes too.
+        _signal_group(self.pid, signal.SIGKILL)
+        return self.popen.returncode
+
+    def __repr__(self) -> str:
+        state = "running" if self.alive() else f"exited {self.popen.returncode}"
+        return f"<ProcessHandle {self.name} pid={self.pid} {state}>"
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stop_pid(pid: int, grace: float = 5.0) -> bool:
+    """Stop a process we did not start in this interpreter (``cellray stop``). True if it was running."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    _signal_group(pid, signal.SIGKILL)
+    return True
+
+
+def exit_with_parent(parent_pid: int, interval: float = 1.0) -> None:
+    """Start a daemon thread that exits this process when ``parent_pid`` is gone."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent_pid:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()

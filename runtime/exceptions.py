@@ -1,0 +1,175 @@
+"""The errors cellray raises, all under one base.
+
+::
+
+    ClusterError                      anything cellray raises on its own behalf
+    ├── TaskError                     user code raised; also an instance of the original type
+    ├── WorkerCrashedError            the worker running a task died and retries are spent
+    ├── NodeDiedError                 the node holding a task or object died
+    ├── ActorDiedError                an actor is dead (killed, constructor failed, restarts spent)
+    ├── TaskCancelledError            the task was cancelled with ``cancel``
+    ├── ObjectLostError               an object's bytes are gone and cannot be rebuilt
+    │   └── OwnerDiedError            ... because the process that owned it exited
+    ├── ObjectStoreFullError          an object does not fit in the node's object store
+    ├── GetTimeoutError               ``get(timeout=...)`` expired (also a ``TimeoutError``)
+    ├── ConnectionLostError           the cluster stopped answering (the peer's fault)
+    ├── ClientClosedError             this client was shut down (your own call's fault)
+    └── InternalError                 a cellray bug: please report it with the logs
+
+Ray's names are aliases for code written against Ray: ``RayError``, ``RayTaskError``,
+``RayActorError``, ``ObjectStoreFullError``, ``GetTimeoutError``, ``TaskCancelledError``,
+``WorkerCrashedError``, ``ObjectLostError``, ``OwnerDiedError``.
+
+Every exception keeps its data in attributes, builds its message in ``__str__`` and
+pickles (errors travel from workers to drivers).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ClusterError", "TaskError", "WorkerCrashedError", "NodeDiedError", "ActorDiedError",
+    "TaskCancelledError", "ObjectLostError", "OwnerDiedError", "ObjectStoreFullError",
+    "GetTimeoutError", "ConnectionLostError", "ClientClosedError", "InternalError",
+    "RayError", "RayTaskError", "RayActorError",
+]
+
+
+class ClusterError(Exception):
+    """Base of every error cellray raises on its own behalf."""
+
+    def __init__(self, message: str = "", **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        for key, value in fields.items():
+            setattr(self, key, value)
+        self._fields = fields
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> Any:
+        return (_rebuild, (type(self), self.message, self._fields))
+
+
+def _rebuild(cls: type[ClusterError], message: str, fields: dict[str, Any]) -> ClusterError:
+    return cls(message, **fields)
+
+
+class TaskError(ClusterError):
+    """User code raised inside a task or actor method.
+
+    ``get`` raises an instance of a class derived from both ``TaskError`` and the
+    original exception's class, so ``except ValueError:`` still catches a remote
+    ``ValueError``. The message holds the remote traceback; ``cause`` is the original
+    exception (or None when it could not be pickled), ``function_name``, ``task_id``,
+    ``node_id`` and ``pid`` say where it ran.
+    """
+
+    cause: BaseException | None
+    cause_type_name: str
+    function_name: str
+    task_id: str
+    node_id: str
+    pid: int
+    remote_traceback: str
+
+    def __init__(self, message: str = "", *, function_name: str = "", task_id: str = "",
+                 node_id: str = "", pid: int = 0, remote_traceback: str = "",
+                 cause: BaseException | None = None, cause_type_name: str = "") -> None:
+        super().__init__(message, function_name=function_name, task_id=task_id, node_id=node_id,
+                         pid=pid, remote_traceback=remote_traceback, cause=cause,
+                         cause_type_name=cause_type_name)
+
+    def __str__(self) -> str:
+        head = (f"{self.function_name}() (task {self.task_id[:12]}) raised on node "
+                f"{self.node_id[:12]}, worker pid {self.pid}")
+        return f"{head}:\n\n{self.remote_traceback.rstrip()}"
+
+    def __reduce__(self) -> Any:
+        # Always rebuilt as a plain TaskError: the dual class is made again on demand.
+        return (_rebuild, (TaskError, self.message, self._fields))
+
+    def as_instanceof_cause(self) -> TaskError:
+        """This error as an instance of ``TaskError`` *and* the cause's class."""
+        cause = self.cause
+        cls = _dual_class(type(cause)) if cause is not None else None
+        if cls is None:
+            return self
+        err = cls.__new__(cls)
+        err.args = getattr(cause, "args", ())
+        err.__dict__.update(getattr(cause, "__dict__", {}))
+        err.__dict__.update(self.__dict__)
+        return err
+
+
+_DUAL: dict[type, type | None] = {}
+
+
+def _dual_class(cause_cls: type[BaseException]) -> type[TaskError] | None:
+    if cause_cls in _DUAL:
+        return _DUAL[cause_cls]
+    cls: type | None
+    if issubclass(cause_cls, TaskError) or not issubclass(cause_cls, Exception):
+        cls = None
+    else:
+        try:
+            cls = type(f"TaskError({cause_cls.__name__})", (TaskError, cause_cls), {
+                "__str__": TaskError.__str__, "__reduce__": TaskError.__reduce__,
+                "__module__": __name__, "__init__": TaskError.__init__,
+            })
+        except TypeError:  # layout conflicts, final classes
+            cls = None
+    _DUAL[cause_cls] = cls
+    return cls
+
+
+class WorkerCrashedError(ClusterError):
+    """The worker process running a task died (crash, ``os._exit``, kill) and its retries are spent."""
+
+
+class NodeDiedError(ClusterError):
+    """The node that held a task or object died."""
+
+
+class ActorDiedError(ClusterError):
+    """The actor is dead: killed, its constructor raised, or its restarts are spent."""
+
+
+class TaskCancelledError(ClusterError):
+    """The task was cancelled with ``cancel()`` before it could finish."""
+
+
+class ObjectLostError(ClusterError):
+    """An object's bytes are gone from every node and cannot be rebuilt."""
+
+
+class OwnerDiedError(ObjectLostError):
+    """An object is lost because the process that owned it exited."""
+
+
+class ObjectStoreFullError(ClusterError):
+    """An object does not fit in the node's object store, even after spilling to disk."""
+
+
+class GetTimeoutError(ClusterError, TimeoutError):
+    """``get(..., timeout=...)`` expired before every object was ready."""
+
+
+class ConnectionLostError(ClusterError):
+    """The cluster (GCS or node manager) stopped answering."""
+
+
+class ClientClosedError(ClusterError):
+    """This client was shut down; call ``runtime.init()`` again."""
+
+
+class InternalError(ClusterError):
+    """A cellray bug. Please report it with the session's logs."""
+
+
+# Ray's names, for code written against Ray.
+RayError = ClusterError
+RayTaskError = TaskError
+RayActorError = ActorDiedError

@@ -1,0 +1,20 @@
+"""The Global Control Store (GCS): all control state of a cluster, served by the head.
+
+Layering, bottom up:
+
+``storage``
+    A small synchronous ``Storage`` protocol (get/put/delete/items per table) and
+    ``InMemoryStorage``. Persistent backends (SQLite, Redis) implement the same protocol.
+``state``
+    ``GcsState``: the tables and their transitions, sharded by a stable hash of the key,
+    one ``Storage`` per shard. Pure: no I/O, no asyncio, no gRPC, an injectable clock.
+    Every mutation records change notifications that the service publishes.
+``service``
+    Thin ``grpc.aio`` servicers (NodeInfo, Jobs, Functions, Tables, Admin) that decode a
+    request, call one ``GcsState`` method, publish the changes to subscribers, and encode
+    the reply; plus the node-liveness loop.
+``client``
+    ``GcsClient``: the async client that node managers, schedulers and drivers use.
+``__main__``
+    ``python -m runtime.gcs``: the head process.
+"""

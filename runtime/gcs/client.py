@@ -1,0 +1,243 @@
+"""GcsClient: the async client of the GCS used by node managers, schedulers and drivers.
+
+Create it on the event loop that will use it. Every call carries the cluster token, and
+gRPC failures come out as the project's errors:
+
+==========================  ==========================================================
+server status               raised here
+==========================  ==========================================================
+UNAVAILABLE                 ``ConnectionLostError`` (names the address; is a cluster running?)
+UNAUTHENTICATED             ``PermissionError`` with the server's message (pass token_file)
+INVALID_ARGUMENT            ``ValueError``
+NOT_FOUND                   ``LookupError``
+RESOURCE_EXHAUSTED          ``ConnectionLostError`` (a subscriber fell behind; resubscribe)
+DEADLINE_EXCEEDED           ``TimeoutError``
+anything else               ``InternalError``
+==========================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Awaitable, Iterable
+from typing import Any, TypeVar
+
+import grpc
+
+from runtime.exceptions import ClientClosedError, ConnectionLostError, InternalError
+from runtime.protocol import common_pb2, gcs_pb2, gcs_pb2_grpc
+from runtime.rpc.channel import connect, token_metadata
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["GcsClient"]
+
+_T = TypeVar("_T")
+#: Exported functions are immutable, so cached rows never go stale; the bound caps memory.
+_FUNCTION_CACHE_SIZE = 1024
+
+
+def _stub(stub_class: Any, channel: grpc.aio.Channel) -> Any:
+    """A generated stub on ``channel`` (the generated gRPC modules carry no type hints)."""
+    return stub_class(channel)
+
+
+class GcsClient:
+    """Async client of the GCS at ``address`` (``host:port``), authenticated by ``token``.
+
+    Parameters
+    ----------
+    address
+        The GCS address, as written to the session directory's ``address`` file.
+    token
+        The cluster token (``runtime._session.read_token(token_file)``).
+    timeout
+        Deadline in seconds for each unary call; None waits forever.
+
+    Examples
+    --------
+    >>> async def main():                                   # doctest: +SKIP
+    ...     gcs = GcsClient("127.0.0.1:6380", read_token(session / "token"))
+    ...     print(await gcs.ping())
+    ...     await gcs.close()
+    """
+
+    def __init__(self, address: str, token: str, timeout: float | None = 30.0) -> None:
+        self.address = address
+        self._metadata = token_metadata(token)
+        self._timeout = timeout
+        self._channel = connect(address)
+        self._nodes = _stub(gcs_pb2_grpc.NodeInfoStub, self._channel)
+        self._jobs = _stub(gcs_pb2_grpc.JobsStub, self._channel)
+        self._functions = _stub(gcs_pb2_grpc.FunctionsStub, self._channel)
+        self._tables = _stub(gcs_pb2_grpc.TablesStub, self._channel)
+        self._admin = _stub(gcs_pb2_grpc.AdminStub, self._channel)
+        self._function_cache: OrderedDict[bytes, gcs_pb2.FunctionRow] = OrderedDict()
+        self._closed = False
+
+    # ---- nodes and jobs ----
+
+    async def register_node(self, row: gcs_pb2.NodeRow) -> int:
+        """Register (or revive) a node; return the GCS's number of shards."""
+        req = gcs_pb2.RegisterNodeRequest(node=row)
+        reply: gcs_pb2.RegisterNodeReply = await self._call(self._nodes.RegisterNode(req, **self._kw()))
+        return reply.num_shards
+
+    async def heartbeat(self, node_id: bytes, load: common_pb2.NodeLoad) -> bool:
+        """Report a node's load; False means the GCS holds it dead and it must re-register."""
+        req = gcs_pb2.HeartbeatRequest(node_id=node_id, load=load)
+        reply: gcs_pb2.HeartbeatReply = await self._call(self._nodes.Heartbeat(req, **self._kw()))
+        return reply.known
+
+    async def unregister_node(self, node_id: bytes, cause: str = "") -> None:
+        """Mark a node dead with ``cause`` (e.g. "drained")."""
+        req = gcs_pb2.UnregisterNodeRequest(node_id=node_id, cause=cause)
+        await self._call(self._nodes.UnregisterNode(req, **self._kw()))
+
+    async def register_job(self, row: gcs_pb2.JobRow) -> bytes:
+        """Register a driver as a job; return its 4-byte job id."""
+        req = gcs_pb2.RegisterJobRequest(job=row)
+        reply: gcs_pb2.RegisterJobReply = await self._call(self._jobs.RegisterJob(req, **self._kw()))
+        return reply.job_id
+
+    async def finish_job(self, job_id: bytes) -> None:
+        """Mark a job finished. Raises ``LookupError`` when the GCS does not know it."""
+        await self._call(self._jobs.FinishJob(gcs_pb2.FinishJobRequest(job_id=job_id), **self._kw()))
+
+    # ---- functions ----
+
+    async def export_function(self, row: gcs_pb2.FunctionRow) -> bool:
+        """Export a function under its content hash; True when it was already there."""
+        req = gcs_pb2.ExportFunctionRequest(function=row)
+        reply: gcs_pb2.ExportFunctionReply = await self._call(self._functions.ExportFunction(req, **self._kw()))
+        self._remember(row)
+        return reply.existed
+
+    async def get_function(self, function_id: bytes) -> gcs_pb2.FunctionRow | None:
+        """The exported function with this id (cached after the first fetch), or None."""
+        row = self._function_cache.get(function_id)
+        if row is not None:
+            self._function_cache.move_to_end(function_id)
+            return row
+        req = gcs_pb2.GetFunctionRequest(function_id=function_id)
+        reply: gcs_pb2.GetFunctionReply = await self._call(self._functions.GetFunction(req, **self._kw()))
+        if not reply.found:
+            return None
+        self._remember(reply.function)
+        return reply.function
+
+    # ---- tables ----
+
+    async def report_events(self, task_events: Iterable[common_pb2.TaskEvent] = (),
+                            object_updates: Iterable[gcs_pb2.ObjectLocationUpdate] = ()) -> None:
+        """Send a batch of task events and object location updates."""
+        req = gcs_pb2.ReportEventsRequest(task_events=task_events, objects=object_updates)
+        await self._call(self._tables.ReportEvents(req, **self._kw()))
+
+    async def get_entry(self, table: str, key: bytes) -> bytes | None:
+        """The serialized row under ``key`` in ``table``, or None."""
+        req = gcs_pb2.GetEntryRequest(table=table, key=key)
+        reply: gcs_pb2.GetEntryReply = await self._call(self._tables.GetEntry(req, **self._kw()))
+        return reply.value if reply.found else None
+
+    async def list_table(self, table: str, limit: int = 0) -> list[tuple[bytes, bytes]]:
+        """``(key, serialized row)`` pairs of ``table``; ``limit`` > 0 caps how many."""
+        req = gcs_pb2.ListTableRequest(table=table, limit=limit)
+        reply: gcs_pb2.ListTableReply = await self._call(self._tables.ListTable(req, **self._kw()))
+        return [(e.key, e.value) for e in reply.entries]
+
+    async def put(self, table: str, key: bytes, value: bytes, only_if_absent: bool = False) -> tuple[bool, bytes]:
+        """Write a generic row (``actors``/``kv``); return ``(written, previous value or b"")``."""
+        req = gcs_pb2.PutRequest(table=table, key=key, value=value, only_if_absent=only_if_absent)
+        reply: gcs_pb2.PutReply = await self._call(self._tables.Put(req, **self._kw()))
+        return reply.written, reply.existing
+
+    async def subscribe(self, tables: Iterable[str]) -> AsyncGenerator[gcs_pb2.PubMessage, None]:
+        """Every row of ``tables`` (``snapshot``), one ``snapshot_done`` message, then changes.
+
+        Ends with ``ConnectionLostError`` when the GCS goes away or disconnects this
+        subscriber for falling behind; subscribe again to get a fresh snapshot. Call
+        ``aclose()`` on the returned generator (or break out of ``async for``) to leave.
+        """
+        self._check_open()
+        call = self._tables.Subscribe(gcs_pb2.SubscribeRequest(tables=list(tables)), metadata=self._metadata)
+        try:
+            async for msg in call:
+                yield msg
+        except grpc.aio.AioRpcError as err:
+            raise self._translate(err) from err
+        finally:
+            call.cancel()
+
+    # ---- admin ----
+
+    async def ping(self) -> gcs_pb2.PingReply:
+        """The GCS's session directory, pid and number of shards."""
+        reply: gcs_pb2.PingReply = await self._call(self._admin.Ping(gcs_pb2.PingRequest(), **self._kw()))
+        return reply
+
+    async def shutdown(self) -> None:
+        """Ask the head process to stop (it replies first, then exits)."""
+        await self._call(self._admin.Shutdown(gcs_pb2.AdminShutdownRequest(), **self._kw()))
+
+    async def close(self) -> None:
+        """Close the channel; later calls raise ``ClientClosedError``. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            await self._channel.close(None)
+
+    async def __aenter__(self) -> GcsClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<GcsClient {self.address}{' closed' if self._closed else ''}>"
+
+    # ---- internals ----
+
+    def _kw(self) -> dict[str, object]:
+        self._check_open()
+        return {"metadata": self._metadata, "timeout": self._timeout}
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosedError(f"this GcsClient for {self.address} was closed; create a new one")
+
+    def _remember(self, row: gcs_pb2.FunctionRow) -> None:
+        self._function_cache[row.function_id] = row
+        self._function_cache.move_to_end(row.function_id)
+        while len(self._function_cache) > _FUNCTION_CACHE_SIZE:
+            self._function_cache.popitem(last=False)
+
+    async def _call(self, call: Awaitable[_T]) -> _T:
+        try:
+            return await call
+        except grpc.aio.AioRpcError as err:
+            raise self._translate(err) from err
+
+    def _translate(self, err: grpc.aio.AioRpcError) -> Exception:
+        code, details = err.code(), err.details() or ""
+        if code == grpc.StatusCode.CANCELLED and self._closed:
+            return ClientClosedError(f"this GcsClient for {self.address} was closed during the call")
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return ConnectionLostError(
+                f"could not reach the GCS at {self.address} ({details}). Is a cluster running? "
+                "Start one with `cellray start --head` or `%cluster start`, or check the address.",
+                address=self.address)
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return PermissionError(f"the GCS at {self.address} refused the call: {details}")
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            return ValueError(details)
+        if code == grpc.StatusCode.NOT_FOUND:
+            return LookupError(details)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return ConnectionLostError(f"the GCS at {self.address} disconnected this client: {details}",
+                                       address=self.address)
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return TimeoutError(f"the GCS at {self.address} did not answer within {self._timeout} s ({details})")
+        return InternalError(
+            f"the GCS at {self.address} failed a call with {code.name}: {details}. This is a cellray bug; "
+            "please report it with the head's log (<session dir>/logs/gcs.log).", address=self.address)

@@ -1,0 +1,345 @@
+"""GcsState: the GCS tables and their transitions. Pure: no I/O, no asyncio, no gRPC.
+
+Each key lives in shard ``crc32(key) % num_shards`` (stable across processes, unlike
+``hash``); each shard has its own ``Storage``. Rows are serialized protobuf messages from
+``gcs.proto``. Every mutation appends ``Change`` records to an outbox that the service
+drains with ``take_changes()`` right after the call and publishes, so subscribers see
+changes in exactly the order they were applied.
+
+Tables: ``nodes`` (NodeRow), ``jobs`` (JobRow, ids 1, 2, 3... as 4-byte little-endian),
+``functions`` (FunctionRow, written once per content hash), ``tasks`` (TaskRow, bounded),
+``objects`` (ObjectRow; a row with no location left is deleted), ``events`` (scheduler
+decisions as TaskEvents under 8-byte big-endian sequence keys, a bounded ring), and the
+generic ``actors`` and ``kv`` written by ``put``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from runtime._ids import short
+from runtime.gcs.storage import InMemoryStorage, Storage
+from runtime.protocol import common_pb2, gcs_pb2
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TABLES", "PUT_TABLES", "Change", "InvalidRequestError", "GcsState", "shard_of"]
+
+TABLES = ("nodes", "jobs", "functions", "tasks", "objects", "events", "actors", "kv")
+#: Tables that ``put`` may write; the others have typed rows written by their own methods.
+PUT_TABLES = ("actors", "kv")
+TERMINAL_STATES = frozenset({"FINISHED", "FAILED", "CANCELLED"})
+#: Task states that are scheduler decisions, also logged in the ``events`` table.
+DECISION_STATES = frozenset({"SPILLED", "INFEASIBLE", "SCHEDULED"})
+
+
+@dataclass(frozen=True)
+class Change:
+    """One row written (``value`` is the new row) or deleted (``deleted``, empty ``value``)."""
+
+    table: str  #: table name, one of ``TABLES``
+    key: bytes  #: the row's key
+    value: bytes = b""  #: the serialized row after the change; empty when deleted
+    deleted: bool = False
+
+
+class InvalidRequestError(ValueError):
+    """A request the GCS cannot apply (unknown table, empty id); the message says which."""
+
+
+def shard_of(key: bytes, num_shards: int) -> int:
+    """The shard that holds ``key``: ``crc32(key) % num_shards``, the same in every process."""
+    return zlib.crc32(key) % num_shards
+
+
+def _require(value: bytes | str, what: str) -> None:
+    if not value:
+        raise InvalidRequestError(f"{what} is empty; every {what} must be set")
+
+
+class GcsState:
+    """All GCS tables, sharded, with the transitions the services call.
+
+    Parameters
+    ----------
+    num_shards
+        How many shards (each with its own storage) the keys are spread over.
+    storage_factory
+        Called once per shard to create its ``Storage``.
+    clock
+        Returns unix seconds; tests inject a fake one to drive heartbeat timeouts.
+    max_tasks, max_events, history_len
+        Bounds: rows in ``tasks`` (the oldest finished task is evicted first), entries in
+        the ``events`` ring, and events kept in each TaskRow's ``history``.
+
+    Examples
+    --------
+    >>> state = GcsState(num_shards=2)
+    >>> state.register_job(gcs_pb2.JobRow(driver_pid=42))
+    b'\\x01\\x00\\x00\\x00'
+    >>> [c.table for c in state.take_changes()]
+    ['jobs']
+    """
+
+    def __init__(self, num_shards: int = 4, storage_factory: Callable[[], Storage] = InMemoryStorage,
+                 clock: Callable[[], float] = time.time, max_tasks: int = 100_000,
+                 max_events: int = 10_000, history_len: int = 8) -> None:
+        if num_shards < 1 or max_tasks < 1 or max_events < 1 or history_len < 1:
+            raise ValueError(f"GcsState bounds must be >= 1, got num_shards={num_shards}, "
+                             f"max_tasks={max_tasks}, max_events={max_events}, history_len={history_len}")
+        self.num_shards = num_shards
+        self.max_tasks, self.max_events, self.history_len = max_tasks, max_events, history_len
+        self._clock = clock
+        self._shards: list[Storage] = [storage_factory() for _ in range(num_shards)]
+        self._changes: list[Change] = []
+        # Rebuilt from storage so a persistent backend resumes where it stopped.
+        jobs = [int.from_bytes(k, "little") for k, _ in self.items("jobs")]
+        self._next_job = max(jobs, default=0) + 1
+        events = [int.from_bytes(k, "big") for k, _ in self.items("events")]
+        self._next_event = max(events, default=-1) + 1
+        self._task_order: OrderedDict[bytes, None] = OrderedDict()  # every task, oldest first
+        self._finished: OrderedDict[bytes, None] = OrderedDict()  # finished tasks, oldest first
+        rows = [gcs_pb2.TaskRow.FromString(v) for _, v in self.items("tasks")]
+        for row in sorted(rows, key=lambda r: r.submit_time):
+            self._task_order[row.task_id] = None
+        for row in sorted(rows, key=lambda r: r.end_time):
+            if row.state in TERMINAL_STATES:
+                self._finished[row.task_id] = None
+        # A node gets a full timeout after a (re)start of the GCS before it is declared dead.
+        now = clock()
+        self._last_seen = {k: now for k, v in self.items("nodes") if gcs_pb2.NodeRow.FromString(v).alive}
+
+    # ---- generic access ----
+
+    def get(self, table: str, key: bytes) -> bytes | None:
+        """The serialized row under ``key``, or None."""
+        self._check_table(table)
+        _require(key, "key")
+        return self._shards[shard_of(key, self.num_shards)].get(table, key)
+
+    def items(self, table: str, limit: int = 0) -> list[tuple[bytes, bytes]]:
+        """Rows of ``table`` from every shard (``limit`` > 0: at most that many); events in order."""
+        self._check_table(table)
+        out: list[tuple[bytes, bytes]] = []
+        for shard in self._shards:
+            out.extend(shard.items(table))
+        if table == "events":
+            out.sort()
+        return out[:limit] if limit > 0 else out
+
+    def put(self, table: str, key: bytes, value: bytes, only_if_absent: bool = False) -> tuple[bool, bytes]:
+        """Write a generic row (``actors``/``kv``); return ``(written, previous value or b"")``."""
+        if table not in PUT_TABLES:
+            self._check_table(table)
+            raise InvalidRequestError(f"table {table!r} has typed rows written by its own service; "
+                                      f"Put writes only {', '.join(PUT_TABLES)}")
+        existing = self.get(table, key) or b""
+        if existing and only_if_absent:
+            return False, existing
+        self._write(table, key, value)
+        return True, existing
+
+    def take_changes(self) -> list[Change]:
+        """The changes recorded since the last call, oldest first (the outbox is emptied)."""
+        changes, self._changes = self._changes, []
+        return changes
+
+    def close(self) -> None:
+        """Close every shard's storage."""
+        for shard in self._shards:
+            shard.close()
+
+    # ---- nodes ----
+
+    def register_node(self, row: gcs_pb2.NodeRow) -> None:
+        """Add (or revive) a node: alive, with its start time and first heartbeat now."""
+        _require(row.node_id, "node_id")
+        now = self._clock()
+        node = gcs_pb2.NodeRow()
+        node.CopyFrom(row)
+        node.alive, node.death_cause, node.last_heartbeat = True, "", now
+        node.start_time = node.start_time or now
+        self._last_seen[node.node_id] = now
+        self._write("nodes", node.node_id, node.SerializeToString())
+
+    def heartbeat(self, node_id: bytes, load: common_pb2.NodeLoad) -> bool:
+        """Record a node's load; False when the node is unknown or dead (it must re-register)."""
+        node = self._node(node_id)
+        if node is None or not node.alive:
+            return False
+        now = self._clock()
+        node.load.CopyFrom(load)
+        node.last_heartbeat = now
+        self._last_seen[node_id] = now
+        self._write("nodes", node_id, node.SerializeToString())
+        return True
+
+    def unregister_node(self, node_id: bytes, cause: str = "") -> gcs_pb2.NodeRow | None:
+        """Mark a node dead (its row stays, for the record); None when it is unknown."""
+        node = self._node(node_id)
+        if node is None:
+            return None
+        return self._mark_dead(node, cause or "unregistered")
+
+    def check_dead_nodes(self, timeout_s: float) -> list[gcs_pb2.NodeRow]:
+        """Mark dead every alive node silent for more than ``timeout_s``; return their rows."""
+        now = self._clock()
+        dead = []
+        for node_id, seen in list(self._last_seen.items()):
+            silent = now - seen
+            node = self._node(node_id)
+            if node is not None and node.alive and silent > timeout_s:
+                cause = f"no heartbeat for {silent:.1f} s (timeout {timeout_s:g} s)"
+                dead.append(self._mark_dead(node, cause))
+        return dead
+
+    # ---- jobs and functions ----
+
+    def register_job(self, row: gcs_pb2.JobRow) -> bytes:
+        """Add a job (driver) with the next id, 4-byte little-endian; return the id."""
+        job = gcs_pb2.JobRow()
+        job.CopyFrom(row)
+        job.job_id = self._next_job.to_bytes(4, "little")
+        self._next_job += 1
+        job.alive, job.start_time = True, job.start_time or self._clock()
+        self._write("jobs", job.job_id, job.SerializeToString())
+        return job.job_id
+
+    def finish_job(self, job_id: bytes) -> bool:
+        """Mark a job finished now; False when it is unknown."""
+        raw = self.get("jobs", job_id)
+        if raw is None:
+            return False
+        job = gcs_pb2.JobRow.FromString(raw)
+        job.alive, job.end_time = False, self._clock()
+        self._write("jobs", job_id, job.SerializeToString())
+        return True
+
+    def export_function(self, row: gcs_pb2.FunctionRow) -> bool:
+        """Store a function under its content hash once; True when it already existed."""
+        _require(row.function_id, "function_id")
+        if self.get("functions", row.function_id) is not None:
+            return True
+        self._write("functions", row.function_id, row.SerializeToString())
+        return False
+
+    def get_function(self, function_id: bytes) -> gcs_pb2.FunctionRow | None:
+        """The exported function with this content hash, or None."""
+        raw = self.get("functions", function_id)
+        return None if raw is None else gcs_pb2.FunctionRow.FromString(raw)
+
+    # ---- tasks, objects, scheduler events ----
+
+    def report_events(self, task_events: Iterable[common_pb2.TaskEvent],
+                      object_updates: Iterable[gcs_pb2.ObjectLocationUpdate]) -> None:
+        """Apply a batch; it is checked whole first, so a bad entry applies nothing."""
+        task_events, object_updates = list(task_events), list(object_updates)
+        for i, ev in enumerate(task_events):
+            _require(ev.task_id, f"task_events[{i}].task_id")
+            _require(ev.state, f"task_events[{i}].state")
+        for i, up in enumerate(object_updates):
+            _require(up.object_id, f"objects[{i}].object_id")
+            _require(up.node_id, f"objects[{i}].node_id")
+        for ev in task_events:
+            self._apply_task_event(ev)
+        for up in object_updates:
+            self._apply_object_update(up)
+
+    def _apply_task_event(self, ev: common_pb2.TaskEvent) -> None:
+        raw = self.get("tasks", ev.task_id)
+        row = gcs_pb2.TaskRow(task_id=ev.task_id) if raw is None else gcs_pb2.TaskRow.FromString(raw)
+        when = ev.time or self._clock()
+        # Batches from different nodes can arrive out of order: an event of an older
+        # attempt, or a non-final one after the attempt finished, joins the history only.
+        stale = ev.attempt < row.attempt or (
+            ev.attempt == row.attempt and row.state in TERMINAL_STATES and ev.state not in TERMINAL_STATES)
+        if not stale:
+            row.state, row.detail, row.attempt = ev.state, ev.detail, ev.attempt
+            row.name = ev.name or row.name
+            row.job_id = ev.job_id or row.job_id
+            row.actor_id = ev.actor_id or row.actor_id
+            row.node_id = ev.node_id or row.node_id
+            row.worker_pid = ev.worker_pid or row.worker_pid
+            if ev.state == "SUBMITTED":
+                row.submit_time = when
+            elif ev.state == "RUNNING":
+                row.start_time = when
+            elif ev.state in TERMINAL_STATES:
+                row.end_time = when
+        entry = row.history.add()
+        entry.CopyFrom(ev)
+        entry.time = when
+        del row.history[:-self.history_len]
+        self._write("tasks", ev.task_id, row.SerializeToString())
+        self._task_order.setdefault(ev.task_id, None)
+        if row.state in TERMINAL_STATES:
+            self._finished.setdefault(ev.task_id, None)
+        else:
+            self._finished.pop(ev.task_id, None)
+        while len(self._task_order) > self.max_tasks:
+            order = self._finished if self._finished else self._task_order
+            victim, _ = order.popitem(last=False)
+            self._task_order.pop(victim, None)
+            self._finished.pop(victim, None)
+            self._delete("tasks", victim)
+        if ev.state in DECISION_STATES:
+            self._append_event(entry)
+
+    def _append_event(self, ev: common_pb2.TaskEvent) -> None:
+        seq = self._next_event
+        self._next_event += 1
+        self._write("events", seq.to_bytes(8, "big"), ev.SerializeToString())
+        if seq >= self.max_events:
+            self._delete("events", (seq - self.max_events).to_bytes(8, "big"))
+
+    def _apply_object_update(self, up: gcs_pb2.ObjectLocationUpdate) -> None:
+        raw = self.get("objects", up.object_id)
+        if up.removed:
+            if raw is None:
+                return
+            row = gcs_pb2.ObjectRow.FromString(raw)
+            kept = [n for n in row.locations if n != up.node_id]
+            if not kept:
+                self._delete("objects", up.object_id)
+                return
+            del row.locations[:]
+            row.locations.extend(kept)
+        else:
+            row = gcs_pb2.ObjectRow(object_id=up.object_id) if raw is None else gcs_pb2.ObjectRow.FromString(raw)
+            if up.node_id not in row.locations:
+                row.locations.append(up.node_id)
+            row.size = up.size or row.size
+            row.owner_id = up.owner_id or row.owner_id
+            row.spilled = up.spilled
+        self._write("objects", up.object_id, row.SerializeToString())
+
+    # ---- internals ----
+
+    def _node(self, node_id: bytes) -> gcs_pb2.NodeRow | None:
+        raw = self.get("nodes", node_id)
+        return None if raw is None else gcs_pb2.NodeRow.FromString(raw)
+
+    def _mark_dead(self, node: gcs_pb2.NodeRow, cause: str) -> gcs_pb2.NodeRow:
+        node.alive, node.death_cause = False, cause
+        self._last_seen.pop(node.node_id, None)
+        self._write("nodes", node.node_id, node.SerializeToString())
+        logger.warning("node %s (%s) is dead: %s", short(node.node_id), node.address, cause)
+        return node
+
+    def _write(self, table: str, key: bytes, value: bytes) -> None:
+        self._shards[shard_of(key, self.num_shards)].put(table, key, value)
+        self._changes.append(Change(table, key, value))
+
+    def _delete(self, table: str, key: bytes) -> None:
+        self._shards[shard_of(key, self.num_shards)].delete(table, key)
+        self._changes.append(Change(table, key, deleted=True))
+
+    @staticmethod
+    def _check_table(table: str) -> None:
+        if table not in TABLES:
+            raise InvalidRequestError(f"unknown table {table!r}; the GCS tables are {', '.join(TABLES)}")

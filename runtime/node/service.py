@@ -1,0 +1,110 @@
+"""The NodeManager gRPC servicer: decode, hand to the manager, encode. Nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+from collections.abc import AsyncIterator
+
+import cloudpickle
+import grpc
+
+from runtime.node.manager import Conn, NodeManager
+from runtime.protocol import node_pb2, node_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+PYTHON_VERSION = platform.python_version()
+CLOUDPICKLE_VERSION = cloudpickle.__version__
+
+
+def version_mismatch(hello: node_pb2.Hello) -> str | None:
+    """Why a peer's environment cannot talk to this node, or None when it can."""
+    if hello.python_version != PYTHON_VERSION or hello.cloudpickle_version != CLOUDPICKLE_VERSION:
+        return (f"this {hello.kind or 'client'} runs Python {hello.python_version} / cloudpickle "
+                f"{hello.cloudpickle_version}, but the node runs Python {PYTHON_VERSION} / "
+                f"cloudpickle {CLOUDPICKLE_VERSION}. Use the same environment on every node "
+                "and driver (pickles only work between identical versions).")
+    return None
+
+
+class NodeServicer(node_pb2_grpc.NodeManagerServicer):
+    m: NodeManager
+
+    def __init__(self, manager: NodeManager | None = None) -> None:
+        if manager is not None:
+            self.m = manager
+
+    async def Session(self, request_iterator: AsyncIterator[node_pb2.ClientBatch],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[node_pb2.NodeBatch]:
+        conn = Conn()
+        try:
+            first = await request_iterator.__anext__()
+        except StopAsyncIteration:
+            return
+        if not first.ops or first.ops[0].WhichOneof("op") != "hello":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "a Session must start with a Hello op")
+        hello = first.ops[0].hello
+        if len(hello.client_id) != 16 or hello.kind not in ("driver", "worker"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "Hello needs a 16-byte client_id and kind 'driver' or 'worker'")
+        why = version_mismatch(hello)
+        if why is not None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, why)
+        welcome = self.m.hello(conn, hello)
+        yield node_pb2.NodeBatch(ops=[welcome])
+        if len(first.ops) > 1:
+            rest = node_pb2.ClientBatch(ops=first.ops[1:])
+            self.m.handle(conn, rest)
+        reader = asyncio.get_running_loop().create_task(self._read(conn, request_iterator))
+        try:
+            while True:
+                await conn.wake.wait()
+                conn.wake.clear()
+                if conn.out:
+                    ops, conn.out = conn.out, []
+                    yield node_pb2.NodeBatch(ops=ops)
+                if conn.closed:
+                    return
+        finally:
+            reader.cancel()
+            self.m.disconnect(conn)
+
+    async def _read(self, conn: Conn, requests: AsyncIterator[node_pb2.ClientBatch]) -> None:
+        try:
+            async for batch in requests:
+                try:
+                    self.m.handle(conn, batch)
+                except Exception:
+                    logger.exception("error handling a batch from client %s", conn.client_id.hex()[:12])
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            pass
+        except Exception:
+            logger.exception("session reader failed")
+        finally:
+            conn.closed = True
+            conn.wake.set()
+
+    async def GetNodeInfo(self, request: node_pb2.GetNodeInfoRequest,
+                          context: grpc.aio.ServicerContext) -> node_pb2.GetNodeInfoReply:
+        reply = node_pb2.GetNodeInfoReply(node_id=self.m.node_id, address=self.m.address,
+                                          session_dir=str(self.m.session_dir))
+        reply.load.CopyFrom(self.m._load())
+        import os
+        reply.pid = os.getpid()
+        return reply
+
+    async def ForwardTask(self, request: node_pb2.ForwardTaskRequest,
+                          context: grpc.aio.ServicerContext) -> node_pb2.ForwardTaskReply:
+        if not request.spec.task_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ForwardTask needs a task spec")
+        self.m.state.submit(request.spec.owner_id, request.spec)
+        self.m.flush()
+        return node_pb2.ForwardTaskReply(accepted=True)
+
+    async def Shutdown(self, request: node_pb2.ShutdownRequest,
+                       context: grpc.aio.ServicerContext) -> node_pb2.ShutdownReply:
+        asyncio.get_running_loop().call_soon(self.m.request_stop)
+        return node_pb2.ShutdownReply()

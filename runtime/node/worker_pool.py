@@ -1,0 +1,102 @@
+"""Starting, watching and stopping worker processes for one node.
+
+Workers are ``python -m runtime.worker`` children in the node's process group, each with
+its own log in the session's logs/ directory. The pool learns of an exit from the
+process itself (``asyncio`` child watching, no polling) and reports it with the exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from runtime import _ids
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerPool:
+    """Spawns workers that connect back to this node's Session service."""
+
+    def __init__(self, *, node_address: str, gcs_address: str, token_file: str,
+                 session_dir: Path, node_id: bytes,
+                 on_exit: Callable[[bytes, int | None], None]) -> None:
+        self.node_address = node_address
+        self.gcs_address = gcs_address
+        self.token_file = token_file
+        self.session_dir = session_dir
+        self.node_id = node_id
+        self.on_exit = on_exit
+        self.procs: dict[bytes, asyncio.subprocess.Process] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    async def start(self, worker_id: bytes | None = None, env: dict[str, str] | None = None) -> bytes:
+        """Start one worker; returns its id at once (it connects back when ready)."""
+        worker_id = worker_id or _ids.new_id()
+        log_path = self.session_dir / "logs" / f"worker-{worker_id.hex()[:12]}.log"
+        full_env = dict(os.environ)
+        full_env["PYTHONUNBUFFERED"] = "1"
+        if env:
+            full_env.update(env)
+        cmd = [sys.executable, "-m", "runtime.worker", "--node-address", self.node_address,
+               "--gcs-address", self.gcs_address, "--token-file", self.token_file,
+               "--worker-id", worker_id.hex(), "--node-id", self.node_id.hex(),
+               "--session-dir", str(self.session_dir)]
+        with open(log_path, "ab") as log:
+            proc = await asyncio.create_subprocess_exec(
+                *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=full_env)
+        self.procs[worker_id] = proc
+        watcher = asyncio.get_running_loop().create_task(self._watch(worker_id, proc))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+        logger.debug("started worker %s pid %d", _ids.short(worker_id), proc.pid)
+        return worker_id
+
+    async def _watch(self, worker_id: bytes, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        self.procs.pop(worker_id, None)
+        if not self._closing:
+            logger.info("worker %s pid %d exited with code %s", _ids.short(worker_id), proc.pid, code)
+            self.on_exit(worker_id, code)
+
+    def pid_of(self, worker_id: bytes) -> int:
+        proc = self.procs.get(worker_id)
+        return proc.pid if proc is not None else 0
+
+    def kill(self, worker_id: bytes) -> None:
+        """SIGKILL one worker (force-cancel, or a worker whose stream broke)."""
+        proc = self.procs.get(worker_id)
+        if proc is not None and proc.returncode is None:
+            try:
+                proc.send_signal(signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    async def stop_all(self, grace: float = 2.0) -> None:
+        """SIGTERM every worker, wait up to ``grace`` seconds, SIGKILL the rest."""
+        self._closing = True
+        procs = [p for p in self.procs.values() if p.returncode is None]
+        for p in procs:
+            try:
+                p.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        if procs:
+            _, pending = await asyncio.wait([asyncio.ensure_future(p.wait()) for p in procs],
+                                            timeout=grace)
+            for p in procs:
+                if p.returncode is None:
+                    try:
+                        p.kill()
+                    except ProcessLookupError:
+                        pass
+            if pending:
+                await asyncio.wait(pending, timeout=grace)
+        for w in list(self._watchers):
+            w.cancel()
