@@ -83,6 +83,8 @@ class CoreClient:
         #: Tasks the node gave this worker (read by the worker's main thread).
         self.tasks: queue.SimpleQueue[node_pb2.NodeOp] = queue.SimpleQueue()
         self.cancel_handler: Callable[[node_pb2.CancelTask], None] | None = None
+        #: Called at each submission from a driver; its string tags the task tree (a cell).
+        self.origin_provider: Callable[[], str] | None = None
         #: Ids of the tasks this worker is running, innermost last.
         self.task_stack: list[common_pb2.TaskSpec] = []
         self.closed = False
@@ -442,6 +444,23 @@ class CoreClient:
         assert self.gcs is not None
         self.run(self.gcs.export_function(row), 60.0)
         self._exported.add(function_id)
+
+    def stamp(self, spec: common_pb2.TaskSpec) -> None:
+        """Fill where a new task comes from: parent task, root driver, origin tag."""
+        stack = self.task_stack
+        if stack:
+            parent = stack[-1]
+            spec.parent_task_id = parent.task_id
+            spec.driver_id = parent.driver_id
+            spec.origin = parent.origin
+        else:
+            spec.driver_id = self.client_id
+            provider = self.origin_provider
+            if provider is not None:
+                try:
+                    spec.origin = provider()
+                except Exception:
+                    logger.exception("origin provider failed")
 
     def submit(self, op: node_pb2.ClientOp) -> None:
         self._check()

@@ -97,9 +97,7 @@ class RemoteFunction(Generic[P, R]):
         spec.CopyFrom(template)
         task_id = _ids.new_id()
         spec.task_id = task_id
-        stack = client.task_stack
-        if stack:
-            spec.parent_task_id = stack[-1].task_id
+        client.stamp(spec)
         keep = _args.encode(client, spec, self._name, args, kwargs)
         n = template.num_returns
         refs = [ObjectRef(_ids.object_id(task_id, i)) for i in range(1, n + 1)]

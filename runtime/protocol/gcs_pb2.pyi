@@ -99,6 +99,46 @@ class TaskRow(_message.Message):
     history: _containers.RepeatedCompositeFieldContainer[_common_pb2.TaskEvent]
     def __init__(self, task_id: _Optional[bytes] = ..., name: _Optional[str] = ..., job_id: _Optional[bytes] = ..., state: _Optional[str] = ..., node_id: _Optional[bytes] = ..., worker_pid: _Optional[int] = ..., submit_time: _Optional[float] = ..., start_time: _Optional[float] = ..., end_time: _Optional[float] = ..., detail: _Optional[str] = ..., attempt: _Optional[int] = ..., actor_id: _Optional[bytes] = ..., history: _Optional[_Iterable[_Union[_common_pb2.TaskEvent, _Mapping]]] = ...) -> None: ...
 
+class ActorRow(_message.Message):
+    __slots__ = ("actor_id", "class_name", "name", "namespace", "state", "node_id", "pid", "num_restarts", "max_restarts", "death_cause", "job_id", "detached", "owner_id", "start_time", "creation_spec", "pending_calls", "worker_id", "node_address")
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    NUM_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    DEATH_CAUSE_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    DETACHED_FIELD_NUMBER: _ClassVar[int]
+    OWNER_ID_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    CREATION_SPEC_FIELD_NUMBER: _ClassVar[int]
+    PENDING_CALLS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    actor_id: bytes
+    class_name: str
+    name: str
+    namespace: str
+    state: str
+    node_id: bytes
+    pid: int
+    num_restarts: int
+    max_restarts: int
+    death_cause: str
+    job_id: bytes
+    detached: bool
+    owner_id: bytes
+    start_time: float
+    creation_spec: bytes
+    pending_calls: int
+    worker_id: bytes
+    node_address: str
+    def __init__(self, actor_id: _Optional[bytes] = ..., class_name: _Optional[str] = ..., name: _Optional[str] = ..., namespace: _Optional[str] = ..., state: _Optional[str] = ..., node_id: _Optional[bytes] = ..., pid: _Optional[int] = ..., num_restarts: _Optional[int] = ..., max_restarts: _Optional[int] = ..., death_cause: _Optional[str] = ..., job_id: _Optional[bytes] = ..., detached: _Optional[bool] = ..., owner_id: _Optional[bytes] = ..., start_time: _Optional[float] = ..., creation_spec: _Optional[bytes] = ..., pending_calls: _Optional[int] = ..., worker_id: _Optional[bytes] = ..., node_address: _Optional[str] = ...) -> None: ...
+
 class ObjectRow(_message.Message):
     __slots__ = ("object_id", "size", "locations", "owner_id", "spilled")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]

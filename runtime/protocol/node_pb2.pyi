@@ -133,20 +133,22 @@ class TaskResult(_message.Message):
     def __init__(self, task_id: _Optional[bytes] = ..., returns: _Optional[_Iterable[_Union[_common_pb2.ObjectData, _Mapping]]] = ..., failed: _Optional[bool] = ..., retryable: _Optional[bool] = ..., error_summary: _Optional[str] = ...) -> None: ...
 
 class LogLines(_message.Message):
-    __slots__ = ("task_id", "name", "pid", "stderr", "lines", "owner_id")
+    __slots__ = ("task_id", "name", "pid", "stderr", "lines", "owner_id", "origin")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     STDERR_FIELD_NUMBER: _ClassVar[int]
     LINES_FIELD_NUMBER: _ClassVar[int]
     OWNER_ID_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
     task_id: bytes
     name: str
     pid: int
     stderr: bool
     lines: _containers.RepeatedScalarFieldContainer[str]
     owner_id: bytes
-    def __init__(self, task_id: _Optional[bytes] = ..., name: _Optional[str] = ..., pid: _Optional[int] = ..., stderr: _Optional[bool] = ..., lines: _Optional[_Iterable[str]] = ..., owner_id: _Optional[bytes] = ...) -> None: ...
+    origin: str
+    def __init__(self, task_id: _Optional[bytes] = ..., name: _Optional[str] = ..., pid: _Optional[int] = ..., stderr: _Optional[bool] = ..., lines: _Optional[_Iterable[str]] = ..., owner_id: _Optional[bytes] = ..., origin: _Optional[str] = ...) -> None: ...
 
 class BlockedState(_message.Message):
     __slots__ = ("blocked", "waiting_on")

@@ -73,6 +73,7 @@ class TaskOutput(io.TextIOBase):
         op = node_pb2.ClientOp()
         log = op.log
         log.task_id, log.name, log.pid, log.stderr = spec.task_id, spec.name, self._pid, self._is_stderr
-        log.owner_id = spec.owner_id
+        log.owner_id = spec.driver_id or spec.owner_id
+        log.origin = spec.origin
         log.lines.extend(lines)
         self._client.send(op)
