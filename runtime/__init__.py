@@ -25,13 +25,15 @@ from runtime import exceptions
 from runtime.api._core import (ClusterInfo, RuntimeContext, available_resources, cancel,
                                cluster_resources, get, get_runtime_context, init, is_initialized,
                                nodes, put, shutdown, wait)
+from runtime.api._actor import ActorClass, ActorHandle, get_actor, kill, method
 from runtime.api._object_ref import ObjectRef
 from runtime.api._remote_function import RemoteFunction
 
 __all__ = [
     "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel", "nodes",
     "cluster_resources", "available_resources", "get_runtime_context", "ObjectRef",
-    "RemoteFunction", "RuntimeContext", "ClusterInfo", "exceptions",
+    "RemoteFunction", "RuntimeContext", "ClusterInfo", "exceptions", "get_actor", "kill",
+    "method", "ActorClass", "ActorHandle",
 ]
 
 __version__ = "0.1.0"
@@ -39,19 +41,22 @@ __version__ = "0.1.0"
 
 def _make_remote(obj: Any, options: dict[str, Any]) -> Any:
     if inspect.isclass(obj):
-        raise TypeError(f"@remote on a class ({obj.__name__}) needs actor support, which this "
-                        "version of cellray does not have yet; use @remote on functions.")
+        return ActorClass(obj, options)
     if not callable(obj):
         raise TypeError(f"@remote expects a function, got {type(obj).__name__}")
     return RemoteFunction(obj, options)
 
 
 def remote(*args: Any, **options: Any) -> Any:
-    """Make a function a remote task: ``@remote`` or ``@remote(num_cpus=2, ...)``.
+    """Make a function a remote task, or a class an actor: ``@remote`` or ``@remote(...)``.
 
-    Options: num_cpus (default 1), num_gpus, resources (dict of custom resources),
+    Task options: num_cpus (default 1), num_gpus, resources (dict of custom resources),
     num_returns (default 1), max_retries (default 3; re-runs when the worker dies),
     retry_exceptions (True or a list of exception classes), name.
+
+    Actor options: num_cpus (default 0), num_gpus, resources, max_restarts,
+    max_task_retries, max_concurrency, name, namespace, lifetime ("detached"),
+    get_if_exists.
 
     Examples
     --------

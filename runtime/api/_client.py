@@ -20,6 +20,7 @@ submit that uses a ref always reaches the node before that ref's removal.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import platform
@@ -43,6 +44,10 @@ from runtime.protocol import codec, common_pb2, node_pb2, node_pb2_grpc
 from runtime.rpc.channel import connect, token_metadata
 
 logger = logging.getLogger(__name__)
+
+#: The tasks running in this thread or coroutine, innermost last (empty in a driver).
+_running: contextvars.ContextVar[tuple[common_pb2.TaskSpec, ...]] = contextvars.ContextVar(
+    "cellray_running_tasks", default=())
 
 T = TypeVar("T")
 LogHandler = Callable[[node_pb2.LogLines], None]
@@ -85,8 +90,8 @@ class CoreClient:
         self.cancel_handler: Callable[[node_pb2.CancelTask], None] | None = None
         #: Called at each submission from a driver; its string tags the task tree (a cell).
         self.origin_provider: Callable[[], str] | None = None
-        #: Ids of the tasks this worker is running, innermost last.
-        self.task_stack: list[common_pb2.TaskSpec] = []
+        #: True once this worker became an actor's process (no nested tasks run inside it).
+        self.is_actor = False
         self.closed = False
         self._broken: BaseException | None = None
         self._warned_infeasible: set[str] = set()
@@ -94,6 +99,17 @@ class CoreClient:
         self._thread = threading.Thread(target=self._run_loop, name="cellray-io", daemon=True)
         self._wake: asyncio.Event | None = None
         self.gcs: GcsClient | None = None
+
+    @property
+    def task_stack(self) -> tuple[common_pb2.TaskSpec, ...]:
+        """The tasks running in the calling thread or coroutine, innermost last."""
+        return _running.get()
+
+    def push_task(self, spec: common_pb2.TaskSpec) -> contextvars.Token[tuple[common_pb2.TaskSpec, ...]]:
+        return _running.set(_running.get() + (spec,))
+
+    def pop_task(self, token: contextvars.Token[tuple[common_pb2.TaskSpec, ...]]) -> None:
+        _running.reset(token)
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -350,7 +366,7 @@ class CoreClient:
                     if len(ready) >= num_ready:
                         return ready
                     self._check()
-                    if self.kind == "worker":
+                    if self.kind == "worker" and not self.is_actor:
                         if not blocked:
                             blocked = True
                             self._cv.release()

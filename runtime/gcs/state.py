@@ -133,7 +133,10 @@ class GcsState:
         return out[:limit] if limit > 0 else out
 
     def put(self, table: str, key: bytes, value: bytes, only_if_absent: bool = False) -> tuple[bool, bytes]:
-        """Write a generic row (``actors``/``kv``); return ``(written, previous value or b"")``."""
+        """Write a generic row (``actors``/``kv``); return ``(written, previous value or b"")``.
+
+        An empty ``value`` deletes the row (e.g. a dead actor releasing its name).
+        """
         if table not in PUT_TABLES:
             self._check_table(table)
             raise InvalidRequestError(f"table {table!r} has typed rows written by its own service; "
@@ -141,6 +144,10 @@ class GcsState:
         existing = self.get(table, key) or b""
         if existing and only_if_absent:
             return False, existing
+        if not value:
+            if existing:
+                self._delete(table, key)
+            return True, existing
         self._write(table, key, value)
         return True, existing
 

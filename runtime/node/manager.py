@@ -21,6 +21,7 @@ import psutil
 from runtime import _ids, config
 from runtime.gcs.client import GcsClient
 from runtime.node import state as st
+from runtime.node.actors import ACTOR_ROW, KV_DELETE
 from runtime.node.worker_pool import WorkerPool
 from runtime.object_store.store import SharedMemoryStore
 from runtime.protocol import codec, common_pb2, gcs_pb2, node_pb2
@@ -76,6 +77,8 @@ class NodeManager:
         self.conns: dict[bytes, Conn] = {}
         self.events: list[common_pb2.TaskEvent] = []
         self.object_updates: list[gcs_pb2.ObjectLocationUpdate] = []
+        #: Latest row per key to write to the GCS (actor rows, released names), in order.
+        self.gcs_puts: dict[bytes, tuple[str, bytes, bytes]] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._pending_starts: set[asyncio.Task[Any]] = set()
         self.stopped = asyncio.Event()
@@ -158,6 +161,8 @@ class NodeManager:
                 s.blocked(cid, op.blocked)
             elif kind == "cancel":
                 s.cancel(op.cancel.task_id, op.cancel.force, op.cancel.recursive)
+            elif kind == "kill_actor":
+                s.kill_actor(op.kill_actor.actor_id, op.kill_actor.no_restart)
             else:
                 logger.warning("ignored op %r from client %s", kind, _ids.short(cid))
         self.flush()
@@ -194,6 +199,11 @@ class NodeManager:
                 self._start_worker(counted=True)
             elif kind == st.KILL_WORKER:
                 self.pool.kill(action[1])
+            elif kind == ACTOR_ROW:
+                self.gcs_puts[b"actors:" + action[1].actor_id] = ("actors", action[1].actor_id,
+                                                                  action[1].SerializeToString())
+            elif kind == KV_DELETE:
+                self.gcs_puts[b"kv:" + action[1]] = ("kv", action[1], b"")
             elif kind == st.WARN:
                 logger.warning("%s", action[1])
 
@@ -239,6 +249,10 @@ class NodeManager:
                 logger.warning("heartbeat to the GCS at %s failed: %s", self.gcs_address, e)
 
     async def _flush_events(self) -> None:
+        while self.gcs_puts:
+            puts, self.gcs_puts = self.gcs_puts, {}
+            for table, key, value in puts.values():
+                await self.gcs.put(table, key, value)
         if not self.events and not self.object_updates:
             return
         events, self.events = self.events, []

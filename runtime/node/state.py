@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from runtime import _ids
+from runtime.node.actors import ActorMixin, Actor
 from runtime.protocol import common_pb2, node_pb2
 
 # Actions (tuples, cheap to build): the service carries them out in order.
@@ -104,7 +105,7 @@ def _fits(need: dict[str, float], avail: dict[str, float]) -> bool:
     return True
 
 
-class NodeState:
+class NodeState(ActorMixin):
     """One node's tasks, workers, objects and references. See the module docstring."""
 
     def __init__(self, node_id: bytes, resources: dict[str, float], store: Store,
@@ -136,6 +137,7 @@ class NodeState:
         #: task id -> worker id of a blocked worker waiting for that task's result.
         self.waited_by: dict[bytes, bytes] = {}
         self.children: dict[bytes, set[bytes]] = {}
+        self.actors: dict[bytes, Actor] = {}
         #: Counters for heartbeats and `rt.state`.
         self.stats: Counter[str] = Counter()
 
@@ -159,8 +161,8 @@ class NodeState:
             return
         for object_id, n in client.held.items():
             self._decref(object_id, n)
-        if client.kind == "worker":
-            self.worker_exited(client.worker_id, None)
+        if client.kind == "driver":
+            self._owner_gone(client_id, client.pid)
 
     # ---- workers -------------------------------------------------------------------
 
@@ -178,6 +180,8 @@ class NodeState:
             self.starting -= 1
         if w in self.idle:
             self.idle.remove(w)
+        if w.state == "ACTOR":
+            self._actor_worker_died(w, exit_code)
         w.state = "DEAD"
         for frame in reversed(w.frames):
             self._release(frame)
@@ -185,7 +189,13 @@ class NodeState:
             if task is None:
                 continue
             spec = task.spec
-            if task.cancelled:
+            if spec.actor_creation:  # the constructor's process died: the actor's restarts decide
+                self._finish(task, [], "FAILED", f"worker pid {w.pid} died")
+                actor = self.actors.get(spec.actor_id)
+                if actor is not None:
+                    actor.worker_id = w.worker_id
+                    self._actor_worker_died(w, exit_code)
+            elif task.cancelled:
                 self._fail(task, self._cancelled_error(task))
             elif spec.max_retries < 0 or spec.attempt < spec.max_retries:
                 spec.attempt += 1
@@ -227,6 +237,15 @@ class NodeState:
             self.children.setdefault(spec.parent_task_id, set()).add(task_id)
         self.stats["submitted"] += 1
         self._event(task, "SUBMITTED")
+        if spec.actor_id and not spec.actor_creation:
+            for oid in spec.arg_refs:
+                if oid not in self.objects:
+                    task.missing.add(oid)
+                    self.dep_waiters.setdefault(oid, []).append(task)
+            self._actor_call_submit(task)
+            return
+        if spec.actor_creation:
+            self._actor_created_submit(task)
         if not _fits(resources, self.total):
             task.state = "INFEASIBLE"
             self.infeasible[task_id] = task
@@ -340,6 +359,17 @@ class NodeState:
         client = self.clients.get(client_id)
         w = self.workers.get(client.worker_id) if client is not None else None
         task = self.tasks.get(res.task_id)
+        if task is not None and task.spec.actor_creation:
+            self._finish(task, [], "FAILED" if res.failed else "FINISHED", res.error_summary[:200],
+                         w.pid if w is not None else 0)
+            self._actor_creation_done(task, w, res)
+            self._schedule()
+            return
+        if task is not None and task.spec.actor_id:
+            self._actor_call_done(task)
+            self._finish(task, res.returns, "FAILED" if res.failed else "FINISHED",
+                         res.error_summary[:200], w.pid if w is not None else 0)
+            return
         if w is not None and w.frames and w.frames[-1].task_id == res.task_id:
             frame = w.frames.pop()
             self._release(frame)
@@ -497,8 +527,14 @@ class NodeState:
         if waiters:
             for task in waiters:
                 task.missing.discard(oid)
-                if not task.missing and task.state == "WAITING":
+                if task.missing:
+                    continue
+                if task.state == "WAITING":
                     self._make_ready(task)
+                elif task.state == "QUEUED":
+                    actor = self.actors.get(task.spec.actor_id)
+                    if actor is not None:
+                        self._pump(actor)
             self._schedule()
         getters = self.get_waiters.pop(oid, None)
         if getters:

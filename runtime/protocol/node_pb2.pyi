@@ -21,7 +21,7 @@ class NodeBatch(_message.Message):
     def __init__(self, ops: _Optional[_Iterable[_Union[NodeOp, _Mapping]]] = ...) -> None: ...
 
 class ClientOp(_message.Message):
-    __slots__ = ("hello", "submit", "put", "get", "refs", "cancel", "result", "log", "blocked")
+    __slots__ = ("hello", "submit", "put", "get", "refs", "cancel", "result", "log", "blocked", "kill_actor")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     SUBMIT_FIELD_NUMBER: _ClassVar[int]
     PUT_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class ClientOp(_message.Message):
     RESULT_FIELD_NUMBER: _ClassVar[int]
     LOG_FIELD_NUMBER: _ClassVar[int]
     BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    KILL_ACTOR_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     submit: _common_pb2.TaskSpec
     put: _common_pb2.ObjectData
@@ -40,7 +41,8 @@ class ClientOp(_message.Message):
     result: TaskResult
     log: LogLines
     blocked: BlockedState
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., submit: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ..., put: _Optional[_Union[_common_pb2.ObjectData, _Mapping]] = ..., get: _Optional[_Union[GetObjects, _Mapping]] = ..., refs: _Optional[_Union[RefUpdate, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ..., result: _Optional[_Union[TaskResult, _Mapping]] = ..., log: _Optional[_Union[LogLines, _Mapping]] = ..., blocked: _Optional[_Union[BlockedState, _Mapping]] = ...) -> None: ...
+    kill_actor: KillActor
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., submit: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ..., put: _Optional[_Union[_common_pb2.ObjectData, _Mapping]] = ..., get: _Optional[_Union[GetObjects, _Mapping]] = ..., refs: _Optional[_Union[RefUpdate, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ..., result: _Optional[_Union[TaskResult, _Mapping]] = ..., log: _Optional[_Union[LogLines, _Mapping]] = ..., blocked: _Optional[_Union[BlockedState, _Mapping]] = ..., kill_actor: _Optional[_Union[KillActor, _Mapping]] = ...) -> None: ...
 
 class NodeOp(_message.Message):
     __slots__ = ("welcome", "object", "execute", "cancel", "log", "event", "object_error")
@@ -117,6 +119,14 @@ class CancelTask(_message.Message):
     force: bool
     recursive: bool
     def __init__(self, task_id: _Optional[bytes] = ..., force: _Optional[bool] = ..., recursive: _Optional[bool] = ...) -> None: ...
+
+class KillActor(_message.Message):
+    __slots__ = ("actor_id", "no_restart")
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    NO_RESTART_FIELD_NUMBER: _ClassVar[int]
+    actor_id: bytes
+    no_restart: bool
+    def __init__(self, actor_id: _Optional[bytes] = ..., no_restart: _Optional[bool] = ...) -> None: ...
 
 class TaskResult(_message.Message):
     __slots__ = ("task_id", "returns", "failed", "retryable", "error_summary")

@@ -10,6 +10,7 @@ import sys
 from runtime import _session
 from runtime.api import _context
 from runtime.api._client import CoreClient
+from runtime.worker import executor
 from runtime.worker.executor import install_cancel_handler, run_one
 from runtime.worker.output import TaskOutput
 
@@ -38,7 +39,11 @@ def main(argv: list[str] | None = None) -> None:
             op = client.tasks.get()
         except KeyboardInterrupt:  # a cancel that arrived between tasks
             continue
-        run_one(client, op.execute)
+        ex = op.execute
+        if executor.actor is not None and ex.spec.actor_id and not ex.spec.actor_creation:
+            executor.actor.submit(client, ex)
+        else:
+            run_one(client, ex)
 
 
 if __name__ == "__main__":

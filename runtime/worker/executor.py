@@ -7,6 +7,9 @@ typed error object for every return of that task.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import json
 import os
 import signal
 import sys
@@ -29,6 +32,8 @@ _RUNTIME_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _functions: dict[bytes, Any] = {}
 #: Task id whose cancellation was asked while it runs (SIGINT raises in its frame).
 _cancel_requested: set[bytes] = set()
+#: Tasks running in the main thread now (read by the IO thread's cancel handler).
+_running_ids: set[bytes] = set()
 
 
 class _LoadError(Exception):
@@ -124,42 +129,166 @@ def _arg_value(data: common_pb2.ObjectData) -> Any:
     return codec.deserialize(data.inline)
 
 
+def _prepare(client: CoreClient, ex: node_pb2.ExecuteTask) -> tuple[Any, list[Any], dict[str, Any]]:
+    spec = ex.spec
+    if spec.actor_id and not spec.actor_creation:
+        assert actor is not None, "an actor call reached a worker that is not an actor"
+        fn = getattr(actor.instance, spec.method)
+    else:
+        fn = load_function(client, spec.function_id, spec.name)
+    args, kwargs = _args.decode(spec.args, [_arg_value(d) for d in ex.args])
+    return fn, args, kwargs
+
+
+def _finish(client: CoreClient, res: node_pb2.TaskResult, spec: common_pb2.TaskSpec, value: Any) -> None:
+    if spec.actor_creation:
+        become_actor(client, spec, value)
+        return
+    for i, v in enumerate(_returns(value, spec), 1):
+        _encode_return(client, res.returns.add(), _ids.object_id(spec.task_id, i), v, spec)
+
+
+def _failed(client: CoreClient, res: node_pb2.TaskResult, spec: common_pb2.TaskSpec,
+            e: BaseException) -> None:
+    if isinstance(e, TaskCancelledError):
+        _fail(client, res, spec, codec.serialize(e, error=True).to_bytes(), str(e), False)
+        return
+    retry = spec.retry_exceptions and _retryable(spec, e)
+    blob = _error_blob(client, spec, e)
+    # A failed constructor's traceback becomes the actor's death cause: send all of it.
+    summary = _user_traceback(e) if spec.actor_creation else f"{type(e).__name__}: {e}"
+    _fail(client, res, spec, blob, summary, retry)
+
+
+def _flush_output() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        flush_task = getattr(stream, "flush_task", None)
+        if flush_task is not None:
+            flush_task()
+
+
 def run_one(client: CoreClient, ex: node_pb2.ExecuteTask) -> None:
-    """Run the task in ``ex`` and send its TaskResult."""
+    """Run the task in ``ex`` in this thread and send its TaskResult."""
     spec = ex.spec
     op = node_pb2.ClientOp()
     res = op.result
     res.task_id = spec.task_id
-    client.task_stack.append(spec)
+    token = client.push_task(spec)
+    _running_ids.add(spec.task_id)
     value: Any = None
     try:
         try:
-            fn = load_function(client, spec.function_id, spec.name)
-            args, kwargs = _args.decode(spec.args, [_arg_value(d) for d in ex.args])
+            fn, args, kwargs = _prepare(client, ex)
             value = fn(*args, **kwargs)
-            values = _returns(value, spec)
-            for i, v in enumerate(values, 1):
-                _encode_return(client, res.returns.add(), _ids.object_id(spec.task_id, i), v, spec)
+            _finish(client, res, spec, value)
         except KeyboardInterrupt:
             if spec.task_id not in _cancel_requested:
                 raise
-            raise TaskCancelledError(f"Task {spec.name}() (task {_ids.short(spec.task_id)}) was "
-                                     "cancelled while running.", task_id=spec.task_id.hex()) from None
-    except TaskCancelledError as e:
-        _fail(client, res, spec, codec.serialize(e, error=True).to_bytes(), str(e), False)
+            raise _cancelled(spec) from None
     except Exception as e:
-        retry = spec.retry_exceptions and _retryable(spec, e)
-        _fail(client, res, spec, _error_blob(client, spec, e), f"{type(e).__name__}: {e}", retry)
+        _failed(client, res, spec, e)
     finally:
+        _running_ids.discard(spec.task_id)
         _cancel_requested.discard(spec.task_id)
-        for stream in (sys.stdout, sys.stderr):
-            flush_task = getattr(stream, "flush_task", None)
-            if flush_task is not None:
-                flush_task()
-        client.task_stack.pop()
+        _flush_output()
+        client.pop_task(token)
     client.send(op)
     # `value` is dropped only now, after the result (and its nested refs) is queued.
     del value
+
+
+def _cancelled(spec: common_pb2.TaskSpec) -> TaskCancelledError:
+    return TaskCancelledError(f"Task {spec.name}() (task {_ids.short(spec.task_id)}) was "
+                              "cancelled while running.", task_id=spec.task_id.hex())
+
+
+async def run_one_async(client: CoreClient, ex: node_pb2.ExecuteTask) -> None:
+    """Run an async actor method on the actor's event loop and send its TaskResult."""
+    spec = ex.spec
+    op = node_pb2.ClientOp()
+    res = op.result
+    res.task_id = spec.task_id
+    token = client.push_task(spec)
+    value: Any = None
+    try:
+        fn, args, kwargs = _prepare(client, ex)
+        value = fn(*args, **kwargs)
+        if inspect.isawaitable(value):
+            value = await value
+        _finish(client, res, spec, value)
+    except asyncio.CancelledError:
+        _failed(client, res, spec, _cancelled(spec))
+    except Exception as e:
+        _failed(client, res, spec, e)
+    finally:
+        client.pop_task(token)
+    client.send(op)
+    del value
+
+
+class ActorRuntime:
+    """This worker's actor: its instance and how its calls run (in order, threads, or a loop)."""
+
+    def __init__(self, instance: Any, max_concurrency: int, is_async: bool) -> None:
+        self.instance = instance
+        self.is_async = is_async
+        self.pool = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.sem: asyncio.Semaphore | None = None
+        self.async_tasks: dict[bytes, asyncio.Task[None]] = {}
+        if is_async:
+            self.loop = asyncio.new_event_loop()
+            threading.Thread(target=self.loop.run_forever, name="actor-loop", daemon=True).start()
+            self.limit = max_concurrency
+        elif max_concurrency > 1:
+            from concurrent.futures import ThreadPoolExecutor
+            self.pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="actor")
+
+    def submit(self, client: CoreClient, ex: node_pb2.ExecuteTask) -> None:
+        """Run one call: here (in order), on the pool, or on the loop."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._start_async, client, ex)
+        elif self.pool is not None:
+            self.pool.submit(run_one, client, ex)
+        else:
+            run_one(client, ex)
+
+    def _start_async(self, client: CoreClient, ex: node_pb2.ExecuteTask) -> None:
+        if self.sem is None:
+            self.sem = asyncio.Semaphore(self.limit)
+        sem = self.sem
+        task_id = ex.spec.task_id
+
+        async def limited() -> None:
+            async with sem:
+                await run_one_async(client, ex)
+
+        assert self.loop is not None
+        t = self.loop.create_task(limited())
+        self.async_tasks[task_id] = t
+        t.add_done_callback(lambda _: self.async_tasks.pop(task_id, None))
+
+    def cancel(self, task_id: bytes) -> bool:
+        t = self.async_tasks.get(task_id)
+        if t is None or self.loop is None:
+            return False
+        self.loop.call_soon_threadsafe(t.cancel)
+        return True
+
+
+#: Set when this worker becomes an actor.
+actor: ActorRuntime | None = None
+
+
+def become_actor(client: CoreClient, spec: common_pb2.TaskSpec, instance: Any) -> None:
+    global actor
+    options = json.loads(spec.actor_options or b"{}")
+    cls = type(instance)
+    is_async = any(inspect.iscoroutinefunction(getattr(cls, n, None))
+                   for n in dir(cls) if not n.startswith("__"))
+    default = 1000 if is_async else 1
+    actor = ActorRuntime(instance, int(options.get("max_concurrency") or default), is_async)
+    client.is_actor = True
 
 
 def _fail(client: CoreClient, res: node_pb2.TaskResult, spec: common_pb2.TaskSpec, blob: bytes,
@@ -191,8 +320,9 @@ def install_cancel_handler(client: CoreClient) -> None:
             raise KeyboardInterrupt
 
     def on_cancel(c: node_pb2.CancelTask) -> None:
-        stack = client.task_stack
-        if any(s.task_id == c.task_id for s in stack):
+        if actor is not None and actor.cancel(c.task_id):
+            return
+        if c.task_id in _running_ids:
             _cancel_requested.add(c.task_id)
             signal.pthread_kill(main_ident, signal.SIGINT)
 

@@ -1,0 +1,274 @@
+"""Actors on the driver side: ActorClass (``@remote`` on a class), ActorHandle, ActorMethod."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import pickle
+from typing import Any
+
+from runtime import _ids
+from runtime.api import _args, _context, _options
+from runtime.api._object_ref import ObjectRef
+from runtime.protocol import codec, gcs_pb2, node_pb2
+
+DEFAULT_NAMESPACE = "default"
+
+
+def method(*, num_returns: int = 1) -> Any:
+    """Decorate an actor method to set its options, e.g. ``@rt.method(num_returns=2)``."""
+    _options.validate({"num_returns": num_returns})
+
+    def wrap(fn: Any) -> Any:
+        fn.__cellray_num_returns__ = num_returns
+        return fn
+
+    return wrap
+
+
+def _methods_of(cls: type) -> dict[str, int]:
+    """Public methods of an actor class and their num_returns."""
+    meta: dict[str, int] = {}
+    for name in dir(cls):
+        if name.startswith("__") and name != "__call__":
+            continue
+        attr = getattr(cls, name, None)
+        if inspect.isfunction(attr) or inspect.ismethoddescriptor(attr):
+            meta[name] = getattr(attr, "__cellray_num_returns__", 1)
+    return meta
+
+
+def _name_key(namespace: str, name: str) -> bytes:
+    return f"actor_name:{namespace}:{name}".encode()
+
+
+class ActorClass:
+    """A class that runs as an actor: ``Cls.remote(*args)`` creates one and returns a handle.
+
+    ``Cls.options(name=..., namespace=..., lifetime="detached", get_if_exists=True,
+    max_restarts=..., max_task_retries=..., max_concurrency=..., num_cpus=..., num_gpus=...,
+    resources=...)`` sets options for one creation.
+    """
+
+    def __init__(self, cls: type, options: dict[str, Any]) -> None:
+        self._cls = cls
+        self._options = _options.validate(dict(options), actor=True)
+        self._export: tuple[bytes, bytes] | None = None
+        self._methods = _methods_of(cls)
+        self.__name__ = cls.__name__
+        self.__qualname__ = cls.__qualname__
+        self.__doc__ = cls.__doc__
+        self.__module__ = cls.__module__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"Actors cannot be instantiated directly. Instead of '{self.__name__}()', "
+                        f"use '{self.__name__}.remote()'.")
+
+    def options(self, **options: Any) -> ActorClass:
+        """A copy of this actor class with ``options`` changed for the next creation."""
+        new = ActorClass.__new__(ActorClass)
+        new.__dict__.update(self.__dict__)
+        new._options = {**self._options, **_options.validate(dict(options), actor=True)}
+        return new
+
+    def _exported(self) -> tuple[bytes, bytes]:
+        if self._export is None:
+            try:
+                self._export = codec.serialize_function(self._cls)
+            except (pickle.PicklingError, TypeError, AttributeError) as e:
+                raise TypeError(f"actor class {self.__name__} cannot be sent to the cluster: "
+                                f"pickling it failed ({e})") from e
+        return self._export
+
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+        """Create the actor; returns its handle at once (the constructor runs remotely)."""
+        client = _context.current()
+        o = self._options
+        try:
+            inspect.signature(self._cls).bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{self.__name__}.remote(): {e}. No actor was created.") from None
+        except ValueError:
+            pass
+        pickled, cid = self._exported()
+        client.export_function(cid, self.__name__, pickled)
+        actor_id = _ids.new_id()
+        name = o.get("name")
+        namespace = o.get("namespace") or DEFAULT_NAMESPACE
+        handle = ActorHandle(actor_id, self.__name__, self._methods, name, namespace, cid)
+        if name:
+            assert client.gcs is not None
+            entry = json.dumps({"actor_id": actor_id.hex(), "class_name": self.__name__,
+                                "function_id": cid.hex(), "methods": self._methods}).encode()
+            written, existing = client.run(
+                client.gcs.put("kv", _name_key(namespace, name), entry, only_if_absent=True), 30.0)
+            if not written:
+                if o.get("get_if_exists"):
+                    return _handle_from_entry(existing, name, namespace)
+                raise ValueError(f"An actor named {name!r} already exists in namespace "
+                                 f"{namespace!r}. Use get_actor({name!r}) to reach it, or "
+                                 "options(get_if_exists=True) to reuse it.")
+        op = node_pb2.ClientOp()
+        spec = op.submit
+        spec.task_id = _ids.new_id()
+        spec.job_id = client.job_id
+        spec.function_id = cid
+        spec.name = f"{self.__name__}.__init__"
+        spec.owner_id = client.client_id
+        spec.actor_id = actor_id
+        spec.actor_creation = True
+        spec.num_returns = 0
+        spec.actor_options = json.dumps({
+            "class_name": self.__name__, "name": name, "namespace": namespace,
+            "max_restarts": o.get("max_restarts") or 0,
+            "max_task_retries": o.get("max_task_retries") or 0,
+            "max_concurrency": o.get("max_concurrency"), "lifetime": o.get("lifetime"),
+        }).encode()
+        spec.resources.update(_options.resources_of(o, 0.0))
+        client.stamp(spec)
+        keep = _args.encode(client, spec, self.__name__, args, kwargs)
+        client.submit(op)
+        del keep
+        return handle
+
+    def __repr__(self) -> str:
+        return f"<ActorClass {self.__name__}>"
+
+
+def _handle_from_entry(raw: bytes, name: str, namespace: str) -> ActorHandle:
+    e = json.loads(raw)
+    return ActorHandle(bytes.fromhex(e["actor_id"]), e["class_name"], dict(e["methods"]), name,
+                       namespace, bytes.fromhex(e["function_id"]))
+
+
+class ActorHandle:
+    """A reference to an actor: call ``handle.method.remote(...)`` to run a method on it.
+
+    Handles can be passed to tasks and other actors. Calls from one caller run in the order
+    they were submitted.
+    """
+
+    def __init__(self, actor_id: bytes, class_name: str, methods: dict[str, int],
+                 name: str | None, namespace: str, function_id: bytes) -> None:
+        self._actor_id = actor_id
+        self._class_name = class_name
+        self._methods = methods
+        self._name = name
+        self._namespace = namespace
+        self._function_id = function_id
+
+    def __getattr__(self, item: str) -> ActorMethod:
+        methods = self.__dict__.get("_methods", {})
+        if item in methods:
+            return ActorMethod(self, item, methods[item])
+        raise AttributeError(f"actor class {self.__dict__.get('_class_name')!r} has no method {item!r}")
+
+    def __reduce__(self) -> Any:
+        return (ActorHandle, (self._actor_id, self._class_name, self._methods, self._name,
+                              self._namespace, self._function_id))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    def __hash__(self) -> int:
+        return hash(self._actor_id)
+
+    @property
+    def actor_id(self) -> str:
+        """Hex id of the actor."""
+        return self._actor_id.hex()
+
+    def state(self) -> str:
+        """The actor's state in the GCS: PENDING, ALIVE, RESTARTING or DEAD ("UNKNOWN" if unreachable)."""
+        client = _context.peek()
+        if client is None or client.gcs is None:
+            return "UNKNOWN"
+        try:
+            raw = client.run(client.gcs.get_entry("actors", self._actor_id), 2.0)
+        except Exception:
+            return "UNKNOWN"
+        return gcs_pb2.ActorRow.FromString(raw).state if raw else "PENDING"
+
+    def __repr__(self) -> str:
+        name = f", name={self._name!r}" if self._name else ""
+        return f"ActorHandle({self._class_name}{name}, id={self._actor_id.hex()[:12]}, state={self.state()})"
+
+
+class ActorMethod:
+    """One method of an actor: ``.remote(*args)``, ``.options(num_returns=...)``."""
+
+    def __init__(self, handle: ActorHandle, name: str, num_returns: int) -> None:
+        self._handle = handle
+        self._name = name
+        self._num_returns = num_returns
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"Actor methods cannot be called directly. Instead of "
+                        f"'{self._name}()', use '{self._name}.remote()'.")
+
+    def options(self, **options: Any) -> ActorMethod:
+        """A copy with options for one call (``num_returns``)."""
+        unknown = set(options) - {"num_returns", "name"}
+        if unknown:
+            raise ValueError(f"unknown option(s) for actor methods: {', '.join(sorted(unknown))}; "
+                             "valid: num_returns, name")
+        _options.validate({"num_returns": options.get("num_returns", self._num_returns)})
+        return ActorMethod(self._handle, self._name, options.get("num_returns", self._num_returns))
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the method on the actor; returns ObjectRef(s) at once."""
+        client = _context.current()
+        h = self._handle
+        op = node_pb2.ClientOp()
+        spec = op.submit
+        task_id = _ids.new_id()
+        spec.task_id = task_id
+        spec.job_id = client.job_id
+        spec.function_id = h._function_id
+        spec.name = f"{h._class_name}.{self._name}"
+        spec.owner_id = client.client_id
+        spec.actor_id = h._actor_id
+        spec.method = self._name
+        n = self._num_returns
+        spec.num_returns = n
+        client.stamp(spec)
+        keep = _args.encode(client, spec, spec.name, args, kwargs)
+        refs = [ObjectRef(_ids.object_id(task_id, i)) for i in range(1, n + 1)]
+        client.submit(op)
+        del keep
+        if n == 1:
+            return refs[0]
+        if n == 0:
+            return None
+        return refs
+
+
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    """The handle of the live actor named ``name`` (in ``namespace``, default "default").
+
+    Raises ``ValueError`` when no such actor exists.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"get_actor() needs a non-empty actor name, got {name!r}")
+    client = _context.current()
+    namespace = namespace or DEFAULT_NAMESPACE
+    assert client.gcs is not None
+    raw = client.run(client.gcs.get_entry("kv", _name_key(namespace, name)), 30.0)
+    if not raw:
+        raise ValueError(f"Failed to look up actor with name {name!r} in namespace "
+                         f"{namespace!r}: no such actor (it was never created, or it died).")
+    return _handle_from_entry(raw, name, namespace)
+
+
+def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
+    """Kill an actor's process at once. Later calls raise ``ActorDiedError``.
+
+    With ``no_restart=False`` the actor restarts if its ``max_restarts`` allows.
+    """
+    if not isinstance(actor, ActorHandle):
+        raise TypeError(f"kill() expects an ActorHandle, got {type(actor).__name__}")
+    client = _context.current()
+    op = node_pb2.ClientOp()
+    op.kill_actor.actor_id = actor._actor_id
+    op.kill_actor.no_restart = no_restart
+    client.submit(op)
