@@ -326,7 +326,10 @@ def nodes() -> list[dict[str, Any]]:
                     "QueueLength": n.load.queue_length,
                     "ObjectStoreUsed": n.load.store_used,
                     "ObjectStoreCapacity": n.load.store_capacity,
-                    "DeathCause": n.death_cause, "Labels": dict(n.labels)})
+                    "DeathCause": n.death_cause, "Labels": dict(n.labels),
+                    "GPUs": [{"index": g.index, "name": g.name, "memory_total": g.memory_total,
+                              "memory_used": g.memory_used, "utilization": g.utilization}
+                             for g in n.load.gpus]})
     return out
 
 
@@ -382,3 +385,16 @@ class RuntimeContext:
 def get_runtime_context() -> RuntimeContext:
     """Facts about where the caller runs: ``get_job_id()``, ``get_task_id()``, ``get_node_id()``."""
     return RuntimeContext(_context.current())
+
+
+def get_gpu_ids() -> list[int]:
+    """The GPU indices reserved for the calling task or actor (``[]`` in a driver).
+
+    The same GPUs are in ``CUDA_VISIBLE_DEVICES`` while the task runs. Fractional
+    requests (``num_gpus=0.25``) share one GPU.
+    """
+    client = _context.current()
+    if client.kind != "worker":
+        return []
+    from runtime.worker.executor import current_gpu_ids
+    return current_gpu_ids(client)

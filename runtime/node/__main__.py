@@ -15,6 +15,7 @@ import psutil
 
 from runtime import _ids, _session, config
 from runtime.cluster.process import exit_with_parent, write_ready_file
+from runtime.node.gpus import Gpus
 from runtime.node.manager import NodeManager
 from runtime.node.service import NodeServicer
 from runtime.protocol import node_pb2_grpc
@@ -43,9 +44,8 @@ def parse_resources(args: argparse.Namespace) -> dict[str, float]:
             raise SystemExit("--resources must map names to non-negative numbers")
         resources.update({str(k): float(v) for k, v in extra.items()})
     resources["CPU"] = float(args.num_cpus if args.num_cpus is not None else os.cpu_count() or 1)
-    resources["GPU"] = float(args.num_gpus or 0)
-    if resources["GPU"] == 0:
-        del resources["GPU"]
+    if args.num_gpus is not None and (args.num_gpus < 0 or args.num_gpus != int(args.num_gpus)):
+        raise SystemExit(f"--num-gpus must be a whole number >= 0, got {args.num_gpus}")
     return resources
 
 
@@ -55,6 +55,9 @@ async def run(args: argparse.Namespace) -> None:
     session_dir = Path(args.session_dir)
     node_id = _ids.new_id()
     resources = parse_resources(args)
+    gpus = Gpus(declared=None if args.num_gpus is None else int(args.num_gpus))
+    if gpus.count:
+        resources["GPU"] = float(gpus.count)
     capacity = args.object_store_memory or default_store_capacity()
     servicer = NodeServicer()  # the manager needs the bound port, so it is attached below
     server, port = await create_server(args.host, args.port, token,
@@ -63,7 +66,8 @@ async def run(args: argparse.Namespace) -> None:
     manager = NodeManager(node_id=node_id, address=address, gcs_address=args.gcs_address,
                           token=token, token_file=args.token_file, session_dir=session_dir,
                           resources=resources, store_capacity=capacity,
-                          heartbeat_ms=settings.heartbeat_ms, event_flush_ms=settings.event_flush_ms)
+                          heartbeat_ms=settings.heartbeat_ms, event_flush_ms=settings.event_flush_ms,
+                          gpus=gpus)
     servicer.m = manager
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

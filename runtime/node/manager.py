@@ -21,6 +21,7 @@ import psutil
 from runtime import _ids, config
 from runtime.gcs.client import GcsClient
 from runtime.node import state as st
+from runtime.node.gpus import Gpus
 from runtime.node.actors import ACTOR_ROW, KV_DELETE
 from runtime.node.worker_pool import WorkerPool
 from runtime.object_store.store import SharedMemoryStore
@@ -57,8 +58,10 @@ class NodeManager:
 
     def __init__(self, *, node_id: bytes, address: str, gcs_address: str, token: str,
                  token_file: str, session_dir: Path, resources: dict[str, float],
-                 store_capacity: int, heartbeat_ms: int = 500, event_flush_ms: int = 100) -> None:
+                 store_capacity: int, heartbeat_ms: int = 500, event_flush_ms: int = 100,
+                 gpus: Gpus | None = None) -> None:
         self.node_id = node_id
+        self.gpus = gpus
         self.address = address
         self.gcs_address = gcs_address
         self.token = token
@@ -233,6 +236,8 @@ class NodeManager:
         load.memory_used = vm.total - vm.available
         load.memory_total = vm.total
         load.cpu_percent = psutil.cpu_percent(interval=None)
+        if self.gpus is not None:
+            load.gpus.extend(self.gpus.sample())
         return load
 
     async def _heartbeat_loop(self) -> None:

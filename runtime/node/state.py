@@ -70,6 +70,8 @@ class Frame:
     resources: dict[str, float]
     blocked: bool = False
     lent: float = 0.0
+    #: GPU indices reserved for the task (whole or a fraction of one GPU).
+    gpu_ids: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -116,6 +118,8 @@ class NodeState(ActorMixin):
         self.total = dict(resources)
         #: What running tasks have not taken (CPU lent by blocked workers is back here).
         self.available = dict(resources)
+        #: Free fraction of each GPU, by index: fractions pack onto the lowest index first.
+        self.gpu_free = [1.0] * int(resources.get("GPU", 0))
         self.store = store
         self.encode_error = encode_error
         self.clock = clock
@@ -281,7 +285,7 @@ class NodeState(ActorMixin):
                 if task.state != "READY":
                     queue.popleft()
                     continue
-                if not _fits(task.resources, self.available):
+                if not self._can_run(task.resources):
                     break
                 worker = self._worker_for(task)
                 if worker is None:
@@ -291,6 +295,25 @@ class NodeState(ActorMixin):
                 self._dispatch(task, worker)
         for _ in range(min(want, self.max_starting) - self.starting):
             self._start_worker()
+
+    def _can_run(self, need: dict[str, float]) -> bool:
+        if not _fits(need, self.available):
+            return False
+        gpus = need.get("GPU", 0.0)
+        return gpus <= 0 or self._pick_gpus(gpus) is not None
+
+    def _pick_gpus(self, amount: float) -> list[int] | None:
+        """GPU indices for ``amount``: a fraction packs onto the first GPU with room; a
+        whole number takes that many entirely free GPUs."""
+        free = self.gpu_free
+        if amount < 1.0:
+            for i, f in enumerate(free):
+                if f + 1e-9 >= amount:
+                    return [i]
+            return None
+        whole = [i for i, f in enumerate(free) if f > 1.0 - 1e-9]
+        n = int(round(amount))
+        return whole[:n] if len(whole) >= n else None
 
     def _how_many_fit(self, need: dict[str, float], limit: int) -> int:
         n = limit
@@ -321,12 +344,21 @@ class NodeState(ActorMixin):
         for k, v in task.resources.items():
             self.available[k] = self.available.get(k, 0.0) - v
         worker.state = "BUSY"
-        worker.frames.append(Frame(spec.task_id, task.resources))
+        frame = Frame(spec.task_id, task.resources)
+        gpus = task.resources.get("GPU", 0.0)
+        if gpus > 0:
+            ids = self._pick_gpus(gpus) or []
+            share = gpus if gpus < 1.0 else 1.0
+            for i in ids:
+                self.gpu_free[i] -= share
+            frame.gpu_ids = ids
+        worker.frames.append(frame)
         task.state = "RUNNING"
         task.worker_id = worker.worker_id
         op = node_pb2.NodeOp()
         ex = op.execute
         ex.spec.CopyFrom(spec)
+        ex.gpu_ids.extend(frame.gpu_ids)
         for oid in spec.arg_refs:
             if self._fill(ex.args.add(), oid, pin=True):
                 task.pinned.append(oid)
@@ -351,6 +383,12 @@ class NodeState(ActorMixin):
     def _release(self, frame: Frame) -> None:
         for k, v in frame.resources.items():
             self.available[k] = self.available.get(k, 0.0) + v
+        if frame.gpu_ids:
+            gpus = frame.resources.get("GPU", 0.0)
+            share = gpus if gpus < 1.0 else 1.0
+            for i in frame.gpu_ids:
+                self.gpu_free[i] = min(1.0, self.gpu_free[i] + share)
+            frame.gpu_ids = []
         if frame.lent:  # the CPUs were already given back while it was blocked
             self.available["CPU"] = self.available.get("CPU", 0.0) - frame.lent
             frame.lent = 0.0

@@ -34,6 +34,22 @@ _functions: dict[bytes, Any] = {}
 _cancel_requested: set[bytes] = set()
 #: Tasks running in the main thread now (read by the IO thread's cancel handler).
 _running_ids: set[bytes] = set()
+#: GPU indices reserved for each running task (and for this worker's actor, if any).
+gpu_ids: dict[bytes, list[int]] = {}
+
+
+def _set_visible_gpus(ids: list[int]) -> str | None:
+    """Point CUDA_VISIBLE_DEVICES at ``ids``; return the previous value to restore."""
+    old = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in ids)
+    return old
+
+
+def _restore_visible_gpus(old: str | None) -> None:
+    if old is None:
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = old
 
 
 class _LoadError(Exception):
@@ -175,6 +191,10 @@ def run_one(client: CoreClient, ex: node_pb2.ExecuteTask) -> None:
     res.task_id = spec.task_id
     token = client.push_task(spec)
     _running_ids.add(spec.task_id)
+    ids = list(ex.gpu_ids)
+    gpu_ids[spec.task_id] = ids
+    # An actor keeps its GPUs for life; a task only while it runs.
+    old_visible = _set_visible_gpus(ids) if ids else None
     value: Any = None
     try:
         try:
@@ -190,6 +210,10 @@ def run_one(client: CoreClient, ex: node_pb2.ExecuteTask) -> None:
     finally:
         _running_ids.discard(spec.task_id)
         _cancel_requested.discard(spec.task_id)
+        if not spec.actor_creation:
+            gpu_ids.pop(spec.task_id, None)
+            if ids:
+                _restore_visible_gpus(old_visible)
         _flush_output()
         client.pop_task(token)
     client.send(op)
@@ -236,6 +260,7 @@ class ActorRuntime:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.sem: asyncio.Semaphore | None = None
         self.async_tasks: dict[bytes, asyncio.Task[None]] = {}
+        self.gpu_ids: list[int] = []
         if is_async:
             self.loop = asyncio.new_event_loop()
             threading.Thread(target=self.loop.run_forever, name="actor-loop", daemon=True).start()
@@ -288,6 +313,7 @@ def become_actor(client: CoreClient, spec: common_pb2.TaskSpec, instance: Any) -
                    for n in dir(cls) if not n.startswith("__"))
     default = 1000 if is_async else 1
     actor = ActorRuntime(instance, int(options.get("max_concurrency") or default), is_async)
+    actor.gpu_ids = gpu_ids.pop(spec.task_id, [])
     client.is_actor = True
 
 
@@ -328,3 +354,15 @@ def install_cancel_handler(client: CoreClient) -> None:
 
     signal.signal(signal.SIGINT, on_sigint)
     client.cancel_handler = on_cancel
+
+
+def current_gpu_ids(client: CoreClient) -> list[int]:
+    """GPU indices reserved for the task or actor running in the caller."""
+    stack = client.task_stack
+    if stack:
+        ids = gpu_ids.get(stack[-1].task_id)
+        if ids is not None:
+            return list(ids)
+    if actor is not None:
+        return list(actor.gpu_ids)
+    return []
