@@ -109,7 +109,7 @@ class TaskEvent(_message.Message):
     def __init__(self, task_id: _Optional[bytes] = ..., name: _Optional[str] = ..., job_id: _Optional[bytes] = ..., state: _Optional[str] = ..., node_id: _Optional[bytes] = ..., worker_pid: _Optional[int] = ..., time: _Optional[float] = ..., detail: _Optional[str] = ..., target_node_id: _Optional[bytes] = ..., scheduler: _Optional[str] = ..., attempt: _Optional[int] = ..., actor_id: _Optional[bytes] = ...) -> None: ...
 
 class NodeLoad(_message.Message):
-    __slots__ = ("total", "available", "queue_length", "store_used", "store_capacity", "num_workers", "cpu_percent", "memory_used", "memory_total", "gpus")
+    __slots__ = ("total", "available", "queue_length", "store_used", "store_capacity", "num_workers", "cpu_percent", "memory_used", "memory_total", "gpus", "tasks_local", "tasks_spilled", "tasks_received")
     class TotalEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +134,9 @@ class NodeLoad(_message.Message):
     MEMORY_USED_FIELD_NUMBER: _ClassVar[int]
     MEMORY_TOTAL_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
+    TASKS_LOCAL_FIELD_NUMBER: _ClassVar[int]
+    TASKS_SPILLED_FIELD_NUMBER: _ClassVar[int]
+    TASKS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     total: _containers.ScalarMap[str, float]
     available: _containers.ScalarMap[str, float]
     queue_length: int
@@ -144,7 +147,10 @@ class NodeLoad(_message.Message):
     memory_used: int
     memory_total: int
     gpus: _containers.RepeatedCompositeFieldContainer[GpuInfo]
-    def __init__(self, total: _Optional[_Mapping[str, float]] = ..., available: _Optional[_Mapping[str, float]] = ..., queue_length: _Optional[int] = ..., store_used: _Optional[int] = ..., store_capacity: _Optional[int] = ..., num_workers: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., memory_used: _Optional[int] = ..., memory_total: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ...) -> None: ...
+    tasks_local: int
+    tasks_spilled: int
+    tasks_received: int
+    def __init__(self, total: _Optional[_Mapping[str, float]] = ..., available: _Optional[_Mapping[str, float]] = ..., queue_length: _Optional[int] = ..., store_used: _Optional[int] = ..., store_capacity: _Optional[int] = ..., num_workers: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., memory_used: _Optional[int] = ..., memory_total: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., tasks_local: _Optional[int] = ..., tasks_spilled: _Optional[int] = ..., tasks_received: _Optional[int] = ...) -> None: ...
 
 class GpuInfo(_message.Message):
     __slots__ = ("index", "name", "memory_total", "memory_used", "utilization")

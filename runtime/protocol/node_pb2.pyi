@@ -205,16 +205,74 @@ class GetNodeInfoReply(_message.Message):
     def __init__(self, node_id: _Optional[bytes] = ..., address: _Optional[str] = ..., load: _Optional[_Union[_common_pb2.NodeLoad, _Mapping]] = ..., pid: _Optional[int] = ..., session_dir: _Optional[str] = ...) -> None: ...
 
 class ForwardTaskRequest(_message.Message):
-    __slots__ = ("spec",)
+    __slots__ = ("spec", "args", "home_address", "home_node_id", "scheduler", "reason")
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    HOME_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    HOME_NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     spec: _common_pb2.TaskSpec
-    def __init__(self, spec: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ...) -> None: ...
+    args: _containers.RepeatedCompositeFieldContainer[_common_pb2.ObjectData]
+    home_address: str
+    home_node_id: bytes
+    scheduler: str
+    reason: str
+    def __init__(self, spec: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ..., args: _Optional[_Iterable[_Union[_common_pb2.ObjectData, _Mapping]]] = ..., home_address: _Optional[str] = ..., home_node_id: _Optional[bytes] = ..., scheduler: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ForwardTaskReply(_message.Message):
-    __slots__ = ("accepted",)
+    __slots__ = ("accepted", "why_not")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    WHY_NOT_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
-    def __init__(self, accepted: _Optional[bool] = ...) -> None: ...
+    why_not: str
+    def __init__(self, accepted: _Optional[bool] = ..., why_not: _Optional[str] = ...) -> None: ...
+
+class ReportResultsRequest(_message.Message):
+    __slots__ = ("task_id", "returns", "failed", "error_summary", "node_id", "node_address")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    RETURNS_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    task_id: bytes
+    returns: _containers.RepeatedCompositeFieldContainer[_common_pb2.ObjectData]
+    failed: bool
+    error_summary: str
+    node_id: bytes
+    node_address: str
+    def __init__(self, task_id: _Optional[bytes] = ..., returns: _Optional[_Iterable[_Union[_common_pb2.ObjectData, _Mapping]]] = ..., failed: _Optional[bool] = ..., error_summary: _Optional[str] = ..., node_id: _Optional[bytes] = ..., node_address: _Optional[str] = ...) -> None: ...
+
+class ReportResultsReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PullObjectRequest(_message.Message):
+    __slots__ = ("object_id",)
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    object_id: bytes
+    def __init__(self, object_id: _Optional[bytes] = ...) -> None: ...
+
+class ObjectChunk(_message.Message):
+    __slots__ = ("data", "total_size", "nested_refs")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    NESTED_REFS_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    total_size: int
+    nested_refs: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, data: _Optional[bytes] = ..., total_size: _Optional[int] = ..., nested_refs: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class FreeObjectsRequest(_message.Message):
+    __slots__ = ("object_ids",)
+    OBJECT_IDS_FIELD_NUMBER: _ClassVar[int]
+    object_ids: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, object_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class FreeObjectsReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class ShutdownRequest(_message.Message):
     __slots__ = ()

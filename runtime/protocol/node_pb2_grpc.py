@@ -50,6 +50,21 @@ class NodeManagerStub:
                 request_serializer=runtime_dot_protocol_dot_node__pb2.ForwardTaskRequest.SerializeToString,
                 response_deserializer=runtime_dot_protocol_dot_node__pb2.ForwardTaskReply.FromString,
                 _registered_method=True)
+        self.ReportResults = channel.unary_unary(
+                '/cellray.NodeManager/ReportResults',
+                request_serializer=runtime_dot_protocol_dot_node__pb2.ReportResultsRequest.SerializeToString,
+                response_deserializer=runtime_dot_protocol_dot_node__pb2.ReportResultsReply.FromString,
+                _registered_method=True)
+        self.PullObject = channel.unary_stream(
+                '/cellray.NodeManager/PullObject',
+                request_serializer=runtime_dot_protocol_dot_node__pb2.PullObjectRequest.SerializeToString,
+                response_deserializer=runtime_dot_protocol_dot_node__pb2.ObjectChunk.FromString,
+                _registered_method=True)
+        self.FreeObjects = channel.unary_unary(
+                '/cellray.NodeManager/FreeObjects',
+                request_serializer=runtime_dot_protocol_dot_node__pb2.FreeObjectsRequest.SerializeToString,
+                response_deserializer=runtime_dot_protocol_dot_node__pb2.FreeObjectsReply.FromString,
+                _registered_method=True)
         self.Shutdown = channel.unary_unary(
                 '/cellray.NodeManager/Shutdown',
                 request_serializer=runtime_dot_protocol_dot_node__pb2.ShutdownRequest.SerializeToString,
@@ -75,7 +90,28 @@ class NodeManagerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ForwardTask(self, request, context):
-        """Accept a task placed here by a global scheduler (issue 4).
+        """Accept a task placed here by a global scheduler; it runs here for its home node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportResults(self, request, context):
+        """A forwarded task finished: its results (inline, or where they are stored) go home.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PullObject(self, request, context):
+        """Stream an object held here to another node, in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FreeObjects(self, request, context):
+        """Another node no longer needs these objects held here for it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,6 +141,21 @@ def add_NodeManagerServicer_to_server(servicer, server):
                     servicer.ForwardTask,
                     request_deserializer=runtime_dot_protocol_dot_node__pb2.ForwardTaskRequest.FromString,
                     response_serializer=runtime_dot_protocol_dot_node__pb2.ForwardTaskReply.SerializeToString,
+            ),
+            'ReportResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportResults,
+                    request_deserializer=runtime_dot_protocol_dot_node__pb2.ReportResultsRequest.FromString,
+                    response_serializer=runtime_dot_protocol_dot_node__pb2.ReportResultsReply.SerializeToString,
+            ),
+            'PullObject': grpc.unary_stream_rpc_method_handler(
+                    servicer.PullObject,
+                    request_deserializer=runtime_dot_protocol_dot_node__pb2.PullObjectRequest.FromString,
+                    response_serializer=runtime_dot_protocol_dot_node__pb2.ObjectChunk.SerializeToString,
+            ),
+            'FreeObjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.FreeObjects,
+                    request_deserializer=runtime_dot_protocol_dot_node__pb2.FreeObjectsRequest.FromString,
+                    response_serializer=runtime_dot_protocol_dot_node__pb2.FreeObjectsReply.SerializeToString,
             ),
             'Shutdown': grpc.unary_unary_rpc_method_handler(
                     servicer.Shutdown,
@@ -193,6 +244,87 @@ class NodeManager:
             '/cellray.NodeManager/ForwardTask',
             runtime_dot_protocol_dot_node__pb2.ForwardTaskRequest.SerializeToString,
             runtime_dot_protocol_dot_node__pb2.ForwardTaskReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cellray.NodeManager/ReportResults',
+            runtime_dot_protocol_dot_node__pb2.ReportResultsRequest.SerializeToString,
+            runtime_dot_protocol_dot_node__pb2.ReportResultsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullObject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cellray.NodeManager/PullObject',
+            runtime_dot_protocol_dot_node__pb2.PullObjectRequest.SerializeToString,
+            runtime_dot_protocol_dot_node__pb2.ObjectChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FreeObjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cellray.NodeManager/FreeObjects',
+            runtime_dot_protocol_dot_node__pb2.FreeObjectsRequest.SerializeToString,
+            runtime_dot_protocol_dot_node__pb2.FreeObjectsReply.FromString,
             options,
             channel_credentials,
             insecure,
