@@ -28,12 +28,16 @@ class Settings:
     event_flush_ms: int = 100
     #: Seconds to wait for a cluster process to report ready.
     start_timeout_s: float = 60.0
+    #: Local queue length over which tasks that cannot start now spill (0: twice the CPUs, min 4).
+    spill_threshold: int = 0
+    #: Global scheduler replicas a local cluster starts.
+    global_schedulers: int = 2
     #: Host the cluster's servers bind to.
     host: str = "127.0.0.1"
 
     def validate(self) -> Settings:
         for name, low in (("heartbeat_ms", 10), ("node_timeout_ms", 50), ("gcs_shards", 1),
-                          ("event_flush_ms", 1)):
+                          ("event_flush_ms", 1), ("spill_threshold", 0), ("global_schedulers", 0)):
             value = getattr(self, name)
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"setting {name} (env CELLRAY_{name.upper()}) must be an "

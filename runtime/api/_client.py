@@ -468,9 +468,11 @@ class CoreClient:
             parent = stack[-1]
             spec.parent_task_id = parent.task_id
             spec.driver_id = parent.driver_id
+            spec.driver_address = parent.driver_address
             spec.origin = parent.origin
         else:
             spec.driver_id = self.client_id
+            spec.driver_address = self.node_address
             provider = self.origin_provider
             if provider is not None:
                 try:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime import _session, config
+from runtime.cluster import registry
 from runtime.cluster.process import ProcessHandle
 
 
@@ -31,6 +32,10 @@ class LocalCluster:
 
     ``detach=False`` (as ``rt.init`` uses it): every process exits when this Python
     process does. ``detach=True`` (``cellray start``): they outlive it until ``cellray stop``.
+    The pids go to the session's processes.json (see ``runtime.cluster.registry``).
+
+    ``LocalCluster.attach(address, ...)`` makes one for a head that is already running,
+    to add node managers to it (``cellray start --address``).
     """
 
     def __init__(self, nodes: list[NodeSpec] | None = None, *, host: str = "127.0.0.1",
@@ -57,6 +62,7 @@ class LocalCluster:
         env["CELLRAY_HEARTBEAT_MS"] = str(s.heartbeat_ms)
         env["CELLRAY_NODE_TIMEOUT_MS"] = str(s.node_timeout_ms)
         env["CELLRAY_EVENT_FLUSH_MS"] = str(s.event_flush_ms)
+        env["CELLRAY_SPILL_THRESHOLD"] = str(s.spill_threshold)
         return env
 
     def _common(self) -> list[str]:
@@ -65,6 +71,29 @@ class LocalCluster:
         if not self.detach:
             args += ["--parent-pid", str(os.getpid())]
         return args
+
+    @classmethod
+    def attach(cls, address: str, *, token_file: pathlib.Path, session_dir: pathlib.Path,
+               host: str = "127.0.0.1", settings: config.Settings | None = None,
+               detach: bool = False, env: dict[str, str] | None = None) -> LocalCluster:
+        """A cluster whose head (GCS) runs already, at ``address``; ``add_node`` joins nodes to it.
+
+        Nothing starts until ``add_node``. The nodes log to ``session_dir/logs`` (as
+        ``node-<i>.log``, after any nodes already there) and are added to its
+        processes.json; ``stop()`` stops only the nodes added through this object.
+        ``token_file`` must be an absolute path when ``detach`` (detached processes run in /).
+
+        Examples
+        --------
+        >>> c = LocalCluster.attach("127.0.0.1:6380", token_file=tok, session_dir=d)  # doctest: +SKIP
+        >>> c.add_node(NodeSpec(num_cpus=4))                                          # doctest: +SKIP
+        """
+        cluster = cls([], host=host, settings=settings, detach=detach, env=env)
+        cluster.address = address
+        cluster.token_file = token_file
+        cluster.session_dir = session_dir
+        (session_dir / "logs").mkdir(parents=True, exist_ok=True)
+        return cluster
 
     def start(self) -> LocalCluster:
         """Start the head, then the nodes; return when every process answers."""
@@ -93,7 +122,7 @@ class LocalCluster:
     def add_node(self, spec: NodeSpec, wait: bool = True) -> ProcessHandle:
         """Start one more node manager joined to this cluster's head."""
         assert self.session_dir is not None
-        i = len(self.nodes)
+        name = self._claim_node_name()
         args = ["--gcs-address", self.address, "--host", self.host, *self._common()]
         if spec.num_cpus is not None:
             args += ["--num-cpus", str(spec.num_cpus)]
@@ -105,21 +134,39 @@ class LocalCluster:
             args += ["--object-store-memory", str(int(spec.object_store_memory))]
         if spec.prestart is not None:
             args += ["--prestart", str(spec.prestart)]
-        handle = ProcessHandle(f"node-{i}", "runtime.node", args,
-                               self.session_dir / "logs" / f"node-{i}.log",
-                               self.session_dir / f"node-{i}.ready", env=self._env(),
+        handle = ProcessHandle(name, "runtime.node", args,
+                               self.session_dir / "logs" / f"{name}.log",
+                               self.session_dir / f"{name}.ready", env=self._env(),
                                detach=self.detach)
         self.nodes.append(handle)
+        self._record()  # before waiting: an interrupted starter must not lose a detached pid
         if wait:
             self.node_info.append(handle.wait_ready(self.settings.start_timeout_s))
-        self._record()
         return handle
+
+    def _claim_node_name(self) -> str:
+        """``node-<i>`` for the first ``i`` whose log file this call creates.
+
+        Other processes may add nodes to the same session (``cellray start --address``),
+        so the name is claimed by creating its log exclusively.
+        """
+        assert self.session_dir is not None
+        i = len(self.nodes)
+        while True:
+            try:
+                fd = os.open(self.session_dir / "logs" / f"node-{i}.log",
+                             os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                i += 1
+                continue
+            os.close(fd)
+            return f"node-{i}"
 
     def _record(self) -> None:
         if self.session_dir is None:
             return
-        pids = {"head": self.head.pid if self.head else None, "nodes": [n.pid for n in self.nodes]}
-        (self.session_dir / "processes.json").write_text(json.dumps(pids))
+        registry.record(self.session_dir, head=self.head.pid if self.head else None,
+                        nodes=[n.pid for n in self.nodes], detached=self.detach)
 
     def stop(self) -> None:
         """Stop the nodes (each stops its workers), then the head. Returns when all are gone."""

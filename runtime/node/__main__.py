@@ -67,7 +67,7 @@ async def run(args: argparse.Namespace) -> None:
                           token=token, token_file=args.token_file, session_dir=session_dir,
                           resources=resources, store_capacity=capacity,
                           heartbeat_ms=settings.heartbeat_ms, event_flush_ms=settings.event_flush_ms,
-                          gpus=gpus)
+                          gpus=gpus, spill_threshold=settings.spill_threshold)
     servicer.m = manager
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

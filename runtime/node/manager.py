@@ -21,11 +21,14 @@ import psutil
 from runtime import _ids, config
 from runtime.gcs.client import GcsClient
 from runtime.node import state as st
+from runtime.node import spill as sp
 from runtime.node.gpus import Gpus
+from runtime.node.peers import Peers
 from runtime.node.actors import ACTOR_ROW, KV_DELETE
 from runtime.node.worker_pool import WorkerPool
 from runtime.object_store.store import SharedMemoryStore
 from runtime.protocol import codec, common_pb2, gcs_pb2, node_pb2
+from runtime.rpc.channel import token_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,9 @@ class Conn:
             self.wake.set()
 
 
+_PEER_ACTIONS = frozenset({sp.SPILL, sp.PULL, sp.REPORT, sp.FREE_REMOTE, sp.FORWARD_LOG})
+
+
 def _encode_error(err: BaseException) -> bytes:
     return codec.serialize(err, error=True).to_bytes()
 
@@ -59,7 +65,7 @@ class NodeManager:
     def __init__(self, *, node_id: bytes, address: str, gcs_address: str, token: str,
                  token_file: str, session_dir: Path, resources: dict[str, float],
                  store_capacity: int, heartbeat_ms: int = 500, event_flush_ms: int = 100,
-                 gpus: Gpus | None = None) -> None:
+                 gpus: Gpus | None = None, spill_threshold: int = 0) -> None:
         self.node_id = node_id
         self.gpus = gpus
         self.address = address
@@ -72,7 +78,10 @@ class NodeManager:
         self.shm_dir = shm_dir
         self.store = SharedMemoryStore(shm_dir, session_dir / "spill" / node_id.hex()[:8],
                                        store_capacity)
-        self.state = st.NodeState(node_id, resources, self.store, _encode_error)
+        self.state = st.NodeState(node_id, resources, self.store, _encode_error,
+                                  spill_threshold=spill_threshold)
+        self.md = token_metadata(token)
+        self.peers = Peers(self)
         self.pool = WorkerPool(node_address=address, gcs_address=gcs_address,
                                token_file=token_file, session_dir=session_dir, node_id=node_id,
                                on_exit=self._worker_exited)
@@ -97,9 +106,11 @@ class NodeManager:
         await self.gcs.register_node(row)
         for _ in range(prestart_workers):
             self._start_worker()
+        await self.peers.refresh_schedulers()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._heartbeat_loop()),
-                       loop.create_task(self._event_loop())]
+                       loop.create_task(self._event_loop()),
+                       loop.create_task(self.peers.watch_nodes())]
 
     def request_stop(self) -> None:
         """Ask the process to stop (from a signal handler or the Shutdown RPC)."""
@@ -118,6 +129,7 @@ class NodeManager:
         except Exception as e:  # the head may already be gone
             logger.info("could not unregister from the GCS: %s", e)
         await self.gcs.close()
+        await self.peers.close()
         self.store.close()
         self.stopped.set()
 
@@ -198,6 +210,8 @@ class NodeManager:
             elif kind == st.OBJECT:
                 self.object_updates.append(gcs_pb2.ObjectLocationUpdate(
                     object_id=action[1], node_id=self.node_id, size=action[2], removed=action[3]))
+            elif kind in _PEER_ACTIONS:
+                self.peers.carry_out(action)
             elif kind == st.START_WORKER:
                 self._start_worker(counted=True)
             elif kind == st.KILL_WORKER:
@@ -245,6 +259,7 @@ class NodeManager:
             await asyncio.sleep(self.heartbeat_s)
             try:
                 known = await self.gcs.heartbeat(self.node_id, self._load())
+                await self.peers.refresh_schedulers()
                 if not known:
                     logger.warning("the GCS had marked this node dead; registering again")
                     await self.gcs.register_node(gcs_pb2.NodeRow(

@@ -11,6 +11,7 @@ import cloudpickle
 import grpc
 
 from runtime.node.manager import Conn, NodeManager
+from runtime.node.peers import CHUNK
 from runtime.protocol import node_pb2, node_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -98,11 +99,64 @@ class NodeServicer(node_pb2_grpc.NodeManagerServicer):
 
     async def ForwardTask(self, request: node_pb2.ForwardTaskRequest,
                           context: grpc.aio.ServicerContext) -> node_pb2.ForwardTaskReply:
-        if not request.spec.task_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ForwardTask needs a task spec")
-        self.m.state.submit(request.spec.owner_id, request.spec)
+        if len(request.spec.task_id) != 16 or not request.home_address:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "ForwardTask needs a task spec with a 16-byte id and a home_address")
+        self.m.state.accept_forwarded(request)
         self.m.flush()
         return node_pb2.ForwardTaskReply(accepted=True)
+
+    async def ReportResults(self, request: node_pb2.ReportResultsRequest,
+                            context: grpc.aio.ServicerContext) -> node_pb2.ReportResultsReply:
+        if len(request.task_id) != 16:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ReportResults needs a 16-byte task_id")
+        self.m.state.remote_result(request)
+        self.m.flush()
+        return node_pb2.ReportResultsReply()
+
+    async def PullObject(self, request: node_pb2.PullObjectRequest,
+                         context: grpc.aio.ServicerContext) -> AsyncIterator[node_pb2.ObjectChunk]:
+        state = self.m.state
+        oid = request.object_id
+        obj = state.objects.get(oid)
+        if obj is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"object {oid.hex()} is not held on node {self.m.node_id.hex()[:12]}")
+            return
+        if obj.inline is not None:
+            yield node_pb2.ObjectChunk(data=obj.inline, total_size=len(obj.inline), nested_refs=obj.nested)
+            return
+        path = self.m.store.locate(oid)
+        self.m.store.pin(oid)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                first = True
+                while True:
+                    data = f.read(CHUNK)
+                    if not data and not first:
+                        break
+                    if first:
+                        yield node_pb2.ObjectChunk(data=data, total_size=obj.size, nested_refs=obj.nested)
+                        first = False
+                    else:
+                        yield node_pb2.ObjectChunk(data=data)
+                    if not data:
+                        break
+        finally:
+            if oid in state.objects:
+                self.m.store.unpin(oid)
+
+    async def FreeObjects(self, request: node_pb2.FreeObjectsRequest,
+                          context: grpc.aio.ServicerContext) -> node_pb2.FreeObjectsReply:
+        self.m.state.release_remote_holds(list(request.object_ids))
+        self.m.flush()
+        return node_pb2.FreeObjectsReply()
+
+    async def ForwardLogs(self, request: node_pb2.LogLines,
+                          context: grpc.aio.ServicerContext) -> node_pb2.ForwardLogsReply:
+        self.m.state.log(request)
+        self.m.flush()
+        return node_pb2.ForwardLogsReply()
 
     async def Shutdown(self, request: node_pb2.ShutdownRequest,
                        context: grpc.aio.ServicerContext) -> node_pb2.ShutdownReply:

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from runtime import _ids
 from runtime.node.actors import ActorMixin, Actor
+from runtime.node.spill import FORWARD_LOG, FREE_REMOTE, Home, RemoteObject, SpillMixin
 from runtime.protocol import common_pb2, node_pb2
 
 # Actions (tuples, cheap to build): the service carries them out in order.
@@ -89,6 +90,8 @@ class Obj:
     size: int
     nested: list[bytes]
     in_store: bool
+    #: Another node that keeps a copy for us (told to drop it when we free ours).
+    remote_copy: bytes = b""
 
 
 @dataclass(slots=True)
@@ -107,11 +110,12 @@ def _fits(need: dict[str, float], avail: dict[str, float]) -> bool:
     return True
 
 
-class NodeState(ActorMixin):
+class NodeState(ActorMixin, SpillMixin):
     """One node's tasks, workers, objects and references. See the module docstring."""
 
     def __init__(self, node_id: bytes, resources: dict[str, float], store: Store,
                  encode_error: ErrorEncoder, *, max_starting_workers: int = 0,
+                 spill_threshold: int = 0, max_spills: int = 2,
                  clock: Callable[[], float] = time.time) -> None:
         self.node_id = node_id
         #: Total resources of this node.
@@ -142,6 +146,16 @@ class NodeState(ActorMixin):
         self.waited_by: dict[bytes, bytes] = {}
         self.children: dict[bytes, set[bytes]] = {}
         self.actors: dict[bytes, Actor] = {}
+        #: Queue length above which tasks that cannot start now spill to other nodes.
+        self.spill_threshold = spill_threshold or max(4, 2 * int(resources.get("CPU", 1)))
+        self.max_spills = max_spills
+        self.peer_totals: dict[bytes, dict[str, float]] = {}
+        self.has_schedulers = False
+        self.remote_objects: dict[bytes, RemoteObject] = {}
+        self.pulling: set[bytes] = set()
+        self.forwarded: dict[bytes, Home] = {}
+        self.spilled_to: dict[bytes, bytes] = {}
+        self.remote_holds: dict[bytes, Counter[bytes]] = {}
         #: Counters for heartbeats and `rt.state`.
         self.stats: Counter[str] = Counter()
 
@@ -250,26 +264,33 @@ class NodeState(ActorMixin):
             return
         if spec.actor_creation:
             self._actor_created_submit(task)
-        if not _fits(resources, self.total):
-            task.state = "INFEASIBLE"
-            self.infeasible[task_id] = task
+        fits_here = _fits(resources, self.total)
+        if not fits_here and not any(_fits(resources, t) for t in self.peer_totals.values()):
             need = ", ".join(f"{k}: {v:g}" for k, v in sorted(resources.items()))
             have = ", ".join(f"{k}: {v:g}" for k, v in sorted(self.total.items()))
             msg = (f"Task {spec.name}() needs {{{need}}} but no node has that much (this node has "
                    f"{{{have}}}). It will wait until a node that fits it joins the cluster.")
             self._event(task, "INFEASIBLE", detail=msg)
             self._send_event(spec.owner_id, task, "INFEASIBLE", msg)
-            return
+            if not self.has_schedulers or spec.actor_id:
+                task.state = "INFEASIBLE"
+                self.infeasible[task_id] = task
+                return
         for oid in spec.arg_refs:
             if oid not in self.objects:
                 task.missing.add(oid)
                 self.dep_waiters.setdefault(oid, []).append(task)
+                self._want(oid)
         if task.missing:
             return
         self._make_ready(task)
         self._schedule()
 
     def _make_ready(self, task: Task) -> None:
+        reason = self._spill_reason(task)
+        if reason is not None:
+            self._spill(task, reason)
+            return
         task.state = "READY"
         shape = tuple(sorted(task.resources.items()))
         q = self.ready.get(shape)
@@ -363,6 +384,8 @@ class NodeState(ActorMixin):
             if self._fill(ex.args.add(), oid, pin=True):
                 task.pinned.append(oid)
         self.stats["dispatched"] += 1
+        if spec.task_id not in self.forwarded:
+            self.stats["local"] += 1
         self.outbox.append((SEND, worker.client_id, op))
         self._event(task, "RUNNING", worker_pid=worker.pid)
 
@@ -442,6 +465,10 @@ class NodeState(ActorMixin):
                 kids.discard(spec.task_id)
                 if not kids:
                     del self.children[spec.parent_task_id]
+        home = self.forwarded.pop(spec.task_id, None)
+        if home is not None:
+            self._report_home(task, home, list(returns), state, detail)
+            returns = ()
         owner = self.clients.get(spec.owner_id)
         for data in returns:
             oid = data.object_id
@@ -597,6 +624,7 @@ class NodeState(ActorMixin):
                 self.outbox.append((SEND, client_id, op))
             elif self.refs.get(oid, 0) > 0 or _ids.task_of(oid) in self.tasks:
                 self.get_waiters.setdefault(oid, []).append(client_id)
+                self._want(oid)
             else:
                 from runtime.exceptions import ObjectLostError
                 op = node_pb2.NodeOp()
@@ -632,7 +660,12 @@ class NodeState(ActorMixin):
         self.refs.pop(oid, None)
         obj = self.objects.pop(oid, None)
         if obj is None:
+            r = self.remote_objects.pop(oid, None)
+            if r is not None and oid not in self.pulling:
+                self.outbox.append((FREE_REMOTE, r.node_id, oid))
             return
+        if obj.remote_copy:
+            self.outbox.append((FREE_REMOTE, obj.remote_copy, oid))
         if obj.in_store:
             self.store.free(oid)
             self.outbox.append((OBJECT, oid, obj.size, True))
@@ -646,14 +679,20 @@ class NodeState(ActorMixin):
             op = node_pb2.NodeOp()
             op.log.CopyFrom(lines)
             self.outbox.append((SEND, lines.owner_id, op))
+            return
+        task = self.tasks.get(lines.task_id)
+        if task is not None and task.spec.driver_address:
+            self.outbox.append((FORWARD_LOG, task.spec.driver_address, lines))
 
-    def _event(self, task: Task, state: str, detail: str = "", worker_pid: int = 0) -> None:
+    def _event(self, task: Task, state: str, detail: str = "",
+               worker_pid: int = 0) -> common_pb2.TaskEvent:
         spec = task.spec
         ev = common_pb2.TaskEvent(task_id=spec.task_id, name=spec.name, job_id=spec.job_id,
                                   state=state, node_id=self.node_id, worker_pid=worker_pid,
                                   time=self.clock(), detail=detail, attempt=spec.attempt,
                                   actor_id=spec.actor_id)
         self.outbox.append((EVENT, ev))
+        return ev
 
     def _send_event(self, client_id: bytes, task: Task, state: str, detail: str) -> None:
         if client_id in self.clients:
@@ -670,7 +709,10 @@ class NodeState(ActorMixin):
 
     def load(self) -> common_pb2.NodeLoad:
         load = common_pb2.NodeLoad(queue_length=self.queue_length(),
-                                   num_workers=len(self.workers))
+                                   num_workers=len(self.workers),
+                                   tasks_local=self.stats["local"],
+                                   tasks_spilled=self.stats["spilled"],
+                                   tasks_received=self.stats["received"])
         load.total.update(self.total)
         load.available.update({k: max(v, 0.0) for k, v in self.available.items()})
         return load

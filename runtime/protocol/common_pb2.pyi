@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TaskSpec(_message.Message):
-    __slots__ = ("task_id", "job_id", "function_id", "name", "args", "arg_refs", "nested_refs", "resources", "num_returns", "max_retries", "retry_exceptions", "retry_exception_types", "owner_id", "attempt", "parent_task_id", "spill_count", "driver_id", "origin", "actor_id", "actor_creation", "actor_seq", "actor_options", "method")
+    __slots__ = ("task_id", "job_id", "function_id", "name", "args", "arg_refs", "nested_refs", "resources", "num_returns", "max_retries", "retry_exceptions", "retry_exception_types", "owner_id", "attempt", "parent_task_id", "spill_count", "driver_id", "origin", "driver_address", "actor_id", "actor_creation", "actor_seq", "actor_options", "method")
     class ResourcesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class TaskSpec(_message.Message):
     SPILL_COUNT_FIELD_NUMBER: _ClassVar[int]
     DRIVER_ID_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
     ACTOR_CREATION_FIELD_NUMBER: _ClassVar[int]
     ACTOR_SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -57,12 +58,13 @@ class TaskSpec(_message.Message):
     spill_count: int
     driver_id: bytes
     origin: str
+    driver_address: str
     actor_id: bytes
     actor_creation: bool
     actor_seq: int
     actor_options: bytes
     method: str
-    def __init__(self, task_id: _Optional[bytes] = ..., job_id: _Optional[bytes] = ..., function_id: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[bytes] = ..., arg_refs: _Optional[_Iterable[bytes]] = ..., nested_refs: _Optional[_Iterable[bytes]] = ..., resources: _Optional[_Mapping[str, float]] = ..., num_returns: _Optional[int] = ..., max_retries: _Optional[int] = ..., retry_exceptions: _Optional[bool] = ..., retry_exception_types: _Optional[bytes] = ..., owner_id: _Optional[bytes] = ..., attempt: _Optional[int] = ..., parent_task_id: _Optional[bytes] = ..., spill_count: _Optional[int] = ..., driver_id: _Optional[bytes] = ..., origin: _Optional[str] = ..., actor_id: _Optional[bytes] = ..., actor_creation: _Optional[bool] = ..., actor_seq: _Optional[int] = ..., actor_options: _Optional[bytes] = ..., method: _Optional[str] = ...) -> None: ...
+    def __init__(self, task_id: _Optional[bytes] = ..., job_id: _Optional[bytes] = ..., function_id: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[bytes] = ..., arg_refs: _Optional[_Iterable[bytes]] = ..., nested_refs: _Optional[_Iterable[bytes]] = ..., resources: _Optional[_Mapping[str, float]] = ..., num_returns: _Optional[int] = ..., max_retries: _Optional[int] = ..., retry_exceptions: _Optional[bool] = ..., retry_exception_types: _Optional[bytes] = ..., owner_id: _Optional[bytes] = ..., attempt: _Optional[int] = ..., parent_task_id: _Optional[bytes] = ..., spill_count: _Optional[int] = ..., driver_id: _Optional[bytes] = ..., origin: _Optional[str] = ..., driver_address: _Optional[str] = ..., actor_id: _Optional[bytes] = ..., actor_creation: _Optional[bool] = ..., actor_seq: _Optional[int] = ..., actor_options: _Optional[bytes] = ..., method: _Optional[str] = ...) -> None: ...
 
 class ObjectData(_message.Message):
     __slots__ = ("object_id", "inline", "shm_path", "size", "nested_refs", "node_id")

@@ -264,6 +264,10 @@ class ObjectChunk(_message.Message):
     nested_refs: _containers.RepeatedScalarFieldContainer[bytes]
     def __init__(self, data: _Optional[bytes] = ..., total_size: _Optional[int] = ..., nested_refs: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
+class ForwardLogsReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class FreeObjectsRequest(_message.Message):
     __slots__ = ("object_ids",)
     OBJECT_IDS_FIELD_NUMBER: _ClassVar[int]

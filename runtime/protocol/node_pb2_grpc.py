@@ -60,6 +60,11 @@ class NodeManagerStub:
                 request_serializer=runtime_dot_protocol_dot_node__pb2.PullObjectRequest.SerializeToString,
                 response_deserializer=runtime_dot_protocol_dot_node__pb2.ObjectChunk.FromString,
                 _registered_method=True)
+        self.ForwardLogs = channel.unary_unary(
+                '/cellray.NodeManager/ForwardLogs',
+                request_serializer=runtime_dot_protocol_dot_node__pb2.LogLines.SerializeToString,
+                response_deserializer=runtime_dot_protocol_dot_node__pb2.ForwardLogsReply.FromString,
+                _registered_method=True)
         self.FreeObjects = channel.unary_unary(
                 '/cellray.NodeManager/FreeObjects',
                 request_serializer=runtime_dot_protocol_dot_node__pb2.FreeObjectsRequest.SerializeToString,
@@ -110,6 +115,13 @@ class NodeManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForwardLogs(self, request, context):
+        """Printed lines of a task that ran here for a driver connected to the receiving node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def FreeObjects(self, request, context):
         """Another node no longer needs these objects held here for it.
         """
@@ -151,6 +163,11 @@ def add_NodeManagerServicer_to_server(servicer, server):
                     servicer.PullObject,
                     request_deserializer=runtime_dot_protocol_dot_node__pb2.PullObjectRequest.FromString,
                     response_serializer=runtime_dot_protocol_dot_node__pb2.ObjectChunk.SerializeToString,
+            ),
+            'ForwardLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForwardLogs,
+                    request_deserializer=runtime_dot_protocol_dot_node__pb2.LogLines.FromString,
+                    response_serializer=runtime_dot_protocol_dot_node__pb2.ForwardLogsReply.SerializeToString,
             ),
             'FreeObjects': grpc.unary_unary_rpc_method_handler(
                     servicer.FreeObjects,
@@ -298,6 +315,33 @@ class NodeManager:
             '/cellray.NodeManager/PullObject',
             runtime_dot_protocol_dot_node__pb2.PullObjectRequest.SerializeToString,
             runtime_dot_protocol_dot_node__pb2.ObjectChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForwardLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cellray.NodeManager/ForwardLogs',
+            runtime_dot_protocol_dot_node__pb2.LogLines.SerializeToString,
+            runtime_dot_protocol_dot_node__pb2.ForwardLogsReply.FromString,
             options,
             channel_credentials,
             insecure,
