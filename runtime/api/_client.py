@@ -402,8 +402,12 @@ class CoreClient:
         self.send(op)
 
     def _set_blocked(self, blocked: bool, waiting_on: list[bytes]) -> None:
+        stack = self.task_stack
+        if not stack:
+            return
         op = node_pb2.ClientOp()
         op.blocked.blocked = blocked
+        op.blocked.task_id = stack[-1].task_id
         op.blocked.waiting_on.extend(waiting_on)
         self.send(op)
 

@@ -153,7 +153,8 @@ def _connect(address: str, token: str) -> CoreClient:
             raise ConnectionError(f"The cluster at {address} has no live node. Add one with "
                                   f"`cellray start --address {address}`.")
         here = socket.gethostname()
-        local = [n for n in alive if n.hostname == here] or alive
+        # The first node started on this machine (a local cluster's node-0), like Ray's head.
+        local = sorted([n for n in alive if n.hostname == here] or alive, key=lambda n: n.start_time)
         job = gcs_pb2.JobRow(driver_pid=os.getpid(), driver_host=here, alive=True)
         job_id = await gcs.register_job(job)
         return job_id, local[0].address

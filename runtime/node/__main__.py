@@ -72,6 +72,9 @@ async def run(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, manager.request_stop)
+    # `kill -USR1 <pid>` writes a snapshot of the scheduler's state to the node's log.
+    loop.add_signal_handler(signal.SIGUSR1,
+                            lambda: logger.warning("state: %s", manager.state.statistics()))
     prestart = args.prestart if args.prestart is not None else int(resources.get("CPU", 1))
     await manager.start(prestart)
     logger.info("node %s listening on %s with %s", node_id.hex()[:12], address, resources)

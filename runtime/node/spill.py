@@ -58,6 +58,7 @@ class SpillMixin:
     forwarded: dict[bytes, Home]
     spilled_to: dict[bytes, bytes]
     remote_holds: dict[bytes, Counter[bytes]]
+    dead_peers: set[bytes]
 
     # ---- deciding ------------------------------------------------------------------
 
@@ -105,6 +106,9 @@ class SpillMixin:
         task.worker_id = b""
         ev = self._event(task, "SPILLED", detail=reason)  # type: ignore[attr-defined]
         ev.target_node_id, ev.scheduler = node_id, scheduler
+        if node_id in self.dead_peers:
+            # The node died before the scheduler's answer reached us: run it again now.
+            self.node_died(node_id)  # type: ignore[attr-defined]
 
     def spill_failed(self: NodeState, task_id: bytes) -> None:
         """No global scheduler took the task: run it here if it can ever fit, else wait."""
@@ -250,6 +254,7 @@ class SpillMixin:
     def node_died(self: NodeState, node_id: bytes) -> None:
         """Re-run the tasks we had sent there; objects only it held are lost."""
         self.peer_totals.pop(node_id, None)
+        self.dead_peers.add(node_id)
         for task_id, where in list(self.spilled_to.items()):
             if where != node_id:
                 continue

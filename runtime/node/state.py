@@ -37,6 +37,9 @@ WARN = "warn"            # (WARN, message) for the node's log
 
 Action = tuple[Any, ...]
 
+#: Most tasks stacked in one blocked worker (each costs Python stack frames).
+MAX_INLINE_DEPTH = 48
+
 
 class Store(Protocol):
     """The part of the shared-memory store the state uses."""
@@ -144,6 +147,8 @@ class NodeState(ActorMixin, SpillMixin):
         self.get_waiters: dict[bytes, list[bytes]] = {}
         #: task id -> worker id of a blocked worker waiting for that task's result.
         self.waited_by: dict[bytes, bytes] = {}
+        #: task id -> worker running it (to find a blocked parent that can run its children).
+        self.running_on: dict[bytes, bytes] = {}
         self.children: dict[bytes, set[bytes]] = {}
         self.actors: dict[bytes, Actor] = {}
         #: Queue length above which tasks that cannot start now spill to other nodes.
@@ -156,6 +161,7 @@ class NodeState(ActorMixin, SpillMixin):
         self.forwarded: dict[bytes, Home] = {}
         self.spilled_to: dict[bytes, bytes] = {}
         self.remote_holds: dict[bytes, Counter[bytes]] = {}
+        self.dead_peers: set[bytes] = set()
         #: Counters for heartbeats and `rt.state`.
         self.stats: Counter[str] = Counter()
 
@@ -344,16 +350,48 @@ class NodeState(ActorMixin, SpillMixin):
         return n
 
     def _worker_for(self, task: Task) -> Worker | None:
-        wid = self.waited_by.get(task.spec.task_id)
-        if wid is not None:
+        for wid in (self.waited_by.get(task.spec.task_id),
+                    self.running_on.get(task.spec.parent_task_id)):
+            if wid is None:
+                continue
             w = self.workers.get(wid)
-            if w is not None and w.frames and w.frames[-1].blocked and w.state == "BUSY":
+            if (w is not None and self._all_blocked(w) and len(w.frames) < MAX_INLINE_DEPTH
+                    and (wid == self.waited_by.get(task.spec.task_id)
+                         or w.frames[-1].task_id == task.spec.parent_task_id)):
                 return w
         while self.idle:
             w = self.idle.pop()
             if w.state == "IDLE":
                 return w
         return None
+
+    @staticmethod
+    def _pop_frame(w: Worker, task_id: bytes) -> Frame | None:
+        # By id, not position: a nested task may finish just as another is pushed on top.
+        for i in range(len(w.frames) - 1, -1, -1):
+            if w.frames[i].task_id == task_id:
+                return w.frames.pop(i)
+        return None
+
+    @staticmethod
+    def _all_blocked(w: Worker) -> bool:
+        return bool(w.frames) and w.state == "BUSY" and all(f.blocked for f in w.frames)
+
+    def _run_inline(self, w: Worker) -> None:
+        """Give a blocked worker a queued task of its own: one its innermost task waits for,
+        or one that task submitted. Fork/join trees then run on few processes (work-first).
+        Only the innermost task's own work is stacked on it, so every frame of a worker is
+        something the frame below needs: no cycle of waits across workers can form."""
+        if not self._all_blocked(w) or len(w.frames) >= MAX_INLINE_DEPTH:
+            return
+        top = w.frames[-1].task_id
+        candidates = [tid for tid, wid in self.waited_by.items() if wid == w.worker_id]
+        candidates.extend(self.children.get(top, ()))
+        for tid in candidates:
+            task = self.tasks.get(tid)
+            if task is not None and task.state == "READY" and self._can_run(task.resources):
+                self._dispatch(task, w)
+                return
 
     def _start_worker(self) -> None:
         # The service calls worker_starting() with the new worker's id.
@@ -376,6 +414,7 @@ class NodeState(ActorMixin, SpillMixin):
         worker.frames.append(frame)
         task.state = "RUNNING"
         task.worker_id = worker.worker_id
+        self.running_on[spec.task_id] = worker.worker_id
         op = node_pb2.NodeOp()
         ex = op.execute
         ex.spec.CopyFrom(spec)
@@ -431,12 +470,14 @@ class NodeState(ActorMixin, SpillMixin):
             self._finish(task, res.returns, "FAILED" if res.failed else "FINISHED",
                          res.error_summary[:200], w.pid if w is not None else 0)
             return
-        if w is not None and w.frames and w.frames[-1].task_id == res.task_id:
-            frame = w.frames.pop()
+        frame = self._pop_frame(w, res.task_id) if w is not None else None
+        if frame is not None and w is not None:
             self._release(frame)
             if not w.frames:
                 w.state = "IDLE"
                 self.idle.append(w)
+            else:
+                self._run_inline(w)
         if task is None:
             self._schedule()
             return
@@ -459,6 +500,7 @@ class NodeState(ActorMixin, SpillMixin):
         del self.tasks[spec.task_id]
         self.infeasible.pop(spec.task_id, None)
         self.waited_by.pop(spec.task_id, None)
+        self.running_on.pop(spec.task_id, None)
         if spec.parent_task_id:
             kids = self.children.get(spec.parent_task_id)
             if kids is not None:
@@ -548,7 +590,7 @@ class NodeState(ActorMixin, SpillMixin):
         w = self.workers.get(client.worker_id) if client is not None else None
         if w is None or not w.frames:
             return
-        frame = w.frames[-1]
+        frame = next((f for f in w.frames if f.task_id == state.task_id), w.frames[-1])
         if state.blocked and not frame.blocked:
             frame.blocked = True
             cpu = frame.resources.get("CPU", 0.0)
@@ -559,6 +601,7 @@ class NodeState(ActorMixin, SpillMixin):
                 t = self.tasks.get(tid)
                 if t is not None and t.state in ("READY", "WAITING"):
                     self.waited_by[tid] = w.worker_id
+            self._run_inline(w)
         elif not state.blocked and frame.blocked:
             frame.blocked = False
             self.available["CPU"] = self.available.get("CPU", 0.0) - frame.lent
@@ -703,6 +746,20 @@ class NodeState(ActorMixin, SpillMixin):
             self.outbox.append((SEND, client_id, op))
 
     # ---- load ----------------------------------------------------------------------
+
+    def statistics(self) -> dict[str, Any]:
+        """An immutable debug snapshot: resources, queues, workers and their frames."""
+        return {
+            "available": dict(self.available), "total": dict(self.total),
+            "queued": self.queue_length(), "tasks": len(self.tasks),
+            "states": dict(Counter(t.state for t in self.tasks.values())),
+            "starting": self.starting, "idle": len(self.idle),
+            "workers": {w.worker_id.hex()[:6]: (w.state, [(f.task_id.hex()[:6], f.blocked, f.lent)
+                                                          for f in w.frames])
+                        for w in self.workers.values()},
+            "waited_by": len(self.waited_by), "objects": len(self.objects),
+            "stats": dict(self.stats),
+        }
 
     def queue_length(self) -> int:
         return sum(len(q) for q in self.ready.values())

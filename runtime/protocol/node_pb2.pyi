@@ -161,12 +161,14 @@ class LogLines(_message.Message):
     def __init__(self, task_id: _Optional[bytes] = ..., name: _Optional[str] = ..., pid: _Optional[int] = ..., stderr: _Optional[bool] = ..., lines: _Optional[_Iterable[str]] = ..., owner_id: _Optional[bytes] = ..., origin: _Optional[str] = ...) -> None: ...
 
 class BlockedState(_message.Message):
-    __slots__ = ("blocked", "waiting_on")
+    __slots__ = ("blocked", "waiting_on", "task_id")
     BLOCKED_FIELD_NUMBER: _ClassVar[int]
     WAITING_ON_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
     blocked: bool
     waiting_on: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, blocked: _Optional[bool] = ..., waiting_on: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    task_id: bytes
+    def __init__(self, blocked: _Optional[bool] = ..., waiting_on: _Optional[_Iterable[bytes]] = ..., task_id: _Optional[bytes] = ...) -> None: ...
 
 class ExecuteTask(_message.Message):
     __slots__ = ("spec", "args", "gpu_ids")
