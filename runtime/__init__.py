@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from runtime import exceptions
+from runtime import exceptions, state
 from runtime.api._core import (ClusterInfo, RuntimeContext, available_resources, cancel,
                                cluster_resources, get, get_gpu_ids, get_runtime_context, init,
                                is_initialized, nodes, put, shutdown, wait)
@@ -33,7 +33,7 @@ __all__ = [
     "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel", "nodes",
     "cluster_resources", "available_resources", "get_runtime_context", "ObjectRef",
     "RemoteFunction", "RuntimeContext", "ClusterInfo", "exceptions", "get_actor", "kill",
-    "method", "ActorClass", "ActorHandle", "get_gpu_ids",
+    "method", "ActorClass", "ActorHandle", "get_gpu_ids", "state",
 ]
 
 __version__ = "0.1.0"

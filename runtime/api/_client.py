@@ -134,7 +134,9 @@ class CoreClient:
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the IO loop and wait for its result."""
         if threading.current_thread() is self._thread:
-            raise RuntimeError("CoreClient.run called from the IO thread")
+            raise RuntimeError("this call blocks on the cluster and cannot run inside an output, "
+                               "event or log handler (they run on cellray's IO thread); hand the "
+                               "work to another thread instead")
         fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
         return fut.result(timeout)
 
@@ -169,6 +171,12 @@ class CoreClient:
                 await self._channel.close()
             if self.gcs is not None:
                 await self.gcs.close()
+            # As asyncio.run ends: cancel whatever else runs here (state subscriptions, ...).
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+            await self._loop.shutdown_asyncgens()
 
         if self._thread.is_alive():
             try:
@@ -177,6 +185,8 @@ class CoreClient:
                 logger.debug("error closing client: %s", e)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5.0)
+            if not self._thread.is_alive():
+                self._loop.close()
         with self._cv:
             self._cv.notify_all()
 
