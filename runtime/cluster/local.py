@@ -28,7 +28,7 @@ class NodeSpec:
 
 
 class LocalCluster:
-    """A GCS process and ``len(nodes)`` node manager processes.
+    """A GCS process, ``global_schedulers`` global scheduler replicas and ``len(nodes)`` node managers.
 
     ``detach=False`` (as ``rt.init`` uses it): every process exits when this Python
     process does. ``detach=True`` (``cellray start``): they outlive it until ``cellray stop``.
@@ -36,12 +36,18 @@ class LocalCluster:
 
     ``LocalCluster.attach(address, ...)`` makes one for a head that is already running,
     to add node managers to it (``cellray start --address``).
+
+    ``global_schedulers`` replicas (``gs-0``, ``gs-1``, ...; default
+    ``settings.global_schedulers``, 2) start right after the head and stop after the nodes,
+    before the head; they also exit on their own once the head is gone (``--head-pid``),
+    which is how a detached cluster's replicas stop with ``cellray stop``. Their pids go to
+    processes.json under ``"schedulers"``.
     """
 
     def __init__(self, nodes: list[NodeSpec] | None = None, *, host: str = "127.0.0.1",
                  port: int = 0, settings: config.Settings | None = None,
                  session_root: pathlib.Path | None = None, detach: bool = False,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, global_schedulers: int | None = None) -> None:
         self.node_specs = nodes if nodes is not None else [NodeSpec()]
         self.host = host
         self.port = port
@@ -55,6 +61,12 @@ class LocalCluster:
         self.head: ProcessHandle | None = None
         self.nodes: list[ProcessHandle] = []
         self.node_info: list[dict[str, Any]] = []
+        self.global_schedulers = (self.settings.global_schedulers if global_schedulers is None
+                                  else global_schedulers)
+        if self.global_schedulers < 0:
+            raise ValueError(f"global_schedulers must be >= 0, got {self.global_schedulers}")
+        self.schedulers: list[ProcessHandle] = []
+        self.scheduler_info: list[dict[str, Any]] = []
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ if self.env is None else self.env)
@@ -96,7 +108,7 @@ class LocalCluster:
         return cluster
 
     def start(self) -> LocalCluster:
-        """Start the head, then the nodes; return when every process answers."""
+        """Start the head, the global schedulers, then the nodes; return when every process answers."""
         self.session_dir = _session.new_session_dir(self.session_root)
         self.token_file = _session.write_token(self.session_dir)
         logs = self.session_dir / "logs"
@@ -111,13 +123,30 @@ class LocalCluster:
                 detach=self.detach)
             info = self.head.wait_ready(self.settings.start_timeout_s)
             self.address = f"{self.host}:{info['port']}"
+            self._start_schedulers()
             for spec in self.node_specs:
                 self.add_node(spec)
+            # Waited for last so that their start overlaps the nodes'; nodes look for
+            # replicas in the GCS at start and on every heartbeat.
+            self.scheduler_info = [s.wait_ready(self.settings.start_timeout_s) for s in self.schedulers]
         except BaseException:
             self.stop()
             raise
         self._record()
         return self
+
+    def _start_schedulers(self) -> None:
+        """Start the global scheduler replicas (``start`` waits for them after the nodes)."""
+        assert self.session_dir is not None and self.head is not None
+        for i in range(self.global_schedulers):
+            name = f"gs-{i}"
+            self.schedulers.append(ProcessHandle(
+                name, "runtime.scheduler",
+                ["--gcs-address", self.address, "--host", self.host, "--name", name,
+                 "--head-pid", str(self.head.pid), *self._common()],
+                self.session_dir / "logs" / f"{name}.log", self.session_dir / f"{name}.ready",
+                env=self._env(), detach=self.detach))
+        self._record()
 
     def add_node(self, spec: NodeSpec, wait: bool = True) -> ProcessHandle:
         """Start one more node manager joined to this cluster's head."""
@@ -167,11 +196,33 @@ class LocalCluster:
             return
         registry.record(self.session_dir, head=self.head.pid if self.head else None,
                         nodes=[n.pid for n in self.nodes], detached=self.detach)
+        if self.schedulers:
+            self._record_schedulers()
+
+    def _record_schedulers(self) -> None:
+        """Add ``"schedulers": [pids]`` to processes.json, under the registry's lock.
+
+        ``registry.record`` rewrites the file with the keys it knows, so this runs after it.
+        """
+        assert self.session_dir is not None
+        path = self.session_dir / registry.PROCESSES_FILE
+        with registry._locked(self.session_dir):
+            try:
+                raw = json.loads(path.read_text())
+            except (OSError, ValueError):
+                raw = {}
+            raw["schedulers"] = [s.pid for s in self.schedulers]
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(raw))
+            os.replace(tmp, path)
 
     def stop(self) -> None:
-        """Stop the nodes (each stops its workers), then the head. Returns when all are gone."""
+        """Stop the nodes (each stops its workers), the global schedulers, then the head.
+        Returns when all are gone."""
         for node in reversed(self.nodes):
             node.stop()
+        for scheduler in reversed(self.schedulers):
+            scheduler.stop()
         if self.head is not None:
             self.head.stop()
 
@@ -183,4 +234,5 @@ class LocalCluster:
 
     def __repr__(self) -> str:
         return (f"<LocalCluster address={self.address or '-'} nodes={len(self.nodes)} "
+                f"schedulers={len(self.schedulers)} "
                 f"session={self.session_dir}>")

@@ -1,0 +1,190 @@
+"""What the ``cellray`` commands do, without the argument parsing (``runtime.cli`` parses).
+
+Each function either returns what it did or raises ``CommandError`` with a message that
+says what failed and what to do next; ``runtime.cli`` prints it and exits with code 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import socket
+from dataclasses import dataclass
+
+from runtime import _session, config
+from runtime.cluster import registry, status
+from runtime.cluster.local import LocalCluster, NodeSpec
+from runtime.cluster.process import ProcessStartError
+from runtime.exceptions import ClusterError
+
+__all__ = ["DEFAULT_PORT", "CommandError", "Attached", "start_head", "add_nodes",
+           "running_addresses", "resolve_address", "cluster_status", "stop_all", "port_free"]
+
+#: The head's port when ``--port`` is not given (Ray uses 6379; one up, so both can run).
+DEFAULT_PORT = 6380
+
+
+class CommandError(Exception):
+    """A command could not do its work; the message says why and what to do next."""
+
+
+def _root() -> pathlib.Path:
+    # Read at call time: tests and tools may point ROOT elsewhere after import.
+    return _session.ROOT
+
+
+def port_free(host: str, port: int) -> bool:
+    """True if ``host:port`` can be bound now (``SO_REUSEADDR``, as gRPC binds)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _settings() -> config.Settings:
+    try:
+        return config.load()
+    except ValueError as err:
+        raise CommandError(str(err)) from err
+
+
+def start_head(spec: NodeSpec, *, num_nodes: int = 1, host: str = "127.0.0.1",
+               port: int | None = None) -> LocalCluster:
+    """Start a detached cluster (GCS and ``num_nodes`` nodes); it runs until ``stop_all``.
+
+    ``port`` None means ``DEFAULT_PORT``, which must be free; 0 picks any free port.
+    """
+    if port is None:
+        if not port_free(host, DEFAULT_PORT):
+            raise CommandError(
+                f"the default port {DEFAULT_PORT} on {host} is in use (another cluster? "
+                "`cellray status` lists the ones on this machine). Pass --port PORT, or "
+                "--port 0 to pick a free one.")
+        port = DEFAULT_PORT
+    elif port != 0 and not port_free(host, port):
+        raise CommandError(f"port {port} on {host} is in use; pass another --port, or "
+                           "--port 0 to pick a free one.")
+    cluster = LocalCluster([spec] * num_nodes, host=host, port=port, settings=_settings(),
+                           detach=True)
+    try:
+        return cluster.start()  # stops what it started when it fails
+    except ProcessStartError as err:
+        raise CommandError(f"could not start the cluster: {err}") from err
+
+
+def _check_head(address: str, token: str) -> status.ClusterStatus:
+    try:
+        return asyncio.run(status.fetch(address, token))
+    except (ClusterError, PermissionError, TimeoutError) as err:
+        raise CommandError(str(err)) from err
+
+
+def _token_file(address: str, token_file: str | None) -> tuple[pathlib.Path, pathlib.Path | None]:
+    """The token file to use for ``address``, and the local session of that address (or None)."""
+    session = _session.find_session_for(address, _root())
+    if session is not None:
+        session = session.resolve()  # never the session_latest link: it moves
+    if token_file is not None:
+        path = pathlib.Path(token_file).expanduser().resolve()
+        if not path.is_file():
+            raise CommandError(f"token file {path} does not exist; pass the token file that "
+                               "`cellray start --head` printed.")
+        return path, session
+    if session is None or not (session / "token").is_file():
+        raise CommandError(
+            f"no token for the cluster at {address}: no session directory under {_root()} has "
+            "that address. Pass --token-file PATH (the token file `cellray start --head` printed), "
+            "or check the address with `cellray status`.")
+    return session / "token", session
+
+
+def _node_only_session(address: str, token: str) -> pathlib.Path:
+    """A new session for nodes joined to a head elsewhere: its address, the token, logs."""
+    session = _session.new_session_dir(_root())
+    (session / "address").write_text(address)
+    fd = os.open(session / "token", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    return session
+
+
+@dataclass(frozen=True)
+class Attached:
+    """What ``add_nodes`` started."""
+
+    cluster: LocalCluster
+    session_dir: pathlib.Path
+    token_file: pathlib.Path
+    #: Live nodes in the cluster before these were added.
+    nodes_before: int
+
+
+def add_nodes(address: str, spec: NodeSpec, *, count: int = 1, token_file: str | None = None,
+              host: str = "127.0.0.1") -> Attached:
+    """Start ``count`` detached node managers joined to the running head at ``address``.
+
+    The token is read from ``token_file``, or from the local session of ``address``. The
+    nodes log to that session (or to a new one when the head runs on another machine) and
+    are recorded in its processes.json, so ``cellray stop`` stops them.
+    """
+    path, session = _token_file(address, token_file)
+    try:
+        token = _session.read_token(path)
+    except OSError as err:
+        raise CommandError(f"could not read the token file {path}: {err}") from err
+    before = _check_head(address, token)
+    if session is None:
+        session = _node_only_session(address, token)
+        path = session / "token"
+    cluster = LocalCluster.attach(address, token_file=path, session_dir=session, host=host,
+                                  settings=_settings(), detach=True)
+    try:
+        for _ in range(count):
+            cluster.add_node(spec)
+    except ProcessStartError as err:
+        cluster.stop()
+        raise CommandError(f"could not start a node for the cluster at {address}: {err}") from err
+    except BaseException:  # ^C while waiting: leave nothing half-started behind
+        cluster.stop()
+        raise
+    return Attached(cluster, session, path, sum(1 for n in before.nodes if n.alive))
+
+
+def running_addresses() -> list[str]:
+    """GCS addresses of the clusters running here: heads first, then heads elsewhere with nodes here."""
+    found = registry.running_heads(_root()) + registry.running_nodes_only(_root())
+    return list(dict.fromkeys(address for _, address in found))
+
+
+def resolve_address(address: str | None) -> str:
+    """``address``, else ``CELLRAY_ADDRESS``, else the newest cluster running here."""
+    address = address or os.environ.get("CELLRAY_ADDRESS") or None
+    if address:
+        return address
+    running = running_addresses()
+    if running:
+        return running[0]
+    raise CommandError(f"no cellray cluster is running on this machine (no live head or node "
+                       f"in a session under {_root()}). Start one with `cellray start --head`, or "
+                       "pass --address HOST:PORT for a cluster elsewhere.")
+
+
+def cluster_status(address: str | None, token_file: str | None = None) -> status.ClusterStatus:
+    """The status of the cluster at ``address`` (see ``resolve_address``)."""
+    address = resolve_address(address)
+    path, _ = _token_file(address, token_file)
+    try:
+        token = _session.read_token(path)
+    except OSError as err:
+        raise CommandError(f"could not read the token file {path}: {err}") from err
+    return _check_head(address, token)
+
+
+def stop_all() -> list[registry.StoppedProcess]:
+    """Stop every process ``cellray start`` started on this machine: nodes, then heads."""
+    return registry.stop_detached(_root())

@@ -1,0 +1,265 @@
+"""processes.json: which cluster processes a session started, and finding and stopping them.
+
+Every ``LocalCluster`` records the pids it starts in its session directory::
+
+    {"head": 4120, "schedulers": [4121], "nodes": [4122, 4170], "detached": [4120, 4122, 4170]}
+
+``head`` is the GCS process (None for a session that only holds nodes joined to a head
+elsewhere), ``schedulers`` the global scheduler replicas, ``nodes`` the node managers, and
+``detached`` the pids that outlive the process that started them (``cellray start``):
+``cellray stop`` stops those, and the schedulers of a detached head. Processes of
+``rt.init()`` clusters are not detached; they exit with their driver. Keys this module
+does not know are kept as they are.
+
+Several processes may add nodes to one session at once (``cellray start --address``
+twice), so every update is a read-merge-write under an ``flock`` on ``processes.lock``.
+
+Before anything signals a recorded pid it checks that the pid still is a cluster process
+of that session (its command line runs ``runtime.gcs`` or ``runtime.node`` with
+``--session-dir`` naming the session): a pid may have been reused since it was recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import json
+import os
+import pathlib
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from runtime.cluster.process import stop_pid
+
+__all__ = ["PROCESSES_FILE", "Recorded", "StoppedProcess", "read", "record", "forget",
+           "is_cluster_process", "sessions", "running_heads", "running_nodes_only",
+           "stop_detached"]
+
+#: The file, in a session directory, that lists the session's processes.
+PROCESSES_FILE = "processes.json"
+_LOCK_FILE = "processes.lock"
+#: Command-line markers of the daemons a session records, by role.
+_MODULES = {"head": "runtime.gcs", "scheduler": "runtime.scheduler", "node": "runtime.node"}
+#: The order ``stop_detached`` stops them in.
+_STOP_ORDER = ("node", "scheduler", "head")
+
+
+@dataclass
+class Recorded:
+    """The contents of one session's processes.json."""
+
+    #: pid of the GCS (head) process, or None when the head runs elsewhere.
+    head: int | None = None
+    #: pids of the node managers, in the order they were started.
+    nodes: list[int] = field(default_factory=list)
+    #: pids that outlive their starter (``cellray start``); ``cellray stop`` stops these.
+    detached: list[int] = field(default_factory=list)
+    #: pids of the global scheduler replicas.
+    schedulers: list[int] = field(default_factory=list)
+    #: Keys of the file that this module does not know, kept as they were.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({**self.extra, "head": self.head, "schedulers": self.schedulers,
+                           "nodes": self.nodes, "detached": self.detached})
+
+
+@dataclass(frozen=True)
+class StoppedProcess:
+    """One process that ``stop_detached`` stopped."""
+
+    #: "head", "scheduler" or "node".
+    role: str
+    pid: int
+    session_dir: pathlib.Path
+    #: The GCS address of the session, "" when unknown.
+    address: str
+
+
+@contextlib.contextmanager
+def _locked(session_dir: pathlib.Path) -> Iterator[None]:
+    fd = os.open(session_dir / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def read(session_dir: pathlib.Path) -> Recorded | None:
+    """The session's processes.json, or None when it has none or it is unreadable."""
+    try:
+        raw = json.loads((session_dir / PROCESSES_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    def pids(key: str) -> list[int]:
+        value = raw.get(key)
+        return [p for p in value if isinstance(p, int)] if isinstance(value, list) else []
+
+    head = raw.get("head")
+    known = ("head", "nodes", "detached", "schedulers")
+    return Recorded(head=head if isinstance(head, int) else None, nodes=pids("nodes"),
+                    detached=pids("detached"), schedulers=pids("schedulers"),
+                    extra={k: v for k, v in raw.items() if k not in known})
+
+
+def _write(session_dir: pathlib.Path, rec: Recorded) -> None:
+    tmp = session_dir / (PROCESSES_FILE + ".tmp")
+    tmp.write_text(rec.to_json())
+    os.replace(tmp, session_dir / PROCESSES_FILE)
+
+
+def record(session_dir: pathlib.Path, *, head: int | None, nodes: list[int], detached: bool,
+           schedulers: Sequence[int] = ()) -> None:
+    """Merge these pids into the session's processes.json (created when missing).
+
+    ``head`` None keeps the recorded head; ``nodes`` and ``schedulers`` are added after
+    the recorded ones; with ``detached`` every given pid is also marked detached.
+    """
+    with _locked(session_dir):
+        rec = read(session_dir) or Recorded()
+        if head is not None:
+            rec.head = head
+        rec.nodes += [p for p in nodes if p not in rec.nodes]
+        rec.schedulers += [p for p in schedulers if p not in rec.schedulers]
+        if detached:
+            ours = ([head] if head is not None else []) + list(schedulers) + nodes
+            rec.detached += [p for p in ours if p not in rec.detached]
+        _write(session_dir, rec)
+
+
+def forget(session_dir: pathlib.Path, pids: set[int]) -> None:
+    """Drop ``pids`` from the session's detached list (they were stopped)."""
+    with _locked(session_dir):
+        rec = read(session_dir)
+        if rec is not None:
+            rec.detached = [p for p in rec.detached if p not in pids]
+            _write(session_dir, rec)
+
+
+def _same_dir(a: str, b: pathlib.Path) -> bool:
+    try:
+        return pathlib.Path(a).resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def is_cluster_process(pid: int, session_dir: pathlib.Path, role: str) -> bool:
+    """True if ``pid`` is a live ``role`` ("head", "scheduler", "node") process of ``session_dir``."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        cmdline = proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    if _MODULES[role] not in cmdline:
+        return False
+    for flag, value in itertools.pairwise(cmdline):
+        if flag == "--session-dir":
+            return _same_dir(value, session_dir)
+    return False
+
+
+def sessions(root: pathlib.Path) -> list[pathlib.Path]:
+    """Session directories under ``root``, newest first (not the ``session_latest`` link)."""
+    if not root.is_dir():
+        return []
+    found = []
+    for d in root.glob("session_*"):
+        try:
+            if d.is_symlink() or not d.is_dir():
+                continue
+            found.append((d.stat().st_mtime, d))
+        except OSError:  # removed meanwhile
+            continue
+    return [d for _, d in sorted(found, reverse=True)]
+
+
+def _address(session_dir: pathlib.Path) -> str:
+    try:
+        return (session_dir / "address").read_text().strip()
+    except OSError:
+        return ""
+
+
+def running_heads(root: pathlib.Path) -> list[tuple[pathlib.Path, str]]:
+    """``(session_dir, address)`` of each session whose head process runs here, newest first."""
+    out = []
+    for d in sessions(root):
+        rec = read(d)
+        if rec is not None and rec.head is not None and is_cluster_process(rec.head, d, "head"):
+            address = _address(d)
+            if address:
+                out.append((d, address))
+    return out
+
+
+def running_nodes_only(root: pathlib.Path) -> list[tuple[pathlib.Path, str]]:
+    """``(session_dir, head address)`` of sessions with live nodes but no head here, newest first.
+
+    These are nodes joined to a head on another machine (``cellray start --address``).
+    """
+    out = []
+    for d in sessions(root):
+        rec = read(d)
+        if rec is None or rec.head is not None:
+            continue
+        if any(is_cluster_process(p, d, "node") for p in rec.nodes):
+            address = _address(d)
+            if address:
+                out.append((d, address))
+    return out
+
+
+def _detached_targets(d: pathlib.Path, rec: Recorded) -> list[StoppedProcess]:
+    """The live detached processes of one session, with their roles.
+
+    A detached head's schedulers count as detached too: they are started with the head,
+    whether or not the starter marked them.
+    """
+    roles = {pid: "node" for pid in rec.nodes}
+    roles.update({pid: "scheduler" for pid in rec.schedulers})
+    if rec.head is not None:
+        roles[rec.head] = "head"
+    pids = list(rec.detached)
+    if rec.head is not None and rec.head in rec.detached:
+        pids += [p for p in rec.schedulers if p not in pids]
+    address = _address(d)
+    return [StoppedProcess(roles.get(pid, "node"), pid, d, address) for pid in pids
+            if is_cluster_process(pid, d, roles.get(pid, "node"))]
+
+
+def stop_detached(root: pathlib.Path, grace: float = 5.0) -> list[StoppedProcess]:
+    """Stop every detached process recorded under ``root``: nodes, then schedulers, then heads.
+
+    Each phase stops its processes in parallel (SIGTERM to the process group, ``grace``
+    seconds, then SIGKILL), and returns when they are gone. Returns what was stopped.
+    """
+    targets: dict[str, list[StoppedProcess]] = {role: [] for role in _STOP_ORDER}
+    for d in sessions(root):
+        rec = read(d)
+        if rec is not None:
+            for target in _detached_targets(d, rec):
+                targets[target.role].append(target)
+    stopped: list[StoppedProcess] = []
+    for role in _STOP_ORDER:
+        phase = targets[role]
+        if not phase:
+            continue
+        with ThreadPoolExecutor(max_workers=min(len(phase), 16)) as pool:
+            results = list(pool.map(lambda p: stop_pid(p.pid, grace), phase))
+        stopped += [p for p, was_running in zip(phase, results) if was_running]
+    by_session: dict[pathlib.Path, set[int]] = {}
+    for p in stopped:
+        by_session.setdefault(p.session_dir, set()).add(p.pid)
+    for d, pids in by_session.items():
+        forget(d, pids)
+    return stopped

@@ -1,0 +1,121 @@
+"""A cluster's state as ``cellray status`` shows it: read from the GCS, drawn as a table.
+
+``fetch`` asks the GCS (one ping and two table reads); ``format_status`` is pure, so the
+table is tested without a cluster::
+
+    cluster 127.0.0.1:6380  (GCS pid 4120, 4 shards, session /tmp/cellray/session_...)
+    node          address          alive  resources (free/total)  queue  object store        workers
+    3f2a9c01d2e4  127.0.0.1:40211  yes    CPU 2/2                 0      0 B / 1.2 GiB       2
+    jobs: 3 (1 running)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from runtime.gcs.client import GcsClient
+from runtime.protocol import gcs_pb2
+
+__all__ = ["NodeStatus", "ClusterStatus", "fetch", "format_status", "format_bytes"]
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """One node's row, as of its latest heartbeat."""
+
+    node_id: str  #: hex id
+    address: str  #: host:port of its node manager
+    alive: bool
+    death_cause: str  #: why the GCS holds it dead ("" while alive)
+    total: dict[str, float] = field(default_factory=dict)
+    available: dict[str, float] = field(default_factory=dict)
+    queue_length: int = 0
+    store_used: int = 0  #: bytes
+    store_capacity: int = 0  #: bytes
+    workers: int = 0
+    start_time: float = 0.0
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    """What the GCS at ``address`` reports."""
+
+    address: str
+    session_dir: str
+    gcs_pid: int
+    num_shards: int
+    nodes: list[NodeStatus]
+    jobs_total: int
+    jobs_running: int
+
+
+def _node(row: gcs_pb2.NodeRow) -> NodeStatus:
+    load = row.load
+    return NodeStatus(node_id=row.node_id.hex(), address=row.address, alive=row.alive,
+                      death_cause=row.death_cause, total=dict(load.total),
+                      available=dict(load.available), queue_length=load.queue_length,
+                      store_used=load.store_used, store_capacity=load.store_capacity,
+                      workers=load.num_workers, start_time=row.start_time)
+
+
+async def fetch(address: str, token: str, timeout: float = 5.0) -> ClusterStatus:
+    """Read the cluster's status from the GCS at ``address``.
+
+    Raises what ``GcsClient`` raises: ``ConnectionLostError`` when nothing answers there,
+    ``PermissionError`` for a wrong token, ``TimeoutError`` after ``timeout`` seconds.
+    """
+    async with GcsClient(address, token, timeout=timeout) as gcs:
+        ping = await gcs.ping()
+        nodes = [_node(gcs_pb2.NodeRow.FromString(v)) for _, v in await gcs.list_table("nodes")]
+        jobs = [gcs_pb2.JobRow.FromString(v) for _, v in await gcs.list_table("jobs")]
+    nodes.sort(key=lambda n: (not n.alive, n.start_time, n.node_id))
+    return ClusterStatus(address=address, session_dir=ping.session_dir, gcs_pid=ping.pid,
+                         num_shards=ping.num_shards, nodes=nodes, jobs_total=len(jobs),
+                         jobs_running=sum(1 for j in jobs if j.alive))
+
+
+def format_bytes(n: float) -> str:
+    """``1536`` -> ``"1.5 KiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def _resources(node: NodeStatus) -> str:
+    # CPU and GPU first, then custom resources by name.
+    names = sorted(node.total, key=lambda k: ({"CPU": 0, "GPU": 1}.get(k, 2), k))
+    return ", ".join(f"{k} {_num(node.available.get(k, 0.0))}/{_num(node.total[k])}"
+                     for k in names) or "-"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+
+
+def format_status(status: ClusterStatus) -> str:
+    """The status as text: a header line, one row per node (live ones first), the jobs."""
+    live = sum(1 for n in status.nodes if n.alive)
+    dead = len(status.nodes) - live
+    lines = [(f"cluster {status.address}  (GCS pid {status.gcs_pid}, {status.num_shards} shards, "
+              f"session {status.session_dir})"),
+             f"nodes: {live} alive" + (f", {dead} dead" if dead else "")]
+    rows = []
+    for n in status.nodes:
+        alive = "yes" if n.alive else f"no ({n.death_cause or 'no heartbeat'})"
+        store = f"{format_bytes(n.store_used)} / {format_bytes(n.store_capacity)}"
+        rows.append([n.node_id[:12], n.address, alive, _resources(n), str(n.queue_length), store,
+                     str(n.workers)])
+    if rows:
+        header = ["node", "address", "alive", "resources (free/total)", "queue",
+                  "object store (used/capacity)", "workers"]
+        lines += _table(header, rows)
+    lines.append(f"jobs: {status.jobs_total} ({status.jobs_running} running)")
+    return "\n".join(lines)

@@ -1,0 +1,221 @@
+"""The real ``cellray`` command line, run in subprocesses: start, status, attach, stop.
+
+``cellray start`` detaches its processes (new session, reparented when the CLI exits), so
+every test that starts one runs ``cellray stop`` in its fixture's teardown; the leak
+checker then finds them by the ``PYTEST_CURRENT_TEST`` they inherited if any survive.
+Each test gets its own ``CELLRAY_TMPDIR``, so it neither sees nor stops a developer's
+clusters (or another test's).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+
+import psutil
+import pytest
+
+from runtime import cli
+from runtime.testing.wait import wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+#: Bound on one CLI call, so a hung command fails the test instead of the whole run.
+CALL_TIMEOUT = 90
+
+#: A driver script that attaches to the cluster at argv[1] and runs tasks on it.
+DRIVER = """
+import sys, runtime as rt
+rt.init(address=sys.argv[1])
+square = rt.remote(lambda x: x * x)
+print("sum", sum(rt.get(square.remote(i)) for i in range(10)))
+print("cpus", rt.cluster_resources()["CPU"])
+rt.shutdown()
+"""
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (bind port 0, read it, close)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m runtime ARGS`` (the ``cellray`` entry point) with ``env``."""
+    return subprocess.run([sys.executable, "-m", "runtime", *args], env=env, text=True,
+                          capture_output=True, timeout=CALL_TIMEOUT, stdin=subprocess.DEVNULL,
+                          check=False)
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    """stdout of a call that must have succeeded; the failure shows both streams."""
+    assert result.returncode == 0, (f"{result.args} exited {result.returncode}\n"
+                                    f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result.stdout
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for its reaper counts as gone)."""
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def status_showing(env: dict[str, str], needle: str, *args: str) -> str:
+    """``cellray status ARGS`` output, once it contains ``needle`` (heartbeats lag a little)."""
+    def check() -> str:
+        out = ok(run_cli(env, "status", *args))
+        return out if needle in out else ""
+    return wait_for(check, timeout=30, what=f"`cellray status` to show {needle!r}")
+
+
+def processes_of(root: pathlib.Path) -> list[int]:
+    """Live processes whose command line names a path under ``root`` (gcs, nodes, workers)."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(p.info["cmdline"] or ())
+        if str(root) in cmdline and "runtime." in cmdline and alive(p.pid):
+            found.append(p.pid)
+    return found
+
+
+@pytest.fixture
+def cli_root(tmp_path: pathlib.Path) -> pathlib.Path:
+    return tmp_path / "cellray"
+
+
+@pytest.fixture
+def cli_env(cli_root: pathlib.Path,
+            subprocess_env: Callable[..., dict[str, str]]) -> Iterator[dict[str, str]]:
+    """The CLI's environment (sessions under ``cli_root``); ``cellray stop`` at teardown."""
+    env = subprocess_env(CELLRAY_TMPDIR=str(cli_root))
+    try:
+        yield env
+    finally:
+        ok(run_cli(env, "stop"))
+
+
+@pytest.mark.cluster
+def test_start_status_attach_add_node_and_stop(cli_env: dict[str, str],
+                                               cli_root: pathlib.Path) -> None:
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    out = ok(run_cli(cli_env, "start", "--head", "--port", str(port), "--cpus", "1",
+                     "--resources", '{"sim": 2}'))
+    session = (cli_root / "session_latest").resolve()
+    token_file = session / "token"
+    assert f"head (GCS) at {address}" in out
+    assert f'rt.init(address="{address}", token_file="{token_file}")' in out
+    assert f"cellray start --address {address}" in out
+    assert token_file.stat().st_mode & 0o777 == 0o600
+
+    status = ok(run_cli(cli_env, "status"))
+    assert f"cluster {address}" in status and "nodes: 1 alive" in status
+    assert "CPU 1/1, sim 2/2" in status and "jobs: 0" in status
+
+    added = ok(run_cli(cli_env, "start", "--address", address, "--cpus", "2", "--gpus", "1"))
+    assert f"to the cluster at {address}" in added and "2 live node(s)" in added
+    status = status_showing(cli_env, "nodes: 2 alive", "--address", address)
+    assert "CPU 2/2, GPU 1/1" in status
+
+    driver = subprocess.run([sys.executable, "-c", DRIVER, address], env=cli_env, text=True,
+                            capture_output=True, timeout=CALL_TIMEOUT, check=False)
+    assert ok(driver).split() == ["sum", "285", "cpus", "3.0"]
+    status_showing(cli_env, "jobs: 1 (0 running)")
+
+    pids = processes_of(cli_root)
+    assert len(pids) >= 3, "expected at least the GCS and two node managers"
+    stopped = ok(run_cli(cli_env, "stop"))
+    assert stopped.count("stopped node manager") == 2 and stopped.count("stopped head (GCS)") == 1
+    assert f"Stopped {stopped.count('stopped ')} process(es)." in stopped
+    # The GCS and node managers are gone when stop returns; workers exit with their node.
+    wait_for(lambda: not [p for p in pids if alive(p)], timeout=15,
+             what=f"the cluster's processes {pids} to exit")
+    assert processes_of(cli_root) == []
+
+    again = ok(run_cli(cli_env, "stop"))
+    assert "Nothing to stop" in again
+    gone = run_cli(cli_env, "status")
+    assert gone.returncode == 1 and "no cellray cluster is running" in gone.stderr
+
+
+@pytest.mark.cluster
+def test_two_clusters_status_picks_by_address(cli_env: dict[str, str]) -> None:
+    first, second = free_port(), free_port()
+    ok(run_cli(cli_env, "start", "--head", "--port", str(first), "--cpus", "1"))
+    ok(run_cli(cli_env, "start", "--head", "--port", str(second), "--cpus", "1"))
+    newest = ok(run_cli(cli_env, "status"))
+    assert f"cluster 127.0.0.1:{second}" in newest
+    assert f"other clusters run on this machine: 127.0.0.1:{first}" in newest
+    assert f"cluster 127.0.0.1:{first}" in ok(run_cli(cli_env, "status", "--address",
+                                                      f"127.0.0.1:{first}"))
+    stopped = ok(run_cli(cli_env, "stop"))
+    assert stopped.count("stopped head (GCS)") == 2 and stopped.count("stopped node manager") == 2
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["start", "--head", "--resources", "{sim: 4}"], "argument --resources: not valid JSON"),
+    (["start", "--head", "--resources", "[1, 2]"], "expected a JSON object"),
+    (["start", "--head", "--resources", '{"sim": -1}'], "must be a non-negative number"),
+    (["start", "--address", "localhost"], "argument --address: expected HOST:PORT"),
+    (["start", "--address", "127.0.0.1:99999"], "argument --address: expected HOST:PORT"),
+    (["status", "--address", "nohost:"], "argument --address: expected HOST:PORT"),
+    (["start", "--head", "--cpus", "many"], "argument --cpus: expected a number >= 0"),
+    (["start"], "start needs --head"),
+    (["start", "--head", "--address", "127.0.0.1:6380"], "not allowed with argument"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(cli_env: dict[str, str], args: list[str],
+                                                expected: str) -> None:
+    result = run_cli(cli_env, *args)
+    assert result.returncode == 2, result
+    assert expected in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_no_cluster_status_fails_clearly_and_stop_is_a_no_op(cli_env: dict[str, str],
+                                                            cli_root: pathlib.Path) -> None:
+    status = run_cli(cli_env, "status")
+    assert status.returncode == 1
+    assert "no cellray cluster is running on this machine" in status.stderr
+    assert "cellray start --head" in status.stderr and "Traceback" not in status.stderr
+    stop = run_cli(cli_env, "stop")
+    assert stop.returncode == 0 and "Nothing to stop" in stop.stdout
+
+
+def test_add_node_without_token_or_head_fails_clearly(cli_env: dict[str, str],
+                                                      tmp_path: pathlib.Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    no_token = run_cli(cli_env, "start", "--address", address)
+    assert no_token.returncode == 1 and "no token for the cluster" in no_token.stderr
+    token = tmp_path / "token"
+    token.write_text("0" * 64)
+    no_head = run_cli(cli_env, "start", "--address", address, "--token-file", str(token))
+    assert no_head.returncode == 1
+    assert f"could not reach the GCS at {address}" in no_head.stderr
+
+
+def test_busy_port_is_refused_before_anything_starts(cli_env: dict[str, str],
+                                                     cli_root: pathlib.Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli(cli_env, "start", "--head", "--port", str(port))
+    assert result.returncode == 1
+    assert f"port {port} on 127.0.0.1 is in use" in result.stderr
+    assert not cli_root.exists() or not list(cli_root.glob("session_*"))
+
+
+def test_bench_without_script_says_where_it_looked(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(cli, "BENCH_SCRIPT", tmp_path / "bench" / "microbench.py")
+    assert cli.main(["bench"]) == 1
+    assert f"{tmp_path / 'bench' / 'microbench.py'} does not exist" in capsys.readouterr().err

@@ -1,0 +1,110 @@
+"""The pure parts behind ``cellray``: argument checks, the status table, processes.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import pytest
+
+from runtime import _session, cli
+from runtime.cluster import registry
+from runtime.cluster.status import ClusterStatus, NodeStatus, format_bytes, format_status
+
+
+def parse(*argv: str) -> object:
+    return cli.build_parser().parse_args(list(argv))
+
+
+def test_start_arguments_are_typed() -> None:
+    args = parse("start", "--head", "--cpus", "2.5", "--gpus", "1", "--resources", '{"sim": 4}',
+                 "--object-store-memory", "1000000", "--num-nodes", "3", "--port", "0")
+    assert vars(args) | {"func": None, "parser": None} == {
+        "command": "start", "head": True, "address": None, "port": 0, "host": "127.0.0.1",
+        "token_file": None, "cpus": 2.5, "gpus": 1.0, "resources": {"sim": 4.0},
+        "object_store_memory": 1_000_000, "num_nodes": 3, "func": None, "parser": None}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["start", "--head", "--resources", '{"CPU": 2}'], "set CPU with --cpus, not --resources"),
+    (["start", "--head", "--resources", '{"sim": true}'], "must be a non-negative number"),
+    (["start", "--head", "--resources", '{"sim": NaN}'], "must be a non-negative number"),
+    (["start", "--head", "--port", "70000"], "expected a port in 0..65535"),
+    (["start", "--head", "--num-nodes", "0"], "expected an integer >= 1"),
+    (["start", "--head", "--gpus", "-1"], "expected a number >= 0"),
+    (["start", "--address", ":6380"], "expected HOST:PORT"),
+    (["start", "--address", "127.0.0.1:6380", "--port", "1"], "--port is for --head"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_arguments_exit_2_with_one_line(argv: list[str], message: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 2
+    assert "start" in capsys.readouterr().err
+
+
+def test_format_bytes() -> None:
+    assert [format_bytes(n) for n in (0, 1023, 1536, 5 * 2**30)] == [
+        "0 B", "1023 B", "1.5 KiB", "5.0 GiB"]
+
+
+def test_status_table_lists_live_nodes_first_and_counts_jobs() -> None:
+    live = NodeStatus(node_id="ab" * 16, address="127.0.0.1:4001", alive=True, death_cause="",
+                      total={"sim": 4, "GPU": 1, "CPU": 2}, available={"CPU": 1, "GPU": 1, "sim": 4},
+                      queue_length=3, store_used=1536, store_capacity=2**30, workers=2)
+    dead = NodeStatus(node_id="cd" * 16, address="127.0.0.1:4002", alive=False,
+                      death_cause="no heartbeat for 10 s")
+    text = format_status(ClusterStatus(address="127.0.0.1:6380", session_dir="/s", gcs_pid=7,
+                                       num_shards=4, nodes=[live, dead], jobs_total=2,
+                                       jobs_running=1))
+    lines = text.splitlines()
+    assert lines[0] == "cluster 127.0.0.1:6380  (GCS pid 7, 4 shards, session /s)"
+    assert lines[1] == "nodes: 1 alive, 1 dead"
+    assert lines[2].split() == ["node", "address", "alive", "resources", "(free/total)", "queue",
+                                "object", "store", "(used/capacity)", "workers"]
+    assert lines[3].split() == ["abababababab", "127.0.0.1:4001", "yes", "CPU", "1/2,", "GPU",
+                                "1/1,", "sim", "4/4", "3", "1.5", "KiB", "/", "1.0", "GiB", "2"]
+    assert lines[4].startswith("cdcdcdcdcdcd  127.0.0.1:4002  no (no heartbeat for 10 s)")
+    assert lines[5] == "jobs: 2 (1 running)"
+
+
+def test_processes_json_merges_heads_and_joined_nodes(tmp_path: pathlib.Path) -> None:
+    registry.record(tmp_path, head=10, nodes=[11], detached=False, schedulers=[9])  # rt.init
+    registry.record(tmp_path, head=None, nodes=[12], detached=True)  # cellray start --address
+    assert json.loads((tmp_path / "processes.json").read_text()) == {
+        "head": 10, "schedulers": [9], "nodes": [11, 12], "detached": [12]}
+    registry.forget(tmp_path, {12})
+    assert registry.read(tmp_path) == registry.Recorded(head=10, nodes=[11, 12], detached=[],
+                                                        schedulers=[9])
+
+
+def test_processes_json_keeps_keys_it_does_not_know(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "processes.json").write_text(json.dumps({"head": 1, "nodes": [], "future": {"x": 1}}))
+    registry.record(tmp_path, head=None, nodes=[2], detached=True)
+    assert json.loads((tmp_path / "processes.json").read_text())["future"] == {"x": 1}
+
+
+def test_unreadable_processes_json_reads_as_none(tmp_path: pathlib.Path) -> None:
+    assert registry.read(tmp_path) is None
+    (tmp_path / "processes.json").write_text("{not json")
+    assert registry.read(tmp_path) is None
+
+
+def test_sessions_skip_the_latest_link_and_pids_must_be_cluster_processes(
+        tmp_path: pathlib.Path) -> None:
+    first = _session.new_session_dir(tmp_path)
+    second = _session.new_session_dir(tmp_path)
+    assert (tmp_path / "session_latest").is_symlink()
+    assert set(registry.sessions(tmp_path)) == {first, second}
+    assert registry.sessions(tmp_path / "missing") == []
+    # This pytest process is alive, but it is not a GCS or node of that session.
+    assert not registry.is_cluster_process(os.getpid(), first, "head")
+    registry.record(first, head=os.getpid(), nodes=[], detached=True)
+    assert registry.running_heads(tmp_path) == []
+    assert registry.stop_detached(tmp_path) == []
