@@ -33,7 +33,8 @@ def _methods_of(cls: type) -> dict[str, int]:
         if name.startswith("__") and name != "__call__":
             continue
         attr = getattr(cls, name, None)
-        if inspect.isfunction(attr) or inspect.ismethoddescriptor(attr):
+        # Plain and static methods are functions here; a classmethod is a bound method.
+        if inspect.isfunction(attr) or inspect.ismethoddescriptor(attr) or inspect.ismethod(attr):
             meta[name] = getattr(attr, "__cellray_num_returns__", 1)
     return meta
 
@@ -96,18 +97,6 @@ class ActorClass:
         name = o.get("name")
         namespace = o.get("namespace") or DEFAULT_NAMESPACE
         handle = ActorHandle(actor_id, self.__name__, self._methods, name, namespace, cid)
-        if name:
-            assert client.gcs is not None
-            entry = json.dumps({"actor_id": actor_id.hex(), "class_name": self.__name__,
-                                "function_id": cid.hex(), "methods": self._methods}).encode()
-            written, existing = client.run(
-                client.gcs.put("kv", _name_key(namespace, name), entry, only_if_absent=True), 30.0)
-            if not written:
-                if o.get("get_if_exists"):
-                    return _handle_from_entry(existing, name, namespace)
-                raise ValueError(f"An actor named {name!r} already exists in namespace "
-                                 f"{namespace!r}. Use get_actor({name!r}) to reach it, or "
-                                 "options(get_if_exists=True) to reuse it.")
         op = node_pb2.ClientOp()
         spec = op.submit
         spec.task_id = _ids.new_id()
@@ -126,8 +115,32 @@ class ActorClass:
         }).encode()
         spec.resources.update(_options.resources_of(o, 0.0))
         client.stamp(spec)
+        # Arguments first: one that cannot be sent must not leave a name behind that no
+        # actor will ever release.
         keep = _args.encode(client, spec, self.__name__, args, kwargs)
-        client.submit(op)
+        if name:
+            assert client.gcs is not None
+            key = _name_key(namespace, name)
+            entry = json.dumps({"actor_id": actor_id.hex(), "class_name": self.__name__,
+                                "function_id": cid.hex(), "methods": self._methods}).encode()
+            written, existing = client.run(client.gcs.put("kv", key, entry, only_if_absent=True),
+                                           30.0)
+            if not written:
+                if o.get("get_if_exists"):
+                    return _handle_from_entry(existing, name, namespace)
+                raise ValueError(f"An actor named {name!r} already exists in namespace "
+                                 f"{namespace!r}. Use get_actor({name!r}) to reach it, or "
+                                 "options(get_if_exists=True) to reuse it.")
+            try:
+                client.submit(op)
+            except BaseException:
+                try:  # release the name: the node never heard of this actor
+                    client.run(client.gcs.put("kv", key, b""), 5.0)
+                except Exception:
+                    pass
+                raise
+        else:
+            client.submit(op)
         del keep
         return handle
 

@@ -47,6 +47,7 @@ class Actor:
     restarts: int = 0
     death_cause: str = ""
     no_restart: bool = False
+    created: float = 0.0
 
     @property
     def max_restarts(self) -> int:
@@ -76,8 +77,11 @@ class ActorMixin:
             options = json.loads(spec.actor_options or b"{}")
         except ValueError:
             options = {}
-        actor = Actor(spec.actor_id, spec, options)
+        actor = Actor(spec.actor_id, spec, options, created=self.clock())
         self.actors[spec.actor_id] = actor
+        # The constructor's arguments outlive its first run: a restart runs it again.
+        for oid in (*spec.arg_refs, *spec.nested_refs):
+            self.refs[oid] += 1
         self._actor_row(actor)
 
     def _actor_creation_done(self: NodeState, task: Task, w: Worker | None,
@@ -151,17 +155,23 @@ class ActorMixin:
 
     # ---- death and restarts ----------------------------------------------------------
 
-    def kill_actor(self: NodeState, actor_id: bytes, no_restart: bool) -> None:
+    def kill_actor(self: NodeState, actor_id: bytes, no_restart: bool,
+                   cause: str = "it was killed with kill()") -> None:
         actor = self.actors.get(actor_id)
         if actor is None or actor.state == "DEAD":
             return
         if no_restart:
             actor.no_restart = True
-            actor.death_cause = "it was killed with kill()"
+            actor.death_cause = cause
         if actor.worker_id:
             self.outbox.append(("kill", actor.worker_id))
+            return
+        creation = self.tasks.get(actor.creation.task_id)
+        if creation is not None and creation.state == "RUNNING" and creation.worker_id:
+            # The constructor is running: stop its process. worker_exited() then ends the
+            # creation, and the actor restarts or (no_restart) dies like any dead actor.
+            self.outbox.append(("kill", creation.worker_id))
         elif no_restart:  # not started yet
-            creation = self.tasks.get(actor.creation.task_id)
             if creation is not None:
                 creation.cancelled = True
                 self._fail(creation, RuntimeError("actor killed before it started"))
@@ -176,16 +186,19 @@ class ActorMixin:
                                       f"(exit code {exit_code})")
         can_restart = not actor.no_restart and (actor.max_restarts < 0
                                                 or actor.restarts < actor.max_restarts)
-        # Calls that were running: retried on the new instance, or failed.
+        # Calls that were running: retried on the new instance (first, in the order they
+        # were sent, ahead of the calls still queued), or failed.
+        retried: list[Task] = []
         for task in list(actor.in_flight.values()):
             self._unpin(task)
             if can_restart and (task.spec.attempt < actor.max_task_retries
                                 or actor.max_task_retries < 0) and not task.cancelled:
                 task.spec.attempt += 1
                 task.state = "QUEUED"
-                actor.queue.appendleft(task)
+                retried.append(task)
             else:
                 self._fail_actor_call(task, actor.label, cause)
+        actor.queue.extendleft(reversed(retried))
         actor.in_flight.clear()
         if not can_restart:
             self._actor_dead(actor, cause)
@@ -214,6 +227,10 @@ class ActorMixin:
             self._make_ready(task)
 
     def _actor_dead(self: NodeState, actor: Actor, cause: str) -> None:
+        if actor.state == "DEAD":
+            return
+        for oid in (*actor.creation.arg_refs, *actor.creation.nested_refs):
+            self._decref(oid)
         actor.state = "DEAD"
         actor.death_cause = cause
         while actor.queue:
@@ -227,9 +244,7 @@ class ActorMixin:
         for actor in list(self.actors.values()):
             if (actor.creation.owner_id == client_id and actor.state != "DEAD"
                     and actor.options.get("lifetime") != "detached"):
-                actor.no_restart = True
-                actor.death_cause = f"its owner (pid {pid}) exited"
-                self.kill_actor(actor.actor_id, True)
+                self.kill_actor(actor.actor_id, True, f"its owner (pid {pid}) exited")
 
     # ---- the GCS row ---------------------------------------------------------------
 
@@ -241,6 +256,7 @@ class ActorMixin:
             pid=actor.pid, num_restarts=actor.restarts, max_restarts=actor.max_restarts,
             death_cause=actor.death_cause, job_id=actor.creation.job_id,
             detached=o.get("lifetime") == "detached", owner_id=actor.creation.owner_id,
-            start_time=self.clock(), pending_calls=len(actor.queue) + len(actor.in_flight),
+            start_time=actor.created, creation_spec=actor.creation.SerializeToString(),
+            pending_calls=len(actor.queue) + len(actor.in_flight),
             worker_id=actor.worker_id)
         self.outbox.append((ACTOR_ROW, row))

@@ -217,6 +217,7 @@ class NodeManager:
             elif kind == st.KILL_WORKER:
                 self.pool.kill(action[1])
             elif kind == ACTOR_ROW:
+                action[1].node_address = self.address
                 self.gcs_puts[b"actors:" + action[1].actor_id] = ("actors", action[1].actor_id,
                                                                   action[1].SerializeToString())
             elif kind == KV_DELETE:

@@ -196,6 +196,11 @@ class SpillMixin:
                 returns.append(data)
             elif self.refs.get(oid, 0) > 0:
                 self.remote_objects[oid] = RemoteObject(data.node_id, data.size, list(data.nested_refs))
+                owner = task.spec.owner_id
+                if owner in self.clients:  # results always reach their owner: bring it here
+                    waiters = self.get_waiters.setdefault(oid, [])
+                    if owner not in waiters:
+                        waiters.append(owner)
                 if oid in self.get_waiters or oid in self.dep_waiters:
                     self._want(oid)
             else:

@@ -204,11 +204,17 @@ class NodeState(ActorMixin, SpillMixin):
             self.starting -= 1
         if w in self.idle:
             self.idle.remove(w)
-        if w.state == "ACTOR":
+        was_actor = w.state == "ACTOR"
+        if was_actor:
             self._actor_worker_died(w, exit_code)
         w.state = "DEAD"
         for frame in reversed(w.frames):
             self._release(frame)
+            if was_actor:
+                # The frame of the creation that made this worker an actor: it only held the
+                # actor's resources. Its task id is the restarted creation's now (queued by
+                # _actor_worker_died above), which must not be failed as if it ran here.
+                continue
             task = self.tasks.get(frame.task_id)
             if task is None:
                 continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 import os
 import signal
 import sys
@@ -34,6 +35,17 @@ _functions: dict[bytes, Any] = {}
 _cancel_requested: set[bytes] = set()
 #: Tasks running in the main thread now (read by the IO thread's cancel handler).
 _running_ids: set[bytes] = set()
+#: The main thread's task stack (ids, innermost last): a blocked task's worker runs the
+#: tasks it waits for on top of it, and a cancel of a task below the top must wait for
+#: the tasks above it to return (the IO thread reads it; the GIL keeps it consistent).
+_main_stack: list[bytes] = []
+#: Cancels that reached this worker for a task it was given but has not started yet
+#: (its ExecuteTask and the cancel came in one batch). Bounded: a cancel that crossed
+#: the task's result on the wire leaves an entry nobody removes.
+_cancelled_early: dict[bytes, None] = {}
+_CANCELLED_EARLY_MAX = 1024
+
+logger = logging.getLogger(__name__)
 #: GPU indices reserved for each running task (and for this worker's actor, if any).
 gpu_ids: dict[bytes, list[int]] = {}
 
@@ -191,6 +203,9 @@ def run_one(client: CoreClient, ex: node_pb2.ExecuteTask) -> None:
     res.task_id = spec.task_id
     token = client.push_task(spec)
     _running_ids.add(spec.task_id)
+    on_main = threading.current_thread() is threading.main_thread()
+    if on_main:
+        _main_stack.append(spec.task_id)
     ids = list(ex.gpu_ids)
     gpu_ids[spec.task_id] = ids
     # An actor keeps its GPUs for life; a task only while it runs.
@@ -198,6 +213,9 @@ def run_one(client: CoreClient, ex: node_pb2.ExecuteTask) -> None:
     value: Any = None
     try:
         try:
+            if spec.task_id in _cancelled_early:
+                del _cancelled_early[spec.task_id]
+                raise _cancelled(spec, "before it started")
             fn, args, kwargs = _prepare(client, ex)
             value = fn(*args, **kwargs)
             _finish(client, res, spec, value)
@@ -210,6 +228,8 @@ def run_one(client: CoreClient, ex: node_pb2.ExecuteTask) -> None:
     finally:
         _running_ids.discard(spec.task_id)
         _cancel_requested.discard(spec.task_id)
+        if on_main:
+            _main_stack.pop()
         if not spec.actor_creation:
             gpu_ids.pop(spec.task_id, None)
             if ids:
@@ -219,11 +239,15 @@ def run_one(client: CoreClient, ex: node_pb2.ExecuteTask) -> None:
     client.send(op)
     # `value` is dropped only now, after the result (and its nested refs) is queued.
     del value
+    if on_main and _main_stack and _main_stack[-1] in _cancel_requested:
+        # This task ran nested on top of a task that was cancelled meanwhile (the SIGINT
+        # then found this one on top and was ignored): interrupt that task now.
+        raise KeyboardInterrupt
 
 
-def _cancelled(spec: common_pb2.TaskSpec) -> TaskCancelledError:
+def _cancelled(spec: common_pb2.TaskSpec, when: str = "while running") -> TaskCancelledError:
     return TaskCancelledError(f"Task {spec.name}() (task {_ids.short(spec.task_id)}) was "
-                              "cancelled while running.", task_id=spec.task_id.hex())
+                              f"cancelled {when}.", task_id=spec.task_id.hex())
 
 
 async def run_one_async(client: CoreClient, ex: node_pb2.ExecuteTask) -> None:
@@ -274,7 +298,7 @@ class ActorRuntime:
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self._start_async, client, ex)
         elif self.pool is not None:
-            self.pool.submit(run_one, client, ex)
+            self.pool.submit(_run_pooled, client, ex)
         else:
             run_one(client, ex)
 
@@ -286,7 +310,11 @@ class ActorRuntime:
 
         async def limited() -> None:
             async with sem:
-                await run_one_async(client, ex)
+                try:
+                    await run_one_async(client, ex)
+                except (SystemExit, KeyboardInterrupt) as e:
+                    # Escaping here would stop the loop, and every later call would hang.
+                    _end_process(e)
 
         assert self.loop is not None
         t = self.loop.create_task(limited())
@@ -299,6 +327,31 @@ class ActorRuntime:
             return False
         self.loop.call_soon_threadsafe(t.cancel)
         return True
+
+
+def _run_pooled(client: CoreClient, ex: node_pb2.ExecuteTask) -> None:
+    """``run_one`` on a thread of a threaded actor's pool."""
+    try:
+        run_one(client, ex)
+    except (SystemExit, KeyboardInterrupt) as e:
+        # The pool's future would swallow it: no result, and the caller waits forever.
+        _end_process(e)
+
+
+def _end_process(exc: BaseException) -> None:
+    """A method of a threaded or async actor raised SystemExit (``sys.exit()``) or the like.
+
+    In the main thread that ends the worker and so the actor (its calls then fail with
+    ActorDiedError, and it restarts if allowed); do the same from the pool or the loop.
+    """
+    code = exc.code if isinstance(exc, SystemExit) else 1
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    _flush_output()
+    os._exit(code)
 
 
 #: Set when this worker becomes an actor.
@@ -325,7 +378,19 @@ def _fail(client: CoreClient, res: node_pb2.TaskResult, spec: common_pb2.TaskSpe
                         node_id=client.node_id)
     res.failed = True
     res.retryable = retryable
-    res.error_summary = summary[:500]
+    # A failed constructor's summary is the actor's death cause, shown on every call: keep
+    # more of it, and always its end (the exception line) when it must be cut.
+    res.error_summary = _shorten(summary, 8000) if spec.actor_creation else summary[:500]
+
+
+def _shorten(text: str, limit: int) -> str:
+    """``text`` if it fits in ``limit`` characters, else its head and tail around a marker."""
+    if len(text) <= limit:
+        return text
+    marker = "\n  ...\n"
+    head = (limit - len(marker)) // 3
+    tail = limit - len(marker) - head
+    return text[:head] + marker + text[-tail:]
 
 
 def _retryable(spec: common_pb2.TaskSpec, exc: BaseException) -> bool:
@@ -350,7 +415,16 @@ def install_cancel_handler(client: CoreClient) -> None:
             return
         if c.task_id in _running_ids:
             _cancel_requested.add(c.task_id)
+            if c.task_id in _main_stack and _main_stack[-1] != c.task_id:
+                logger.info("cancel of task %s deferred: task %s runs nested on top of it; it is "
+                            "interrupted when that one returns", _ids.short(c.task_id),
+                            _ids.short(_main_stack[-1]))
+                return
             signal.pthread_kill(main_ident, signal.SIGINT)
+        else:  # given to this worker and not started yet: it fails as soon as it starts
+            _cancelled_early[c.task_id] = None
+            while len(_cancelled_early) > _CANCELLED_EARLY_MAX:
+                del _cancelled_early[next(iter(_cancelled_early))]
 
     signal.signal(signal.SIGINT, on_sigint)
     client.cancel_handler = on_cancel
@@ -361,7 +435,9 @@ def current_gpu_ids(client: CoreClient) -> list[int]:
     stack = client.task_stack
     if stack:
         ids = gpu_ids.get(stack[-1].task_id)
-        if ids is not None:
+        # An actor's method calls carry no GPU ids of their own (run_one records [] for
+        # them): the actor's, reserved at creation, apply.
+        if ids:
             return list(ids)
     if actor is not None:
         return list(actor.gpu_ids)
