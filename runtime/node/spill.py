@@ -100,8 +100,8 @@ class SpillMixin:
     def spilled(self, task_id: bytes, node_id: bytes, scheduler: str, reason: str) -> None:
         """A global scheduler placed our task on ``node_id``."""
         task = self.tasks.get(task_id)  # type: ignore[attr-defined]
-        if task is None:
-            return
+        if task is None or node_id == self.node_id:  # type: ignore[attr-defined]
+            return  # done already, or placed back here (accept_forwarded ran it locally)
         self.spilled_to[task_id] = node_id
         task.worker_id = b""
         ev = self._event(task, "SPILLED", detail=reason)  # type: ignore[attr-defined]
@@ -135,6 +135,19 @@ class SpillMixin:
     # ---- running tasks for other nodes ---------------------------------------------
 
     def accept_forwarded(self: NodeState, req: node_pb2.ForwardTaskRequest) -> None:
+        own = self.tasks.get(req.spec.task_id)
+        if own is not None:
+            # Our own spilled task, placed back here: run it as a local task.
+            if own.state == "SPILLED":
+                own.spec.spill_count = req.spec.spill_count
+                own.state = "WAITING"
+                self.stats["received"] += 1
+                self._event(own, "SCHEDULED", detail=f"placed back here by {req.scheduler}")
+                if not self._can_run(own.resources) and own.spec.spill_count < self.max_spills:
+                    own.spec.spill_count = self.max_spills  # no ping-pong
+                self._make_ready(own)
+                self._schedule()
+            return
         spec = common_pb2.TaskSpec()
         spec.CopyFrom(req.spec)
         self.forwarded[spec.task_id] = Home(req.home_address, req.home_node_id)

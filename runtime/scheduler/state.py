@@ -1,0 +1,280 @@
+"""ClusterView: the global scheduler's picture of the nodes, and placement. Pure: no I/O.
+
+The view is fed rows of the GCS ``nodes`` table (``update``/``apply``, or ``reset`` with a
+fresh snapshot). ``place`` asks the policy to pick among the feasible nodes and then
+charges the chosen node *optimistically*: its available resources drop by the task's
+demand and its queue grows by one, until the node's next row (its next heartbeat)
+replaces the guess with the truth. Without this a burst of spilled tasks, placed between
+two heartbeats, would all land on the node that looked best at the first one.
+
+A node is *feasible* for a task when it is alive and its *total* resources hold the task:
+it could run it some day. When no node is, the task must wait for one to join
+(``SchedulerService`` keeps the call open and retries on every change of the view;
+``version`` counts the changes).
+
+``PlacementAttempts`` is one task's way through the view: it never offers the task back
+to the node that spilled it (its *home*), leaves out nodes that failed to take it until
+they send a newer row, and says whether to forward, wait, or let the home keep the task
+(when the home could run it and no other node can take it now).
+
+Examples
+--------
+>>> from runtime.protocol import common_pb2, gcs_pb2
+>>> view = ClusterView()
+>>> view.update(gcs_pb2.NodeRow(node_id=b"a", address="127.0.0.1:7001", alive=True,
+...     load=common_pb2.NodeLoad(total={"CPU": 2}, available={"CPU": 2})))
+>>> view.place({"CPU": 1}).address
+'127.0.0.1:7001'
+>>> view.node(b"a").available, view.node(b"a").queue_length
+({'CPU': 1.0}, 1)
+>>> view.place({"GPU": 1}) is None      # no node could ever run it
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from runtime._ids import short
+from runtime.protocol import gcs_pb2
+from runtime.scheduler.policies.base import InputLike, Policy, fits
+
+__all__ = ["ClusterView", "InputLocation", "NodeView", "Placement", "PlacementAttempts", "StayHome", "Wait",
+           "check_resources"]
+
+
+@dataclass
+class NodeView:
+    """One node as the scheduler sees it: the last row from the GCS plus optimistic charges."""
+
+    node_id: bytes  #: 16-byte node id
+    address: str  #: ``host:port`` of its node manager
+    alive: bool = True  #: False once the GCS declared it dead
+    total: dict[str, float] = field(default_factory=dict)  #: what it has in all
+    available: dict[str, float] = field(default_factory=dict)  #: what is free (after charges)
+    queue_length: int = 0  #: tasks waiting there (after charges)
+    last_heartbeat: float = 0.0  #: unix seconds of the row's heartbeat
+    charged: int = 0  #: tasks placed here since the row arrived
+
+    @classmethod
+    def from_row(cls, row: gcs_pb2.NodeRow) -> NodeView:
+        """The view of a ``NodeRow`` from the GCS ``nodes`` table."""
+        return cls(node_id=row.node_id, address=row.address, alive=row.alive,
+                   total=dict(row.load.total), available=dict(row.load.available),
+                   queue_length=row.load.queue_length, last_heartbeat=row.last_heartbeat)
+
+
+@dataclass(frozen=True)
+class InputLocation:
+    """A task input: ``size`` bytes, copies on ``node_ids`` (``scheduler_pb2.InputLocation`` also fits)."""
+
+    object_id: bytes
+    size: int
+    node_ids: frozenset[bytes] = frozenset()
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where ``place`` put a task, why, and what it charged there (``refund`` undoes that)."""
+
+    node_id: bytes
+    address: str
+    cost: float  #: the policy's estimate (seconds for locality, load for spread)
+    why: str  #: human-readable reason, for logs and events
+    resources: Mapping[str, float]
+    row_version: int  #: the node's row version when charged
+
+
+@dataclass(frozen=True)
+class Wait:
+    """No node can take the task now: wait for the view to change, then try again."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class StayHome:
+    """No other node can take the task now, but the node that spilled it can run it: it should."""
+
+    why: str
+
+
+def check_resources(resources: Mapping[str, float]) -> dict[str, float]:
+    """``resources`` as a plain dict; raises ``ValueError`` naming any negative or non-finite amount."""
+    bad = {k: v for k, v in resources.items() if not math.isfinite(v) or v < 0}
+    if bad:
+        raise ValueError(f"resource amounts must be finite and >= 0, got {bad}")
+    return dict(resources)
+
+
+class ClusterView:
+    """The nodes a global scheduler knows and the placement decisions it makes.
+
+    Parameters
+    ----------
+    policy
+        Picks among feasible nodes; default ``LocalityPolicy()``.
+    """
+
+    def __init__(self, policy: Policy | None = None) -> None:
+        if policy is None:
+            from runtime.scheduler.policies import make_policy
+            policy = make_policy("locality")
+        self.policy = policy
+        self._nodes: dict[bytes, NodeView] = {}
+        self._row_versions: dict[bytes, int] = {}
+        #: Bumped on every change from the GCS (not on charges); waiters retry when it moves.
+        self.version = 0
+
+    # ---- input: rows from the GCS ----
+
+    def update(self, row: gcs_pb2.NodeRow) -> None:
+        """Take a node's new row as the truth (dropping optimistic charges on it)."""
+        self._nodes[row.node_id] = NodeView.from_row(row)
+        self._row_versions[row.node_id] = self._row_versions.get(row.node_id, 0) + 1
+        self.version += 1
+
+    def remove(self, node_id: bytes) -> None:
+        """Forget a node whose row was deleted."""
+        if self._nodes.pop(node_id, None) is not None:
+            self._row_versions[node_id] = self._row_versions.get(node_id, 0) + 1
+            self.version += 1
+
+    def apply(self, key: bytes, value: bytes, deleted: bool = False) -> None:
+        """Apply one change of the ``nodes`` table (a serialized ``NodeRow``, or a deletion)."""
+        if deleted or not value:
+            self.remove(key)
+        else:
+            self.update(gcs_pb2.NodeRow.FromString(value))
+
+    def reset(self, rows: Iterable[gcs_pb2.NodeRow]) -> None:
+        """Replace every node with a fresh snapshot (after resubscribing)."""
+        fresh = {row.node_id: row for row in rows}
+        for node_id in [n for n in self._nodes if n not in fresh]:
+            self.remove(node_id)
+        for row in fresh.values():
+            self.update(row)
+        self.version += 1
+
+    # ---- queries ----
+
+    def node(self, node_id: bytes) -> NodeView | None:
+        """The view of ``node_id``, or None."""
+        return self._nodes.get(node_id)
+
+    def nodes(self) -> list[NodeView]:
+        """Every known node, dead ones included."""
+        return list(self._nodes.values())
+
+    def row_version(self, node_id: bytes) -> int:
+        """How many rows of ``node_id`` the view has taken (0: never seen). A change means news."""
+        return self._row_versions.get(node_id, 0)
+
+    def feasible(self, resources: Mapping[str, float]) -> list[NodeView]:
+        """Alive nodes whose total resources hold ``resources`` (it could run there some day)."""
+        return [n for n in self._nodes.values() if n.alive and fits(resources, n.total)]
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    # ---- decisions ----
+
+    def place(self, resources: Mapping[str, float], inputs: Sequence[InputLike] = (),
+              exclude: Collection[bytes] = frozenset()) -> Placement | None:
+        """Pick a feasible node not in ``exclude`` and charge it; None when there is none.
+
+        Raises ``ValueError`` for negative or non-finite resource amounts.
+        """
+        need = check_resources(resources)
+        candidates = [n for n in self.feasible(need) if n.node_id not in exclude]
+        if not candidates:
+            return None
+        choice = self.policy.choose(candidates, need, inputs)
+        node = choice.node
+        for key, amount in need.items():
+            node.available[key] = node.available.get(key, 0.0) - amount
+        node.queue_length += 1
+        node.charged += 1
+        return Placement(node.node_id, node.address, choice.cost, choice.why, need,
+                         self.row_version(node.node_id))
+
+    def refund(self, placement: Placement) -> None:
+        """Undo ``placement``'s charge (the node refused the task), unless a newer row came since."""
+        node = self._nodes.get(placement.node_id)
+        if node is None or self.row_version(placement.node_id) != placement.row_version:
+            return
+        for key, amount in placement.resources.items():
+            node.available[key] = node.available.get(key, 0.0) + amount
+        node.queue_length = max(0, node.queue_length - 1)
+        node.charged = max(0, node.charged - 1)
+
+    def describe_infeasible(self, resources: Mapping[str, float]) -> str:
+        """Why no node fits ``resources``: for the log line of a task that has to wait."""
+        alive = [n for n in self._nodes.values() if n.alive]
+        if not alive:
+            return "no live node is known"
+        biggest = ", ".join(f"{short(n.node_id)} {n.total}" for n in alive[:4])
+        more = f" and {len(alive) - 4} more" if len(alive) > 4 else ""
+        return f"{len(alive)} live node(s) ({biggest}{more}) but none has {dict(resources)} in total"
+
+
+class PlacementAttempts:
+    """One task's placement attempts: ``next()`` until a node accepts; ``failed()`` after a refusal.
+
+    Parameters
+    ----------
+    view
+        The cluster view to place on.
+    resources, inputs
+        What the task needs, where its inputs are.
+    home
+        The node that spilled the task (empty: none). It is never offered the task back:
+        it spilled because it cannot run it soon (and a node that gets its own task
+        forwarded may not expect it). When it could run the task but no other node can
+        take it now (none fits, or all that fit failed to take it), ``next()`` says
+        ``StayHome`` rather than keep the task waiting.
+
+    Examples
+    --------
+    >>> from runtime.protocol import common_pb2, gcs_pb2
+    >>> view = ClusterView()
+    >>> view.update(gcs_pb2.NodeRow(node_id=b"h", address="h:1", alive=True,
+    ...     load=common_pb2.NodeLoad(total={"CPU": 2}, available={"CPU": 0})))
+    >>> PlacementAttempts(view, {"CPU": 1}, home=b"h").next()
+    StayHome(why='no other node can run it')
+    >>> PlacementAttempts(view, {"GPU": 1}, home=b"h").next().why
+    "1 live node(s) (68 {'CPU': 2.0}) but none has {'GPU': 1} in total"
+    """
+
+    def __init__(self, view: ClusterView, resources: Mapping[str, float], inputs: Sequence[InputLike] = (),
+                 home: bytes = b"") -> None:
+        self.view = view
+        self.resources = check_resources(resources)
+        self.inputs = inputs
+        self.home = home
+        self._failed: dict[bytes, int] = {}  # node -> its row version when it failed to take the task
+
+    def next(self) -> Placement | Wait | StayHome:
+        """Where to forward the task now (charged in the view), or why not."""
+        exclude = {n for n, v in self._failed.items() if self.view.row_version(n) == v}
+        if self.home:
+            exclude.add(self.home)
+        placement = self.view.place(self.resources, self.inputs, exclude)
+        if placement is not None:
+            return placement
+        feasible = self.view.feasible(self.resources)
+        if not feasible:
+            return Wait(self.view.describe_infeasible(self.resources))
+        others = [n for n in feasible if n.node_id != self.home]
+        if self.home and len(others) < len(feasible):  # the home itself could run it
+            return StayHome(f"no other node can take it now ({len(others)} tried)" if others
+                            else "no other node can run it")
+        return Wait(f"every node that could run it ({len(others)}) failed to take it; "
+                    "trying again when one sends news")
+
+    def failed(self, placement: Placement) -> None:
+        """The node of ``placement`` did not take the task: undo the charge, skip it until its next row."""
+        self.view.refund(placement)
+        self._failed[placement.node_id] = placement.row_version
