@@ -495,7 +495,12 @@ class CoreClient:
                     logger.exception("origin provider failed")
 
     def submit(self, op: node_pb2.ClientOp) -> None:
+        """Send a task; its results will be pushed here (this client owns them)."""
         self._check()
+        spec = op.submit
+        if spec.num_returns:
+            tid = spec.task_id
+            self._requested.update(_ids.object_id(tid, i) for i in range(1, spec.num_returns + 1))
         self.send(op)
 
     def cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
