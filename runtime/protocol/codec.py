@@ -36,11 +36,17 @@ loading one runs arbitrary code: only load data from an authenticated peer.
 from __future__ import annotations
 
 import contextvars
+import copyreg
 import hashlib
+import io
+import linecache
 import logging
+import os
 import pickle
 import struct
 import sys
+import types
+from collections import ChainMap
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -209,13 +215,43 @@ def _layout(pickled: bytes, pickle_buffers: Sequence[pickle.PickleBuffer],
     return Serialized(head, pickled, buffers, end, refs, error)
 
 
+def _restore_code(reduced: tuple[Any, tuple[Any, ...]], filename: str,
+                  lines: list[str] | None) -> types.CodeType:
+    """Unpickle a code object with its real file name; register shipped source lines so
+    tracebacks on this side show them (e.g. a notebook cell's code)."""
+    code: types.CodeType = reduced[0](*reduced[1])
+    if lines and filename not in linecache.cache:
+        linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+    return code.replace(co_filename=filename)
+
+
+def _reduce_code(code: types.CodeType) -> tuple[Any, tuple[Any, ...]]:
+    # cloudpickle names every shipped code object "<dynamic-code>": keep the real file so
+    # remote tracebacks point at it, and ship the source when it is not a file on disk.
+    reduced = cloudpickle.cloudpickle._code_reduce(code)
+    filename = code.co_filename
+    lines = None if os.path.isfile(filename) else (linecache.getlines(filename) or None)
+    return _restore_code, (reduced, filename, lines)
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    dispatch_table = ChainMap({types.CodeType: _reduce_code}, cloudpickle.Pickler._dispatch_table,
+                              copyreg.dispatch_table)
+
+
+def _dumps(value: object, buffer_callback: Any = None) -> bytes:
+    f = io.BytesIO()
+    _Pickler(f, protocol=_PROTOCOL, buffer_callback=buffer_callback).dump(value)
+    return f.getvalue()
+
+
 def _pickle_any(value: object, error: bool) -> Serialized:
     """Pickle with cloudpickle, collecting contained ObjectRefs."""
     buffers: list[pickle.PickleBuffer] = []
     refs: list[bytes] = []
     token = _contained.set(refs)
     try:
-        pickled = cloudpickle.dumps(value, protocol=_PROTOCOL, buffer_callback=buffers.append)
+        pickled = _dumps(value, buffers.append)
     finally:
         _contained.reset(token)
     return _layout(pickled, buffers, error, refs)
@@ -370,5 +406,5 @@ def serialize_function(fn: object) -> tuple[bytes, bytes]:
     The 20-byte digest is the content hash under which the function is exported once to
     the GCS; the same code (and captured values) gives the same hash.
     """
-    data = cloudpickle.dumps(fn, protocol=_PROTOCOL)
+    data = _dumps(fn)
     return data, hashlib.sha1(data).digest()

@@ -291,3 +291,26 @@ def test_serialized_repr_and_type() -> None:
     s = serialize(np.arange(3), error=False)
     assert isinstance(s, Serialized)
     assert "1 buffers" in repr(s)
+
+
+def test_shipped_functions_keep_their_file_and_cell_source_for_tracebacks() -> None:
+    import linecache
+    import traceback
+
+    import cloudpickle
+
+    from runtime.protocol.codec import serialize_function
+
+    filename = "<ipython-input-7-cellray-test>"
+    source = "def cell_fn(x):\n    y = x * 2\n    raise KeyError(y)\n"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace: dict[str, object] = {}
+    exec(compile(source, filename, "exec"), namespace)
+    data, _ = serialize_function(namespace["cell_fn"])
+    del linecache.cache[filename]  # as on a worker, which never saw the cell
+    fn = cloudpickle.loads(data)
+    with pytest.raises(KeyError) as info:
+        fn(21)
+    text = "".join(traceback.format_exception(info.value))
+    assert f'File "{filename}", line 3, in cell_fn' in text
+    assert "raise KeyError(y)" in text
