@@ -45,7 +45,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 demo: venv
-	$(PY) -m runtime.demo
+	$(PY) notebooks/run.py notebooks/quickstart.ipynb
 
 test: venv browser-deps
 	@rc=0; $(PY) -m pytest -q $(PYTEST_ARGS) || rc=$$?; \

@@ -1,8 +1,70 @@
 """The IPython extension for cellray: ``%load_ext kernel_ext`` in a notebook.
 
-It will register the cell and line magics (``%cluster`` to start or attach to a cluster,
-``%%remote`` to run a cell on a worker), route a remote task's output back under the cell
-that started it, and show the live dashboards from ``widgets``. It builds only on the
-public ``runtime`` API and on ``widgets``; nothing here is imported by ``runtime``. In
-progress: the magics and ``load_ipython_extension`` are not written yet.
+::
+
+    %load_ext kernel_ext
+    %cluster start --cpus 4              # or: %cluster attach HOST:PORT --token-file F
+    %cluster status                      # nodes, resources, load
+
+    %%remote --cpus 2 --pull result      # this cell runs on a worker
+    result = heavy(data)                 # `heavy` and `data` are sent along
+    print("done")                        # printed here, as it happens
+    result.mean()                        # the cell's value
+
+    %remote sum(range(10))               # one expression
+    %%remote --session s                 # a namespace that lives on between cells
+    %push --session s a b                # names to a session; %pull fetches them back
+    %cluster stop
+
+Whatever a task started from a cell prints (``f.remote()`` too, nested tasks and actor
+calls as well) appears under that cell, even when it prints after the cell finished.
+``%unload_ext kernel_ext`` removes the magics and stops what they started.
+``%cluster?`` and ``%remote?`` give each magic's help; ``kernel_ext.magics`` has all of it.
+
+How the package is built: ``magics`` (one ``Magics`` class: parse, call, show) sits on
+``arguments`` (the parsers), ``cluster`` (start/attach/stop), ``cell`` (what a cell
+reads, shipping it, the ``RemoteCell`` future), ``names`` (which names a cell reads),
+``routing`` (output to the right cell) and ``display`` (rendering). ``worker`` is the
+part that runs on the cluster; it imports only the standard library, which is why this
+file imports nothing at the top: workers import ``kernel_ext.worker`` without IPython.
+It uses only ``runtime``'s public API.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+LOADED_MESSAGE = ("cellray: `%cluster start` starts a local cluster (or `%cluster attach "
+                  "HOST:PORT`), then `%%remote` runs a cell on it; help: `%cluster?`, `%remote?`.")
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Register the magics on ``ipython`` (a second call does nothing)."""
+    from kernel_ext.magics import CellrayMagics
+
+    if CellrayMagics.__name__ in ipython.magics_manager.registry:
+        return
+    magics = CellrayMagics(ipython)
+    ipython.register_magics(magics)
+    ipython.configurables.append(magics)  # so that %config CellrayMagics works
+    print(LOADED_MESSAGE)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """Remove the magics, cancel running remote cells, and stop what the magics started."""
+    from kernel_ext.magics import CellrayMagics
+
+    magics = ipython.magics_manager.registry.pop(CellrayMagics.__name__, None)
+    if magics is None:
+        return
+    try:
+        magics.close()
+    finally:
+        if magics in ipython.configurables:
+            ipython.configurables.remove(magics)
+        table = ipython.magics_manager.magics
+        for kind, names in magics.magics.items():
+            for name in names:
+                registered = table[kind].get(name)
+                if getattr(registered, "__self__", None) is magics:
+                    del table[kind][name]

@@ -69,8 +69,8 @@ class SpillMixin:
         from runtime.node.state import _fits
         if not _fits(task.resources, self.total):
             return NEVER_FITS
-        if spec.spill_count >= self.max_spills or not self.peer_totals:
-            return None
+        if spec.spill_count or not self.peer_totals:
+            return None  # a task placed here by a scheduler stays (no ping-pong of busy nodes)
         if self.queue_length() >= self.spill_threshold and not self._can_run(task.resources):
             return QUEUE_FULL
         return None

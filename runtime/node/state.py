@@ -39,6 +39,9 @@ Action = tuple[Any, ...]
 
 #: Most tasks stacked in one blocked worker (each costs Python stack frames).
 MAX_INLINE_DEPTH = 48
+#: Most tasks sent ahead to one busy worker when more tasks wait than workers are free:
+#: fewer, fuller messages per task, at the price of some imbalance between workers.
+PIPELINE_DEPTH = 4
 
 
 class Store(Protocol):
@@ -85,6 +88,9 @@ class Worker:
     client_id: bytes = b""
     state: str = "STARTING"            # STARTING IDLE BUSY DEAD
     frames: list[Frame] = field(default_factory=list)
+    #: Tasks sent ahead to this busy worker (pipelined): they start, in order, when the
+    #: running one ends, and take over its resources then.
+    queued: deque[Frame] = field(default_factory=deque)
 
 
 @dataclass(slots=True)
@@ -208,6 +214,15 @@ class NodeState(ActorMixin, SpillMixin):
         if was_actor:
             self._actor_worker_died(w, exit_code)
         w.state = "DEAD"
+        for frame in w.queued:  # sent ahead, never started: simply queue them again
+            task = self.tasks.get(frame.task_id)
+            if task is not None and not task.cancelled:
+                self._unpin(task)
+                task.worker_id = b""
+                self._make_ready(task)
+            elif task is not None:
+                self._fail(task, self._cancelled_error(task))
+        w.queued.clear()
         for frame in reversed(w.frames):
             self._release(frame)
             if was_actor:
@@ -319,7 +334,12 @@ class NodeState(ActorMixin, SpillMixin):
                     queue.popleft()
                     continue
                 if not self._can_run(task.resources):
-                    break
+                    ahead = self._pipeline_worker(task)
+                    if ahead is None:
+                        break
+                    queue.popleft()
+                    self._dispatch(task, ahead, ahead=True)
+                    continue
                 worker = self._worker_for(task)
                 if worker is None:
                     want += self._how_many_fit(task.resources, len(queue))
@@ -347,6 +367,19 @@ class NodeState(ActorMixin, SpillMixin):
         whole = [i for i, f in enumerate(free) if f > 1.0 - 1e-9]
         n = int(round(amount))
         return whole[:n] if len(whole) >= n else None
+
+    def _pipeline_worker(self, task: Task) -> Worker | None:
+        """A busy worker running one plain task of the same shape, to send ``task`` ahead to."""
+        need = task.resources
+        if need.get("GPU") or task.spec.actor_id:
+            return None
+        best: Worker | None = None
+        for w in self.workers.values():
+            if (w.state == "BUSY" and len(w.frames) == 1 and not w.frames[0].blocked
+                    and len(w.queued) < PIPELINE_DEPTH and w.frames[0].resources == need
+                    and (best is None or len(w.queued) < len(best.queued))):
+                best = w
+        return best
 
     def _how_many_fit(self, need: dict[str, float], limit: int) -> int:
         n = limit
@@ -377,6 +410,12 @@ class NodeState(ActorMixin, SpillMixin):
         for i in range(len(w.frames) - 1, -1, -1):
             if w.frames[i].task_id == task_id:
                 return w.frames.pop(i)
+        # A task sent ahead that the worker ran early (nested, while the one before it
+        # waited in get): it held no resources.
+        for f in w.queued:
+            if f.task_id == task_id:
+                w.queued.remove(f)
+                return Frame(task_id, {})
         return None
 
     @staticmethod
@@ -404,20 +443,24 @@ class NodeState(ActorMixin, SpillMixin):
         self.outbox.append((START_WORKER,))
         self.starting += 1
 
-    def _dispatch(self, task: Task, worker: Worker) -> None:
+    def _dispatch(self, task: Task, worker: Worker, ahead: bool = False) -> None:
         spec = task.spec
-        for k, v in task.resources.items():
-            self.available[k] = self.available.get(k, 0.0) - v
-        worker.state = "BUSY"
-        frame = Frame(spec.task_id, task.resources)
-        gpus = task.resources.get("GPU", 0.0)
-        if gpus > 0:
-            ids = self._pick_gpus(gpus) or []
-            share = gpus if gpus < 1.0 else 1.0
-            for i in ids:
-                self.gpu_free[i] -= share
-            frame.gpu_ids = ids
-        worker.frames.append(frame)
+        if ahead:  # resources come from the task before it on that worker
+            frame = Frame(spec.task_id, {})
+            worker.queued.append(frame)
+        else:
+            for k, v in task.resources.items():
+                self.available[k] = self.available.get(k, 0.0) - v
+            worker.state = "BUSY"
+            frame = Frame(spec.task_id, task.resources)
+            gpus = task.resources.get("GPU", 0.0)
+            if gpus > 0:
+                ids = self._pick_gpus(gpus) or []
+                share = gpus if gpus < 1.0 else 1.0
+                for i in ids:
+                    self.gpu_free[i] -= share
+                frame.gpu_ids = ids
+            worker.frames.append(frame)
         task.state = "RUNNING"
         task.worker_id = worker.worker_id
         self.running_on[spec.task_id] = worker.worker_id
@@ -478,12 +521,18 @@ class NodeState(ActorMixin, SpillMixin):
             return
         frame = self._pop_frame(w, res.task_id) if w is not None else None
         if frame is not None and w is not None:
-            self._release(frame)
-            if not w.frames:
-                w.state = "IDLE"
-                self.idle.append(w)
+            if not w.frames and w.queued and not frame.lent:
+                # The next task sent ahead starts now, on the resources this one held.
+                nxt = w.queued.popleft()
+                nxt.resources, nxt.gpu_ids = frame.resources, frame.gpu_ids
+                w.frames.append(nxt)
             else:
-                self._run_inline(w)
+                self._release(frame)
+                if not w.frames and not w.queued:
+                    w.state = "IDLE"
+                    self.idle.append(w)
+                elif w.frames:
+                    self._run_inline(w)
         if task is None:
             self._schedule()
             return
@@ -565,12 +614,23 @@ class NodeState(ActorMixin, SpillMixin):
         if recursive:
             for child in list(self.children.get(task_id, ())):
                 self.cancel(child, force, recursive)
-        if task is None or task.cancelled:
+        if task is None:
             return
+        if task.cancelled and not (force and task.state == "RUNNING" and not task.force_cancelled):
+            return  # a repeated cancel; only an escalation to force=True goes on
         task.cancelled = True
         if task.state == "RUNNING":
             w = self.workers.get(task.worker_id)
             if w is None:
+                return
+            ahead = next((f for f in w.queued if f.task_id == task_id), None)
+            if ahead is not None:
+                # Sent ahead, not started: the worker will skip it; it resolves now.
+                w.queued.remove(ahead)
+                op = node_pb2.NodeOp()
+                op.cancel.task_id = task_id
+                self.outbox.append((SEND, w.client_id, op))
+                self._fail(task, self._cancelled_error(task), "CANCELLED")
                 return
             if force:
                 task.force_cancelled = True

@@ -1,0 +1,184 @@
+"""Output routing: what remote work prints appears under the cell that started it.
+
+Every task submitted from the kernel is tagged with an *origin*: the ``msg_id`` of the
+``execute_request`` running at that moment (``runtime.state.set_origin_provider``). Nested
+tasks inherit the tag, and the lines they print come back tagged with it
+(``runtime.state.add_output_handler``). The handler runs on the connection's IO thread; it
+looks up the parent header of the origin's cell and writes the lines to the kernel's
+stdout/stderr *with that parent*, so the frontend files them under that cell, even after
+the cell finished and while another cell runs.
+
+In ipykernel (>= 7) the streams and the display publisher take a per-thread parent
+(``set_thread_parent``); older ipykernels get the message sent directly on iopub. In a
+plain IPython terminal there is nowhere else to put the lines: they are printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+from runtime import state
+
+logger = logging.getLogger(__name__)
+
+#: Cells (and remote-cell task ids) remembered for routing; the oldest are forgotten first.
+MAX_REMEMBERED = 4096
+
+
+class _Bounded(OrderedDict[str, Any]):
+    def remember(self, key: str, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > MAX_REMEMBERED:
+            self.popitem(last=False)
+
+
+class OutputRouter:
+    """Tags submissions with the current cell and writes remote output into that cell.
+
+    ``install()`` hooks the current runtime connection; ``uninstall()`` unhooks it.
+    Tasks that *are* a cell (``%%remote``, marked by name with ``mark_cell_task``) print
+    the cell's own output: their lines get no ``(name pid=...)`` prefix.
+    """
+
+    def __init__(self, shell: Any) -> None:
+        self.shell = shell
+        self.kernel: Any = getattr(shell, "kernel", None)
+        # The kernel's own streams, captured now: a cell may redirect sys.stdout later.
+        self._streams: dict[str, Any] = {"stdout": sys.stdout, "stderr": sys.stderr}
+        self._cells: _Bounded = _Bounded()
+        self._own_names: _Bounded = _Bounded()
+        self._lock = threading.Lock()
+        self._connection: str | None = None
+
+    # ---- hooking the connection ----
+
+    @property
+    def installed(self) -> bool:
+        return self._connection is not None
+
+    def install(self) -> None:
+        """Route the current connection's output (idempotent)."""
+        connection = _connection_id()
+        if connection is None or connection == self._connection:
+            return
+        state.add_output_handler(self.on_output)
+        state.set_origin_provider(self.current_origin)
+        self._connection = connection
+
+    def uninstall(self) -> None:
+        """Stop routing (the connection may already be gone: nothing to undo then)."""
+        if self._connection is not None and _connection_id() == self._connection:
+            state.remove_output_handler(self.on_output)
+            state.set_origin_provider(None)
+        self._connection = None
+
+    # ---- origins ----
+
+    def current_origin(self) -> str:
+        """The origin tag for work submitted now: the executing cell (called per submission)."""
+        header = self.current_header()
+        if header is None:
+            return f"cell-{self.shell.execution_count}"
+        origin = str(header.get("msg_id", ""))
+        if origin:
+            with self._lock:
+                self._cells.remember(origin, header)
+        return origin
+
+    def current_header(self) -> dict[str, Any] | None:
+        """The parent header of the executing cell's request, or None outside a kernel."""
+        if self.kernel is None:
+            return None
+        try:
+            parent = self.kernel.get_parent()
+        except Exception:  # an ipykernel without get_parent
+            return None
+        header = parent.get("header") if isinstance(parent, dict) else None
+        return dict(header) if header else None
+
+    def header_of(self, origin: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._cells.get(origin)
+
+    def mark_cell_task(self, name: str) -> None:
+        """Lines of tasks called ``name`` are a cell's own output: print them without a prefix.
+
+        By name, not id: the mark must be in place before the task is submitted.
+        """
+        with self._lock:
+            self._own_names.remember(name, True)
+
+    # ---- output ----
+
+    def on_output(self, out: state.OutputLines) -> None:
+        """The output handler (on the IO thread): write ``out`` into its cell."""
+        with self._lock:
+            own = out.name in self._own_names
+        if own:
+            text = out.text
+        else:
+            prefix = f"({out.name} pid={out.pid}) "
+            text = "".join(prefix + line + "\n" for line in out.lines)
+        self.write(out.origin, out.stream, text)
+
+    def write(self, origin: str, stream: str, text: str) -> None:
+        """Write ``text`` to ``stream`` ("stdout" or "stderr") under ``origin``'s cell."""
+        header = self.header_of(origin)
+        if header is None or self.kernel is None:
+            target = sys.stderr if stream == "stderr" else sys.stdout
+            target.write(text)
+            target.flush()
+            return
+        out = self._streams[stream]
+        if hasattr(out, "set_thread_parent"):
+            token = out.set_thread_parent(header)
+            try:
+                out.write(text)
+            finally:
+                out.reset_thread_parent(token)
+        else:  # ipykernel < 7: one stream message with the cell's parent, straight to iopub
+            self._send(header, "stream", {"name": stream, "text": text},
+                       ident=getattr(out, "topic", None))
+
+    @contextlib.contextmanager
+    def displaying_in(self, origin: str) -> Iterator[bool]:
+        """Within the block, ``IPython.display`` calls from this thread go to ``origin``'s cell.
+
+        Yields False when the cell is unknown or there is no kernel (the display then goes
+        wherever displays go by default).
+        """
+        header = self.header_of(origin)
+        pub: Any = getattr(self.shell, "display_pub", None)
+        if header is None or self.kernel is None or not hasattr(pub, "set_thread_parent"):
+            yield False
+            return
+        token = pub.set_thread_parent(header)
+        try:
+            yield True
+        finally:
+            pub.reset_thread_parent(token)
+
+    def _send(self, header: dict[str, Any], msg_type: str, content: dict[str, Any],
+              ident: Any = None) -> None:
+        kernel = self.kernel
+        kernel.session.send(kernel.iopub_socket, msg_type, content,
+                            parent={"header": header}, ident=ident)
+
+
+def _connection_id() -> str | None:
+    """An id of the current runtime connection (None when not connected)."""
+    import runtime as rt
+
+    if not rt.is_initialized():
+        return None
+    try:
+        return rt.get_runtime_context().get_worker_id()
+    except RuntimeError:  # shut down meanwhile
+        return None

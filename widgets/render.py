@@ -1,0 +1,196 @@
+"""HTML and SVG for the dashboard's tables and chart, from the model's views.
+
+Pure functions of ``widgets.model`` views to strings: no ipywidgets, no clock. Every
+string that comes from the cluster (task names, error details, actor names) is escaped,
+since a task name is user input and the strings land in a notebook page.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+from collections.abc import Iterable, Sequence
+
+from widgets.model import short_id
+from widgets.views import (ActorsView, DashboardView, FuturesView, NodeSeries, SchedulerView,
+                           TaskRowView)
+
+__all__ = ["STYLE", "fmt_bytes", "fmt_duration", "count_tile", "tasks_table", "actors_table",
+           "decision_chart", "decisions_table", "snapshot_html"]
+
+#: Colours of the two series and of task states (also used by the legend).
+LOCAL_COLOUR, RECEIVED_COLOUR, SPILLED_COLOUR = "#3b82f6", "#14b8a6", "#f97316"
+_STATE_COLOURS = {"RUNNING": "#2563eb", "FINISHED": "#16a34a", "FAILED": "#dc2626",
+                  "CANCELLED": "#6b7280", "INFEASIBLE": "#b45309", "RETRYING": "#b45309",
+                  "SPILLED": SPILLED_COLOUR, "SCHEDULED": RECEIVED_COLOUR, "ALIVE": "#16a34a", "DEAD": "#dc2626",
+                  "RESTARTING": "#b45309", "PENDING": "#6b7280"}
+
+#: One style block for the whole dashboard, scoped to its root class.
+STYLE = """<style>
+.cellray-dashboard {font-size: 12px;}
+.cellray-dashboard h4 {margin: 6px 0 2px 0; font-size: 13px;}
+.cellray-dashboard table.cellray-table {border-collapse: collapse; width: 100%; font-size: 11.5px;}
+.cellray-dashboard table.cellray-table th {text-align: left; font-weight: 600; border-bottom: 1px solid #d1d5db; padding: 1px 6px;}
+.cellray-dashboard table.cellray-table td {padding: 1px 6px; border-bottom: 1px solid #f3f4f6; vertical-align: top;}
+.cellray-dashboard td.cellray-why {color: #4b5563; max-width: 520px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap;}
+.cellray-dashboard .cellray-tile {display: inline-block; min-width: 72px; text-align: center; padding: 2px 6px; border: 1px solid #e5e7eb; border-radius: 4px;}
+.cellray-dashboard .cellray-num {font-size: 18px; font-weight: 600; line-height: 1.2;}
+.cellray-dashboard .cellray-cap {font-size: 11px; color: #6b7280;}
+.cellray-dashboard .cellray-muted {color: #6b7280;}
+</style>"""
+
+
+def _e(s: object) -> str:
+    return html.escape(str(s), quote=True)
+
+
+def fmt_bytes(n: float) -> str:
+    """Bytes in binary units: ``fmt_bytes(1536)`` is "1.5 KiB"."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def fmt_duration(s: float | None) -> str:
+    """"4.8 ms", "1.2 s", "3 min"; "" for None."""
+    if s is None:
+        return ""
+    if s < 1:
+        return f"{s * 1000:.1f} ms"
+    if s < 120:
+        return f"{s:.1f} s"
+    return f"{s / 60:.0f} min"
+
+
+def _clock(t: float | None) -> str:
+    return datetime.datetime.fromtimestamp(t).strftime("%H:%M:%S") if t else ""
+
+
+def _state(state: str) -> str:
+    colour = _STATE_COLOURS.get(state, "#374151")
+    return f'<span style="color:{colour};font-weight:600">{_e(state)}</span>'
+
+
+def count_tile(value: int, caption: str) -> str:
+    """One big number with a caption under it (the Futures and Actors counters)."""
+    return (f'<div class="cellray-tile"><div class="cellray-num">{value}</div>'
+            f'<div class="cellray-cap">{_e(caption)}</div></div>')
+
+
+def _table(headers: Sequence[str], rows: Iterable[str], empty: str) -> str:
+    body = "".join(rows)
+    if not body:
+        return f'<div class="cellray-muted">{_e(empty)}</div>'
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    return f'<table class="cellray-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def tasks_table(rows: Sequence[TaskRowView], empty: str = "no tasks yet") -> str:
+    """The latest (or waiting) tasks: function, state, node, duration, and why."""
+    return _table(
+        ("function", "state", "node", "duration", "detail"),
+        (f'<tr title="task {_e(r.task_id)}, attempt {r.attempt}"><td>{_e(r.name)}</td>'
+         f"<td>{_state(r.state)}</td><td>{_e(r.node)}</td><td>{fmt_duration(r.duration)}</td>"
+         f'<td class="cellray-why" title="{_e(r.why)}">{_e(r.why)}</td></tr>' for r in rows),
+        empty)
+
+
+def actors_table(view: ActorsView) -> str:
+    """Class, name, state, node, restarts, pending calls (and why a dead one died)."""
+    return _table(
+        ("class", "name", "state", "node", "restarts", "pending calls", "detail"),
+        (f'<tr title="actor {_e(a.actor_id)}"><td>{_e(a.class_name)}</td><td>{_e(a.name)}</td>'
+         f"<td>{_state(a.state)}</td><td>{_e(a.node)}</td><td>{_e(a.restarts)}</td>"
+         f'<td>{a.pending_calls}</td><td class="cellray-why">{_e(a.death_cause)}</td></tr>'
+         for a in view.rows),
+        "no actors")
+
+
+def decisions_table(view: SchedulerView) -> str:
+    """The latest scheduler decisions, newest first: when, task, from, to, reason."""
+    return _table(
+        ("time", "decision", "task", "node", "target", "reason"),
+        (f'<tr title="task {_e(ev.task_id)}"><td>{_clock(ev.time)}</td><td>{_state(ev.state)}</td>'
+         f"<td>{_e(ev.name)}</td><td>{_e(short_id(ev.node_id))}</td>"
+         f"<td>{_e(short_id(ev.target_node_id)) if ev.target_node_id else ''}"
+         f"{(' via ' + _e(ev.scheduler)) if ev.scheduler else ''}</td>"
+         f'<td class="cellray-why" title="{_e(ev.detail)}">{_e(ev.detail)}</td></tr>'
+         for ev in view.decisions),
+        "no spills or infeasible tasks yet")
+
+
+def decision_chart(view: SchedulerView, width: int = 640) -> str:
+    """An SVG of stacked bars per node and time bucket: local, received and spilled decisions.
+
+    One row per node, all on the same scale, the newest bucket on the right. The whole
+    chart is one string, so a front end redraws it by replacing one element's content.
+    """
+    label_w, total_w, row_h, gap, axis_h = 64, 210, 30, 6, 14
+    plot_w = width - label_w - total_w
+    rows = view.series or ()
+    height = max(len(rows), 1) * (row_h + gap) + axis_h
+
+    def stacks(s: NodeSeries) -> list[tuple[int, int, int]]:
+        received = s.received or (0,) * len(s.local)
+        return list(zip(s.local, received, s.spilled))
+
+    peak = max((sum(c) for s in rows for c in stacks(s)), default=0)
+    scale = peak or 1
+    parts = [f'<svg class="cellray-chart" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+             f'height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">']
+    if not rows:
+        parts.append(f'<text x="{label_w}" y="{row_h // 2 + 4}" fill="#6b7280">no decisions yet</text>')
+    for i, s in enumerate(rows):
+        y0 = i * (row_h + gap)
+        cells = stacks(s)
+        bw = plot_w / (len(cells) or 1)
+        parts.append(f'<text x="0" y="{y0 + row_h // 2 + 4}" fill="#111827">{_e(s.label)}</text>')
+        parts.append(f'<rect x="{label_w}" y="{y0}" width="{plot_w}" height="{row_h}" fill="#f9fafb" '
+                     f'stroke="#e5e7eb"/>')
+        for j, cell in enumerate(cells):
+            x, top = label_w + j * bw, y0 + row_h
+            for n, colour, what in zip(cell, (LOCAL_COLOUR, RECEIVED_COLOUR, SPILLED_COLOUR),
+                                       ("local", "received", "spilled")):
+                if not n:
+                    continue
+                h = row_h * n / scale
+                top -= h
+                parts.append(f'<rect x="{x:.1f}" y="{top:.1f}" width="{max(bw - 1, 1):.1f}" '
+                             f'height="{h:.1f}" fill="{colour}"><title>{n} {what}</title></rect>')
+        parts.append(f'<text x="{label_w + plot_w + 8}" y="{y0 + row_h // 2 + 4}">'
+                     f'<tspan fill="{LOCAL_COLOUR}">{s.total_local} local</tspan> · '
+                     f'<tspan fill="{RECEIVED_COLOUR}">{s.total_received} received</tspan> · '
+                     f'<tspan fill="{SPILLED_COLOUR}">{s.total_spilled} spilled</tspan></text>')
+    minutes = view.window_s / 60
+    span = f"{minutes:g} min ago" if minutes >= 1 else f"{view.window_s:g} s ago"
+    parts.append(f'<text x="{label_w}" y="{height - 2}" fill="#6b7280">{span}</text>')
+    parts.append(f'<text x="{label_w + plot_w}" y="{height - 2}" fill="#6b7280" text-anchor="end">'
+                 f'now · peak {peak} per {view.bucket_s:g} s</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _futures_tiles(f: FuturesView) -> str:
+    return " ".join(count_tile(v, k) for k, v in f.counts.items())
+
+
+def snapshot_html(view: DashboardView, status: str) -> str:
+    """A static HTML picture of a view: the ``_repr_html_`` fallback for static renderers."""
+    if not view.synced:
+        return f'<div class="cellray-dashboard"><b>cellray dashboard</b> <i>{_e(status)}</i></div>'
+    nodes = "".join(
+        f"<tr><td>{_e(n.label)}</td><td>{'alive' if n.state.alive else 'dead'}</td>"
+        f"<td>{n.state.resources_total.get('CPU', 0) - n.state.resources_available.get('CPU', 0):g}"
+        f"/{n.state.resources_total.get('CPU', 0):g}</td><td>{n.state.cpu_percent:.0f}%</td>"
+        f"<td>{fmt_bytes(n.state.memory_used)}/{fmt_bytes(n.state.memory_total)}</td>"
+        f"<td>{fmt_bytes(n.state.store_used)}/{fmt_bytes(n.state.store_capacity)}</td></tr>"
+        for n in view.nodes)
+    return (f'{STYLE}<div class="cellray-dashboard"><b>cellray dashboard</b> '
+            f'<span class="cellray-muted">{_e(status)}</span>'
+            f"<h4>Nodes</h4>" + _table(("node", "state", "CPU slots", "CPU", "memory", "object store"),
+                                       [nodes], "no nodes") +
+            f"<h4>Futures</h4>{_futures_tiles(view.futures)}{tasks_table(view.futures.latest)}"
+            f"<h4>Actors</h4>{actors_table(view.actors)}"
+            f"<h4>Scheduler</h4>{decision_chart(view.scheduler)}{decisions_table(view.scheduler)}</div>")
