@@ -47,6 +47,8 @@ def load_ipython_extension(ipython: Any) -> None:
     magics = CellrayMagics(ipython)
     ipython.register_magics(magics)
     ipython.configurables.append(magics)  # so that %config CellrayMagics works
+    from widgets import register_formatters
+    register_formatters(ipython)  # live reprs of ObjectRefs, actor handles, clusters
     print(LOADED_MESSAGE)
 
 
@@ -57,6 +59,8 @@ def unload_ipython_extension(ipython: Any) -> None:
     magics = ipython.magics_manager.registry.pop(CellrayMagics.__name__, None)
     if magics is None:
         return
+    from widgets import unregister_formatters
+    unregister_formatters(ipython)
     try:
         magics.close()
     finally:

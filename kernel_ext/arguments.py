@@ -111,12 +111,12 @@ def _stack(*decorators: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return apply
 
 
-CLUSTER_ACTIONS = ("start", "attach", "status", "stop")
+CLUSTER_ACTIONS = ("start", "attach", "status", "dashboard", "stop")
 
 cluster = _stack(
     magic_arguments(),
     argument("action", nargs="?", choices=CLUSTER_ACTIONS, metavar="ACTION",
-             help="start | attach ADDRESS | status | stop (default: status)"),
+             help="start | attach ADDRESS | status | dashboard | stop (default: status)"),
     argument("address", nargs="?", type=unquote, metavar="ADDRESS",
              help="attach: host:port of the cluster's GCS (as `cellray start --head` prints)"),
     argument("--nodes", type=positive_int, default=None, metavar="N",

@@ -49,6 +49,8 @@ class CellrayMagics(Magics):
         self._sessions_for: str | None = None
         #: --no-block cells still running (cancelled on unload).
         self._pending: list[cell.RemoteCell] = []
+        #: The dashboard `%cluster dashboard` shows (closed when replaced or on unload).
+        self.dashboard: Any = None
 
     @property
     def ip(self) -> Any:
@@ -67,6 +69,7 @@ class CellrayMagics(Magics):
         local cluster (or reuses the one this kernel is connected to).
         ``%cluster attach ADDRESS [--token-file F]`` connects to a running cluster.
         ``%cluster status`` (or just ``%cluster``) shows its nodes, resources and load.
+        ``%cluster dashboard`` shows the live dashboard (nodes, futures, actors, spillover).
         ``%cluster stop`` disconnects, and stops the cluster if this kernel started it.
         """
         args = arguments.parse(self.cluster, line)
@@ -95,6 +98,12 @@ class CellrayMagics(Magics):
             self._disconnect(print_outcome=True)
         elif cluster.current() is None:
             print("No cluster is running. " + cluster.START_HINT)
+        elif action == "dashboard":
+            from widgets import Dashboard
+            if self.dashboard is not None:  # one live dashboard per kernel: re-running replaces it
+                self.dashboard.close()
+            self.dashboard = Dashboard()
+            display(self.dashboard)
         else:
             view = cluster.view()
             display({"text/plain": repr(view), "text/html": view._repr_html_()}, raw=True)
@@ -269,6 +278,9 @@ class CellrayMagics(Magics):
 
     def close(self) -> None:
         """Undo what the magics started: cancel running cells, stop sessions and our cluster."""
+        if self.dashboard is not None:
+            self.dashboard.close()
+            self.dashboard = None
         try:
             if self._owned is not None and self._owned == _connection():
                 self._disconnect()

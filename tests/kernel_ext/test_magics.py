@@ -17,6 +17,7 @@ from IPython.utils.capture import capture_output
 
 import runtime as rt
 from runtime import state
+from runtime.testing.wait import wait_for
 
 pytestmark = [pytest.mark.notebooks, pytest.mark.cluster]
 
@@ -168,3 +169,31 @@ def test_no_block_future(shell_cluster: Any) -> None:
     assert shell.user_ns["late"] == "pulled"
     assert "finished in" in repr(fut) and "'value'" in repr(fut)
     assert fut.done() and not fut.cancel()
+
+
+def test_dashboard_magic_shows_the_live_dashboard(shell_cluster: Any) -> None:
+    result, cap = run(shell_cluster, "%cluster dashboard")
+    assert result.success, result.error_in_exec
+    [out] = cap.outputs
+    # The widget's text fallback: a readable summary, not a widget id.
+    assert "application/vnd.jupyter.widget-view+json" in out.data
+    assert out.data["text/plain"].startswith("cellray dashboard")
+    magics = shell_cluster.magics_manager.registry["CellrayMagics"]
+    dash = magics.dashboard
+    try:
+        wait_for(lambda: "node" in dash.summary().lower(), timeout=20,
+                 what="the dashboard's summary to list the cluster's nodes")
+    finally:
+        run(shell_cluster, "%cluster dashboard")  # replacing it closes the first one
+        assert magics.dashboard is not dash
+        magics.dashboard.close()
+        magics.dashboard = None
+
+
+def test_object_refs_and_clusters_get_rich_html_reprs(shell_cluster: Any) -> None:
+    run(shell_cluster, "import runtime as rt\nref = rt.put(41)")
+    # Registered on %load_ext (a terminal shell keeps HTML output off, so ask the formatter).
+    html = shell_cluster.display_formatter.formatters["text/html"]
+    ref = shell_cluster.user_ns["ref"]
+    text = html.lookup(ref)(ref)
+    assert "ObjectRef" in text and "ready" in text.lower()
