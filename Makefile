@@ -15,12 +15,13 @@ NO_CHROMIUM := $(VENV)/.chromium-unavailable
 # Extra arguments for pytest, e.g. `make test PYTEST_ARGS="tests/unit -k wait"`.
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test lab proto browser-deps clean distclean
+.PHONY: help venv demo test lab bench proto browser-deps clean distclean
 
 help:
 	@echo "make demo    run the demo (creates .venv on first use)"
 	@echo "make test    run the test suite (creates .venv, installs chromium for page tests if it can)"
 	@echo "make lab     start JupyterLab on notebooks/, bound to 127.0.0.1"
+	@echo "make bench   print cellray's microbenchmark rows (bench/README.md: against Ray)"
 	@echo "make proto   regenerate runtime/protocol/*_pb2*.py from the .proto files"
 	@echo "make venv    create .venv and install cellray with its test extras"
 	@echo "make clean   remove build outputs and caches (make distclean also removes .venv)"
@@ -86,6 +87,9 @@ browser-deps: venv
 lab: venv
 	@mkdir -p notebooks
 	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
+
+bench: venv
+	$(PY) bench/microbench.py
 
 proto: venv
 	$(PY) -m runtime.protocol.generate
