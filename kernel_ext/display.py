@@ -14,17 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime import state
+from runtime.state import format_bytes
 
 # ---- sizes --------------------------------------------------------------------------------
 
 
-def human_bytes(n: float) -> str:
-    """``1536`` -> ``'1.5 KiB'``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def _number(x: float) -> str:
@@ -70,7 +64,7 @@ class ClusterView:
                 n.node_id[:12], n.address, "alive" if n.alive else f"dead ({n.death_cause})",
                 self._resource_cells(n), str(n.queue_length), str(n.num_workers),
                 f"{n.cpu_percent:.0f}%",
-                f"{human_bytes(n.store_used)} / {human_bytes(n.store_capacity)}",
+                f"{format_bytes(n.store_used)} / {format_bytes(n.store_capacity)}",
                 gpus,
             ])
         return rows

@@ -18,7 +18,7 @@ from traitlets import Float, Integer
 
 import runtime as rt
 from kernel_ext import arguments, cell, cluster
-from kernel_ext.display import human_bytes
+from kernel_ext.display import format_bytes
 from kernel_ext.routing import OutputRouter
 from runtime.exceptions import ActorDiedError, TaskError
 
@@ -181,7 +181,7 @@ class CellrayMagics(Magics):
         label = f"%%remote cell [{n}]" if not args.name else f"%%remote {args.name!r}"
         prepared = cell.prepare(source, filename, self.ip.user_ns, self.ip.user_ns_hidden)
         for name, size in prepared.shipment.large(self.large_value_warning).items():
-            print(f"cellray warning: {name!r} is {human_bytes(size)} pickled and is sent with "
+            print(f"cellray warning: {name!r} is {format_bytes(size)} pickled and is sent with "
                   f"every run of this cell. Put it in the object store once with "
                   f"`{name}_ref = rt.put({name})`, and use `rt.get({name}_ref)` in the cell.",
                   file=sys.stderr)

@@ -26,6 +26,7 @@ pickles (errors travel from workers to drivers).
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 __all__ = [
@@ -97,11 +98,39 @@ class TaskError(ClusterError):
         cls = _dual_class(type(cause)) if cause is not None else None
         if cls is None:
             return self
-        err = cls.__new__(cls)
-        err.args = getattr(cause, "args", ())
-        err.__dict__.update(getattr(cause, "__dict__", {}))
-        err.__dict__.update(self.__dict__)
+        args = tuple(getattr(cause, "args", ()))
+        try:
+            try:
+                # Some builtins take their state only here (ExceptionGroup's message and
+                # exceptions); the others ignore the arguments.
+                err = cls.__new__(cls, *args)
+            except TypeError:
+                err = cls.__new__(cls)
+            err.args = args
+            _copy_builtin_fields(cause, err)
+            err.__dict__.update(getattr(cause, "__dict__", {}))
+            err.__dict__.update(self.__dict__)
+        except Exception:  # a class we cannot imitate: the plain TaskError still says it all
+            return self
         return err
+
+
+def _copy_builtin_fields(src: BaseException, dst: BaseException) -> None:
+    """Copy the C-level fields of builtin exception classes (``OSError.errno``,
+    ``UnicodeError.start``, ``StopIteration.value`` ...), which ``__dict__`` does not hold
+    and ``__new__`` without ``__init__`` does not set."""
+    for klass in type(src).__mro__:
+        if klass.__module__ != "builtins" or not issubclass(klass, BaseException):
+            continue
+        for name, member in vars(klass).items():
+            # Dunder slots (__class__, __traceback__, __cause__ ...) are not the error's data.
+            if name.startswith("__") or not isinstance(
+                    member, (types.GetSetDescriptorType, types.MemberDescriptorType)):
+                continue
+            try:
+                setattr(dst, name, getattr(src, name))
+            except (AttributeError, TypeError, ValueError):  # read-only or computed
+                pass
 
 
 _DUAL: dict[type, type | None] = {}

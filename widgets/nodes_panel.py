@@ -10,7 +10,7 @@ from runtime.state import NodeState
 from widgets._close import close_tree
 from widgets._meter import Meter
 from widgets.views import NodeView
-from widgets.render import fmt_bytes
+from widgets.render import format_bytes
 
 
 def _meters(n: NodeState) -> list[tuple[str, float, str]]:
@@ -24,12 +24,12 @@ def _meters(n: NodeState) -> list[tuple[str, float, str]]:
     out.append(("CPU", n.cpu_percent / 100, f"{n.cpu_percent:.0f}% of the machine"))
     if n.memory_total:
         out.append(("memory", n.memory_used / n.memory_total,
-                    f"{fmt_bytes(n.memory_used)}/{fmt_bytes(n.memory_total)}"))
+                    f"{format_bytes(n.memory_used)}/{format_bytes(n.memory_total)}"))
     if n.store_capacity:
         out.append(("store", n.store_used / n.store_capacity,
-                    f"{fmt_bytes(n.store_used)}/{fmt_bytes(n.store_capacity)}"))
+                    f"{format_bytes(n.store_used)}/{format_bytes(n.store_capacity)}"))
     for g in n.gpus:
-        mem = f" · {fmt_bytes(g.memory_used)}/{fmt_bytes(g.memory_total)}" if g.memory_total else ""
+        mem = f" · {format_bytes(g.memory_used)}/{format_bytes(g.memory_total)}" if g.memory_total else ""
         out.append((f"GPU {g.index}", g.utilization / 100, f"{g.utilization:.0f}%{mem}"))
     gpus = total.get("GPU", 0.0)
     if gpus and not n.gpus:  # logical GPUs: only the reservation is known

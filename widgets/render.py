@@ -11,11 +11,12 @@ import datetime
 import html
 from collections.abc import Iterable, Sequence
 
+from runtime.state import format_bytes
 from widgets.model import short_id
 from widgets.views import (ActorsView, DashboardView, FuturesView, NodeSeries, SchedulerView,
                            TaskRowView)
 
-__all__ = ["STYLE", "fmt_bytes", "fmt_duration", "count_tile", "tasks_table", "actors_table",
+__all__ = ["STYLE", "format_bytes", "fmt_duration", "count_tile", "tasks_table", "actors_table",
            "decision_chart", "decisions_table", "snapshot_html"]
 
 #: Colours of the two series and of task states (also used by the legend).
@@ -44,13 +45,6 @@ def _e(s: object) -> str:
     return html.escape(str(s), quote=True)
 
 
-def fmt_bytes(n: float) -> str:
-    """Bytes in binary units: ``fmt_bytes(1536)`` is "1.5 KiB"."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def fmt_duration(s: float | None) -> str:
@@ -184,8 +178,8 @@ def snapshot_html(view: DashboardView, status: str) -> str:
         f"<tr><td>{_e(n.label)}</td><td>{'alive' if n.state.alive else 'dead'}</td>"
         f"<td>{n.state.resources_total.get('CPU', 0) - n.state.resources_available.get('CPU', 0):g}"
         f"/{n.state.resources_total.get('CPU', 0):g}</td><td>{n.state.cpu_percent:.0f}%</td>"
-        f"<td>{fmt_bytes(n.state.memory_used)}/{fmt_bytes(n.state.memory_total)}</td>"
-        f"<td>{fmt_bytes(n.state.store_used)}/{fmt_bytes(n.state.store_capacity)}</td></tr>"
+        f"<td>{format_bytes(n.state.memory_used)}/{format_bytes(n.state.memory_total)}</td>"
+        f"<td>{format_bytes(n.state.store_used)}/{format_bytes(n.state.store_capacity)}</td></tr>"
         for n in view.nodes)
     return (f'{STYLE}<div class="cellray-dashboard"><b>cellray dashboard</b> '
             f'<span class="cellray-muted">{_e(status)}</span>'

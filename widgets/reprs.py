@@ -25,7 +25,7 @@ from typing import Any
 import runtime as rt
 from runtime import state
 from widgets.model import short_id, waiting_reason
-from widgets.render import fmt_bytes, fmt_duration
+from widgets.render import format_bytes, fmt_duration
 
 __all__ = ["object_ref_html", "actor_handle_html", "cluster_info_html", "register_formatters",
            "unregister_formatters"]
@@ -126,7 +126,7 @@ def cluster_info_html(info: rt.ClusterInfo) -> str:
     resources = ", ".join(f"{k} {total[k] - free.get(k, 0.0):g}/{total[k]:g}" for k in sorted(total))
     store = sum(n.store_used for n in alive), sum(n.store_capacity for n in alive)
     rows.append(f"{len(alive)} of {len(nodes)} nodes alive · in use: {_e(resources) or 'nothing'} · "
-                f"object store {fmt_bytes(store[0])}/{fmt_bytes(store[1])}")
+                f"object store {format_bytes(store[0])}/{format_bytes(store[1])}")
     tasks = state.summarize_tasks()
     if tasks:
         rows.append("tasks: " + ", ".join(f"{_state(s)} {n}" for s, n in sorted(tasks.items())))

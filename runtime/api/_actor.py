@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import inspect
 import json
-import pickle
 from typing import Any
 
 from runtime import _ids
 from runtime.api import _args, _context, _options
 from runtime.api._object_ref import ObjectRef
-from runtime.protocol import codec, gcs_pb2, node_pb2
+from runtime.protocol import gcs_pb2, node_pb2
 
 DEFAULT_NAMESPACE = "default"
 
@@ -74,11 +73,7 @@ class ActorClass:
 
     def _exported(self) -> tuple[bytes, bytes]:
         if self._export is None:
-            try:
-                self._export = codec.serialize_function(self._cls)
-            except (pickle.PicklingError, TypeError, AttributeError) as e:
-                raise TypeError(f"actor class {self.__name__} cannot be sent to the cluster: "
-                                f"pickling it failed ({e})") from e
+            self._export = _options.export(self._cls, f"actor class {self.__name__}")
         return self._export
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:

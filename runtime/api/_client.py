@@ -376,7 +376,9 @@ class CoreClient:
                     if len(ready) >= num_ready:
                         return ready
                     self._check()
-                    if self.kind == "worker" and not self.is_actor:
+                    # Blocking lends this worker's CPU and lets the node run awaited tasks
+                    # on its stack, where no deadline can interrupt them: only without one.
+                    if self.kind == "worker" and not self.is_actor and deadline is None:
                         if not blocked:
                             blocked = True
                             self._cv.release()

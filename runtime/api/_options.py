@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
+
+from runtime.protocol import codec
 
 TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "num_returns", "max_retries",
                 "retry_exceptions", "name", "memory", "scheduling_strategy", "runtime_env"}
@@ -84,3 +87,14 @@ def resources_of(options: dict[str, Any], default_cpus: float) -> dict[str, floa
         if v:
             res[k] = float(v)
     return res
+
+
+def export(obj: Any, what: str, hint: str = "") -> tuple[bytes, bytes]:
+    """Pickle a function or class by value for export: ``(pickled, content id)``.
+
+    Raises ``TypeError`` naming ``what`` when it cannot be pickled.
+    """
+    try:
+        return codec.serialize_function(obj)
+    except (pickle.PicklingError, TypeError, AttributeError) as e:
+        raise TypeError(f"{what} cannot be sent to the cluster: pickling it failed ({e}).{hint}") from e

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import pickle
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from runtime import _ids
@@ -53,12 +52,9 @@ class RemoteFunction(Generic[P, R]):
 
     def _exported(self) -> tuple[bytes, bytes]:
         if self._export is None:
-            try:
-                self._export = codec.serialize_function(self._fn)
-            except (pickle.PicklingError, TypeError, AttributeError) as e:
-                raise TypeError(f"{self._name} cannot be sent to the cluster: pickling it failed "
-                                f"({e}). A remote function must not capture unpicklable objects "
-                                "(locks, open files, sockets) from its enclosing scope.") from e
+            self._export = _options.export(
+                self._fn, self._name, " A remote function must not capture unpicklable objects "
+                "(locks, open files, sockets) from its enclosing scope.")
         return self._export
 
     def _spec_template(self, client: Any) -> common_pb2.TaskSpec:

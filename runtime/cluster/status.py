@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from runtime.gcs.client import GcsClient
 from runtime.protocol import gcs_pb2
+from runtime.state import format_bytes
 
 __all__ = ["NodeStatus", "ClusterStatus", "fetch", "format_status", "format_bytes"]
 
@@ -75,13 +76,6 @@ async def fetch(address: str, token: str, timeout: float = 5.0) -> ClusterStatus
                          jobs_running=sum(1 for j in jobs if j.alive))
 
 
-def format_bytes(n: float) -> str:
-    """``1536`` -> ``"1.5 KiB"``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def _num(x: float) -> str:

@@ -52,6 +52,9 @@ class Conn:
             self.wake.set()
 
 
+#: Idle workers beyond one per CPU are stopped after this many seconds.
+IDLE_WORKER_S = 10.0
+
 _PEER_ACTIONS = frozenset({sp.SPILL, sp.PULL, sp.REPORT, sp.FREE_REMOTE, sp.FORWARD_LOG})
 
 
@@ -259,6 +262,8 @@ class NodeManager:
         while True:
             await asyncio.sleep(self.heartbeat_s)
             try:
+                for worker_id in self.state.reap_idle(IDLE_WORKER_S):
+                    self.pool.stop(worker_id)
                 known = await self.gcs.heartbeat(self.node_id, self._load())
                 await self.peers.refresh_schedulers()
                 if not known:

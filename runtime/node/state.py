@@ -91,6 +91,8 @@ class Worker:
     #: Tasks sent ahead to this busy worker (pipelined): they start, in order, when the
     #: running one ends, and take over its resources then.
     queued: deque[Frame] = field(default_factory=deque)
+    #: When it last became idle (for reaping surplus idle workers).
+    idle_since: float = 0.0
 
 
 @dataclass(slots=True)
@@ -530,6 +532,7 @@ class NodeState(ActorMixin, SpillMixin):
                 self._release(frame)
                 if not w.frames and not w.queued:
                     w.state = "IDLE"
+                    w.idle_since = self.clock()
                     self.idle.append(w)
                 elif w.frames:
                     self._run_inline(w)
@@ -826,6 +829,20 @@ class NodeState(ActorMixin, SpillMixin):
             "waited_by": len(self.waited_by), "objects": len(self.objects),
             "stats": dict(self.stats),
         }
+
+    def reap_idle(self, idle_s: float) -> list[bytes]:
+        """Workers to stop: idle for ``idle_s`` seconds, beyond one per CPU (those stay warm)."""
+        keep = max(1, int(self.total.get("CPU", 1)))
+        if len(self.idle) <= keep:
+            return []
+        now = self.clock()
+        # Oldest idle first; the most recently used (end of the list) stay.
+        victims = [w for w in self.idle[:len(self.idle) - keep] if now - w.idle_since >= idle_s]
+        for w in victims:
+            self.idle.remove(w)
+            w.state = "DEAD"
+            del self.workers[w.worker_id]
+        return [w.worker_id for w in victims]
 
     def queue_length(self) -> int:
         return sum(len(q) for q in self.ready.values())

@@ -69,12 +69,23 @@ class WorkerPool:
         proc = self.procs.get(worker_id)
         return proc.pid if proc is not None else 0
 
+    def stop(self, worker_id: bytes) -> None:
+        """SIGTERM one idle worker the node no longer needs (its exit is then expected)."""
+        proc = self.procs.pop(worker_id, None)
+        if proc is not None and proc.returncode is None:
+            try:
+                os.kill(proc.pid, signal.SIGTERM)  # not proc.send_signal(): see kill()
+            except ProcessLookupError:
+                pass
+
     def kill(self, worker_id: bytes) -> None:
         """SIGKILL one worker (force-cancel, or a worker whose stream broke)."""
         proc = self.procs.get(worker_id)
         if proc is not None and proc.returncode is None:
             try:
-                proc.send_signal(signal.SIGKILL)
+                # Not proc.send_signal(): its poll() can reap a worker that just died before
+                # asyncio's child watcher sees its status (then reported as 255).
+                os.kill(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
 
@@ -84,7 +95,7 @@ class WorkerPool:
         procs = [p for p in self.procs.values() if p.returncode is None]
         for p in procs:
             try:
-                p.send_signal(signal.SIGTERM)
+                os.kill(p.pid, signal.SIGTERM)  # not p.send_signal(): see kill()
             except ProcessLookupError:
                 pass
         if procs:
@@ -93,7 +104,7 @@ class WorkerPool:
             for p in procs:
                 if p.returncode is None:
                     try:
-                        p.kill()
+                        os.kill(p.pid, signal.SIGKILL)  # not p.kill(): see kill()
                     except ProcessLookupError:
                         pass
             if pending:

@@ -31,6 +31,7 @@ Examples
 
 from __future__ import annotations
 
+from runtime.state._format import format_bytes
 from runtime.state._hooks import (
     OutputLines,
     add_output_handler,
@@ -66,7 +67,7 @@ from runtime.state._subscription import Change, Subscription, subscribe
 from runtime.state._subscription import _change_of as _change_of  # used by the unit tests
 
 __all__ = [
-    "GpuState", "NodeState", "TaskState", "ObjectState", "JobState", "ActorState",
+    "format_bytes", "GpuState", "NodeState", "TaskState", "ObjectState", "JobState", "ActorState",
     "SchedulerEvent", "OutputLines", "Change", "Subscription", "Row", "TABLES",
     "TERMINAL_TASK_STATES", "decode_row",
     "list_nodes", "list_tasks", "get_task", "list_objects", "list_jobs", "list_actors",

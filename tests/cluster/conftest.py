@@ -7,8 +7,12 @@ another configuration. Tests that start their own cluster (``rt.init`` in the te
 (the shared connection would make their ``rt.init`` fail).
 
 Tasks in these tests never sleep to let time pass: a task that must stay running waits
-for a flag file the test creates (``Flag``), and the test waits on state with
+for a flag file the test creates (``make_flag``), and the test waits on state with
 ``wait_for``.
+
+Other fixtures: ``gcs`` (read the shared cluster's GCS tables), ``our_cluster_pids``
+(this process's cluster processes by kind), ``assert_worker_serves`` (a given worker
+still runs tasks), ``subprocess_env`` (the environment for a driver in a subprocess).
 """
 
 from __future__ import annotations
@@ -36,19 +40,6 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 # Test modules are importable here but not in workers: ship their functions and classes
 # (Flag below, tasks defined at module level in the test files) by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = pathlib.Path(__file__).parent
-    for item in items:
-        if here in item.path.parents:
-            # A shut-down driver's IO loop is only closed by garbage collection, which then
-            # warns in whatever test runs at that moment. Remove once CoreClient.close()
-            # closes its loop (test_tasks.py::test_shutdown_closes_the_drivers_io_loop).
-            item.add_marker(pytest.mark.filterwarnings(
-                "ignore:unclosed event loop:ResourceWarning"))
-            item.add_marker(pytest.mark.filterwarnings(
-                "ignore:unclosed <socket.socket:ResourceWarning"))
 
 
 @pytest.fixture(scope="module")

@@ -120,4 +120,4 @@ def test_text_table_aligns_columns() -> None:
 
 
 def test_human_bytes() -> None:
-    assert [display.human_bytes(n) for n in (12, 1536, 11_000_000)] == ["12 B", "1.5 KiB", "10.5 MiB"]
+    assert [display.format_bytes(n) for n in (12, 1536, 11_000_000)] == ["12 B", "1.5 KiB", "10.5 MiB"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from runtime.state import SchedulerEvent
 from widgets.views import ActorRowView, ActorsView, NodeSeries, SchedulerView, TaskRowView
-from widgets.render import decision_chart, decisions_table, fmt_bytes, fmt_duration, tasks_table
+from widgets.render import decision_chart, decisions_table, format_bytes, fmt_duration, tasks_table
 
 EVIL = '<img src=x onerror="alert(1)">'
 
@@ -47,6 +47,6 @@ def test_actor_rows() -> None:
 
 
 def test_formatting() -> None:
-    assert (fmt_bytes(512), fmt_bytes(1536), fmt_bytes(3 * 1024 ** 3)) == ("512 B", "1.5 KiB", "3.0 GiB")
+    assert (format_bytes(512), format_bytes(1536), format_bytes(3 * 1024 ** 3)) == ("512 B", "1.5 KiB", "3.0 GiB")
     assert (fmt_duration(None), fmt_duration(0.0048), fmt_duration(1.25), fmt_duration(600)) == \
         ("", "4.8 ms", "1.2 s", "10 min")
