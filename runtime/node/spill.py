@@ -89,6 +89,9 @@ class SpillMixin:
                 data.shm_path = ""  # paths mean nothing on another node
                 loc.size = data.size
                 loc.node_ids.append(self.node_id)
+                copy = self.objects[oid].remote_copy
+                if copy:  # another node keeps it too: a scheduler may prefer that one
+                    loc.node_ids.append(copy)
             else:  # remote here too: say where it is
                 r = self.remote_objects[oid]
                 data.object_id, data.size, data.node_id = oid, r.size, r.node_id

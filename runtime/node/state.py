@@ -375,12 +375,17 @@ class NodeState(ActorMixin, SpillMixin):
         need = task.resources
         if need.get("GPU") or task.spec.actor_id:
             return None
+        fid = task.spec.function_id
         best: Worker | None = None
         for w in self.workers.values():
             if (w.state == "BUSY" and len(w.frames) == 1 and not w.frames[0].blocked
                     and len(w.queued) < PIPELINE_DEPTH and w.frames[0].resources == need
                     and (best is None or len(w.queued) < len(best.queued))):
-                best = w
+                running = self.tasks.get(w.frames[0].task_id)
+                # Only more of the same function: a uniform batch of short tasks is what
+                # pipelining is for; anything else could wait behind a long task.
+                if running is not None and running.spec.function_id == fid:
+                    best = w
         return best
 
     def _how_many_fit(self, need: dict[str, float], limit: int) -> int:
@@ -845,7 +850,9 @@ class NodeState(ActorMixin, SpillMixin):
         return [w.worker_id for w in victims]
 
     def queue_length(self) -> int:
-        return sum(len(q) for q in self.ready.values())
+        """Tasks waiting to start here: ready ones and those sent ahead to busy workers."""
+        ahead = sum(len(w.queued) for w in self.workers.values())
+        return ahead + sum(len(q) for q in self.ready.values())
 
     def load(self) -> common_pb2.NodeLoad:
         load = common_pb2.NodeLoad(queue_length=self.queue_length(),
