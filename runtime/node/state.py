@@ -184,6 +184,7 @@ class NodeState(ActorMixin, SpillMixin):
             elif w.state == "STARTING":
                 self.starting -= 1
             w.pid, w.client_id, w.state = pid, client_id, "IDLE"
+            w.idle_since = self.clock()
             self.idle.append(w)
             self._schedule()
 
@@ -243,7 +244,7 @@ class NodeState(ActorMixin, SpillMixin):
                     actor.worker_id = w.worker_id
                     self._actor_worker_died(w, exit_code)
             elif task.cancelled:
-                self._fail(task, self._cancelled_error(task))
+                self._fail(task, self._cancelled_error(task), "CANCELLED")
             elif spec.max_retries < 0 or spec.attempt < spec.max_retries:
                 spec.attempt += 1
                 self._unpin(task)
