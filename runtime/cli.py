@@ -2,7 +2,7 @@
 
 ::
 
-    cellray start --head [--port 6380] [--host 127.0.0.1] [--cpus N] [--gpus N]
+    cellray start --head [--port 6380] [--host 127.0.0.1] [--cpus N] [--gpus N] [--global-schedulers R]
                   [--resources '{"sim": 4}'] [--object-store-memory BYTES] [--num-nodes N]
     cellray start --address HOST:PORT [--token-file F] [--cpus N] [--gpus N] [--resources JSON]
     cellray status [--address HOST:PORT] [--token-file F]
@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="object store size of each node (default: 30%% of memory)")
     start.add_argument("--num-nodes", type=_positive_int, default=1,
                        help="node managers to start (default 1)")
+    start.add_argument("--global-schedulers", type=_positive_int, default=None, metavar="R",
+                       help="(--head) global scheduler replicas (default 2)")
     start.set_defaults(func=_cmd_start, parser=start)
 
     status = sub.add_parser("status", help="show the nodes, resources and jobs of a cluster")
@@ -153,7 +155,8 @@ def _cmd_start(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     spec = NodeSpec(num_cpus=args.cpus, num_gpus=args.gpus, resources=args.resources,
                     object_store_memory=args.object_store_memory)
     if args.head:
-        cluster = commands.start_head(spec, num_nodes=args.num_nodes, host=args.host, port=args.port)
+        cluster = commands.start_head(spec, num_nodes=args.num_nodes, host=args.host, port=args.port,
+                                      global_schedulers=args.global_schedulers)
         _print_started(cluster.address, cluster.session_dir, cluster.token_file, len(cluster.nodes))
         return 0
     got = commands.add_nodes(args.address, spec, count=args.num_nodes,

@@ -54,7 +54,7 @@ def _settings() -> config.Settings:
 
 
 def start_head(spec: NodeSpec, *, num_nodes: int = 1, host: str = "127.0.0.1",
-               port: int | None = None) -> LocalCluster:
+               port: int | None = None, global_schedulers: int | None = None) -> LocalCluster:
     """Start a detached cluster (GCS and ``num_nodes`` nodes); it runs until ``stop_all``.
 
     ``port`` None means ``DEFAULT_PORT``, which must be free; 0 picks any free port.
@@ -70,7 +70,7 @@ def start_head(spec: NodeSpec, *, num_nodes: int = 1, host: str = "127.0.0.1",
         raise CommandError(f"port {port} on {host} is in use; pass another --port, or "
                            "--port 0 to pick a free one.")
     cluster = LocalCluster([spec] * num_nodes, host=host, port=port, settings=_settings(),
-                           detach=True)
+                           detach=True, global_schedulers=global_schedulers)
     try:
         return cluster.start()  # stops what it started when it fails
     except ProcessStartError as err:

@@ -107,7 +107,7 @@ def test_start_status_attach_add_node_and_stop(cli_env: dict[str, str],
     port = free_port()
     address = f"127.0.0.1:{port}"
     out = ok(run_cli(cli_env, "start", "--head", "--port", str(port), "--cpus", "1",
-                     "--resources", '{"sim": 2}'))
+                     "--resources", '{"sim": 2}', "--global-schedulers", "3"))
     session = (cli_root / "session_latest").resolve()
     token_file = session / "token"
     assert f"head (GCS) at {address}" in out
@@ -131,6 +131,8 @@ def test_start_status_attach_add_node_and_stop(cli_env: dict[str, str],
 
     pids = processes_of(cli_root)
     assert len(pids) >= 3, "expected at least the GCS and two node managers"
+    schedulers = [p for p in pids if "runtime.scheduler" in " ".join(psutil.Process(p).cmdline())]
+    assert len(schedulers) == 3, "--global-schedulers 3 starts three replicas"
     stopped = ok(run_cli(cli_env, "stop"))
     assert stopped.count("stopped node manager") == 2 and stopped.count("stopped head (GCS)") == 1
     assert f"Stopped {stopped.count('stopped ')} process(es)." in stopped
