@@ -36,6 +36,8 @@ class NodeStatus:
     store_capacity: int = 0  #: bytes
     workers: int = 0
     start_time: float = 0.0
+    #: (index, name, utilization %, memory used, memory total) per GPU, live from NVML.
+    gpus: tuple[tuple[int, str, float, int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,9 @@ def _node(row: gcs_pb2.NodeRow) -> NodeStatus:
                       death_cause=row.death_cause, total=dict(load.total),
                       available=dict(load.available), queue_length=load.queue_length,
                       store_used=load.store_used, store_capacity=load.store_capacity,
-                      workers=load.num_workers, start_time=row.start_time)
+                      workers=load.num_workers, start_time=row.start_time,
+                      gpus=tuple((g.index, g.name, g.utilization, g.memory_used, g.memory_total)
+                                 for g in load.gpus))
 
 
 async def fetch(address: str, token: str, timeout: float = 5.0) -> ClusterStatus:
@@ -111,5 +115,9 @@ def format_status(status: ClusterStatus) -> str:
         header = ["node", "address", "alive", "resources (free/total)", "queue",
                   "object store (used/capacity)", "workers"]
         lines += _table(header, rows)
+    for n in status.nodes:
+        for index, name, util, used, total in n.gpus:
+            memory = f", memory {format_bytes(used)} / {format_bytes(total)}" if total else ""
+            lines.append(f"  {n.node_id[:12]} GPU {index}: {name}, {util:.0f}% busy{memory}")
     lines.append(f"jobs: {status.jobs_total} ({status.jobs_running} running)")
     return "\n".join(lines)

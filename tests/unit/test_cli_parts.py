@@ -23,7 +23,7 @@ def test_start_arguments_are_typed() -> None:
     assert vars(args) | {"func": None, "parser": None} == {
         "command": "start", "head": True, "address": None, "port": 0, "host": "127.0.0.1",
         "token_file": None, "cpus": 2.5, "gpus": 1.0, "resources": {"sim": 4.0},
-        "object_store_memory": 1_000_000, "num_nodes": 3, "func": None, "parser": None}
+        "object_store_memory": 1_000_000, "num_nodes": 3, "global_schedulers": None, "func": None, "parser": None}
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -108,3 +108,12 @@ def test_sessions_skip_the_latest_link_and_pids_must_be_cluster_processes(
     registry.record(first, head=os.getpid(), nodes=[], detached=True)
     assert registry.running_heads(tmp_path) == []
     assert registry.stop_detached(tmp_path) == []
+
+
+def test_status_lists_each_gpu_with_live_use() -> None:
+    node = NodeStatus(node_id="ab" * 16, address="127.0.0.1:1", alive=True, death_cause="",
+                      total={"CPU": 2.0, "GPU": 1.0}, available={"CPU": 2.0, "GPU": 1.0},
+                      gpus=((0, "NVIDIA H100", 37.0, 2 * 2**30, 80 * 2**30),))
+    text = format_status(ClusterStatus(address="127.0.0.1:6380", session_dir="/s", gcs_pid=7,
+                                       num_shards=4, nodes=[node], jobs_total=0, jobs_running=0))
+    assert "GPU 0: NVIDIA H100, 37% busy, memory 2.0 GiB / 80.0 GiB" in text
