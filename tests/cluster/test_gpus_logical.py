@@ -65,3 +65,4 @@ def test_nodes_report_logical_gpus(cluster: None) -> None:
 def test_gpu_request_over_one_must_be_whole(cluster: None) -> None:
     with pytest.raises(ValueError, match="whole number"):
         rt.remote(num_gpus=1.5)(lambda: None)
+

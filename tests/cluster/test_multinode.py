@@ -158,3 +158,23 @@ def test_killing_a_node_reruns_its_tasks_elsewhere(three_nodes: LocalCluster,
     wait_for(lambda: not psutil.pid_exists(three_nodes.nodes[1].pid)
              or psutil.Process(three_nodes.nodes[1].pid).status() == psutil.STATUS_ZOMBIE,
              timeout=10, what="the killed node process gone")
+
+
+def test_gpu_tasks_go_to_the_only_node_with_gpus(tmp_path: pathlib.Path) -> None:
+    cluster = LocalCluster([NodeSpec(num_cpus=1), NodeSpec(num_cpus=1),
+                            NodeSpec(num_cpus=1, num_gpus=2)],
+                           session_root=tmp_path / "s").start()
+    try:
+        rt.init(address=cluster.address, token_file=str(cluster.token_file))
+
+        @rt.remote(num_gpus=1, num_cpus=0)
+        def where() -> tuple[str, list[int]]:
+            return rt.get_runtime_context().get_node_id(), rt.get_gpu_ids()
+
+        results = rt.get([where.remote() for _ in range(4)], timeout=60)
+        gpu_node = cluster.node_info[2]["node_id"]
+        assert {node for node, _ in results} == {gpu_node}
+        assert all(len(ids) == 1 and ids[0] in (0, 1) for _, ids in results)
+    finally:
+        rt.shutdown()
+        cluster.stop()
