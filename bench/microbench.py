@@ -63,6 +63,8 @@ ROWS = [
     ("driver_pss_mb", "driver PSS after first task", "MB"),
     ("idle_procs", "cluster processes (excl. driver)", "n"),
     ("shutdown_s", "shutdown", "s"),
+    ("tasks_3nodes", "tasks async across 3 local nodes", "1/s"),
+    ("get_cross_node", "cross-node get of a 100 MB array", "GB/s"),
 ]
 ROW_KEYS = [r[0] for r in ROWS]
 CHILD_KEYS = ("import_s", "startup_s", "idle_rss_mb", "idle_pss_mb", "driver_rss_mb",
@@ -433,6 +435,14 @@ def main():
         finally:
             rt.shutdown()
 
+    if args.soak is None and (only is None or only & set(MULTINODE_KEYS)):
+        try:
+            run_multinode(args, record)
+        except Exception as e:
+            for k in MULTINODE_KEYS:
+                results.setdefault(k, {"error": f"ERR {type(e).__name__}: {str(e)[:120]}",
+                                       "unit": labels[k]})
+
     print_table(results, args)
     notes = results.get("_notes", {})
     if "get_large" in notes:
@@ -444,6 +454,58 @@ def main():
                 "num_cpus": args.num_cpus, "batch": args.batch, "wait_n": args.wait_n}
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "results": results}, f, indent=1, default=str)
+
+
+MULTINODE_KEYS = ["tasks_3nodes", "get_cross_node"]
+
+
+def make_far_array():
+    import numpy as np
+    return np.ones(LARGE_BYTES // 8, dtype=np.float64)
+
+
+def make_far_small():
+    return 1
+
+
+def run_multinode(args, record):
+    """Rows on a 3-node local cluster: spread tasks, and arrays pulled from another node."""
+    import runtime as rt
+    from runtime.cluster.local import LocalCluster, NodeSpec
+
+    cpus = args.num_cpus
+    cluster = LocalCluster([NodeSpec(num_cpus=cpus), NodeSpec(num_cpus=cpus),
+                            NodeSpec(num_cpus=cpus, resources={"far": 1})]).start()
+    try:
+        rt.init(address=cluster.address, token_file=str(cluster.token_file))
+        f, get, n = rt.remote(noop), rt.get, args.batch
+        get([f.remote() for _ in range(n)])
+
+        def step():
+            get([f.remote() for _ in range(n)])
+        record("tasks_3nodes", [timed_loop(step, args.duration, n) for _ in range(args.repeats)])
+
+        big = rt.remote(resources={"far": 1})(make_far_array)
+        small = rt.remote(resources={"far": 1})(make_far_small)
+
+        def cross_node(_d):
+            # A 100 MB result made on the third node, fetched here; minus the same round
+            # trip with a small result, so only the transfer is left.
+            get(small.remote())
+            t0 = perf()
+            for _ in range(3):
+                get(small.remote())
+            t_small = (perf() - t0) / 3
+            t0 = perf()
+            for _ in range(3):
+                x = get(big.remote())
+                del x
+            t_big = (perf() - t0) / 3
+            return (LARGE_BYTES / 1e9) / max(t_big - t_small, 1e-6)
+        record("get_cross_node", [cross_node(args.duration) for _ in range(args.repeats)])
+    finally:
+        rt.shutdown()
+        cluster.stop()
 
 
 def soak(rt, b, args):
