@@ -47,8 +47,10 @@ def load_ipython_extension(ipython: Any) -> None:
     magics = CellrayMagics(ipython)
     ipython.register_magics(magics)
     ipython.configurables.append(magics)  # so that %config CellrayMagics works
-    from widgets import register_formatters
+    from runtime.state import set_get_progress
+    from widgets import get_with_progress, register_formatters
     register_formatters(ipython)  # live reprs of ObjectRefs, actor handles, clusters
+    set_get_progress(get_with_progress)  # rt.get on many refs shows a bar after 1 s
     print(LOADED_MESSAGE)
 
 
@@ -59,8 +61,10 @@ def unload_ipython_extension(ipython: Any) -> None:
     magics = ipython.magics_manager.registry.pop(CellrayMagics.__name__, None)
     if magics is None:
         return
+    from runtime.state import set_get_progress
     from widgets import unregister_formatters
     unregister_formatters(ipython)
+    set_get_progress(None)
     try:
         magics.close()
     finally:

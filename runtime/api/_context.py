@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from runtime.api._client import CoreClient
 
 _current: CoreClient | None = None
+
+#: Called by ``get`` on a list of refs in the main thread (a notebook's progress bar); set
+#: through ``runtime.state.set_get_progress``.
+progress_hook: Callable[..., Any] | None = None
 
 
 def current() -> CoreClient:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import threading
 import os
 import pathlib
 import socket
@@ -19,6 +20,7 @@ from runtime.gcs.client import GcsClient
 from runtime.protocol import codec, gcs_pb2
 
 _cluster: LocalCluster | None = None
+_in_progress = threading.local()
 _info: ClusterInfo | None = None
 
 
@@ -241,7 +243,17 @@ def get(object_refs: Any, *, timeout: float | None = None) -> Any:
     if not isinstance(object_refs, (list, tuple)):
         raise ValueError(f"get() expects an ObjectRef or a list of ObjectRefs, got "
                          f"{type(object_refs).__name__}")
-    return client.get_values(_ids_of(object_refs, "get"), timeout)
+    ids = _ids_of(object_refs, "get")
+    hook = _context.progress_hook
+    if (hook is not None and len(ids) > 1 and client.kind == "driver"
+            and not getattr(_in_progress, "on", False)
+            and threading.current_thread() is threading.main_thread()):
+        _in_progress.on = True  # the hook itself calls get
+        try:
+            return hook(list(object_refs), timeout=timeout)
+        finally:
+            _in_progress.on = False
+    return client.get_values(ids, timeout)
 
 
 def put(value: Any) -> ObjectRef:

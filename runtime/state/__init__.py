@@ -34,6 +34,7 @@ from __future__ import annotations
 from runtime.state._format import format_bytes
 from runtime.state._hooks import (
     OutputLines,
+    set_get_progress,
     add_output_handler,
     add_task_event_handler,
     remove_output_handler,
@@ -67,7 +68,7 @@ from runtime.state._subscription import Change, Subscription, subscribe
 from runtime.state._subscription import _change_of as _change_of  # used by the unit tests
 
 __all__ = [
-    "format_bytes", "GpuState", "NodeState", "TaskState", "ObjectState", "JobState", "ActorState",
+    "set_get_progress", "format_bytes", "GpuState", "NodeState", "TaskState", "ObjectState", "JobState", "ActorState",
     "SchedulerEvent", "OutputLines", "Change", "Subscription", "Row", "TABLES",
     "TERMINAL_TASK_STATES", "decode_row",
     "list_nodes", "list_tasks", "get_task", "list_objects", "list_jobs", "list_actors",

@@ -158,3 +158,15 @@ def set_origin_provider(fn: Callable[[], str] | None) -> None:
     if fn is not None and not callable(fn):
         raise TypeError(f"set_origin_provider() expects a callable or None, got {type(fn).__name__}")
     _context.current().origin_provider = fn
+
+
+def set_get_progress(fn: Callable[..., Any] | None) -> None:
+    """Show progress while ``get`` waits on many refs: ``fn(refs, timeout=...)`` replaces it.
+
+    ``rt.get`` on a list of refs, called in the main thread of a driver, then returns
+    ``fn(refs, timeout=timeout)``, which must behave like ``get`` (same values, same
+    errors). The notebook extension installs a progress bar that appears when a call
+    blocks for more than a second. ``None`` removes it. Calls made by ``fn`` itself go
+    straight to ``get``.
+    """
+    _context.progress_hook = fn

@@ -159,6 +159,18 @@ def test_cluster_status_is_a_table_with_a_text_fallback(kernel: Any) -> None:
     assert "live node(s)" in data["text/plain"] and "CPU" in data["text/plain"]
 
 
+def test_get_on_many_refs_shows_a_progress_bar_when_it_blocks(kernel: Any) -> None:
+    # The tasks take 1.5 s (their work, not the test waiting on time): get blocks past
+    # the 1 s delay, so the bar appears, then is replaced by its final picture.
+    kernel.check("import time, runtime as rt\n"
+                 "@rt.remote(num_cpus=0)\ndef slow(i):\n    time.sleep(1.5)\n    return i")
+    ex = kernel.check("sum(rt.get([slow.remote(i) for i in range(4)]))")
+    assert ex.result == "6"
+    shown = [m["content"]["data"] for m in ex.of_type("display_data", "update_display_data")]
+    assert any("application/vnd.jupyter.widget-view+json" in d for d in shown), shown
+    assert any("4/4" in d.get("text/plain", "") for d in shown), shown
+
+
 def test_second_interrupt_kills_a_cell_that_ignores_the_first(kernel: Any, tmp_path: pathlib.Path) -> None:
     """A cell that swallows KeyboardInterrupt: the second interrupt kills its worker."""
     kernel.check("%config CellrayMagics.soft_cancel_grace = 60")  # only the 2nd interrupt forces

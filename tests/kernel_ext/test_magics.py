@@ -197,3 +197,4 @@ def test_object_refs_and_clusters_get_rich_html_reprs(shell_cluster: Any) -> Non
     ref = shell_cluster.user_ns["ref"]
     text = html.lookup(ref)(ref)
     assert "ObjectRef" in text and "ready" in text.lower()
+
