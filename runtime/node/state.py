@@ -24,7 +24,9 @@ from typing import Any, Protocol
 
 from runtime import _ids
 from runtime.node.actors import ActorMixin, Actor
-from runtime.node.spill import FORWARD_LOG, FREE_REMOTE, Home, RemoteObject, SpillMixin
+from runtime.node.lending import MAX_INLINE_DEPTH, LendingMixin
+from runtime.node.objects import Obj, ObjectsMixin
+from runtime.node.spill import FORWARD_LOG, Home, RemoteObject, SpillMixin
 from runtime.protocol import common_pb2, node_pb2
 
 # Actions (tuples, cheap to build): the service carries them out in order.
@@ -37,8 +39,6 @@ WARN = "warn"            # (WARN, message) for the node's log
 
 Action = tuple[Any, ...]
 
-#: Most tasks stacked in one blocked worker (each costs Python stack frames).
-MAX_INLINE_DEPTH = 48
 #: Most tasks sent ahead to one busy worker when more tasks wait than workers are free:
 #: fewer, fuller messages per task, at the price of some imbalance between workers.
 PIPELINE_DEPTH = 4
@@ -96,16 +96,6 @@ class Worker:
 
 
 @dataclass(slots=True)
-class Obj:
-    inline: bytes | None
-    size: int
-    nested: list[bytes]
-    in_store: bool
-    #: Another node that keeps a copy for us (told to drop it when we free ours).
-    remote_copy: bytes = b""
-
-
-@dataclass(slots=True)
 class Client:
     client_id: bytes
     kind: str
@@ -121,7 +111,7 @@ def _fits(need: dict[str, float], avail: dict[str, float]) -> bool:
     return True
 
 
-class NodeState(ActorMixin, SpillMixin):
+class NodeState(ActorMixin, SpillMixin, ObjectsMixin, LendingMixin):
     """One node's tasks, workers, objects and references. See the module docstring."""
 
     def __init__(self, node_id: bytes, resources: dict[str, float], store: Store,
@@ -412,40 +402,6 @@ class NodeState(ActorMixin, SpillMixin):
                 return w
         return None
 
-    @staticmethod
-    def _pop_frame(w: Worker, task_id: bytes) -> Frame | None:
-        # By id, not position: a nested task may finish just as another is pushed on top.
-        for i in range(len(w.frames) - 1, -1, -1):
-            if w.frames[i].task_id == task_id:
-                return w.frames.pop(i)
-        # A task sent ahead that the worker ran early (nested, while the one before it
-        # waited in get): it held no resources.
-        for f in w.queued:
-            if f.task_id == task_id:
-                w.queued.remove(f)
-                return Frame(task_id, {})
-        return None
-
-    @staticmethod
-    def _all_blocked(w: Worker) -> bool:
-        return bool(w.frames) and w.state == "BUSY" and all(f.blocked for f in w.frames)
-
-    def _run_inline(self, w: Worker) -> None:
-        """Give a blocked worker a queued task of its own: one its innermost task waits for,
-        or one that task submitted. Fork/join trees then run on few processes (work-first).
-        Only the innermost task's own work is stacked on it, so every frame of a worker is
-        something the frame below needs: no cycle of waits across workers can form."""
-        if not self._all_blocked(w) or len(w.frames) >= MAX_INLINE_DEPTH:
-            return
-        top = w.frames[-1].task_id
-        candidates = [tid for tid, wid in self.waited_by.items() if wid == w.worker_id]
-        candidates.extend(self.children.get(top, ()))
-        for tid in candidates:
-            task = self.tasks.get(tid)
-            if task is not None and task.state == "READY" and self._can_run(task.resources):
-                self._dispatch(task, w)
-                return
-
     def _start_worker(self) -> None:
         # The service calls worker_starting() with the new worker's id.
         self.outbox.append((START_WORKER,))
@@ -657,138 +613,6 @@ class NodeState(ActorMixin, SpillMixin):
         return TaskCancelledError(
             f"Task {task.spec.name}() (task {_ids.short(task.spec.task_id)}) was cancelled.",
             task_id=task.spec.task_id.hex())
-
-    # ---- blocking (CPU lending) ----------------------------------------------------
-
-    def blocked(self, client_id: bytes, state: node_pb2.BlockedState) -> None:
-        client = self.clients.get(client_id)
-        w = self.workers.get(client.worker_id) if client is not None else None
-        if w is None or not w.frames:
-            return
-        frame = next((f for f in w.frames if f.task_id == state.task_id), w.frames[-1])
-        if state.blocked and not frame.blocked:
-            frame.blocked = True
-            cpu = frame.resources.get("CPU", 0.0)
-            frame.lent = cpu
-            self.available["CPU"] = self.available.get("CPU", 0.0) + cpu
-            for oid in state.waiting_on:
-                tid = _ids.task_of(oid)
-                t = self.tasks.get(tid)
-                if t is not None and t.state in ("READY", "WAITING"):
-                    self.waited_by[tid] = w.worker_id
-            self._run_inline(w)
-        elif not state.blocked and frame.blocked:
-            frame.blocked = False
-            self.available["CPU"] = self.available.get("CPU", 0.0) - frame.lent
-            frame.lent = 0.0
-        self._schedule()
-
-    # ---- objects -------------------------------------------------------------------
-
-    def _store(self, data: common_pb2.ObjectData) -> None:
-        oid = data.object_id
-        if oid in self.objects:
-            return
-        nested = list(data.nested_refs)
-        for n in nested:
-            self.refs[n] += 1
-        if data.shm_path:
-            try:
-                self.store.seal(oid, data.size)
-            except Exception as e:  # ObjectStoreFullError: the object becomes that error
-                blob = self.encode_error(e)
-                self.objects[oid] = Obj(blob, len(blob), nested, False)
-            else:
-                self.objects[oid] = Obj(None, data.size, nested, True)
-                self.outbox.append((OBJECT, oid, data.size, False))
-        else:
-            self.objects[oid] = Obj(data.inline, len(data.inline), nested, False)
-        self._object_ready(oid)
-
-    def _object_ready(self, oid: bytes) -> None:
-        waiters = self.dep_waiters.pop(oid, None)
-        if waiters:
-            for task in waiters:
-                task.missing.discard(oid)
-                if task.missing:
-                    continue
-                if task.state == "WAITING":
-                    self._make_ready(task)
-                elif task.state == "QUEUED":
-                    actor = self.actors.get(task.spec.actor_id)
-                    if actor is not None:
-                        self._pump(actor)
-            self._schedule()
-        getters = self.get_waiters.pop(oid, None)
-        if getters:
-            for cid in getters:
-                if cid in self.clients:
-                    op = node_pb2.NodeOp()
-                    self._fill(op.object, oid)
-                    self.outbox.append((SEND, cid, op))
-
-    def put(self, client_id: bytes, data: common_pb2.ObjectData) -> None:
-        client = self.clients.get(client_id)
-        self.refs[data.object_id] += 1
-        if client is not None:
-            client.held[data.object_id] += 1
-        self._store(data)
-
-    def get(self, client_id: bytes, object_ids: Iterable[bytes]) -> None:
-        for oid in object_ids:
-            if oid in self.objects:
-                op = node_pb2.NodeOp()
-                self._fill(op.object, oid)
-                self.outbox.append((SEND, client_id, op))
-            elif self.refs.get(oid, 0) > 0 or _ids.task_of(oid) in self.tasks:
-                self.get_waiters.setdefault(oid, []).append(client_id)
-                self._want(oid)
-            else:
-                from runtime.exceptions import ObjectLostError
-                op = node_pb2.NodeOp()
-                op.object_error.object_id = oid
-                op.object_error.error = self.encode_error(ObjectLostError(
-                    f"Object {oid.hex()} is not known to node {_ids.short(self.node_id)}: it was "
-                    "freed (no reference to it remained) or it was never created here.",
-                    object_id=oid.hex()))
-                self.outbox.append((SEND, client_id, op))
-
-    def update_refs(self, client_id: bytes, add: Iterable[bytes], remove: Iterable[bytes]) -> None:
-        client = self.clients.get(client_id)
-        for oid in add:
-            self.refs[oid] += 1
-            if client is not None:
-                client.held[oid] += 1
-        for oid in remove:
-            if client is not None:
-                n = client.held.get(oid, 0)
-                if n <= 0:
-                    continue
-                if n == 1:
-                    del client.held[oid]
-                else:
-                    client.held[oid] = n - 1
-            self._decref(oid)
-
-    def _decref(self, oid: bytes, n: int = 1) -> None:
-        left = self.refs.get(oid, 0) - n
-        if left > 0:
-            self.refs[oid] = left
-            return
-        self.refs.pop(oid, None)
-        obj = self.objects.pop(oid, None)
-        if obj is None:
-            r = self.remote_objects.pop(oid, None)
-            if r is not None and oid not in self.pulling:
-                self.outbox.append((FREE_REMOTE, r.node_id, oid))
-            return
-        if obj.remote_copy:
-            self.outbox.append((FREE_REMOTE, obj.remote_copy, oid))
-        if obj.in_store:
-            self.store.free(oid)
-            self.outbox.append((OBJECT, oid, obj.size, True))
-        for nested in obj.nested:
-            self._decref(nested)
 
     # ---- logs and events -----------------------------------------------------------
 
