@@ -92,8 +92,9 @@ class NodeManager:
         self.conns: dict[bytes, Conn] = {}
         self.events: list[common_pb2.TaskEvent] = []
         self.object_updates: list[gcs_pb2.ObjectLocationUpdate] = []
-        #: Latest row per key to write to the GCS (actor rows, released names), in order.
-        self.gcs_puts: dict[bytes, tuple[str, bytes, bytes]] = {}
+        #: Rows to write to the GCS (actor rows, released names), in order: every actor
+        #: transition is published, however short-lived the state was.
+        self.gcs_puts: list[tuple[str, bytes, bytes]] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._pending_starts: set[asyncio.Task[Any]] = set()
         self.stopped = asyncio.Event()
@@ -221,10 +222,9 @@ class NodeManager:
                 self.pool.kill(action[1])
             elif kind == ACTOR_ROW:
                 action[1].node_address = self.address
-                self.gcs_puts[b"actors:" + action[1].actor_id] = ("actors", action[1].actor_id,
-                                                                  action[1].SerializeToString())
+                self.gcs_puts.append(("actors", action[1].actor_id, action[1].SerializeToString()))
             elif kind == KV_DELETE:
-                self.gcs_puts[b"kv:" + action[1]] = ("kv", action[1], b"")
+                self.gcs_puts.append(("kv", action[1], b""))
             elif kind == st.WARN:
                 logger.warning("%s", action[1])
 
@@ -276,8 +276,8 @@ class NodeManager:
 
     async def _flush_events(self) -> None:
         while self.gcs_puts:
-            puts, self.gcs_puts = self.gcs_puts, {}
-            for table, key, value in puts.values():
+            puts, self.gcs_puts = self.gcs_puts, []
+            for table, key, value in puts:
                 await self.gcs.put(table, key, value)
         if not self.events and not self.object_updates:
             return

@@ -5,7 +5,7 @@ to it as subprocesses. The detached-lifetime test starts its own ``LocalCluster`
 it from subprocess drivers only, so it does not touch the shared connection. Nothing here
 sleeps to let time pass: a constructor or method that must stay running waits on a ``Flag``
 (a file the test creates), and the test waits on state with ``wait_for``; the actor table
-is read through ``rt.state`` (the node writes it every ~100 ms).
+is read through ``rt.state`` (the node writes each transition within ~100 ms).
 """
 
 from __future__ import annotations
@@ -366,6 +366,21 @@ def test_the_actor_table_tracks_and_publishes_the_lifecycle(cluster, make_flag, 
         rt.kill(a)
         row = wait_row(a, lambda r: r.state == "DEAD", "DEAD after kill()")
         assert "kill()" in row.death_cause and row.num_restarts == 0
+        rec.wait_states(a.actor_id, ["PENDING", "ALIVE", "DEAD"])
+
+
+@rt.remote
+class ShortLived:
+    def die(self) -> None:
+        os._exit(4)
+
+
+def test_every_transition_is_published_even_a_short_lived_one(cluster) -> None:
+    rec = Recorder()
+    with rt.state.subscribe(["actors"], rec):
+        a = ShortLived.remote()
+        a.die.remote()  # queued behind the creation: ALIVE lasts a few ms, far less than 100
+        wait_row(a, lambda r: r.state == "DEAD", "DEAD once its process exited")
         rec.wait_states(a.actor_id, ["PENDING", "ALIVE", "DEAD"])
 
 
