@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import pathlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -221,6 +222,11 @@ class LocalCluster:
         Returns when all are gone."""
         for node in reversed(self.nodes):
             node.stop()
+        # A node that was killed could not remove its shared-memory directory: do it here.
+        for info in self.node_info:
+            shm_dir = info.get("shm_dir")
+            if shm_dir and shm_dir.startswith("/dev/shm/cellray-"):
+                shutil.rmtree(shm_dir, ignore_errors=True)
         for scheduler in reversed(self.schedulers):
             scheduler.stop()
         if self.head is not None:

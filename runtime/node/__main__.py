@@ -80,7 +80,8 @@ async def run(args: argparse.Namespace) -> None:
     logger.info("node %s listening on %s with %s", node_id.hex()[:12], address, resources)
     if args.ready_file:
         write_ready_file(args.ready_file, {"port": port, "pid": os.getpid(), "address": address,
-                                           "node_id": node_id.hex()})
+                                           "node_id": node_id.hex(),
+                                           "shm_dir": str(manager.shm_dir)})
     await manager.stop_requested.wait()
     logger.info("stopping")
     await manager.stop()

@@ -178,3 +178,16 @@ def test_gpu_tasks_go_to_the_only_node_with_gpus(tmp_path: pathlib.Path) -> None
     finally:
         rt.shutdown()
         cluster.stop()
+
+
+def test_stopping_a_cluster_removes_the_store_of_a_node_that_was_killed(tmp_path: pathlib.Path) -> None:
+    cluster = LocalCluster([NodeSpec(num_cpus=1)], session_root=tmp_path / "s").start()
+    try:
+        shm_dir = pathlib.Path(cluster.node_info[0]["shm_dir"])
+        assert shm_dir.is_dir()
+        cluster.nodes[0].popen.send_signal(signal.SIGKILL)  # no chance to clean up itself
+        cluster.nodes[0].popen.wait()
+        assert shm_dir.is_dir()
+    finally:
+        cluster.stop()
+    assert not shm_dir.exists()
