@@ -15,7 +15,7 @@ def close_tree(widget: w.Widget) -> None:
     """Close ``widget``, its children (recursively), their layouts and styles.
 
     A widget may also own widgets that are not among its children right now (a
-    placeholder it swaps in and out): it names them in ``_detached_widgets()``.
+    stand-in it swaps in and out): it names them in ``_detached_widgets()``.
     """
     detached = getattr(widget, "_detached_widgets", None)
     owned = [*getattr(widget, "children", ()), *(detached() if detached else ())]

@@ -8,7 +8,6 @@ from typing import Any
 
 from runtime import _ids
 from runtime.api import _args, _context, _options
-from runtime.api._object_ref import ObjectRef
 from runtime.protocol import gcs_pb2, node_pb2
 
 DEFAULT_NAMESPACE = "default"
@@ -237,18 +236,8 @@ class ActorMethod:
         spec.owner_id = client.client_id
         spec.actor_id = h._actor_id
         spec.method = self._name
-        n = self._num_returns
-        spec.num_returns = n
-        client.stamp(spec)
-        keep = _args.encode(client, spec, spec.name, args, kwargs)
-        refs = [ObjectRef(_ids.object_id(task_id, i)) for i in range(1, n + 1)]
-        client.submit(op)
-        del keep
-        if n == 1:
-            return refs[0]
-        if n == 0:
-            return None
-        return refs
+        spec.num_returns = self._num_returns
+        return _args.submit(client, op, spec.name, args, kwargs)
 
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:

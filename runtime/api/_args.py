@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from runtime import _ids
 from runtime.api._object_ref import ObjectRef
-from runtime.protocol import codec, common_pb2
+from runtime.protocol import codec, common_pb2, node_pb2
 
 if TYPE_CHECKING:
     from runtime.api._client import CoreClient
@@ -100,3 +100,19 @@ def decode(blob: bytes, values: list[Any]) -> tuple[list[Any], dict[str, Any]]:
         else:
             kw[slot] = value
     return a, kw
+
+
+def submit(client: CoreClient, op: node_pb2.ClientOp, name: str, args: tuple[Any, ...],
+           kwargs: dict[str, Any]) -> Any:
+    """Finish ``op.submit`` (origin, arguments), send it, and return what ``.remote`` returns:
+    one ObjectRef, a list of them (``num_returns > 1``), or None (``num_returns == 0``)."""
+    spec = op.submit
+    client.stamp(spec)
+    keep = encode(client, spec, name, args, kwargs)  # alive until the submit is queued
+    n = spec.num_returns
+    refs = [ObjectRef(_ids.object_id(spec.task_id, i)) for i in range(1, n + 1)]
+    client.submit(op)
+    del keep
+    if n == 1:
+        return refs[0]
+    return refs if n else None

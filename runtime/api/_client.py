@@ -142,14 +142,14 @@ class CoreClient:
 
     async def _connect(self) -> None:
         self._channel = connect(self.node_address)
-        stub = node_pb2_grpc.NodeManagerStub(self._channel)
+        rpc = node_pb2_grpc.NodeManagerStub(self._channel)
         hello = node_pb2.ClientOp()
         h = hello.hello
         h.kind, h.client_id, h.worker_id, h.pid, h.job_id = (
             self.kind, self.client_id, self.worker_id, os.getpid(), self.job_id)
         h.python_version = platform.python_version()
         h.cloudpickle_version = cloudpickle.__version__
-        self._call = stub.Session(self._requests(hello), metadata=self._md)
+        self._call = rpc.Session(self._requests(hello), metadata=self._md)
         try:
             first = await self._call.read()
         except grpc.aio.AioRpcError as e:

@@ -8,7 +8,6 @@ from typing import Any, Generic, ParamSpec, TypeVar
 
 from runtime import _ids
 from runtime.api import _args, _context, _options
-from runtime.api._object_ref import ObjectRef
 from runtime.protocol import codec, common_pb2, node_pb2
 
 P = ParamSpec("P")
@@ -93,17 +92,7 @@ class RemoteFunction(Generic[P, R]):
         spec.CopyFrom(template)
         task_id = _ids.new_id()
         spec.task_id = task_id
-        client.stamp(spec)
-        keep = _args.encode(client, spec, self._name, args, kwargs)
-        n = template.num_returns
-        refs = [ObjectRef(_ids.object_id(task_id, i)) for i in range(1, n + 1)]
-        client.submit(op)
-        del keep
-        if n == 1:
-            return refs[0]
-        if n == 0:
-            return None
-        return refs
+        return _args.submit(client, op, self._name, args, kwargs)
 
     def __repr__(self) -> str:
         return f"<RemoteFunction {self._name}>"

@@ -38,9 +38,9 @@ _T = TypeVar("_T")
 _FUNCTION_CACHE_SIZE = 1024
 
 
-def _stub(stub_class: Any, channel: grpc.aio.Channel) -> Any:
-    """A generated stub on ``channel`` (the generated gRPC modules carry no type hints)."""
-    return stub_class(channel)
+def _rpc_client(client_class: Any, channel: grpc.aio.Channel) -> Any:
+    """A generated rpc on ``channel`` (the generated gRPC modules carry no type hints)."""
+    return client_class(channel)
 
 
 class GcsClient:
@@ -68,11 +68,11 @@ class GcsClient:
         self._metadata = token_metadata(token)
         self._timeout = timeout
         self._channel = connect(address)
-        self._nodes = _stub(gcs_pb2_grpc.NodeInfoStub, self._channel)
-        self._jobs = _stub(gcs_pb2_grpc.JobsStub, self._channel)
-        self._functions = _stub(gcs_pb2_grpc.FunctionsStub, self._channel)
-        self._tables = _stub(gcs_pb2_grpc.TablesStub, self._channel)
-        self._admin = _stub(gcs_pb2_grpc.AdminStub, self._channel)
+        self._nodes = _rpc_client(gcs_pb2_grpc.NodeInfoStub, self._channel)
+        self._jobs = _rpc_client(gcs_pb2_grpc.JobsStub, self._channel)
+        self._functions = _rpc_client(gcs_pb2_grpc.FunctionsStub, self._channel)
+        self._tables = _rpc_client(gcs_pb2_grpc.TablesStub, self._channel)
+        self._admin = _rpc_client(gcs_pb2_grpc.AdminStub, self._channel)
         self._function_cache: OrderedDict[bytes, gcs_pb2.FunctionRow] = OrderedDict()
         self._closed = False
 

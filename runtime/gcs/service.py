@@ -261,7 +261,7 @@ class _Tables(_Servicer, gcs_pb2_grpc.TablesServicer):
             yield gcs_pb2.PubMessage(snapshot_done=True)
             while True:
                 msg = await sub.queue.get()
-                if sub.dropped is not None:  # woken by drop(): the message is a placeholder
+                if sub.dropped is not None:  # woken by drop(): the message carries nothing
                     await context.abort(*sub.dropped)
                 yield msg
         finally:

@@ -81,9 +81,9 @@ class Peers:
             replicas = list(self.schedulers)
             random.shuffle(replicas)
             for address in replicas:
-                stub = scheduler_pb2_grpc.GlobalSchedulerStub(self.channel(address))
+                rpc = scheduler_pb2_grpc.GlobalSchedulerStub(self.channel(address))
                 try:
-                    reply = await stub.Schedule(req, metadata=md)
+                    reply = await rpc.Schedule(req, metadata=md)
                 except grpc.aio.AioRpcError as e:
                     logger.info("global scheduler %s failed for task %s (%s); trying another",
                                 address, _ids.short(task_id), e.code().name)
@@ -105,13 +105,13 @@ class Peers:
             self.m.flush()
             return
         path = self.m.store.path_for(oid)
-        stub = node_pb2_grpc.NodeManagerStub(self.channel(address))
+        rpc = node_pb2_grpc.NodeManagerStub(self.channel(address))
         size, nested = 0, []
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
             try:
                 first = True
-                async for chunk in stub.PullObject(node_pb2.PullObjectRequest(object_id=oid),
+                async for chunk in rpc.PullObject(node_pb2.PullObjectRequest(object_id=oid),
                                                    metadata=self.m.md):
                     if first:
                         size, nested, first = chunk.total_size, list(chunk.nested_refs), False
@@ -136,10 +136,10 @@ class Peers:
 
     async def _report(self, address: str, req: node_pb2.ReportResultsRequest) -> None:
         req.node_address = self.m.address
-        stub = node_pb2_grpc.NodeManagerStub(self.channel(address))
+        rpc = node_pb2_grpc.NodeManagerStub(self.channel(address))
         for attempt in range(5):
             try:
-                await stub.ReportResults(req, metadata=self.m.md, timeout=30)
+                await rpc.ReportResults(req, metadata=self.m.md, timeout=30)
                 return
             except grpc.aio.AioRpcError as e:
                 logger.warning("reporting task %s to its home %s failed (%s)",
@@ -152,17 +152,17 @@ class Peers:
         address = self.addresses.get(node_id)
         if not ids or address is None:
             return
-        stub = node_pb2_grpc.NodeManagerStub(self.channel(address))
+        rpc = node_pb2_grpc.NodeManagerStub(self.channel(address))
         try:
-            await stub.FreeObjects(node_pb2.FreeObjectsRequest(object_ids=ids), metadata=self.m.md,
+            await rpc.FreeObjects(node_pb2.FreeObjectsRequest(object_ids=ids), metadata=self.m.md,
                                    timeout=30)
         except grpc.aio.AioRpcError as e:
             logger.info("freeing %d objects on node %s failed: %s", len(ids), address, e.code().name)
 
     async def _forward_log(self, address: str, lines: node_pb2.LogLines) -> None:
-        stub = node_pb2_grpc.NodeManagerStub(self.channel(address))
+        rpc = node_pb2_grpc.NodeManagerStub(self.channel(address))
         try:
-            await stub.ForwardLogs(lines, metadata=self.m.md, timeout=30)
+            await rpc.ForwardLogs(lines, metadata=self.m.md, timeout=30)
         except grpc.aio.AioRpcError as e:
             logger.info("forwarding output to %s failed: %s", address, e.code().name)
 

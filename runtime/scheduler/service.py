@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["SchedulerService", "SchedulerStatistics"]
 
 _Ctx = grpc.aio.ServicerContext[Any, Any]
-#: The generated stub class (generated gRPC modules carry no type hints).
+#: The generated rpc class (generated gRPC modules carry no type hints).
 _NodeManagerStub: Any = node_pb2_grpc.NodeManagerStub
 
 
@@ -75,7 +75,7 @@ class SchedulerService(scheduler_pb2_grpc.GlobalSchedulerServicer):
         self.name = name
         self.forward_timeout = forward_timeout
         self._metadata = token_metadata(token)
-        self._stubs: dict[str, tuple[grpc.aio.Channel, Any]] = {}
+        self._peers: dict[str, tuple[grpc.aio.Channel, Any]] = {}
         self._changed = asyncio.Event()
         self._placed = self._refused = self._waiting = 0
 
@@ -88,12 +88,12 @@ class SchedulerService(scheduler_pb2_grpc.GlobalSchedulerServicer):
         changed.set()
 
     def statistics(self) -> SchedulerStatistics:
-        return SchedulerStatistics(self._placed, self._refused, self._waiting, len(self.view), len(self._stubs))
+        return SchedulerStatistics(self._placed, self._refused, self._waiting, len(self.view), len(self._peers))
 
     async def close(self) -> None:
         """Close the cached node channels."""
-        stubs, self._stubs = self._stubs, {}
-        for channel, _ in stubs.values():
+        peers, self._peers = self._peers, {}
+        for channel, _ in peers.values():
             await channel.close(None)
 
     async def Schedule(self, request: scheduler_pb2.ScheduleRequest, context: _Ctx) -> scheduler_pb2.ScheduleReply:
@@ -145,9 +145,9 @@ class SchedulerService(scheduler_pb2_grpc.GlobalSchedulerServicer):
 
     async def _forward(self, placement: Placement, forward: node_pb2.ForwardTaskRequest) -> str | None:
         """Hand the task to the placed node: None when accepted, else why not."""
-        stub = self._stub(placement.address)
+        rpc = self._rpc_client(placement.address)
         try:
-            reply: node_pb2.ForwardTaskReply = await stub.ForwardTask(
+            reply: node_pb2.ForwardTaskReply = await rpc.ForwardTask(
                 forward, metadata=self._metadata, timeout=self.forward_timeout)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
@@ -157,14 +157,14 @@ class SchedulerService(scheduler_pb2_grpc.GlobalSchedulerServicer):
             return f"{err.code().name}: {err.details()}"
         return None if reply.accepted else (reply.why_not or "refused without a reason")
 
-    def _stub(self, address: str) -> Any:
-        entry = self._stubs.get(address)
+    def _rpc_client(self, address: str) -> Any:
+        entry = self._peers.get(address)
         if entry is None:
             channel = connect(address)
-            entry = self._stubs[address] = (channel, _NodeManagerStub(channel))
+            entry = self._peers[address] = (channel, _NodeManagerStub(channel))
         return entry[1]
 
     async def _drop(self, address: str) -> None:
-        entry = self._stubs.pop(address, None)
+        entry = self._peers.pop(address, None)
         if entry is not None:
             await entry[0].close(None)
