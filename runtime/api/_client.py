@@ -363,18 +363,21 @@ class CoreClient:
         """Wait until ``num_ready`` of ``ids`` are here (or ``timeout``); return the ready ones."""
         self._check()
         objects = self._objects
-        ready = [i for i in ids if i in objects]
-        if len(ready) >= num_ready:
-            return ready
-        self._request([i for i in ids if i not in objects])
+        unique = list(dict.fromkeys(ids))
+        # Only the ids still missing are looked at again on each wake-up.
+        missing = [i for i in unique if i not in objects]
+        need = min(num_ready, len(unique))
+        if len(unique) - len(missing) >= need:
+            return [i for i in ids if i in objects]
+        self._request(missing)
         deadline = None if timeout is None else time.monotonic() + timeout
         blocked = False
         try:
             with self._cv:
                 while True:
-                    ready = [i for i in ids if i in objects]
-                    if len(ready) >= num_ready:
-                        return ready
+                    missing = [i for i in missing if i not in objects]
+                    if len(unique) - len(missing) >= need:
+                        return [i for i in ids if i in objects]
                     self._check()
                     # Blocking lends this worker's CPU and lets the node run awaited tasks
                     # on its stack, where no deadline can interrupt them: only without one.
@@ -383,7 +386,7 @@ class CoreClient:
                             blocked = True
                             self._cv.release()
                             try:
-                                self._set_blocked(True, [i for i in ids if i not in objects])
+                                self._set_blocked(True, missing)
                             finally:
                                 self._cv.acquire()
                         if not self.tasks.empty():
@@ -398,7 +401,7 @@ class CoreClient:
                     else:
                         left = deadline - time.monotonic()
                         if left <= 0:
-                            return ready
+                            return [i for i in ids if i in objects]
                         self._cv.wait(left)
         finally:
             if blocked:
