@@ -22,18 +22,51 @@ import inspect
 from typing import Any
 
 from runtime import exceptions, state
-from runtime.api._core import (ClusterInfo, RuntimeContext, available_resources, cancel,
-                               cluster_resources, get, get_gpu_ids, get_runtime_context, init,
-                               is_initialized, nodes, put, shutdown, wait)
 from runtime.api._actor import ActorClass, ActorHandle, get_actor, kill, method
+from runtime.api._core import (
+    ClusterInfo,
+    RuntimeContext,
+    available_resources,
+    cancel,
+    cluster_resources,
+    get,
+    get_gpu_ids,
+    get_runtime_context,
+    init,
+    is_initialized,
+    nodes,
+    put,
+    shutdown,
+    wait,
+)
 from runtime.api._object_ref import ObjectRef
 from runtime.api._remote_function import RemoteFunction
 
 __all__ = [
-    "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel", "nodes",
-    "cluster_resources", "available_resources", "get_runtime_context", "ObjectRef",
-    "RemoteFunction", "RuntimeContext", "ClusterInfo", "exceptions", "get_actor", "kill",
-    "method", "ActorClass", "ActorHandle", "get_gpu_ids", "state",
+    "ActorClass",
+    "ActorHandle",
+    "ClusterInfo",
+    "ObjectRef",
+    "RemoteFunction",
+    "RuntimeContext",
+    "available_resources",
+    "cancel",
+    "cluster_resources",
+    "exceptions",
+    "get",
+    "get_actor",
+    "get_gpu_ids",
+    "get_runtime_context",
+    "init",
+    "is_initialized",
+    "kill",
+    "method",
+    "nodes",
+    "put",
+    "remote",
+    "shutdown",
+    "state",
+    "wait",
 ]
 
 __version__ = "0.1.0"

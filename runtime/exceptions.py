@@ -13,7 +13,15 @@
     ├── ObjectStoreFullError          an object does not fit in the node's object store
     ├── GetTimeoutError               ``get(timeout=...)`` expired (also a ``TimeoutError``)
     ├── ConnectionLostError           the cluster stopped answering (the peer's fault)
+    │   └── NoLiveNodeError           the cluster has no live node to connect to
     ├── ClientClosedError             this client was shut down (your own call's fault)
+    ├── NotInitializedError           no cluster connection yet: call ``init()`` (a ``RuntimeError``)
+    ├── AlreadyInitializedError       ``init()`` called twice (a ``RuntimeError``)
+    ├── UnauthenticatedError          wrong or missing cluster token (a ``PermissionError``)
+    ├── IncompatibleVersionError      peers run different Python/cloudpickle versions
+    ├── InvalidRequestError           a server refused a malformed request (a ``ValueError``)
+    ├── NotFoundError                 the cluster has no such entry (a ``LookupError``)
+    ├── RpcTimeoutError               a server did not answer in time (a ``TimeoutError``)
     └── InternalError                 a cellray bug: please report it with the logs
 
 Ray's names are aliases for code written against Ray: ``RayError``, ``RayTaskError``,
@@ -30,10 +38,30 @@ import types
 from typing import Any
 
 __all__ = [
-    "ClusterError", "TaskError", "WorkerCrashedError", "NodeDiedError", "ActorDiedError",
-    "TaskCancelledError", "ObjectLostError", "OwnerDiedError", "ObjectStoreFullError",
-    "GetTimeoutError", "ConnectionLostError", "ClientClosedError", "InternalError",
-    "RayError", "RayTaskError", "RayActorError",
+    "ActorDiedError",
+    "AlreadyInitializedError",
+    "ClientClosedError",
+    "ClusterError",
+    "ConnectionLostError",
+    "GetTimeoutError",
+    "IncompatibleVersionError",
+    "InternalError",
+    "InvalidRequestError",
+    "NoLiveNodeError",
+    "NodeDiedError",
+    "NotFoundError",
+    "NotInitializedError",
+    "ObjectLostError",
+    "ObjectStoreFullError",
+    "OwnerDiedError",
+    "RayActorError",
+    "RayError",
+    "RayTaskError",
+    "RpcTimeoutError",
+    "TaskCancelledError",
+    "TaskError",
+    "UnauthenticatedError",
+    "WorkerCrashedError",
 ]
 
 
@@ -186,12 +214,44 @@ class GetTimeoutError(ClusterError, TimeoutError):
     """``get(..., timeout=...)`` expired before every object was ready."""
 
 
-class ConnectionLostError(ClusterError):
-    """The cluster (GCS or node manager) stopped answering."""
+class ConnectionLostError(ClusterError, ConnectionError):
+    """The cluster (GCS or node manager) stopped answering, or could not be reached."""
+
+
+class NoLiveNodeError(ConnectionLostError):
+    """The cluster was reached but has no live node for this driver to connect to."""
 
 
 class ClientClosedError(ClusterError):
     """This client was shut down; call ``runtime.init()`` again."""
+
+
+class NotInitializedError(ClusterError, RuntimeError):
+    """No cluster connection in this process yet: call ``runtime.init()`` first."""
+
+
+class AlreadyInitializedError(ClusterError, RuntimeError):
+    """``runtime.init()`` was called again while connected (use ``ignore_reinit_error``)."""
+
+
+class UnauthenticatedError(ClusterError, PermissionError):
+    """A cluster server refused the call: the cluster token is missing or wrong."""
+
+
+class IncompatibleVersionError(ClusterError, RuntimeError):
+    """Two processes of the cluster run different Python or cloudpickle versions."""
+
+
+class InvalidRequestError(ClusterError, ValueError):
+    """A cluster server refused a malformed request (wrong ids, missing fields)."""
+
+
+class NotFoundError(ClusterError, LookupError):
+    """The cluster holds no such entry (object, function, row)."""
+
+
+class RpcTimeoutError(ClusterError, TimeoutError):
+    """A cluster server did not answer within the call's deadline."""
 
 
 class InternalError(ClusterError):

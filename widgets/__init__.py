@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from widgets.progress import get_with_progress
     from widgets.reprs import register_formatters, unregister_formatters
 
-__all__ = ["Dashboard", "register_formatters", "unregister_formatters", "get_with_progress"]
+__all__ = ["Dashboard", "get_with_progress", "register_formatters", "unregister_formatters"]
 
 _LAZY = {"Dashboard": "widgets.dashboard", "register_formatters": "widgets.reprs",
          "unregister_formatters": "widgets.reprs", "get_with_progress": "widgets.progress"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipywidgets as w
 
 from widgets._close import close_tree
-from widgets.views import ActorsView
 from widgets.render import actors_table, count_tile
+from widgets.views import ActorsView
 
 
 class ActorsPanel(w.VBox):

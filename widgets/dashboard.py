@@ -35,10 +35,10 @@ from widgets._close import close_tree
 from widgets.actors_panel import ActorsPanel
 from widgets.futures_panel import FuturesPanel
 from widgets.model import ClusterModel
-from widgets.views import DashboardView
 from widgets.nodes_panel import NodesPanel
 from widgets.render import STYLE, snapshot_html
 from widgets.scheduler_panel import SchedulerPanel
+from widgets.views import DashboardView
 
 __all__ = ["Dashboard"]
 

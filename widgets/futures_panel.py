@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipywidgets as w
 
 from widgets._close import close_tree
-from widgets.views import COUNT_KEYS, FuturesView
 from widgets.render import count_tile, tasks_table
+from widgets.views import COUNT_KEYS, FuturesView
 
 
 class FuturesPanel(w.VBox):

@@ -39,11 +39,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.state import ActorState, Change, NodeState, SchedulerEvent, TaskState
-from widgets.views import (COUNT_KEYS, ActorRowView, ActorsView, DashboardView, FuturesView, NodeSeries,
-                           NodeView, SchedulerView, TaskRowView)
+from widgets.views import (
+    COUNT_KEYS,
+    ActorRowView,
+    ActorsView,
+    DashboardView,
+    FuturesView,
+    NodeSeries,
+    NodeView,
+    SchedulerView,
+    TaskRowView,
+)
 
-__all__ = ["ClusterModel", "DecisionSeries", "task_category", "waiting_reason", "short_id",
-           "ACTOR_STATES"]
+__all__ = [
+    "ACTOR_STATES",
+    "ClusterModel",
+    "DecisionSeries",
+    "short_id",
+    "task_category",
+    "waiting_reason",
+]
 
 _TERMINAL = {"FINISHED": "finished", "FAILED": "failed", "CANCELLED": "cancelled"}
 #: Scheduler decisions listed under "latest scheduler events".
@@ -196,7 +211,7 @@ class ClusterModel:
         self.version = 0
         self.series = DecisionSeries(bucket_s=bucket_s, window_s=window_s)
         #: Pending and running tasks held now, and terminal ones seen since the start.
-        self.counts: Counter[str] = Counter({k: 0 for k in COUNT_KEYS})
+        self.counts: Counter[str] = Counter(dict.fromkeys(COUNT_KEYS, 0))
         self._category: dict[str, str] = {}      # task id -> category of its current row
         self._credited: dict[str, str] = {}      # task id -> terminal category counted for it
         self._ran: dict[str, set[int]] = {}      # task id -> attempts counted as local decisions

@@ -9,8 +9,8 @@ import ipywidgets as w
 from runtime.state import NodeState
 from widgets._close import close_tree
 from widgets._meter import Meter
-from widgets.views import NodeView
 from widgets.render import format_bytes
+from widgets.views import NodeView
 
 
 def _meters(n: NodeState) -> list[tuple[str, float, str]]:

@@ -13,11 +13,19 @@ from collections.abc import Iterable, Sequence
 
 from runtime.state import format_bytes
 from widgets.model import short_id
-from widgets.views import (ActorsView, DashboardView, FuturesView, NodeSeries, SchedulerView,
-                           TaskRowView)
+from widgets.views import ActorsView, DashboardView, FuturesView, NodeSeries, SchedulerView, TaskRowView
 
-__all__ = ["STYLE", "format_bytes", "fmt_duration", "count_tile", "tasks_table", "actors_table",
-           "decision_chart", "decisions_table", "snapshot_html"]
+__all__ = [
+    "STYLE",
+    "actors_table",
+    "count_tile",
+    "decision_chart",
+    "decisions_table",
+    "fmt_duration",
+    "format_bytes",
+    "snapshot_html",
+    "tasks_table",
+]
 
 #: Colours of the two series and of task states (also used by the legend).
 LOCAL_COLOUR, RECEIVED_COLOUR, SPILLED_COLOUR = "#3b82f6", "#14b8a6", "#f97316"

@@ -25,10 +25,15 @@ from typing import Any
 import runtime as rt
 from runtime import state
 from widgets.model import short_id, waiting_reason
-from widgets.render import format_bytes, fmt_duration
+from widgets.render import fmt_duration, format_bytes
 
-__all__ = ["object_ref_html", "actor_handle_html", "cluster_info_html", "register_formatters",
-           "unregister_formatters"]
+__all__ = [
+    "actor_handle_html",
+    "cluster_info_html",
+    "object_ref_html",
+    "register_formatters",
+    "unregister_formatters",
+]
 
 logger = logging.getLogger(__name__)
 

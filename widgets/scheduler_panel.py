@@ -6,8 +6,8 @@ from __future__ import annotations
 import ipywidgets as w
 
 from widgets._close import close_tree
-from widgets.views import SchedulerView
 from widgets.render import LOCAL_COLOUR, RECEIVED_COLOUR, SPILLED_COLOUR, decision_chart, decisions_table
+from widgets.views import SchedulerView
 
 
 class SchedulerPanel(w.VBox):

@@ -10,8 +10,17 @@ from dataclasses import dataclass
 
 from runtime.state import NodeState, SchedulerEvent
 
-__all__ = ["COUNT_KEYS", "NodeView", "TaskRowView", "FuturesView", "ActorRowView", "ActorsView",
-           "NodeSeries", "SchedulerView", "DashboardView"]
+__all__ = [
+    "COUNT_KEYS",
+    "ActorRowView",
+    "ActorsView",
+    "DashboardView",
+    "FuturesView",
+    "NodeSeries",
+    "NodeView",
+    "SchedulerView",
+    "TaskRowView",
+]
 
 #: The task counters the Futures section shows, in order.
 COUNT_KEYS = ("pending", "running", "finished", "failed", "cancelled")

@@ -36,8 +36,13 @@ import cloudpickle
 import grpc
 
 from runtime import _ids
-from runtime.exceptions import (ClientClosedError, ConnectionLostError, GetTimeoutError,
-                                ObjectStoreFullError, TaskError)
+from runtime.exceptions import (
+    ClientClosedError,
+    ConnectionLostError,
+    GetTimeoutError,
+    ObjectStoreFullError,
+    TaskError,
+)
 from runtime.gcs.client import GcsClient
 from runtime.object_store.shm import read_object, write_object
 from runtime.protocol import codec, common_pb2, node_pb2, node_pb2_grpc

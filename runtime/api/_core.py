@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import atexit
-import threading
 import os
 import pathlib
 import socket
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, overload

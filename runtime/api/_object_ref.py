@@ -19,7 +19,7 @@ class ObjectRef:
     ``await ref`` works in async code.
     """
 
-    __slots__ = ("_id", "_client", "__weakref__")
+    __slots__ = ("__weakref__", "_client", "_id")
 
     def __init__(self, object_id: bytes, *, _announce: bool = False) -> None:
         client = _context.current()

@@ -18,8 +18,18 @@ from runtime.cluster.local import LocalCluster, NodeSpec
 from runtime.cluster.process import ProcessStartError
 from runtime.exceptions import ClusterError
 
-__all__ = ["DEFAULT_PORT", "CommandError", "Attached", "start_head", "add_nodes",
-           "running_addresses", "resolve_address", "cluster_status", "stop_all", "port_free"]
+__all__ = [
+    "DEFAULT_PORT",
+    "Attached",
+    "CommandError",
+    "add_nodes",
+    "cluster_status",
+    "port_free",
+    "resolve_address",
+    "running_addresses",
+    "start_head",
+    "stop_all",
+]
 
 #: The head's port when ``--port`` is not given (Ray uses 6379; one up, so both can run).
 DEFAULT_PORT = 6380

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import pathlib
+import shutil
 from dataclasses import dataclass, field
 from typing import Any
 

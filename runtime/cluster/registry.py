@@ -36,9 +36,19 @@ import psutil
 
 from runtime.cluster.process import stop_pid
 
-__all__ = ["PROCESSES_FILE", "Recorded", "StoppedProcess", "read", "record", "forget",
-           "is_cluster_process", "sessions", "running_heads", "running_nodes_only",
-           "stop_detached"]
+__all__ = [
+    "PROCESSES_FILE",
+    "Recorded",
+    "StoppedProcess",
+    "forget",
+    "is_cluster_process",
+    "read",
+    "record",
+    "running_heads",
+    "running_nodes_only",
+    "sessions",
+    "stop_detached",
+]
 
 #: The file, in a session directory, that lists the session's processes.
 PROCESSES_FILE = "processes.json"
@@ -225,8 +235,8 @@ def _detached_targets(d: pathlib.Path, rec: Recorded) -> list[StoppedProcess]:
     A detached head's schedulers count as detached too: they are started with the head,
     whether or not the starter marked them.
     """
-    roles = {pid: "node" for pid in rec.nodes}
-    roles.update({pid: "scheduler" for pid in rec.schedulers})
+    roles = dict.fromkeys(rec.nodes, "node")
+    roles.update(dict.fromkeys(rec.schedulers, "scheduler"))
     if rec.head is not None:
         roles[rec.head] = "head"
     pids = list(rec.detached)

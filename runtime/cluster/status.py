@@ -18,7 +18,7 @@ from runtime.gcs.client import GcsClient
 from runtime.protocol import gcs_pb2
 from runtime.state import format_bytes
 
-__all__ = ["NodeStatus", "ClusterStatus", "fetch", "format_status", "format_bytes"]
+__all__ = ["ClusterStatus", "NodeStatus", "fetch", "format_bytes", "format_status"]
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from runtime.protocol import common_pb2, gcs_pb2
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TABLES", "PUT_TABLES", "Change", "InvalidRequestError", "GcsState", "shard_of"]
+__all__ = ["PUT_TABLES", "TABLES", "Change", "GcsState", "InvalidRequestError", "shard_of"]
 
 TABLES = ("nodes", "jobs", "functions", "tasks", "objects", "events", "actors", "kv")
 #: Tables that ``put`` may write; the others have typed rows written by their own methods.

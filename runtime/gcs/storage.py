@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Storage", "InMemoryStorage"]
+__all__ = ["InMemoryStorage", "Storage"]
 
 
 @runtime_checkable

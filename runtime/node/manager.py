@@ -20,11 +20,11 @@ import psutil
 
 from runtime import _ids, config
 from runtime.gcs.client import GcsClient
-from runtime.node import state as st
 from runtime.node import spill as sp
+from runtime.node import state as st
+from runtime.node.actors import ACTOR_ROW, KV_DELETE
 from runtime.node.gpus import Gpus
 from runtime.node.peers import Peers
-from runtime.node.actors import ACTOR_ROW, KV_DELETE
 from runtime.node.worker_pool import WorkerPool
 from runtime.object_store.store import SharedMemoryStore
 from runtime.protocol import codec, common_pb2, gcs_pb2, node_pb2
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 class Conn:
     """One Session stream: the ops waiting to be written as the next batch."""
 
-    __slots__ = ("client_id", "kind", "out", "wake", "closed", "worker_id")
+    __slots__ = ("client_id", "closed", "kind", "out", "wake", "worker_id")
 
     def __init__(self) -> None:
         self.client_id = b""

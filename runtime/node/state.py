@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from runtime import _ids
-from runtime.node.actors import ActorMixin, Actor
+from runtime.node.actors import Actor, ActorMixin
 from runtime.node.lending import MAX_INLINE_DEPTH, LendingMixin
 from runtime.node.objects import Obj, ObjectsMixin
 from runtime.node.spill import FORWARD_LOG, Home, RemoteObject, SpillMixin

@@ -21,7 +21,7 @@ from runtime.protocol.codec import Serialized, deserialize
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["write_object", "read_object"]
+__all__ = ["read_object", "write_object"]
 
 #: Files up to this size are read with one read() into bytes instead of mapped: a
 #: mapping costs a few page-table operations and an munmap, which for small objects is

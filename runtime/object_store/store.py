@@ -38,7 +38,7 @@ __all__ = ["SharedMemoryStore"]
 
 
 class _Entry:
-    __slots__ = ("size", "pins", "in_shm")
+    __slots__ = ("in_shm", "pins", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size  #: bytes of the object's file

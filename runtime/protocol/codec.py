@@ -57,8 +57,15 @@ from runtime.exceptions import TaskError
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "FORMAT_VERSION", "MAGIC", "ALIGNMENT", "Serialized", "serialize", "deserialize",
-    "is_error", "record_ref", "serialize_function",
+    "ALIGNMENT",
+    "FORMAT_VERSION",
+    "MAGIC",
+    "Serialized",
+    "deserialize",
+    "is_error",
+    "record_ref",
+    "serialize",
+    "serialize_function",
 ]
 
 MAGIC: Final = b"CRY"
@@ -107,7 +114,7 @@ class Serialized:
     bytes are written (``write_into``/``to_bytes``), as with Ray's ``put``.
     """
 
-    __slots__ = ("_head", "_pickle", "_buffers", "nbytes", "contained_refs", "is_error")
+    __slots__ = ("_buffers", "_head", "_pickle", "contained_refs", "is_error", "nbytes")
 
     #: Total size of the layout in bytes.
     nbytes: int

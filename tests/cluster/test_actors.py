@@ -27,7 +27,7 @@ import psutil
 import pytest
 
 import runtime as rt
-import runtime.state  # noqa: F401  (rt.state)
+import runtime.state
 from runtime.cluster.local import LocalCluster, NodeSpec
 from runtime.exceptions import ActorDiedError, GetTimeoutError, TaskError
 from runtime.testing.wait import WaitTimeoutError, wait_for

@@ -7,10 +7,10 @@ from __future__ import annotations
 import errno
 import importlib
 import os
-import re
-import signal
 import pathlib
+import re
 import secrets
+import signal
 import sys
 import threading
 from collections.abc import Callable

@@ -15,7 +15,13 @@ import pytest
 from runtime.exceptions import TaskError
 from runtime.protocol import codec
 from runtime.protocol.codec import (
-    ALIGNMENT, Serialized, deserialize, is_error, record_ref, serialize, serialize_function,
+    ALIGNMENT,
+    Serialized,
+    deserialize,
+    is_error,
+    record_ref,
+    serialize,
+    serialize_function,
 )
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-import pytest
-
 from runtime import _ids
 from runtime.exceptions import (
     NodeDiedError,

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from runtime.exceptions import ObjectStoreFullError
-from runtime.object_store import SharedMemoryStore, read_object, write_object
-from runtime.object_store import shm
+from runtime.object_store import SharedMemoryStore, read_object, shm, write_object
 from runtime.protocol.codec import serialize
 
 MB = 1 << 20

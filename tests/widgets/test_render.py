@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from runtime.state import SchedulerEvent
+from widgets.render import decision_chart, decisions_table, fmt_duration, format_bytes, tasks_table
 from widgets.views import ActorRowView, ActorsView, NodeSeries, SchedulerView, TaskRowView
-from widgets.render import decision_chart, decisions_table, format_bytes, fmt_duration, tasks_table
 
 EVIL = '<img src=x onerror="alert(1)">'
 

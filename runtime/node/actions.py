@@ -1,0 +1,166 @@
+"""What the node's pure state asks its I/O side to do: one frozen dataclass per kind.
+
+The local scheduler (``state.py``) never touches a socket or a process; each event it is
+given appends actions to its outbox, and the manager drains the outbox after the event
+and carries every action out through one dispatch table keyed by the action's class
+(``dispatch.py``). Actions are carried out in the order they were made.
+
+Sessions and processes of this node::
+
+    Send            one op on a client's Session stream (driver or worker)
+    StartWorker     start one worker process (the pool reports it back with its id)
+    KillWorker      SIGKILL a worker (force-cancel, an actor killed, a broken stream)
+    StopWorker      SIGTERM an idle worker the node no longer needs
+
+The GCS::
+
+    ReportEvent     a task event for the tasks/events tables (batched)
+    ObjectLocation  an object sealed in or removed from this node's store (batched)
+    PutActor        an actor row, every transition of it, in order
+    ReleaseActorName  a dead actor's name is free again
+
+Other nodes and the global schedulers::
+
+    Spill           ask a global scheduler to place a task elsewhere
+    Pull            fetch an object's bytes from the node that has them
+    ReportHome      send a finished forwarded task's results to its home node
+    FreeRemote      tell a node it may drop a copy it keeps for us
+    ForwardLog      send printed lines to the node of the driver at the root of the task
+
+And the node's own log::
+
+    Warn            one warning line
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from runtime.protocol import common_pb2, gcs_pb2, node_pb2, scheduler_pb2
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Queue ``op`` on the Session of client ``client_id`` (dropped if it is gone)."""
+
+    client_id: bytes
+    op: node_pb2.NodeOp
+
+
+@dataclass(frozen=True, slots=True)
+class StartWorker:
+    """Start one worker process; the pool calls ``worker_starting`` with its id."""
+
+
+@dataclass(frozen=True, slots=True)
+class KillWorker:
+    """SIGKILL worker ``worker_id``; its exit is then reported like any other."""
+
+    worker_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StopWorker:
+    """SIGTERM idle worker ``worker_id``, already forgotten by the state."""
+
+    worker_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReportEvent:
+    """A task event for the GCS (batched on a short timer)."""
+
+    event: common_pb2.TaskEvent
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectLocation:
+    """Object ``object_id`` of ``size`` bytes is now in (or, ``removed``, gone from) this store."""
+
+    object_id: bytes
+    size: int
+    removed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PutActor:
+    """Write the actor's row to the GCS actors table (every transition, in order)."""
+
+    row: gcs_pb2.ActorRow
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseActorName:
+    """A dead actor's ``name`` in ``namespace`` may be taken again."""
+
+    namespace: str
+    name: str
+
+
+class SpillReason(StrEnum):
+    """Why a task leaves its node (``ScheduleRequest.reason``)."""
+
+    #: The node's total resources can never hold it: only a scheduler can place it, so the
+    #: node keeps asking until one does.
+    NEVER_FITS = "never fits here"
+    #: The local queue is over ``spill_threshold`` and it cannot start now.
+    QUEUE_FULL = "queue over threshold"
+
+
+@dataclass(frozen=True, slots=True)
+class Spill:
+    """Ask a global scheduler to place task ``task_id`` (``request``) on another node."""
+
+    task_id: bytes
+    request: scheduler_pb2.ScheduleRequest
+    reason: SpillReason
+
+
+@dataclass(frozen=True, slots=True)
+class Pull:
+    """Fetch object ``object_id`` from node ``node_id`` into the local store."""
+
+    object_id: bytes
+    node_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReportHome:
+    """Send the results of a task run for another node to that node (``address``)."""
+
+    address: str
+    request: node_pb2.ReportResultsRequest
+
+
+@dataclass(frozen=True, slots=True)
+class FreeRemote:
+    """Node ``node_id`` may drop the copy of ``object_id`` it keeps for this node."""
+
+    node_id: bytes
+    object_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardLog:
+    """Send printed ``lines`` to the node at ``address`` (the root driver's node)."""
+
+    address: str
+    lines: node_pb2.LogLines
+
+
+@dataclass(frozen=True, slots=True)
+class Warn:
+    """One warning line for the node's log."""
+
+    message: str
+
+
+#: Every action the local scheduler can ask for.
+Action = (Send | StartWorker | KillWorker | StopWorker | ReportEvent | ObjectLocation | PutActor
+          | ReleaseActorName | Spill | Pull | ReportHome | FreeRemote | ForwardLog | Warn)
+
+#: The action classes, for dispatch tables to check that they cover every kind.
+ACTION_TYPES: tuple[type, ...] = (Send, StartWorker, KillWorker, StopWorker, ReportEvent,
+                                  ObjectLocation, PutActor, ReleaseActorName, Spill, Pull,
+                                  ReportHome, FreeRemote, ForwardLog, Warn)

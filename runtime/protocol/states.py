@@ -1,0 +1,84 @@
+"""The states of tasks, actors, workers and nodes: one definition each, shared by every part.
+
+They are ``StrEnum`` members, so they travel as the plain strings the protocol carries
+(``TaskEvent.state``, ``ActorRow.state``) and compare equal to them: ``row.state ==
+TaskState.FINISHED`` holds for a row decoded from the wire.
+
+::
+
+    task      SUBMITTED → (WAITING | QUEUED | SCHEDULED | SPILLED | INFEASIBLE)* → RUNNING
+              → FINISHED | FAILED | CANCELLED        (RETRYING goes back to the queue)
+    actor     PENDING → ALIVE ⇄ RESTARTING → DEAD
+    worker    STARTING → IDLE ⇄ BUSY → DEAD          (BUSY → ACTOR when it becomes one)
+    node      ALIVE → DEAD
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class TaskState(StrEnum):
+    """Where a task is in its life, as events and the GCS tasks table report it."""
+
+    #: The node received it from its owner.
+    SUBMITTED = "SUBMITTED"
+    #: Its inputs are not all here yet.
+    WAITING = "WAITING"
+    #: Ready to run, waiting for resources or a worker (also: an actor call in its queue).
+    QUEUED = "QUEUED"
+    #: A global scheduler placed it on this node.
+    SCHEDULED = "SCHEDULED"
+    #: Sent to a global scheduler to run on another node.
+    SPILLED = "SPILLED"
+    #: Running in a worker.
+    RUNNING = "RUNNING"
+    #: Failed and queued again (a worker or node died, or a retryable exception).
+    RETRYING = "RETRYING"
+    #: No node has the resources it needs (yet).
+    INFEASIBLE = "INFEASIBLE"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+#: A task in one of these states is over: its results (or its error) are final.
+TERMINAL_TASK_STATES: frozenset[str] = frozenset(
+    {TaskState.FINISHED, TaskState.FAILED, TaskState.CANCELLED})
+
+
+class ActorState(StrEnum):
+    """An actor's state, as the GCS actors table holds it."""
+
+    #: Created, its constructor not finished yet.
+    PENDING = "PENDING"
+    ALIVE = "ALIVE"
+    #: Its process died; the constructor runs again (``max_restarts``).
+    RESTARTING = "RESTARTING"
+    #: Killed, its constructor raised, its owner exited or its restarts are spent.
+    DEAD = "DEAD"
+
+
+class WorkerState(StrEnum):
+    """A worker process, as its node sees it."""
+
+    #: Started, not connected back yet.
+    STARTING = "STARTING"
+    IDLE = "IDLE"
+    #: Running one task (or several nested ones, or tasks sent ahead).
+    BUSY = "BUSY"
+    #: The dedicated process of an actor.
+    ACTOR = "ACTOR"
+    DEAD = "DEAD"
+
+
+class NodeStatus(StrEnum):
+    """A node, as the GCS nodes table says (``NodeRow.alive``)."""
+
+    ALIVE = "ALIVE"
+    DEAD = "DEAD"
+
+    @classmethod
+    def of(cls, alive: bool) -> NodeStatus:
+        """The status a ``NodeRow`` with ``alive`` stands for."""
+        return cls.ALIVE if alive else cls.DEAD
