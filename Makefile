@@ -15,11 +15,12 @@ NO_CHROMIUM := $(VENV)/.chromium-unavailable
 # Extra arguments for pytest, e.g. `make test PYTEST_ARGS="tests/unit -k wait"`.
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test lab bench proto browser-deps clean distclean
+.PHONY: help venv demo test lint lab bench proto browser-deps clean distclean
 
 help:
 	@echo "make demo    run the demo (creates .venv on first use)"
-	@echo "make test    run the test suite (creates .venv, installs chromium for page tests if it can)"
+	@echo "make test    run the lint gate, then the test suite (creates .venv, installs chromium for page tests if it can)"
+	@echo "make lint    ruff and mypy --strict on runtime/, kernel_ext/ and widgets/"
 	@echo "make lab     start JupyterLab on notebooks/, bound to 127.0.0.1"
 	@echo "make bench   print cellray's microbenchmark rows (bench/README.md: against Ray)"
 	@echo "make proto   regenerate runtime/protocol/*_pb2*.py from the .proto files"
@@ -48,7 +49,13 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(PY) notebooks/run.py notebooks/quickstart.ipynb
 
-test: venv browser-deps
+# The gate: ruff (configuration in pyproject.toml [tool.ruff]) and mypy --strict
+# ([tool.mypy]) on the three packages, generated protocol code excluded.
+lint: venv
+	$(VENV)/bin/ruff check runtime kernel_ext widgets
+	$(VENV)/bin/mypy
+
+test: venv browser-deps lint
 	@rc=0; $(PY) -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then \
 	  echo "make test: FAILED: pytest collected no tests (exit code 5). That never happens on a" \

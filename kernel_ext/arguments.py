@@ -93,11 +93,12 @@ def session_name(text: str) -> str:
 def parse(magic: Callable[..., Any], line: str) -> argparse.Namespace:
     """Parse ``line`` with ``magic``'s parser; a bad line raises UsageError with the usage."""
     try:
-        return parse_argstring(magic, line)
+        args: argparse.Namespace = parse_argstring(magic, line)
     except UsageError as e:
         parser = magic.parser  # type: ignore[attr-defined]
         usage = " ".join(parser.format_usage().replace("::", "").split())
         raise UsageError(f"{e}\nusage: {usage}\nSee %{magic.__name__}? for help.") from None
+    return args
 
 
 # ---- the parsers (applied to the magics in magics.py) ----

@@ -119,7 +119,7 @@ def ship(names: Sequence[str], user_ns: Mapping[str, Any], hidden: Mapping[str, 
             continue
         try:
             out.sizes[name] = pickled_size(value)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - pickling a user's object can raise anything
             raise UsageError(
                 f"{what} cannot send {name!r} ({type(value).__name__}) to the cluster: it cannot "
                 f"be pickled ({type(e).__name__}: {e}). Nothing was run. Create it inside the "
@@ -152,8 +152,9 @@ def session_namespace() -> str:
 def session_handle(name: str, options: dict[str, Any]) -> rt.ActorHandle:
     """The session actor called ``name``, created on first use with ``options`` (resources)."""
     opts = {k: v for k, v in options.items() if k in ("num_cpus", "num_gpus", "resources")}
-    return SESSION_CLASS.options(name=name, namespace=session_namespace(), get_if_exists=True,
-                                 **opts).remote()
+    handle: rt.ActorHandle = SESSION_CLASS.options(
+        name=name, namespace=session_namespace(), get_if_exists=True, **opts).remote()
+    return handle
 
 
 # ---- the future of a remote cell ----------------------------------------------------------
@@ -199,7 +200,7 @@ class RemoteCell:
             outcome = rt.get(self.ref)
         except KeyboardInterrupt:
             return self._cancel_after_interrupt()
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - whatever the cell raised is its outcome
             self._finish_error(e)
             raise self._user_error() from None
         return self._finish_value(outcome)
@@ -212,12 +213,12 @@ class RemoteCell:
     def _watch(self) -> None:
         try:
             outcome = rt.get(self.ref)
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - on the watcher thread, every error is the outcome
             self._finish_error(e)
         else:
             try:
                 self._finish_value(outcome)
-            except BaseException as e:
+            except BaseException as e:  # noqa: BLE001 - e.g. assigning pulled names failed
                 self._finish_error(e)
         if self._refresh is not None:
             self._refresh(self)
@@ -280,7 +281,7 @@ class RemoteCell:
         except KeyboardInterrupt:
             line = display.still_running_line(self.label, self.task_id, forced)
             raise display.with_rendering(KeyboardInterrupt(line), [line]) from None
-        except BaseException as e:  # it failed on its own before the cancel reached it
+        except BaseException as e:  # noqa: BLE001 - it failed on its own before the cancel reached it
             self._finish_error(e)
             raise self._user_error() from None
         return self._finish_value(outcome)  # it finished before the cancel reached it
@@ -302,7 +303,7 @@ class RemoteCell:
     def result(self, timeout: float | None = None) -> Any:
         """The cell's value (waiting up to ``timeout`` seconds); raises the cell's error."""
         if not self._done.wait(timeout):
-            raise TimeoutError(f"{self.label} is still running after {timeout} s")
+            raise GetTimeoutError(f"{self.label} is still running after {timeout} s", task_id=self.task_id)
         if self._error is not None:
             raise self._user_error()
         return self._value
@@ -310,7 +311,7 @@ class RemoteCell:
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The cell's error (None when it succeeded), waiting like ``result``."""
         if not self._done.wait(timeout):
-            raise TimeoutError(f"{self.label} is still running after {timeout} s")
+            raise GetTimeoutError(f"{self.label} is still running after {timeout} s", task_id=self.task_id)
         return self._error
 
     def cancel(self, force: bool = False) -> bool:
@@ -327,7 +328,7 @@ class RemoteCell:
             return self._state
         try:
             row = cluster_state.get_task(self.task_id)
-        except Exception:  # disconnected, or the GCS is busy: say what we know
+        except Exception:  # noqa: BLE001 - disconnected, or the GCS is busy: a repr must not raise
             row = None
         return row.state.lower() if row is not None else "submitted"
 
@@ -378,10 +379,13 @@ def submit(cell: PreparedCell, options: dict[str, Any], pull: Sequence[str],
     """Start the cell on the cluster; the ObjectRef of ``(value, pulled values)``."""
     s = cell.shipment
     args = (cell.source, cell.filename, s.values, s.imports, tuple(pull))
+    ref: rt.ObjectRef
     if session is not None:
-        return session.run.remote(*args)
+        ref = session.run.remote(*args)
+        return ref
     try:
         fn = _RUN_CELL.options(**options)
     except (TypeError, ValueError) as e:
         raise UsageError(f"%%remote: {e}") from None
-    return fn.remote(*args)
+    ref = fn.remote(*args)
+    return ref

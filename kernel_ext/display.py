@@ -102,7 +102,7 @@ def text_table(headers: Sequence[str], rows: Iterable[Sequence[str]], title: str
     table = [list(headers), *(list(r) for r in rows)]
     widths = [max(len(r[i]) for r in table) for i in range(len(headers))]
     table.insert(1, ["-" * w for w in widths])
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in table]
     return "\n".join([title, *lines] if title else lines)
 
 

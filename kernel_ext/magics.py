@@ -18,9 +18,9 @@ from traitlets import Float, Integer
 
 import runtime as rt
 from kernel_ext import arguments, cell, cluster
-from kernel_ext.display import format_bytes
 from kernel_ext.routing import OutputRouter
 from runtime.exceptions import ActorDiedError, TaskError
+from runtime.state import format_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class CellrayMagics(Magics):
         for fut in self._pending:
             try:
                 fut.cancel()
-            except Exception as e:  # the connection went away first: nothing left to cancel
+            except Exception as e:  # noqa: BLE001 - the connection went away first: nothing to cancel
                 logger.debug("cancelling %r: %s", fut, e)
         self._pending.clear()
 
@@ -290,7 +290,7 @@ class CellrayMagics(Magics):
                     for handle in self._sessions.values():
                         try:
                             rt.kill(handle)
-                        except Exception as e:
+                        except Exception as e:  # noqa: BLE001 - best effort while unloading
                             logger.debug("killing session %r: %s", handle, e)
                 self.router.uninstall()
         finally:

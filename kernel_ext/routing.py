@@ -98,7 +98,7 @@ class OutputRouter:
             return None
         try:
             parent = self.kernel.get_parent()
-        except Exception:  # an ipykernel without get_parent
+        except Exception:  # noqa: BLE001 - any ipykernel (or none with get_parent): no header
             return None
         header = parent.get("header") if isinstance(parent, dict) else None
         return dict(header) if header else None

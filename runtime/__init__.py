@@ -19,7 +19,7 @@ node manager (local scheduler, object store, worker pool); ``worker`` the task e
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any as _Any
 
 from runtime import exceptions, state
 from runtime.api._actor import ActorClass, ActorHandle, get_actor, kill, method
@@ -72,7 +72,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def _make_remote(obj: Any, options: dict[str, Any]) -> Any:
+def _make_remote(obj: _Any, options: dict[str, _Any]) -> _Any:
     if inspect.isclass(obj):
         return ActorClass(obj, options)
     if not callable(obj):
@@ -80,7 +80,7 @@ def _make_remote(obj: Any, options: dict[str, Any]) -> Any:
     return RemoteFunction(obj, options)
 
 
-def remote(*args: Any, **options: Any) -> Any:
+def remote(*args: _Any, **options: _Any) -> _Any:
     """Make a function a remote task, or a class an actor: ``@remote`` or ``@remote(...)``.
 
     Task options: num_cpus (default 1), num_gpus, resources (dict of custom resources),

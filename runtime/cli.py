@@ -161,7 +161,7 @@ def _cmd_start(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         return 0
     got = commands.add_nodes(args.address, spec, count=args.num_nodes,
                              token_file=args.token_file, host=args.host)
-    for handle, info in zip(got.cluster.nodes, got.cluster.node_info):
+    for handle, info in zip(got.cluster.nodes, got.cluster.node_info, strict=False):
         print(f"Added node {info.get('node_id', '?')[:12]} at {info.get('address', '?')} "
               f"(pid {handle.pid}) to the cluster at {args.address}.")
     print(f"The cluster now has {got.nodes_before + len(got.cluster.nodes)} live node(s); "

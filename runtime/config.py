@@ -105,33 +105,19 @@ class Settings:
         """Check every field; raise ``ValueError`` naming the variable and what is accepted."""
         for f in fields(self):
             value = getattr(self, f.name)
-            kind = type(f.default)
-            if kind is bool or kind is str:
-                continue
-            if kind is int and (not isinstance(value, int) or isinstance(value, bool)):
-                raise ValueError(f"setting {f.name} (env {ENV_PREFIX}{f.name.upper()}) must be "
-                                 f"an integer, got {value!r}")
-            if kind is float and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-                raise ValueError(f"setting {f.name} (env {ENV_PREFIX}{f.name.upper()}) must be "
-                                 f"a number, got {value!r}")
-        for name, low in _MINIMA.items():
-            value = getattr(self, name)
-            if value < low:
-                raise ValueError(f"setting {name} (env {ENV_PREFIX}{name.upper()}) must be "
-                                 f">= {low}, got {value!r}")
-        for name in _POSITIVE:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"setting {name} (env {ENV_PREFIX}{name.upper()}) must be > 0, "
-                                 f"got {getattr(self, name)!r}")
-        for name in ("store_memory_fraction", "store_shm_fraction"):
-            if not 0 < getattr(self, name) <= 1:
-                raise ValueError(f"setting {name} (env {ENV_PREFIX}{name.upper()}) must be in "
-                                 f"(0, 1], got {getattr(self, name)!r}")
+            wrong = requirement(f.name, value)
+            if wrong is not None:
+                raise ValueError(f"setting {f.name} (env {env_name(f.name)}) {wrong}, got {value!r}")
         return self
+
+    def override(self, **values: Any) -> Settings:
+        """A copy with ``values`` (non-None) replaced, validated; unknown names raise ``TypeError``."""
+        _check_names(values)
+        return replace(self, **{k: v for k, v in values.items() if v is not None}).validate()
 
     def to_env(self) -> dict[str, str]:
         """Every field as a ``CELLRAY_*`` variable, for a child process to ``load()``."""
-        return {f"{ENV_PREFIX}{f.name.upper()}": str(getattr(self, f.name)) for f in fields(self)}
+        return {env_name(f.name): str(getattr(self, f.name)) for f in fields(self)}
 
 
 #: Smallest accepted value of integer fields.
@@ -144,28 +130,76 @@ _MINIMA: dict[str, int] = {
     "cancelled_early_max": 1,
 }
 
+#: Fields that are fractions in (0, 1].
+_FRACTIONS = ("store_memory_fraction", "store_shm_fraction")
+
 #: Fields that must be > 0.
 _POSITIVE = ("start_timeout_s", "idle_worker_s", "rpc_timeout_s", "stop_grace_s",
              "deregister_timeout_s", "parent_check_s", "task_time_s", "bandwidth",
              "query_timeout_s")
 
+#: The names of all settings, in declaration order.
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Settings))
+
+
+def env_name(name: str) -> str:
+    """The environment variable of the setting ``name``: ``CELLRAY_<NAME>``."""
+    return f"{ENV_PREFIX}{name.upper()}"
+
+
+def kind_of(name: str) -> type[int] | type[float] | type[str]:
+    """The Python type of the setting ``name`` (``int``, ``float`` or ``str``)."""
+    for f in fields(Settings):
+        if f.name == name and isinstance(f.default, (int, float, str)):
+            return type(f.default)
+    raise TypeError(f"unknown setting {name!r}; the settings are {', '.join(FIELD_NAMES)}")
+
+
+def requirement(name: str, value: object) -> str | None:
+    """What ``value`` breaks for the setting ``name`` (``"must be an integer >= 1"``), or None.
+
+    The one rule behind ``Settings.validate`` and the daemons' command-line flags.
+    """
+    kind = kind_of(name)
+    if kind is str:
+        return None if isinstance(value, str) else "must be a string"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "must be an integer" if kind is int else "must be a number"
+    if kind is int and not isinstance(value, int):
+        return "must be an integer"
+    if name in _FRACTIONS and not 0 < value <= 1:
+        return "must be a number in (0, 1]"
+    if name in _MINIMA and value < _MINIMA[name]:
+        return f"must be an integer >= {_MINIMA[name]}"
+    if name in _POSITIVE and not value > 0:
+        return "must be a number > 0"
+    return None
+
+
+def _check_names(values: dict[str, Any]) -> None:
+    unknown = set(values) - set(FIELD_NAMES)
+    if unknown:
+        raise TypeError(f"unknown setting(s) {', '.join(sorted(unknown))}; the settings are "
+                        f"{', '.join(FIELD_NAMES)}")
+
 
 def load(**overrides: Any) -> Settings:
-    """Settings from the environment, with ``overrides`` (non-None) on top, validated."""
+    """Settings from the environment, with ``overrides`` (non-None) on top, validated.
+
+    A variable that does not parse, or a value out of range, raises ``ValueError`` naming
+    the variable; an unknown override raises ``TypeError`` listing the settings.
+    """
+    _check_names(overrides)
     values: dict[str, Any] = {}
     for f in fields(Settings):
-        env = os.environ.get(f"{ENV_PREFIX}{f.name.upper()}")
+        env = os.environ.get(env_name(f.name))
         if env is None:
             continue
-        kind = type(f.default)
+        kind = kind_of(f.name)
         try:
             values[f.name] = kind(env)
         except ValueError:
-            raise ValueError(f"environment variable {ENV_PREFIX}{f.name.upper()}={env!r} is not a "
+            raise ValueError(f"environment variable {env_name(f.name)}={env!r} is not a "
                              f"valid {kind.__name__}") from None
-    unknown = set(overrides) - {f.name for f in fields(Settings)}
-    if unknown:
-        raise TypeError(f"unknown setting(s) {', '.join(sorted(unknown))}; the settings are "
-                        f"{', '.join(f.name for f in fields(Settings))}")
     values.update({k: v for k, v in overrides.items() if v is not None})
     return replace(Settings(), **values).validate()

@@ -128,7 +128,7 @@ def main() -> int:
     try:
         for step in STEPS:
             step()
-    except Exception as err:  # report and fail, but still shut the cluster down
+    except Exception as err:  # noqa: BLE001 - report any failed step, still shut the cluster down
         print(f"\ndemo step failed: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     finally:

@@ -11,10 +11,12 @@
     ├── ObjectLostError               an object's bytes are gone and cannot be rebuilt
     │   └── OwnerDiedError            ... because the process that owned it exited
     ├── ObjectStoreFullError          an object does not fit in the node's object store
+    ├── ObjectStoreClosedError        the node's object store was closed (a ``RuntimeError``)
     ├── GetTimeoutError               ``get(timeout=...)`` expired (also a ``TimeoutError``)
     ├── ConnectionLostError           the cluster stopped answering (the peer's fault)
     │   └── NoLiveNodeError           the cluster has no live node to connect to
     ├── ClientClosedError             this client was shut down (your own call's fault)
+    ├── BlockingCallError             a blocking call inside a handler on the IO thread (a ``RuntimeError``)
     ├── NotInitializedError           no cluster connection yet: call ``init()`` (a ``RuntimeError``)
     ├── AlreadyInitializedError       ``init()`` called twice (a ``RuntimeError``)
     ├── UnauthenticatedError          wrong or missing cluster token (a ``PermissionError``)
@@ -40,6 +42,7 @@ from typing import Any
 __all__ = [
     "ActorDiedError",
     "AlreadyInitializedError",
+    "BlockingCallError",
     "ClientClosedError",
     "ClusterError",
     "ConnectionLostError",
@@ -52,6 +55,7 @@ __all__ = [
     "NotFoundError",
     "NotInitializedError",
     "ObjectLostError",
+    "ObjectStoreClosedError",
     "ObjectStoreFullError",
     "OwnerDiedError",
     "RayActorError",
@@ -123,7 +127,9 @@ class TaskError(ClusterError):
     def as_instanceof_cause(self) -> TaskError:
         """This error as an instance of ``TaskError`` *and* the cause's class."""
         cause = self.cause
-        cls = _dual_class(type(cause)) if cause is not None else None
+        if cause is None:
+            return self
+        cls = _dual_class(type(cause))
         if cls is None:
             return self
         args = tuple(getattr(cause, "args", ()))
@@ -138,7 +144,7 @@ class TaskError(ClusterError):
             _copy_builtin_fields(cause, err)
             err.__dict__.update(getattr(cause, "__dict__", {}))
             err.__dict__.update(self.__dict__)
-        except Exception:  # a class we cannot imitate: the plain TaskError still says it all
+        except Exception:  # noqa: BLE001 - a class we cannot imitate: the plain TaskError says it all
             return self
         return err
 
@@ -210,6 +216,10 @@ class ObjectStoreFullError(ClusterError):
     """An object does not fit in the node's object store, even after spilling to disk."""
 
 
+class ObjectStoreClosedError(ClusterError, RuntimeError):
+    """The node's object store was closed (its node manager is stopping): nothing more is stored."""
+
+
 class GetTimeoutError(ClusterError, TimeoutError):
     """``get(..., timeout=...)`` expired before every object was ready."""
 
@@ -224,6 +234,14 @@ class NoLiveNodeError(ConnectionLostError):
 
 class ClientClosedError(ClusterError):
     """This client was shut down; call ``runtime.init()`` again."""
+
+
+class BlockingCallError(ClusterError, RuntimeError):
+    """A call that waits on the cluster was made on cellray's IO thread.
+
+    Output, event and log handlers run there; a blocking call from one would wait for
+    the thread it blocks. Hand the work to another thread instead.
+    """
 
 
 class NotInitializedError(ClusterError, RuntimeError):

@@ -38,6 +38,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime.protocol import states
 from runtime.state import ActorState, Change, NodeState, SchedulerEvent, TaskState
 from widgets.views import (
     COUNT_KEYS,
@@ -60,11 +61,13 @@ __all__ = [
     "waiting_reason",
 ]
 
-_TERMINAL = {"FINISHED": "finished", "FAILED": "failed", "CANCELLED": "cancelled"}
+_Task = states.TaskState
+#: The Futures counter of each terminal task state (its name in lower case).
+_TERMINAL = {s: s.lower() for s in states.TERMINAL_TASK_STATES}
 #: Scheduler decisions listed under "latest scheduler events".
-_DECISIONS = frozenset({"SPILLED", "SCHEDULED", "INFEASIBLE"})
+_DECISIONS = frozenset({_Task.SPILLED, _Task.SCHEDULED, _Task.INFEASIBLE})
 #: The actor states, in the order the Actors section counts them.
-ACTOR_STATES = ("PENDING", "ALIVE", "RESTARTING", "DEAD")
+ACTOR_STATES: tuple[str, ...] = tuple(states.ActorState)
 
 
 def short_id(hex_id: str | None, n: int = 6) -> str:
@@ -78,7 +81,7 @@ def task_category(state: str) -> str:
     Every state that is neither RUNNING nor terminal is pending (SUBMITTED, QUEUED,
     SCHEDULED, SPILLED, RETRYING, INFEASIBLE, and any state a newer runtime adds).
     """
-    if state == "RUNNING":
+    if state == _Task.RUNNING:
         return "running"
     return _TERMINAL.get(state, "pending")
 
@@ -100,20 +103,20 @@ def waiting_reason(task: TaskState, now: float, node_label: str = "") -> str:
     """
     state, detail = task.state, task.detail.strip()
     waited = f" for {_secs(max(now - task.submit_time, 0.0))}" if task.submit_time else ""
-    if state == "INFEASIBLE":
+    if state == _Task.INFEASIBLE:
         return detail or "infeasible: no node has the resources it needs"
-    if state in ("SUBMITTED", "QUEUED"):
+    if state in (_Task.SUBMITTED, _Task.QUEUED):
         return f"queued{waited}: " + (detail or "waiting for its inputs, a free worker or resources")
-    if state == "SCHEDULED":
+    if state == _Task.SCHEDULED:
         where = f" on node {node_label}" if node_label else ""
         return f"scheduled{where}{waited}, waiting for a worker" + (f": {detail}" if detail else "")
-    if state == "SPILLED":
+    if state == _Task.SPILLED:
         return "spilled to another node" + (f": {detail}" if detail else "")
-    if state == "RETRYING":
+    if state == _Task.RETRYING:
         return f"retrying (attempt {task.attempt + 1})" + (f" after: {detail}" if detail else "")
-    if state == "RUNNING":
+    if state == _Task.RUNNING:
         return f"running in worker pid {task.worker_pid}" if task.worker_pid else "running"
-    if state == "CANCELLED":
+    if state == _Task.CANCELLED:
         return detail or "cancelled"
     return detail
 
@@ -153,7 +156,7 @@ class DecisionSeries:
         cell[2] += received
 
     def _span(self) -> int:
-        return max(int(round(self.window_s / self.bucket_s)), 1)
+        return max(round(self.window_s / self.bucket_s), 1)
 
     def _prune(self) -> None:
         oldest = self._newest - self._span()
@@ -313,7 +316,7 @@ class ClusterModel:
                 self._pending[tid] = None
         else:
             self._pending.pop(tid, None)
-        if row.state == "INFEASIBLE":
+        if row.state == _Task.INFEASIBLE:
             self._infeasible.setdefault(tid, None)
         else:
             self._infeasible.pop(tid, None)
@@ -326,7 +329,7 @@ class ClusterModel:
     def _count_runs(self, tid: str, row: TaskState) -> None:
         if row.actor_id is not None and not row.name.endswith(".__init__"):
             return  # an actor method call goes straight to its actor: no scheduling decision
-        if row.state == "SPILLED":
+        if row.state == _Task.SPILLED:
             self._note_spilled(tid, row.attempt)
             return
         if row.start_time is None or not row.node_id or task_category(row.state) == "pending":
@@ -353,13 +356,13 @@ class ClusterModel:
         self._seen_events[key] = None
         while len(self._seen_events) > 20_000:
             self._seen_events.popitem(last=False)
-        if ev.state != "SCHEDULED":  # a placement repeats its SPILLED event's target
+        if ev.state != _Task.SCHEDULED:  # a placement repeats its SPILLED event's target
             self._decisions.append(ev)
-        if ev.state == "SPILLED":
+        if ev.state == _Task.SPILLED:
             self._note_spilled(ev.task_id, ev.attempt)
             if ev.node_id and ev.time is not None:
                 self.series.add(ev.node_id, ev.time, spilled=1)
-        elif ev.state == "SCHEDULED" and ev.node_id and ev.time is not None:
+        elif ev.state == _Task.SCHEDULED and ev.node_id and ev.time is not None:
             self.series.add(ev.node_id, ev.time, received=1)
 
     # ---- output ----
@@ -373,7 +376,7 @@ class ClusterModel:
             duration = None
         elif t.end_time is not None:
             duration = max(t.end_time - t.start_time, 0.0)
-        elif t.state == "RUNNING":
+        elif t.state == _Task.RUNNING:
             duration = max(now - t.start_time, 0.0)
         else:
             duration = None
@@ -408,7 +411,8 @@ class ClusterModel:
         actor_counts = Counter(a.state for a in self.actors.values())
         order = {s: i for i, s in enumerate(ACTOR_STATES)}
         actors = sorted(self.actors.values(),
-                        key=lambda a: (a.state == "DEAD", order.get(a.state, 9), a.start_time or 0.0))
+                        key=lambda a: (a.state == states.ActorState.DEAD, order.get(a.state, 9),
+                                       a.start_time or 0.0))
         actor_rows = tuple(ActorRowView(
             actor_id=a.actor_id, class_name=a.class_name, name=a.name or "", state=a.state,
             node=self.node_label(a.node_id),

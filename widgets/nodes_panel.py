@@ -64,7 +64,7 @@ class NodeBlock(w.VBox):
             for meter in old:
                 close_tree(meter)
             self._names = names
-        for meter, (_, fraction, text) in zip(self.bars.children, meters):
+        for meter, (_, fraction, text) in zip(self.bars.children, meters, strict=False):
             meter.set(fraction, text)
 
 

@@ -11,6 +11,7 @@ import datetime
 import html
 from collections.abc import Iterable, Sequence
 
+from runtime.protocol.states import ActorState, TaskState
 from runtime.state import format_bytes
 from widgets.model import short_id
 from widgets.views import ActorsView, DashboardView, FuturesView, NodeSeries, SchedulerView, TaskRowView
@@ -29,20 +30,26 @@ __all__ = [
 
 #: Colours of the two series and of task states (also used by the legend).
 LOCAL_COLOUR, RECEIVED_COLOUR, SPILLED_COLOUR = "#3b82f6", "#14b8a6", "#f97316"
-_STATE_COLOURS = {"RUNNING": "#2563eb", "FINISHED": "#16a34a", "FAILED": "#dc2626",
-                  "CANCELLED": "#6b7280", "INFEASIBLE": "#b45309", "RETRYING": "#b45309",
-                  "SPILLED": SPILLED_COLOUR, "SCHEDULED": RECEIVED_COLOUR, "ALIVE": "#16a34a", "DEAD": "#dc2626",
-                  "RESTARTING": "#b45309", "PENDING": "#6b7280"}
+_STATE_COLOURS: dict[str, str] = {
+    TaskState.RUNNING: "#2563eb", TaskState.FINISHED: "#16a34a", TaskState.FAILED: "#dc2626",
+    TaskState.CANCELLED: "#6b7280", TaskState.INFEASIBLE: "#b45309", TaskState.RETRYING: "#b45309",
+    TaskState.SPILLED: SPILLED_COLOUR, TaskState.SCHEDULED: RECEIVED_COLOUR,
+    ActorState.ALIVE: "#16a34a", ActorState.DEAD: "#dc2626", ActorState.RESTARTING: "#b45309",
+    ActorState.PENDING: "#6b7280"}
 
 #: One style block for the whole dashboard, scoped to its root class.
 STYLE = """<style>
 .cellray-dashboard {font-size: 12px;}
 .cellray-dashboard h4 {margin: 6px 0 2px 0; font-size: 13px;}
 .cellray-dashboard table.cellray-table {border-collapse: collapse; width: 100%; font-size: 11.5px;}
-.cellray-dashboard table.cellray-table th {text-align: left; font-weight: 600; border-bottom: 1px solid #d1d5db; padding: 1px 6px;}
-.cellray-dashboard table.cellray-table td {padding: 1px 6px; border-bottom: 1px solid #f3f4f6; vertical-align: top;}
-.cellray-dashboard td.cellray-why {color: #4b5563; max-width: 520px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap;}
-.cellray-dashboard .cellray-tile {display: inline-block; min-width: 72px; text-align: center; padding: 2px 6px; border: 1px solid #e5e7eb; border-radius: 4px;}
+.cellray-dashboard table.cellray-table th {text-align: left; font-weight: 600;
+  border-bottom: 1px solid #d1d5db; padding: 1px 6px;}
+.cellray-dashboard table.cellray-table td {padding: 1px 6px; border-bottom: 1px solid #f3f4f6;
+  vertical-align: top;}
+.cellray-dashboard td.cellray-why {color: #4b5563; max-width: 520px; overflow: hidden;
+  text-overflow: ellipsis; white-space: nowrap;}
+.cellray-dashboard .cellray-tile {display: inline-block; min-width: 72px; text-align: center;
+  padding: 2px 6px; border: 1px solid #e5e7eb; border-radius: 4px;}
 .cellray-dashboard .cellray-num {font-size: 18px; font-weight: 600; line-height: 1.2;}
 .cellray-dashboard .cellray-cap {font-size: 11px; color: #6b7280;}
 .cellray-dashboard .cellray-muted {color: #6b7280;}
@@ -136,12 +143,13 @@ def decision_chart(view: SchedulerView, width: int = 640) -> str:
 
     def stacks(s: NodeSeries) -> list[tuple[int, int, int]]:
         received = s.received or (0,) * len(s.local)
-        return list(zip(s.local, received, s.spilled))
+        return list(zip(s.local, received, s.spilled, strict=False))
 
     peak = max((sum(c) for s in rows for c in stacks(s)), default=0)
     scale = peak or 1
-    parts = [f'<svg class="cellray-chart" xmlns="http://www.w3.org/2000/svg" width="{width}" '
-             f'height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">']
+    parts = [(f'<svg class="cellray-chart" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+              f'height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" '
+              f'font-size="11">')]
     if not rows:
         parts.append(f'<text x="{label_w}" y="{row_h // 2 + 4}" fill="#6b7280">no decisions yet</text>')
     for i, s in enumerate(rows):
@@ -152,9 +160,9 @@ def decision_chart(view: SchedulerView, width: int = 640) -> str:
         parts.append(f'<rect x="{label_w}" y="{y0}" width="{plot_w}" height="{row_h}" fill="#f9fafb" '
                      f'stroke="#e5e7eb"/>')
         for j, cell in enumerate(cells):
-            x, top = label_w + j * bw, y0 + row_h
+            x, top = label_w + j * bw, float(y0 + row_h)
             for n, colour, what in zip(cell, (LOCAL_COLOUR, RECEIVED_COLOUR, SPILLED_COLOUR),
-                                       ("local", "received", "spilled")):
+                                       ("local", "received", "spilled"), strict=True):
                 if not n:
                     continue
                 h = row_h * n / scale

@@ -24,6 +24,7 @@ from typing import Any
 
 import runtime as rt
 from runtime import state
+from runtime.protocol.states import ActorState, TaskState
 from widgets.model import short_id, waiting_reason
 from widgets.render import fmt_duration, format_bytes
 
@@ -39,8 +40,10 @@ logger = logging.getLogger(__name__)
 
 _BOX = ('<div class="cellray-repr" style="font-family:var(--jp-code-font-family,monospace);'
         'font-size:12px;line-height:1.5">{}</div>')
-_STATE_COLOURS = {"FINISHED": "#16a34a", "ALIVE": "#16a34a", "FAILED": "#dc2626", "DEAD": "#dc2626",
-                  "RUNNING": "#2563eb", "INFEASIBLE": "#b45309", "RESTARTING": "#b45309"}
+_STATE_COLOURS: dict[str, str] = {
+    TaskState.FINISHED: "#16a34a", ActorState.ALIVE: "#16a34a", TaskState.FAILED: "#dc2626",
+    ActorState.DEAD: "#dc2626", TaskState.RUNNING: "#2563eb", TaskState.INFEASIBLE: "#b45309",
+    ActorState.RESTARTING: "#b45309"}
 
 
 def _e(s: object) -> str:
@@ -57,7 +60,7 @@ def _safe(render: Callable[[Any], str]) -> Callable[[Any], str | None]:
     def formatter(obj: Any) -> str | None:
         try:
             return render(obj)
-        except Exception as e:  # the cluster is gone, or unreachable: the plain repr will do
+        except Exception as e:  # noqa: BLE001 - cluster gone or unreachable: the plain repr will do
             logger.debug("no HTML repr for %r: %s", obj, e)
             return None
 
@@ -73,7 +76,8 @@ def object_ref_html(ref: rt.ObjectRef) -> str:
     task = state.get_task(ref)
     head = f"<b>ObjectRef</b> <code>{_e(ref.hex()[:16])}…</code> · {readiness}"
     if task is None:
-        return _BOX.format(f"{head} · <span>a value put with rt.put, or a task the GCS no longer holds</span>")
+        return _BOX.format(
+            f"{head} · <span>a value put with rt.put, or a task the GCS no longer holds</span>")
     now = time.time()
     parts = [head, f"task <code>{_e(task.name)}</code> {_state(task.state)}"]
     if task.node_id:
@@ -85,7 +89,7 @@ def object_ref_html(ref: rt.ObjectRef) -> str:
         parts.append(f"attempt {task.attempt + 1}")
     why = waiting_reason(task, now, short_id(task.node_id))
     line = " · ".join(parts)
-    if why and task.state != "RUNNING":
+    if why and task.state != TaskState.RUNNING:
         line += f'<br><span style="color:#4b5563">{_e(why)}</span>'
     return _BOX.format(line)
 
@@ -113,8 +117,8 @@ def actor_handle_html(handle: rt.ActorHandle) -> str:
 def cluster_info_html(info: rt.ClusterInfo) -> str:
     """HTML for what ``rt.init`` returned: address, nodes and their resources, tasks by state."""
     how = "started here" if info.started_here else "attached"
-    rows = [f"<b>cellray cluster</b> <code>{_e(info.address)}</code> ({how}) · job "
-            f"<code>{_e(info.job_id)}</code>",
+    rows = [(f"<b>cellray cluster</b> <code>{_e(info.address)}</code> ({how}) · job "
+             f"<code>{_e(info.job_id)}</code>"),
             f"session <code>{_e(info.session_dir)}</code>"]
     if not rt.is_initialized():
         rows.append("<i>not connected (runtime.shutdown() was called)</i>")

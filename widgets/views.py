@@ -132,7 +132,8 @@ class DashboardView:
         spilled = sum(s.total_spilled for s in self.scheduler.series)
         received = sum(s.total_received for s in self.scheduler.series)
         lines = [
-            f"Nodes: {len(alive)} alive of {len(self.nodes)}; CPU {cpu_total - cpu_free:g}/{cpu_total:g} in use",
+            (f"Nodes: {len(alive)} alive of {len(self.nodes)}; "
+             f"CPU {cpu_total - cpu_free:g}/{cpu_total:g} in use"),
             "Futures: " + ", ".join(f"{k} {c[k]}" for k in COUNT_KEYS),
             f"Actors: {actors}",
             f"Scheduler: {local} local, {spilled} spilled, {received} received",

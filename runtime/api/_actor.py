@@ -8,7 +8,7 @@ from typing import Any
 
 from runtime import _ids
 from runtime.api import _args, _context, _options
-from runtime.protocol import gcs_pb2, node_pb2
+from runtime.protocol import node_pb2
 
 DEFAULT_NAMESPACE = "default"
 
@@ -35,10 +35,6 @@ def _methods_of(cls: type) -> dict[str, int]:
         if inspect.isfunction(attr) or inspect.ismethoddescriptor(attr) or inspect.ismethod(attr):
             meta[name] = getattr(attr, "__cellray_num_returns__", 1)
     return meta
-
-
-def _name_key(namespace: str, name: str) -> bytes:
-    return f"actor_name:{namespace}:{name}".encode()
 
 
 class ActorClass:
@@ -114,10 +110,9 @@ class ActorClass:
         keep = _args.encode(client, spec, self.__name__, args, kwargs)
         if name:
             assert client.gcs is not None
-            key = _name_key(namespace, name)
             entry = json.dumps({"actor_id": actor_id.hex(), "class_name": self.__name__,
                                 "function_id": cid.hex(), "methods": self._methods}).encode()
-            written, existing = client.run(client.gcs.put("kv", key, entry, only_if_absent=True),
+            written, existing = client.run(client.gcs.claim_actor_name(namespace, name, entry),
                                            30.0)
             if not written:
                 if o.get("get_if_exists"):
@@ -129,8 +124,8 @@ class ActorClass:
                 client.submit(op)
             except BaseException:
                 try:  # release the name: the node never heard of this actor
-                    client.run(client.gcs.put("kv", key, b""), 5.0)
-                except Exception:
+                    client.run(client.gcs.release_actor_name(namespace, name), 5.0)
+                except Exception:  # noqa: BLE001 - best effort: the submit's own error is raised next
                     pass
                 raise
         else:
@@ -191,10 +186,10 @@ class ActorHandle:
         if client is None or client.gcs is None:
             return "UNKNOWN"
         try:
-            raw = client.run(client.gcs.get_entry("actors", self._actor_id), 2.0)
-        except Exception:
+            row = client.run(client.gcs.get_actor(self._actor_id), 2.0)
+        except Exception:  # noqa: BLE001 - a repr must not raise: any failure reads as UNKNOWN
             return "UNKNOWN"
-        return gcs_pb2.ActorRow.FromString(raw).state if raw else "PENDING"
+        return row.state if row is not None else "PENDING"
 
     def __repr__(self) -> str:
         name = f", name={self._name!r}" if self._name else ""
@@ -250,7 +245,7 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     client = _context.current()
     namespace = namespace or DEFAULT_NAMESPACE
     assert client.gcs is not None
-    raw = client.run(client.gcs.get_entry("kv", _name_key(namespace, name)), 30.0)
+    raw = client.run(client.gcs.lookup_actor_name(namespace, name), 30.0)
     if not raw:
         raise ValueError(f"Failed to look up actor with name {name!r} in namespace "
                          f"{namespace!r}: no such actor (it was never created, or it died).")

@@ -10,7 +10,7 @@ object store first and passed as refs, so large arrays are not copied into messa
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from runtime import _ids
 from runtime.api._object_ref import ObjectRef
@@ -55,7 +55,8 @@ def encode(client: CoreClient, spec: common_pb2.TaskSpec, name: str,
         raise _find_culprit(name, a, kw, e) from e
     if s.nbytes > client.inline_threshold:
         # Put each large value in the store and pass it by reference.
-        for where, v in [*enumerate(a), *kw.items()]:
+        items: list[tuple[int | str, Any]] = [*enumerate(a), *kw.items()]
+        for where, v in items:
             if v is None or where in slots:
                 continue
             sv = codec.serialize(v)
@@ -81,20 +82,21 @@ def _find_culprit(name: str, a: list[Any], kw: dict[str, Any], err: BaseExceptio
     for i, v in enumerate(a):
         try:
             codec.serialize(v)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any pickling failure names this argument
             return _unpicklable(name, f"argument {i}", v, e)
     for k, v in kw.items():
         try:
             codec.serialize(v)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any pickling failure names this argument
             return _unpicklable(name, f"keyword argument {k!r}", v, e)
     return TypeError(f"{name}.remote(): the arguments cannot be pickled: {err}. Nothing was submitted.")
 
 
 def decode(blob: bytes, values: list[Any]) -> tuple[list[Any], dict[str, Any]]:
     """The worker side: rebuild ``(args, kwargs)`` with ref values in place."""
-    a, kw, slots = codec.deserialize(blob)
-    for slot, value in zip(slots, values):
+    # The layout ``encode`` wrote: (args, kwargs, slots), one value per slot.
+    a, kw, slots = cast("tuple[list[Any], dict[str, Any], list[int | str]]", codec.deserialize(blob))
+    for slot, value in zip(slots, values, strict=False):
         if isinstance(slot, int):
             a[slot] = value
         else:

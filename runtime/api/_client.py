@@ -1,20 +1,18 @@
-"""CoreClient: one process's connection to its node manager (a driver's or a worker's).
+"""CoreClient: a driver's connection to its node manager.
 
 The client owns one background IO thread running an asyncio loop with one long-lived
 ``Session`` stream to the node. Calls from user threads never wait on the network to
-*send*: they append an op to ``_out`` and wake the writer once per batch; whatever
-accumulated while the previous batch was being written goes out as the next batch. The
-reader applies incoming ops (objects, logs, tasks for a worker) and wakes waiters.
+*send*: ops go through the :class:`~runtime.api._outbox.Outbox`, batched. The reader
+applies incoming ops (objects, logs, events) and wakes waiters.
 
-Objects: results of tasks this client submitted are pushed to it by the node (it owns
-them); other objects are asked for with ``GetObjects``. Values are deserialized on every
-``get`` (so callers cannot mutate each other's results); shared-memory objects are mapped
-read-only, without a copy.
+Objects (:class:`~runtime.api._objects.ObjectTable`): values are deserialized on every
+``get`` (so callers cannot mutate each other's results); shared-memory objects are
+mapped read-only, without a copy.
 
-References: ``ObjectRef`` instances count themselves here. The first local ref to an
-object this client did not create is announced (``add``), the last one dropped is too
-(``remove``); both ride in ``RefUpdate`` ops placed in order among the other ops, so a
-submit that uses a ref always reaches the node before that ref's removal.
+What a worker process does differently (run the tasks it is sent, nested ones while a
+task waits, lend its CPU, cancel, GPU ids, exit when its node goes) sits behind the
+:class:`~runtime.api._host.Host` it installs with ``install_host``; a driver keeps the
+default :class:`~runtime.api._host.DriverHost`.
 """
 
 from __future__ import annotations
@@ -24,10 +22,8 @@ import contextvars
 import logging
 import os
 import platform
-import queue
 import sys
 import threading
-import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -35,75 +31,79 @@ from typing import Any, TypeVar
 import cloudpickle
 import grpc
 
-from runtime import _ids
+from runtime import _ids, config
+from runtime.api._host import DriverHost, Host
+from runtime.api._objects import ObjectTable
+from runtime.api._outbox import Outbox
 from runtime.exceptions import (
+    BlockingCallError,
     ClientClosedError,
     ConnectionLostError,
     GetTimeoutError,
+    InternalError,
     ObjectStoreFullError,
     TaskError,
 )
 from runtime.gcs.client import GcsClient
 from runtime.object_store.shm import read_object, write_object
-from runtime.protocol import codec, common_pb2, node_pb2, node_pb2_grpc
+from runtime.protocol import codec, common_pb2, gcs_pb2, node_pb2, node_pb2_grpc
+from runtime.protocol.states import TaskState
 from runtime.rpc.channel import connect, token_metadata
+from runtime.rpc.errors import translate
 
 logger = logging.getLogger(__name__)
 
 #: The tasks running in this thread or coroutine, innermost last (empty in a driver).
 _running: contextvars.ContextVar[tuple[common_pb2.TaskSpec, ...]] = contextvars.ContextVar(
     "cellray_running_tasks", default=())
+#: Generated stub, untyped.
+_NodeManagerStub: Any = node_pb2_grpc.NodeManagerStub
+_SERVER = "node manager"
 
 T = TypeVar("T")
 LogHandler = Callable[[node_pb2.LogLines], None]
 
 
 class CoreClient:
-    """The connection of one driver or worker process to its node. Thread-safe."""
+    """The connection of one process to its node. Thread-safe."""
 
-    def __init__(self, *, node_address: str, gcs_address: str, token: str, kind: str,
-                 job_id: bytes, worker_id: bytes = b"") -> None:
+    def __init__(self, *, node_address: str, gcs_address: str, token: str, job_id: bytes,
+                 settings: config.Settings | None = None) -> None:
+        #: The tuning this process runs with (read once by ``init`` or the worker's entry).
+        self.settings = settings or config.Settings()
         self.node_address = node_address
         self.gcs_address = gcs_address
         self.token = token
-        self.kind = kind
         self.job_id = job_id
-        self.worker_id = worker_id
         self.client_id = _ids.new_id()
         self.node_id = b""
         self.shm_dir = ""
         self.store_capacity = 0
-        self.inline_threshold = 100 * 1024
+        #: Until the node's Welcome says otherwise.
+        self.inline_threshold = self.settings.inline_threshold
         self.session_dir = ""
+        #: What this process does beyond a driver's (see ``install_host``).
+        self.host: Host = DriverHost()
         self._md = token_metadata(token)
-        self._lock = threading.Lock()
-        self._cv = threading.Condition(self._lock)
-        self._out: list[node_pb2.ClientOp] = []
-        self._ref_op: node_pb2.ClientOp | None = None
-        self._wake_pending = False
-        #: Ready objects known here: id -> ObjectData (inline bytes or a shm path).
-        self._objects: dict[bytes, common_pb2.ObjectData] = {}
-        #: Objects asked for and not yet received.
-        self._requested: set[bytes] = set()
-        #: Local ObjectRef counts.
-        self._local_refs: dict[bytes, int] = {}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="cellray-io", daemon=True)
+        self._outbox = Outbox(self._loop)
+        self.objects = ObjectTable(self._outbox)
         self._exported: set[bytes] = set()
         self.log_handlers: list[LogHandler] = []
         self.event_handlers: list[Callable[[common_pb2.TaskEvent], None]] = []
-        #: Tasks the node gave this worker (read by the worker's main thread).
-        self.tasks: queue.SimpleQueue[node_pb2.NodeOp] = queue.SimpleQueue()
-        self.cancel_handler: Callable[[node_pb2.CancelTask], None] | None = None
         #: Called at each submission from a driver; its string tags the task tree (a cell).
         self.origin_provider: Callable[[], str] | None = None
-        #: True once this worker became an actor's process (no nested tasks run inside it).
-        self.is_actor = False
         self.closed = False
         self._broken: BaseException | None = None
         self._warned_infeasible: set[str] = set()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run_loop, name="cellray-io", daemon=True)
-        self._wake: asyncio.Event | None = None
         self.gcs: GcsClient | None = None
+
+    def install_host(self, host: Host) -> None:
+        """Replace the driver's host (a worker installs its own) before ``start``."""
+        if self._thread.is_alive():
+            raise InternalError("install_host() after the client started")
+        self.host = host
 
     @property
     def task_stack(self) -> tuple[common_pb2.TaskSpec, ...]:
@@ -111,7 +111,7 @@ class CoreClient:
         return _running.get()
 
     def push_task(self, spec: common_pb2.TaskSpec) -> contextvars.Token[tuple[common_pb2.TaskSpec, ...]]:
-        return _running.set(_running.get() + (spec,))
+        return _running.set((*_running.get(), spec))
 
     def pop_task(self, token: contextvars.Token[tuple[common_pb2.TaskSpec, ...]]) -> None:
         _running.reset(token)
@@ -121,16 +121,16 @@ class CoreClient:
     def start(self, timeout: float = 30.0) -> None:
         """Connect to the node and wait for its Welcome."""
         self.start_loop()
-        self.run(self._connect(), timeout)
+        self.run(self.open_session(), timeout)
 
     def start_loop(self) -> None:
-        """Start the IO thread (``run`` works from then on; ``_connect`` opens the session)."""
+        """Start the IO thread (``run`` works from then on; ``open_session`` connects)."""
         self._thread.start()
         self.run(self._init_loop_state(), 10.0)
 
     async def _init_loop_state(self) -> None:
-        self._wake = asyncio.Event()
-        self.gcs = GcsClient(self.gcs_address, self.token)
+        self._outbox.attach()
+        self.gcs = GcsClient.from_settings(self.gcs_address, self.token, self.settings)
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -139,26 +139,28 @@ class CoreClient:
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the IO loop and wait for its result."""
         if threading.current_thread() is self._thread:
-            raise RuntimeError("this call blocks on the cluster and cannot run inside an output, "
-                               "event or log handler (they run on cellray's IO thread); hand the "
-                               "work to another thread instead")
+            coro.close()
+            raise BlockingCallError(
+                "this call blocks on the cluster and cannot run inside an output, event or log "
+                "handler (they run on cellray's IO thread); hand the work to another thread instead")
         fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
         return fut.result(timeout)
 
-    async def _connect(self) -> None:
+    async def open_session(self) -> None:
+        """Open the Session stream to ``node_address`` and read the node's Welcome."""
         self._channel = connect(self.node_address)
-        rpc = node_pb2_grpc.NodeManagerStub(self._channel)
+        rpc = _NodeManagerStub(self._channel)
         hello = node_pb2.ClientOp()
         h = hello.hello
         h.kind, h.client_id, h.worker_id, h.pid, h.job_id = (
-            self.kind, self.client_id, self.worker_id, os.getpid(), self.job_id)
+            self.host.kind, self.client_id, self.host.worker_id, os.getpid(), self.job_id)
         h.python_version = platform.python_version()
         h.cloudpickle_version = cloudpickle.__version__
-        self._call = rpc.Session(self._requests(hello), metadata=self._md)
+        self._call = rpc.Session(self._outbox.batches(hello), metadata=self._md)
         try:
             first = await self._call.read()
         except grpc.aio.AioRpcError as e:
-            raise _translate(e, self.node_address) from None
+            raise translate(e, _SERVER, self.node_address) from None
         w = first.ops[0].welcome
         self.node_id, self.shm_dir, self.store_capacity = w.node_id, w.shm_dir, w.store_capacity
         self.inline_threshold, self.session_dir = w.inline_threshold, w.session_dir
@@ -186,14 +188,13 @@ class CoreClient:
         if self._thread.is_alive():
             try:
                 self.run(_close(), 5.0)
-            except Exception as e:  # the loop may be wedged by a dead peer
+            except Exception as e:  # noqa: BLE001 - the loop may be wedged by a dead peer; close anyway
                 logger.debug("error closing client: %s", e)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5.0)
             if not self._thread.is_alive():
                 self._loop.close()
-        with self._cv:
-            self._cv.notify_all()
+        self.objects.wake()
 
     def _check(self) -> None:
         if self.closed:
@@ -204,48 +205,11 @@ class CoreClient:
                 f"{self._broken}. The cluster may have stopped; see the logs in "
                 f"{self.session_dir or 'the session directory'}/logs.") from self._broken
 
-    # ---- sending -------------------------------------------------------------------
+    # ---- the session stream ----------------------------------------------------------
 
     def send(self, op: node_pb2.ClientOp) -> None:
         """Queue ``op`` for the next batch."""
-        with self._lock:
-            self._out.append(op)
-            self._ref_op = None
-            wake = not self._wake_pending
-            self._wake_pending = True
-        if wake:
-            self._loop.call_soon_threadsafe(self._wake_set)
-
-    def _wake_set(self) -> None:
-        assert self._wake is not None
-        self._wake.set()
-
-    async def _requests(self, hello: node_pb2.ClientOp) -> Any:
-        yield node_pb2.ClientBatch(ops=[hello])
-        wake = self._wake
-        assert wake is not None
-        while True:
-            await wake.wait()
-            wake.clear()
-            with self._lock:
-                ops, self._out = self._out, []
-                self._ref_op = None
-                self._wake_pending = False
-            if ops:
-                yield node_pb2.ClientBatch(ops=ops)
-
-    def _ref_update(self) -> node_pb2.RefUpdate:
-        # Called with the lock held: the RefUpdate op at the tail of the queue.
-        op = self._ref_op
-        if op is None:
-            op = self._ref_op = node_pb2.ClientOp()
-            self._out.append(op)
-            if not self._wake_pending:
-                self._wake_pending = True
-                self._loop.call_soon_threadsafe(self._wake_set)
-        return op.refs
-
-    # ---- receiving -----------------------------------------------------------------
+        self._outbox.send(op)
 
     async def _read(self) -> None:
         try:
@@ -259,85 +223,66 @@ class CoreClient:
             pass
         except grpc.aio.AioRpcError as e:
             if not self.closed:
-                self._broken = _translate(e, self.node_address)
-        except Exception as e:  # pragma: no cover - a bug in _apply
+                self._broken = translate(e, _SERVER, self.node_address)
+        except Exception as e:  # a bug in _apply: end the session, keep its cause
             logger.exception("session reader failed")
             self._broken = e
         else:
             if not self.closed:
-                self._broken = ConnectionLostError(f"the node manager at {self.node_address} closed the session")
+                self._broken = ConnectionLostError(
+                    f"the node manager at {self.node_address} closed the session",
+                    address=self.node_address)
         finally:
-            with self._cv:
-                self._cv.notify_all()
-            if self._broken is not None and self.kind == "worker":
-                os._exit(1)  # a worker without its node has nothing to do
+            self.objects.wake()
+            if self._broken is not None:
+                self.host.on_broken(self._broken)
 
     def _apply(self, batch: node_pb2.NodeBatch) -> None:
         notify = False
+        objects = self.objects
         for op in batch.ops:
             kind = op.WhichOneof("op")
             if kind == "object":
-                d = op.object
-                oid = d.object_id
-                if oid in self._local_refs:
-                    self._objects[oid] = d
-                self._requested.discard(oid)
+                objects.arrived(op.object)
                 notify = True
             elif kind == "object_error":
-                e = op.object_error
-                self._objects[e.object_id] = common_pb2.ObjectData(
-                    object_id=e.object_id, inline=e.error, size=len(e.error))
-                self._requested.discard(e.object_id)
+                objects.failed(op.object_error.object_id, op.object_error.error)
                 notify = True
             elif kind == "execute":
-                self.tasks.put(op)
+                self.host.on_execute(op)
                 notify = True
             elif kind == "log":
                 for handler in self.log_handlers:
                     try:
                         handler(op.log)
-                    except Exception:
+                    except Exception:  # a user's handler must not end the session
                         logger.exception("log handler failed")
             elif kind == "event":
                 self._on_event(op.event)
             elif kind == "cancel":
-                if self.cancel_handler is not None:
-                    self.cancel_handler(op.cancel)
+                self.host.on_cancel(op.cancel)
         if notify:
-            with self._cv:
-                self._cv.notify_all()
+            objects.wake()
 
     def _on_event(self, ev: common_pb2.TaskEvent) -> None:
-        if ev.state == "INFEASIBLE" and ev.detail not in self._warned_infeasible:
+        if ev.state == TaskState.INFEASIBLE and ev.detail not in self._warned_infeasible:
             self._warned_infeasible.add(ev.detail)
             print(f"Warning: {ev.detail}", file=sys.stderr)
         for handler in self.event_handlers:
             try:
                 handler(ev)
-            except Exception:
+            except Exception:  # a user's handler must not end the session
                 logger.exception("event handler failed")
 
     # ---- references ----------------------------------------------------------------
 
     def incref(self, oid: bytes, announce: bool) -> None:
         """A new local ObjectRef; ``announce`` when the node does not already count us."""
-        with self._lock:
-            n = self._local_refs.get(oid, 0)
-            self._local_refs[oid] = n + 1
-            if n == 0 and announce:
-                self._ref_update().add.append(oid)
+        self.objects.incref(oid, announce)
 
     def decref(self, oid: bytes) -> None:
-        if self.closed:
-            return
-        with self._lock:
-            n = self._local_refs.get(oid, 0) - 1
-            if n > 0:
-                self._local_refs[oid] = n
-                return
-            self._local_refs.pop(oid, None)
-            self._objects.pop(oid, None)
-            self._ref_update().remove.append(oid)
+        if not self.closed:
+            self.objects.decref(oid)
 
     # ---- objects -------------------------------------------------------------------
 
@@ -360,88 +305,16 @@ class CoreClient:
             data.inline = s.to_bytes()
         op = node_pb2.ClientOp()
         op.put.CopyFrom(data)
-        with self._lock:
-            self._objects[oid] = data
+        self.objects.stored(data)
         self.send(op)
 
     def wait_ids(self, ids: Sequence[bytes], num_ready: int, timeout: float | None) -> list[bytes]:
         """Wait until ``num_ready`` of ``ids`` are here (or ``timeout``); return the ready ones."""
-        self._check()
-        objects = self._objects
-        unique = list(dict.fromkeys(ids))
-        # Only the ids still missing are looked at again on each wake-up.
-        missing = [i for i in unique if i not in objects]
-        need = min(num_ready, len(unique))
-        if len(unique) - len(missing) >= need:
-            return [i for i in ids if i in objects]
-        self._request(missing)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        blocked = False
-        try:
-            with self._cv:
-                while True:
-                    missing = [i for i in missing if i not in objects]
-                    if len(unique) - len(missing) >= need:
-                        return [i for i in ids if i in objects]
-                    self._check()
-                    # Blocking lends this worker's CPU and lets the node run awaited tasks
-                    # on its stack, where no deadline can interrupt them: only without one.
-                    if self.kind == "worker" and not self.is_actor and deadline is None:
-                        if not blocked:
-                            blocked = True
-                            self._cv.release()
-                            try:
-                                self._set_blocked(True, missing)
-                            finally:
-                                self._cv.acquire()
-                        if not self.tasks.empty():
-                            self._cv.release()
-                            try:
-                                self._run_nested()
-                            finally:
-                                self._cv.acquire()
-                            continue
-                    if deadline is None:
-                        self._cv.wait()
-                    else:
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            return [i for i in ids if i in objects]
-                        self._cv.wait(left)
-        finally:
-            if blocked:
-                self._set_blocked(False, [])
-
-    def _request(self, ids: list[bytes]) -> None:
-        ask = [i for i in ids if i not in self._requested]
-        if not ask:
-            return
-        self._requested.update(ask)
-        op = node_pb2.ClientOp()
-        op.get.object_ids.extend(ask)
-        self.send(op)
-
-    def _set_blocked(self, blocked: bool, waiting_on: list[bytes]) -> None:
-        stack = self.task_stack
-        if not stack:
-            return
-        op = node_pb2.ClientOp()
-        op.blocked.blocked = blocked
-        op.blocked.task_id = stack[-1].task_id
-        op.blocked.waiting_on.extend(waiting_on)
-        self.send(op)
-
-    def _run_nested(self) -> None:
-        from runtime.worker.executor import run_one  # the worker's executor (worker mode only)
-        try:
-            op = self.tasks.get_nowait()
-        except queue.Empty:
-            return
-        run_one(self, op.execute)
+        return self.objects.wait(ids, num_ready, timeout, self._check, self.host)
 
     def get_values(self, ids: Sequence[bytes], timeout: float | None) -> list[Any]:
         """The values of ``ids`` in order; raises the stored error of a failed task."""
-        ready = self.wait_ids(ids, len(ids), timeout)
+        ready = self.objects.wait(ids, len(ids), timeout, self._check, self.host)
         if len(ready) < len(ids):
             missing = len(ids) - len(ready)
             raise GetTimeoutError(
@@ -450,35 +323,39 @@ class CoreClient:
         return [self.value(i) for i in ids]
 
     def value(self, oid: bytes) -> Any:
-        data = self._objects.get(oid)
+        objects = self.objects
+        data = objects.data(oid)
         if data is None:  # freed meanwhile by another thread dropping its ref: ask again
             self.wait_ids([oid], 1, None)
-            data = self._objects[oid]
+            data = objects.data(oid)
+            assert data is not None
         if data.shm_path:
             try:
                 return read_object(data.shm_path)
             except FileNotFoundError:
                 # Spilled or moved since we learned the path: ask the node for it again.
-                with self._lock:
-                    self._objects.pop(oid, None)
-                self._requested.discard(oid)
+                objects.forget(oid)
                 self.wait_ids([oid], 1, None)
-                return read_object(self._objects[oid].shm_path)
+                again = objects.data(oid)
+                assert again is not None
+                return read_object(again.shm_path)
         blob = data.inline
         if codec.is_error(blob):
             err = codec.deserialize(blob)
             if isinstance(err, TaskError):
                 raise err.as_instanceof_cause()
-            raise err
+            if isinstance(err, BaseException):
+                raise err
+            raise InternalError(f"object {_ids.short(oid)} holds an error that is not an "
+                                f"exception: {err!r}. This is a cellray bug; please report it.")
         return codec.deserialize(blob)
 
-    # ---- functions -----------------------------------------------------------------
+    # ---- functions and tasks -------------------------------------------------------
 
     def export_function(self, function_id: bytes, name: str, pickled: bytes) -> None:
         """Export a function or class to the GCS once per client (content-addressed)."""
         if function_id in self._exported:
             return
-        from runtime.protocol import gcs_pb2
         row = gcs_pb2.FunctionRow(function_id=function_id, name=name, pickled=pickled,
                                   job_id=self.job_id)
         assert self.gcs is not None
@@ -501,7 +378,7 @@ class CoreClient:
             if provider is not None:
                 try:
                     spec.origin = provider()
-                except Exception:
+                except Exception:  # a user's provider must not fail the submit
                     logger.exception("origin provider failed")
 
     def submit(self, op: node_pb2.ClientOp) -> None:
@@ -510,7 +387,7 @@ class CoreClient:
         spec = op.submit
         if spec.num_returns:
             tid = spec.task_id
-            self._requested.update(_ids.object_id(tid, i) for i in range(1, spec.num_returns + 1))
+            self.objects.expect([_ids.object_id(tid, i) for i in range(1, spec.num_returns + 1)])
         self.send(op)
 
     def cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
@@ -519,13 +396,3 @@ class CoreClient:
         c = op.cancel
         c.task_id, c.force, c.recursive = task_id, force, recursive
         self.send(op)
-
-
-def _translate(e: grpc.aio.AioRpcError, address: str) -> BaseException:
-    code = e.code()
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return PermissionError(f"The node manager at {address} refused this client: {e.details()}")
-    if code == grpc.StatusCode.FAILED_PRECONDITION:
-        return RuntimeError(f"The node manager at {address} refused this client: {e.details()}")
-    return ConnectionLostError(f"Lost the node manager at {address} ({code.name}: {e.details()}). "
-                               "Is the cluster still running?")

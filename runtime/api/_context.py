@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from runtime.exceptions import NotInitializedError
+
 if TYPE_CHECKING:
     from runtime.api._client import CoreClient
 
@@ -18,8 +20,8 @@ progress_hook: Callable[..., Any] | None = None
 def current() -> CoreClient:
     """The connected client, or a clear error when ``init`` was not called."""
     if _current is None:
-        raise RuntimeError("cellray is not initialized: call runtime.init() first "
-                           "(or `%cluster start` in a notebook).")
+        raise NotInitializedError("cellray is not initialized: call runtime.init() first "
+                                  "(or `%cluster start` in a notebook).")
     return _current
 
 

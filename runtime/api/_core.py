@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import pathlib
 import socket
@@ -16,8 +17,16 @@ from runtime.api import _context
 from runtime.api._client import CoreClient
 from runtime.api._object_ref import ObjectRef
 from runtime.cluster.local import LocalCluster, NodeSpec
+from runtime.exceptions import (
+    AlreadyInitializedError,
+    ConnectionLostError,
+    NoLiveNodeError,
+    UnauthenticatedError,
+)
 from runtime.gcs.client import GcsClient
 from runtime.protocol import codec, gcs_pb2
+
+logger = logging.getLogger(__name__)
 
 _cluster: LocalCluster | None = None
 _in_progress = threading.local()
@@ -82,12 +91,13 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
 
     Raises
     ------
-    RuntimeError
-        When already initialized (unless ``ignore_reinit_error``).
+    AlreadyInitializedError
+        When already initialized (unless ``ignore_reinit_error``); a ``RuntimeError``.
     ConnectionLostError
-        When the cluster at ``address`` does not answer.
-    PermissionError
-        When the token is missing or wrong.
+        When the cluster at ``address`` does not answer, or ``"auto"`` finds none;
+        ``NoLiveNodeError`` when it has no live node. Both are ``ConnectionError``.
+    UnauthenticatedError
+        When the token is missing or wrong; a ``PermissionError``.
 
     Examples
     --------
@@ -99,8 +109,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         if ignore_reinit_error:
             assert _info is not None
             return _info
-        raise RuntimeError("runtime.init() was already called in this process. Call "
-                           "runtime.shutdown() first, or pass ignore_reinit_error=True.")
+        raise AlreadyInitializedError("runtime.init() was already called in this process. Call "
+                                      "runtime.shutdown() first, or pass ignore_reinit_error=True.")
     settings = _settings or config.load()
     address = address or os.environ.get("CELLRAY_ADDRESS") or None
     started = False
@@ -118,18 +128,19 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         if address == "auto":
             latest = _session.latest_session_dir()
             if latest is None or not (latest / "address").exists():
-                raise ConnectionError("address='auto' found no cluster on this machine. Start one "
-                                      "with `cellray start --head` or call init() without address.")
+                raise ConnectionLostError(
+                    "address='auto' found no cluster on this machine. Start one with "
+                    "`cellray start --head` or call init() without address.")
             address = (latest / "address").read_text().strip()
         if token_file is None:
             found = _session.find_session_for(address)
             if found is None:
-                raise PermissionError(
+                raise UnauthenticatedError(
                     f"No token for the cluster at {address}: pass token_file=PATH (the token file "
                     "printed by `cellray start --head`, in the cluster's session directory).")
             token_file = str(found / "token")
     try:
-        client = _connect(address, _session.read_token(token_file))
+        client = _connect(address, _session.read_token(token_file), settings)
     except BaseException:
         if _cluster is not None and started:
             _cluster.stop()
@@ -144,7 +155,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     return _info
 
 
-def _connect(address: str, token: str) -> CoreClient:
+def _connect(address: str, token: str, settings: config.Settings) -> CoreClient:
     """Register a job with the GCS at ``address`` and open a session to a local node."""
 
     async def find(gcs: GcsClient) -> tuple[bytes, str]:
@@ -152,8 +163,8 @@ def _connect(address: str, token: str) -> CoreClient:
         nodes = [gcs_pb2.NodeRow.FromString(v) for _, v in await gcs.list_table("nodes")]
         alive = [n for n in nodes if n.alive]
         if not alive:
-            raise ConnectionError(f"The cluster at {address} has no live node. Add one with "
-                                  f"`cellray start --address {address}`.")
+            raise NoLiveNodeError(f"The cluster at {address} has no live node. Add one with "
+                                  f"`cellray start --address {address}`.", address=address)
         here = socket.gethostname()
         # The first node started on this machine (a local cluster's node-0), like Ray's head.
         local = sorted([n for n in alive if n.hostname == here] or alive, key=lambda n: n.start_time)
@@ -162,13 +173,13 @@ def _connect(address: str, token: str) -> CoreClient:
         return job_id, local[0].address
 
     # Everything async runs on the client's IO thread: a notebook's own loop is busy.
-    client = CoreClient(node_address="", gcs_address=address, token=token, kind="driver",
-                        job_id=b"")
+    client = CoreClient(node_address="", gcs_address=address, token=token, job_id=b"",
+                        settings=settings)
     try:
         client.start_loop()
         assert client.gcs is not None
         client.job_id, client.node_address = client.run(find(client.gcs), 30.0)
-        client.run(client._connect(), 30.0)
+        client.run(client.open_session(), 30.0)
     except BaseException:
         client.close()
         raise
@@ -195,8 +206,8 @@ def shutdown() -> None:
         if client.gcs is not None and client.job_id:
             try:
                 client.run(client.gcs.finish_job(client.job_id), 5.0)
-            except Exception:
-                pass
+            except Exception as e:  # noqa: BLE001 - the cluster may be gone already; shut down anyway
+                logger.debug("could not mark job %s finished: %s", client.job_id.hex(), e)
         client.close()
     if _cluster is not None:
         _cluster.stop()
@@ -245,7 +256,7 @@ def get(object_refs: Any, *, timeout: float | None = None) -> Any:
                          f"{type(object_refs).__name__}")
     ids = _ids_of(object_refs, "get")
     hook = _context.progress_hook
-    if (hook is not None and len(ids) > 1 and client.kind == "driver"
+    if (hook is not None and len(ids) > 1 and client.host.shows_progress
             and not getattr(_in_progress, "on", False)
             and threading.current_thread() is threading.main_thread()):
         _in_progress.on = True  # the hook itself calls get
@@ -391,7 +402,7 @@ class RuntimeContext:
 
     def get_worker_id(self) -> str:
         """Hex id of this process's client."""
-        return (self._client.worker_id or self._client.client_id).hex()
+        return (self._client.host.worker_id or self._client.client_id).hex()
 
     @property
     def session_dir(self) -> pathlib.Path:
@@ -409,8 +420,4 @@ def get_gpu_ids() -> list[int]:
     The same GPUs are in ``CUDA_VISIBLE_DEVICES`` while the task runs. Fractional
     requests (``num_gpus=0.25``) share one GPU.
     """
-    client = _context.current()
-    if client.kind != "worker":
-        return []
-    from runtime.worker.executor import current_gpu_ids
-    return current_gpu_ids(client)
+    return _context.current().host.gpu_ids()

@@ -42,7 +42,7 @@ class ObjectRef:
     def __del__(self) -> None:
         try:
             self._client.decref(self._id)
-        except Exception:  # interpreter shutdown
+        except Exception:  # noqa: BLE001 - at interpreter shutdown anything may be half torn down
             pass
 
     def __reduce__(self) -> Any:
@@ -65,7 +65,7 @@ class ObjectRef:
         def resolve() -> None:
             try:
                 fut.set_result(self._client.get_values([self._id], None)[0])
-            except BaseException as e:
+            except BaseException as e:  # noqa: BLE001 - the future carries whatever get raised
                 fut.set_exception(e)
 
         import threading

@@ -59,10 +59,10 @@ def validate(options: dict[str, Any], *, actor: bool = False) -> dict[str, Any]:
     if options.get("max_concurrency") is not None:
         _number("max_concurrency", options["max_concurrency"], low=1, integer=True)
     re = options.get("retry_exceptions")
-    if re is not None and not isinstance(re, bool):
-        if not (isinstance(re, (list, tuple)) and all(
-                isinstance(t, type) and issubclass(t, BaseException) for t in re)):
-            raise TypeError("retry_exceptions must be True, False or a list of exception classes")
+    if re is not None and not isinstance(re, bool) and not (
+            isinstance(re, (list, tuple))
+            and all(isinstance(t, type) and issubclass(t, BaseException) for t in re)):
+        raise TypeError("retry_exceptions must be True, False or a list of exception classes")
     lifetime = options.get("lifetime")
     if lifetime is not None and lifetime not in ("detached", "non_detached"):
         raise ValueError(f"lifetime must be 'detached' or 'non_detached', got {lifetime!r}")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from runtime import _ids
 from runtime.api import _args, _context, _options
 from runtime.protocol import codec, common_pb2, node_pb2
+
+if TYPE_CHECKING:
+    from runtime.api._client import CoreClient
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -28,7 +31,8 @@ class RemoteFunction(Generic[P, R]):
     def __init__(self, fn: Any, options: dict[str, Any]) -> None:
         self._fn = fn
         self._options = {**DEFAULTS, **_options.validate(options)}
-        self._name = options.get("name") or getattr(fn, "__qualname__", getattr(fn, "__name__", "task"))
+        self._name: str = str(options.get("name") or getattr(fn, "__qualname__",
+                                                            getattr(fn, "__name__", "task")))
         self._export: tuple[bytes, bytes] | None = None  # (pickled, function id)
         self._template: common_pb2.TaskSpec | None = None
         self._template_for: tuple[bytes, bytes] | None = None
@@ -45,7 +49,7 @@ class RemoteFunction(Generic[P, R]):
         new.__dict__.update(self.__dict__)
         new._options = {**self._options, **_options.validate(options)}
         if options.get("name"):
-            new._name = options["name"]
+            new._name = str(options["name"])
         new._template = None
         return new
 
@@ -56,7 +60,7 @@ class RemoteFunction(Generic[P, R]):
                 "(locks, open files, sockets) from its enclosing scope.")
         return self._export
 
-    def _spec_template(self, client: Any) -> common_pb2.TaskSpec:
+    def _spec_template(self, client: CoreClient) -> common_pb2.TaskSpec:
         key = (client.client_id, client.job_id)
         if self._template is None or self._template_for != key:
             pickled, fid = self._exported()

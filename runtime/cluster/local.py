@@ -70,12 +70,14 @@ class LocalCluster:
         self.scheduler_info: list[dict[str, Any]] = []
 
     def _env(self) -> dict[str, str]:
+        """The children's environment: ``env`` (default ours) with every setting as ``CELLRAY_*``.
+
+        Each daemon reads its settings from these (``config.load()``), so a cluster started
+        with ``LocalCluster(settings=...)`` or ``rt.init(_settings=...)`` configures them all,
+        and the workers that a node starts inherit them.
+        """
         env = dict(os.environ if self.env is None else self.env)
-        s = self.settings
-        env["CELLRAY_HEARTBEAT_MS"] = str(s.heartbeat_ms)
-        env["CELLRAY_NODE_TIMEOUT_MS"] = str(s.node_timeout_ms)
-        env["CELLRAY_EVENT_FLUSH_MS"] = str(s.event_flush_ms)
-        env["CELLRAY_SPILL_THRESHOLD"] = str(s.spill_threshold)
+        env.update(self.settings.to_env())
         return env
 
     def _common(self) -> list[str]:

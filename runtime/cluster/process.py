@@ -1,8 +1,9 @@
 """ProcessHandle: start a daemon, wait until it is ready, stop it for sure.
 
 Readiness is a signal: the child writes a JSON ready file (its real port, ids) by an
-atomic rename. The parent waits against a deadline and, on every poll, checks whether the
-child already exited; if so it fails at once with the exit code and the log's tail.
+atomic rename (``DaemonContext.ready`` in ``runtime._daemon``). The parent waits against
+a deadline and, on every poll, checks whether the child already exited; if so it fails
+at once with the exit code and the log's tail.
 Stopping is bounded: SIGTERM to the child's process group, a grace period, then SIGKILL,
 and ``stop()`` returns only when the process is gone.
 """
@@ -22,14 +23,6 @@ from typing import Any
 
 class ProcessStartError(RuntimeError):
     """A cluster process exited or stayed silent before it became ready."""
-
-
-def write_ready_file(path: str | os.PathLike[str], info: dict[str, Any]) -> None:
-    """Child side: publish ``info`` atomically at ``path``."""
-    path = pathlib.Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, path)
 
 
 def _tail(path: pathlib.Path, n: int = 20) -> str:
@@ -137,17 +130,3 @@ def _running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-def exit_with_parent(parent_pid: int, interval: float = 1.0) -> None:
-    """Start a daemon thread that exits this process when ``parent_pid`` is gone."""
-    import threading
-
-    def watch() -> None:
-        while True:
-            time.sleep(interval)
-            if os.getppid() != parent_pid:
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()

@@ -266,7 +266,7 @@ def stop_detached(root: pathlib.Path, grace: float = 5.0) -> list[StoppedProcess
             continue
         with ThreadPoolExecutor(max_workers=min(len(phase), 16)) as pool:
             results = list(pool.map(lambda p: stop_pid(p.pid, grace), phase))
-        stopped += [p for p, was_running in zip(phase, results) if was_running]
+        stopped += [p for p, was_running in zip(phase, results, strict=True) if was_running]
     by_session: dict[pathlib.Path, set[int]] = {}
     for p in stopped:
         by_session.setdefault(p.session_dir, set()).add(p.pid)

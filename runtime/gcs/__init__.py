@@ -10,11 +10,16 @@ Layering, bottom up:
     one ``Storage`` per shard. Pure: no I/O, no asyncio, no gRPC, an injectable clock.
     Every mutation records change notifications that the service publishes.
 ``service``
-    Thin ``grpc.aio`` servicers (NodeInfo, Jobs, Functions, Tables, Admin) that decode a
+    Thin ``grpc.aio`` servicers (NodeInfo, Jobs, Functions, Tables, Actors, Schedulers,
+    Admin) that decode a
     request, call one ``GcsState`` method, publish the changes to subscribers, and encode
     the reply; plus the node-liveness loop.
+``keys``
+    The keys of actor names and scheduler replicas in the ``kv`` table: built there only
+    (the state builds them for the typed ``Actors`` and ``Schedulers`` calls).
 ``client``
-    ``GcsClient``: the async client that node managers, schedulers and drivers use.
+    ``GcsClient``: the async client that node managers, schedulers and drivers use, with
+    typed calls for actors, actor names and scheduler replicas.
 ``__main__``
     ``python -m runtime.gcs``: the head process.
 """

@@ -1,19 +1,25 @@
 """GcsClient: the async client of the GCS used by node managers, schedulers and drivers.
 
 Create it on the event loop that will use it. Every call carries the cluster token, and
-gRPC failures come out as the project's errors:
+gRPC failures come out as the project's errors, mapped by ``runtime.rpc.errors.translate``
+(the one mapping of status codes to ``runtime.exceptions``):
 
 ==========================  ==========================================================
 server status               raised here
 ==========================  ==========================================================
 UNAVAILABLE                 ``ConnectionLostError`` (names the address; is a cluster running?)
-UNAUTHENTICATED             ``PermissionError`` with the server's message (pass token_file)
-INVALID_ARGUMENT            ``ValueError``
-NOT_FOUND                   ``LookupError``
+UNAUTHENTICATED             ``UnauthenticatedError`` (a ``PermissionError``; pass token_file)
+INVALID_ARGUMENT            ``InvalidRequestError`` (a ``ValueError``)
+NOT_FOUND                   ``NotFoundError`` (a ``LookupError``)
 RESOURCE_EXHAUSTED          ``ConnectionLostError`` (a subscriber fell behind; resubscribe)
-DEADLINE_EXCEEDED           ``TimeoutError``
+DEADLINE_EXCEEDED           ``RpcTimeoutError`` (a ``TimeoutError``)
+CANCELLED                   ``ClientClosedError`` when this client was closed during the call
 anything else               ``InternalError``
 ==========================  ==========================================================
+
+Actors, actor names and global-scheduler replicas have typed calls (``put_actor``,
+``claim_actor_name``, ``register_scheduler``...: the ``Actors`` and ``Schedulers``
+services); the GCS builds their keys (``runtime.gcs.keys``), callers never do.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ from typing import Any, TypeVar
 
 import grpc
 
-from runtime.exceptions import ClientClosedError, ConnectionLostError, InternalError
+from runtime.config import Settings
+from runtime.exceptions import ClientClosedError, ClusterError
 from runtime.protocol import common_pb2, gcs_pb2, gcs_pb2_grpc
+from runtime.rpc import errors
 from runtime.rpc.channel import connect, token_metadata
 
 logger = logging.getLogger(__name__)
@@ -34,8 +42,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["GcsClient"]
 
 _T = TypeVar("_T")
-#: Exported functions are immutable, so cached rows never go stale; the bound caps memory.
-_FUNCTION_CACHE_SIZE = 1024
+_DEFAULTS = Settings()
 
 
 def _rpc_client(client_class: Any, channel: grpc.aio.Channel) -> Any:
@@ -53,7 +60,11 @@ class GcsClient:
     token
         The cluster token (``runtime._session.read_token(token_file)``).
     timeout
-        Deadline in seconds for each unary call; None waits forever.
+        Deadline in seconds for each unary call (``Settings.rpc_timeout_s``); None waits
+        forever.
+    function_cache_size
+        Most exported functions kept after their first fetch (``Settings.function_cache_size``).
+        Exported functions are immutable, so cached rows never go stale; the bound caps memory.
 
     Examples
     --------
@@ -63,18 +74,30 @@ class GcsClient:
     ...     await gcs.close()
     """
 
-    def __init__(self, address: str, token: str, timeout: float | None = 30.0) -> None:
+    def __init__(self, address: str, token: str, timeout: float | None = _DEFAULTS.rpc_timeout_s, *,
+                 function_cache_size: int = _DEFAULTS.function_cache_size) -> None:
+        if function_cache_size < 1:
+            raise ValueError(f"function_cache_size must be >= 1, got {function_cache_size}")
         self.address = address
         self._metadata = token_metadata(token)
         self._timeout = timeout
+        self._function_cache_size = function_cache_size
         self._channel = connect(address)
         self._nodes = _rpc_client(gcs_pb2_grpc.NodeInfoStub, self._channel)
         self._jobs = _rpc_client(gcs_pb2_grpc.JobsStub, self._channel)
         self._functions = _rpc_client(gcs_pb2_grpc.FunctionsStub, self._channel)
         self._tables = _rpc_client(gcs_pb2_grpc.TablesStub, self._channel)
+        self._actors = _rpc_client(gcs_pb2_grpc.ActorsStub, self._channel)
+        self._schedulers = _rpc_client(gcs_pb2_grpc.SchedulersStub, self._channel)
         self._admin = _rpc_client(gcs_pb2_grpc.AdminStub, self._channel)
         self._function_cache: OrderedDict[bytes, gcs_pb2.FunctionRow] = OrderedDict()
         self._closed = False
+
+    @classmethod
+    def from_settings(cls, address: str, token: str, settings: Settings) -> GcsClient:
+        """A client whose call deadline and function cache follow ``settings``."""
+        return cls(address, token, timeout=settings.rpc_timeout_s,
+                   function_cache_size=settings.function_cache_size)
 
     # ---- nodes and jobs ----
 
@@ -110,7 +133,8 @@ class GcsClient:
     async def export_function(self, row: gcs_pb2.FunctionRow) -> bool:
         """Export a function under its content hash; True when it was already there."""
         req = gcs_pb2.ExportFunctionRequest(function=row)
-        reply: gcs_pb2.ExportFunctionReply = await self._call(self._functions.ExportFunction(req, **self._kw()))
+        reply: gcs_pb2.ExportFunctionReply = await self._call(
+            self._functions.ExportFunction(req, **self._kw()))
         self._remember(row)
         return reply.existed
 
@@ -147,11 +171,61 @@ class GcsClient:
         reply: gcs_pb2.ListTableReply = await self._call(self._tables.ListTable(req, **self._kw()))
         return [(e.key, e.value) for e in reply.entries]
 
-    async def put(self, table: str, key: bytes, value: bytes, only_if_absent: bool = False) -> tuple[bool, bytes]:
+    async def put(self, table: str, key: bytes, value: bytes,
+                  only_if_absent: bool = False) -> tuple[bool, bytes]:
         """Write a generic row (``actors``/``kv``); return ``(written, previous value or b"")``."""
         req = gcs_pb2.PutRequest(table=table, key=key, value=value, only_if_absent=only_if_absent)
         reply: gcs_pb2.PutReply = await self._call(self._tables.Put(req, **self._kw()))
         return reply.written, reply.existing
+
+    # ---- actors, actor names, scheduler replicas ----
+
+    async def put_actor(self, row: gcs_pb2.ActorRow) -> None:
+        """Write an actor's row (keyed by ``row.actor_id``) to the ``actors`` table."""
+        await self._call(self._actors.PutActor(gcs_pb2.PutActorRequest(actor=row), **self._kw()))
+
+    async def get_actor(self, actor_id: bytes) -> gcs_pb2.ActorRow | None:
+        """The actor's row, or None when the GCS has none (yet)."""
+        req = gcs_pb2.GetActorRequest(actor_id=actor_id)
+        reply: gcs_pb2.GetActorReply = await self._call(self._actors.GetActor(req, **self._kw()))
+        return reply.actor if reply.found else None
+
+    async def claim_actor_name(self, namespace: str, name: str, value: bytes) -> tuple[bool, bytes]:
+        """Register ``value`` under the actor name unless taken: ``(claimed, holder's value)``.
+
+        ``value`` is what ``get_actor(name)`` needs to build a handle; it must not be empty.
+        """
+        req = gcs_pb2.ClaimActorNameRequest(namespace=namespace, name=name, value=value)
+        reply: gcs_pb2.ClaimActorNameReply = await self._call(self._actors.ClaimActorName(req, **self._kw()))
+        return reply.claimed, reply.existing
+
+    async def lookup_actor_name(self, namespace: str, name: str) -> bytes | None:
+        """The value registered under the actor name, or None when it is free."""
+        req = gcs_pb2.LookupActorNameRequest(namespace=namespace, name=name)
+        reply: gcs_pb2.LookupActorNameReply = await self._call(
+            self._actors.LookupActorName(req, **self._kw()))
+        return reply.value if reply.found else None
+
+    async def release_actor_name(self, namespace: str, name: str) -> None:
+        """Free the actor name (nothing happens when it is free already)."""
+        req = gcs_pb2.ReleaseActorNameRequest(namespace=namespace, name=name)
+        await self._call(self._actors.ReleaseActorName(req, **self._kw()))
+
+    async def register_scheduler(self, name: str, address: str) -> None:
+        """Register (or move) the global-scheduler replica ``name`` at ``address`` (``host:port``)."""
+        req = gcs_pb2.RegisterSchedulerRequest(name=name, address=address)
+        await self._call(self._schedulers.RegisterScheduler(req, **self._kw()))
+
+    async def deregister_scheduler(self, name: str) -> None:
+        """Remove the global-scheduler replica ``name`` (nothing happens when it is unknown)."""
+        req = gcs_pb2.DeregisterSchedulerRequest(name=name)
+        await self._call(self._schedulers.DeregisterScheduler(req, **self._kw()))
+
+    async def list_schedulers(self) -> list[str]:
+        """Addresses (``host:port``) of the registered global-scheduler replicas, sorted."""
+        reply: gcs_pb2.ListSchedulersReply = await self._call(
+            self._schedulers.ListSchedulers(gcs_pb2.ListSchedulersRequest(), **self._kw()))
+        return list(reply.addresses)
 
     async def subscribe(self, tables: Iterable[str]) -> AsyncGenerator[gcs_pb2.PubMessage, None]:
         """Every row of ``tables`` (``snapshot``), one ``snapshot_done`` message, then changes.
@@ -209,7 +283,7 @@ class GcsClient:
     def _remember(self, row: gcs_pb2.FunctionRow) -> None:
         self._function_cache[row.function_id] = row
         self._function_cache.move_to_end(row.function_id)
-        while len(self._function_cache) > _FUNCTION_CACHE_SIZE:
+        while len(self._function_cache) > self._function_cache_size:
             self._function_cache.popitem(last=False)
 
     async def _call(self, call: Awaitable[_T]) -> _T:
@@ -218,26 +292,5 @@ class GcsClient:
         except grpc.aio.AioRpcError as err:
             raise self._translate(err) from err
 
-    def _translate(self, err: grpc.aio.AioRpcError) -> Exception:
-        code, details = err.code(), err.details() or ""
-        if code == grpc.StatusCode.CANCELLED and self._closed:
-            return ClientClosedError(f"this GcsClient for {self.address} was closed during the call")
-        if code == grpc.StatusCode.UNAVAILABLE:
-            return ConnectionLostError(
-                f"could not reach the GCS at {self.address} ({details}). Is a cluster running? "
-                "Start one with `cellray start --head` or `%cluster start`, or check the address.",
-                address=self.address)
-        if code == grpc.StatusCode.UNAUTHENTICATED:
-            return PermissionError(f"the GCS at {self.address} refused the call: {details}")
-        if code == grpc.StatusCode.INVALID_ARGUMENT:
-            return ValueError(details)
-        if code == grpc.StatusCode.NOT_FOUND:
-            return LookupError(details)
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            return ConnectionLostError(f"the GCS at {self.address} disconnected this client: {details}",
-                                       address=self.address)
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return TimeoutError(f"the GCS at {self.address} did not answer within {self._timeout} s ({details})")
-        return InternalError(
-            f"the GCS at {self.address} failed a call with {code.name}: {details}. This is a cellray bug; "
-            "please report it with the head's log (<session dir>/logs/gcs.log).", address=self.address)
+    def _translate(self, err: grpc.aio.AioRpcError) -> ClusterError:
+        return errors.translate(err, "GCS", self.address, closed=self._closed)

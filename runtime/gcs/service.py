@@ -18,7 +18,9 @@ from typing import Any, TypeVar
 
 import grpc
 
-from runtime.gcs.state import TABLES, Change, GcsState, InvalidRequestError
+from runtime.config import Settings
+from runtime.exceptions import InvalidRequestError
+from runtime.gcs.state import TABLES, Change, GcsState
 from runtime.protocol import gcs_pb2, gcs_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ class Publisher:
     and it may resubscribe for a fresh snapshot), so a slow client never grows the head.
     """
 
-    def __init__(self, queue_size: int = 10_000) -> None:
+    def __init__(self, queue_size: int = Settings.subscriber_queue_size) -> None:
         self.queue_size = queue_size
         self._subs: set[_Subscription] = set()
 
@@ -107,14 +109,16 @@ class GcsService:
     heartbeat_ms, node_timeout_ms
         How often node liveness is checked, and the silence after which a node is dead.
     queue_size
-        Messages a subscriber may fall behind before it is disconnected.
+        Messages a subscriber may fall behind before it is disconnected
+        (``Settings.subscriber_queue_size``).
 
     ``shutdown_requested`` is set by ``Admin.Shutdown``; the process owning the server
     waits on it, then calls ``close()`` and stops the server.
     """
 
-    def __init__(self, state: GcsState, *, session_dir: str = "", heartbeat_ms: int = 500,
-                 node_timeout_ms: int = 10_000, queue_size: int = 10_000) -> None:
+    def __init__(self, state: GcsState, *, session_dir: str = "",
+                 heartbeat_ms: int = Settings.heartbeat_ms, node_timeout_ms: int = Settings.node_timeout_ms,
+                 queue_size: int = Settings.subscriber_queue_size) -> None:
         self.state = state
         self.session_dir = session_dir
         self.heartbeat_ms, self.node_timeout_ms = heartbeat_ms, node_timeout_ms
@@ -127,6 +131,8 @@ class GcsService:
                 (gcs_pb2_grpc.add_JobsServicer_to_server, _Jobs(self)),
                 (gcs_pb2_grpc.add_FunctionsServicer_to_server, _Functions(self)),
                 (gcs_pb2_grpc.add_TablesServicer_to_server, _Tables(self)),
+                (gcs_pb2_grpc.add_ActorsServicer_to_server, _Actors(self)),
+                (gcs_pb2_grpc.add_SchedulersServicer_to_server, _Schedulers(self)),
                 (gcs_pb2_grpc.add_AdminServicer_to_server, _Admin(self))]
 
     def commit(self) -> None:
@@ -179,7 +185,8 @@ class _Servicer:
 
 class _NodeInfo(_Servicer, gcs_pb2_grpc.NodeInfoServicer):
     @_rpc
-    async def RegisterNode(self, request: gcs_pb2.RegisterNodeRequest, context: _Ctx) -> gcs_pb2.RegisterNodeReply:
+    async def RegisterNode(self, request: gcs_pb2.RegisterNodeRequest,
+                           context: _Ctx) -> gcs_pb2.RegisterNodeReply:
         self._state.register_node(request.node)
         return gcs_pb2.RegisterNodeReply(num_shards=self._state.num_shards)
 
@@ -196,7 +203,8 @@ class _NodeInfo(_Servicer, gcs_pb2_grpc.NodeInfoServicer):
 
 class _Jobs(_Servicer, gcs_pb2_grpc.JobsServicer):
     @_rpc
-    async def RegisterJob(self, request: gcs_pb2.RegisterJobRequest, context: _Ctx) -> gcs_pb2.RegisterJobReply:
+    async def RegisterJob(self, request: gcs_pb2.RegisterJobRequest,
+                          context: _Ctx) -> gcs_pb2.RegisterJobReply:
         return gcs_pb2.RegisterJobReply(job_id=self._state.register_job(request.job))
 
     @_rpc
@@ -215,14 +223,16 @@ class _Functions(_Servicer, gcs_pb2_grpc.FunctionsServicer):
         return gcs_pb2.ExportFunctionReply(existed=self._state.export_function(request.function))
 
     @_rpc
-    async def GetFunction(self, request: gcs_pb2.GetFunctionRequest, context: _Ctx) -> gcs_pb2.GetFunctionReply:
+    async def GetFunction(self, request: gcs_pb2.GetFunctionRequest,
+                          context: _Ctx) -> gcs_pb2.GetFunctionReply:
         row = self._state.get_function(request.function_id)
         return gcs_pb2.GetFunctionReply(function=row, found=row is not None)
 
 
 class _Tables(_Servicer, gcs_pb2_grpc.TablesServicer):
     @_rpc
-    async def ReportEvents(self, request: gcs_pb2.ReportEventsRequest, context: _Ctx) -> gcs_pb2.ReportEventsReply:
+    async def ReportEvents(self, request: gcs_pb2.ReportEventsRequest,
+                           context: _Ctx) -> gcs_pb2.ReportEventsReply:
         self._state.report_events(request.task_events, request.objects)
         return gcs_pb2.ReportEventsReply()
 
@@ -243,7 +253,8 @@ class _Tables(_Servicer, gcs_pb2_grpc.TablesServicer):
         written, existing = self._state.put(request.table, request.key, request.value, request.only_if_absent)
         return gcs_pb2.PutReply(written=written, existing=existing)
 
-    async def Subscribe(self, request: gcs_pb2.SubscribeRequest, context: _Ctx) -> AsyncIterator[gcs_pb2.PubMessage]:
+    async def Subscribe(self, request: gcs_pb2.SubscribeRequest,
+                        context: _Ctx) -> AsyncIterator[gcs_pb2.PubMessage]:
         """A snapshot of the named tables, one ``snapshot_done`` message, then every change."""
         unknown = [t for t in request.tables if t not in TABLES]
         if unknown or not request.tables:
@@ -268,6 +279,55 @@ class _Tables(_Servicer, gcs_pb2_grpc.TablesServicer):
             self._gcs.publisher.unsubscribe(sub)
 
 
+class _Actors(_Servicer, gcs_pb2_grpc.ActorsServicer):
+    @_rpc
+    async def PutActor(self, request: gcs_pb2.PutActorRequest, context: _Ctx) -> gcs_pb2.PutActorReply:
+        self._state.put_actor(request.actor)
+        return gcs_pb2.PutActorReply()
+
+    @_rpc
+    async def GetActor(self, request: gcs_pb2.GetActorRequest, context: _Ctx) -> gcs_pb2.GetActorReply:
+        row = self._state.get_actor(request.actor_id)
+        return gcs_pb2.GetActorReply(found=row is not None, actor=row)
+
+    @_rpc
+    async def ClaimActorName(self, request: gcs_pb2.ClaimActorNameRequest,
+                             context: _Ctx) -> gcs_pb2.ClaimActorNameReply:
+        claimed, existing = self._state.claim_actor_name(request.namespace, request.name, request.value)
+        return gcs_pb2.ClaimActorNameReply(claimed=claimed, existing=existing)
+
+    @_rpc
+    async def LookupActorName(self, request: gcs_pb2.LookupActorNameRequest,
+                              context: _Ctx) -> gcs_pb2.LookupActorNameReply:
+        value = self._state.lookup_actor_name(request.namespace, request.name)
+        return gcs_pb2.LookupActorNameReply(found=value is not None, value=value or b"")
+
+    @_rpc
+    async def ReleaseActorName(self, request: gcs_pb2.ReleaseActorNameRequest,
+                               context: _Ctx) -> gcs_pb2.ReleaseActorNameReply:
+        self._state.release_actor_name(request.namespace, request.name)
+        return gcs_pb2.ReleaseActorNameReply()
+
+
+class _Schedulers(_Servicer, gcs_pb2_grpc.SchedulersServicer):
+    @_rpc
+    async def RegisterScheduler(self, request: gcs_pb2.RegisterSchedulerRequest,
+                                context: _Ctx) -> gcs_pb2.RegisterSchedulerReply:
+        self._state.register_scheduler(request.name, request.address)
+        return gcs_pb2.RegisterSchedulerReply()
+
+    @_rpc
+    async def DeregisterScheduler(self, request: gcs_pb2.DeregisterSchedulerRequest,
+                                  context: _Ctx) -> gcs_pb2.DeregisterSchedulerReply:
+        self._state.deregister_scheduler(request.name)
+        return gcs_pb2.DeregisterSchedulerReply()
+
+    @_rpc
+    async def ListSchedulers(self, request: gcs_pb2.ListSchedulersRequest,
+                             context: _Ctx) -> gcs_pb2.ListSchedulersReply:
+        return gcs_pb2.ListSchedulersReply(addresses=self._state.schedulers())
+
+
 class _Admin(_Servicer, gcs_pb2_grpc.AdminServicer):
     @_rpc
     async def Ping(self, request: gcs_pb2.PingRequest, context: _Ctx) -> gcs_pb2.PingReply:
@@ -275,7 +335,8 @@ class _Admin(_Servicer, gcs_pb2_grpc.AdminServicer):
                                  num_shards=self._state.num_shards)
 
     @_rpc
-    async def Shutdown(self, request: gcs_pb2.AdminShutdownRequest, context: _Ctx) -> gcs_pb2.AdminShutdownReply:
+    async def Shutdown(self, request: gcs_pb2.AdminShutdownRequest,
+                       context: _Ctx) -> gcs_pb2.AdminShutdownReply:
         logger.info("shutdown requested by %s", context.peer())
         self._gcs.shutdown_requested.set()
         return gcs_pb2.AdminShutdownReply()

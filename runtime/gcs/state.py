@@ -9,8 +9,9 @@ changes in exactly the order they were applied.
 Tables: ``nodes`` (NodeRow), ``jobs`` (JobRow, ids 1, 2, 3... as 4-byte little-endian),
 ``functions`` (FunctionRow, written once per content hash), ``tasks`` (TaskRow, bounded),
 ``objects`` (ObjectRow; a row with no location left is deleted), ``events`` (scheduler
-decisions as TaskEvents under 8-byte big-endian sequence keys, a bounded ring), and the
-generic ``actors`` and ``kv`` written by ``put``.
+decisions as TaskEvents under 8-byte big-endian sequence keys, a bounded ring), and
+``actors`` (ActorRow) and ``kv`` (actor names, scheduler replicas), written by the typed
+methods below (keys from ``runtime.gcs.keys``) or, generically, by ``put``.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from runtime._ids import short
+from runtime.exceptions import InvalidRequestError
+from runtime.gcs import keys
 from runtime.gcs.storage import InMemoryStorage, Storage
 from runtime.protocol import common_pb2, gcs_pb2
+from runtime.protocol.states import TERMINAL_TASK_STATES, TaskState
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +37,8 @@ __all__ = ["PUT_TABLES", "TABLES", "Change", "GcsState", "InvalidRequestError", 
 TABLES = ("nodes", "jobs", "functions", "tasks", "objects", "events", "actors", "kv")
 #: Tables that ``put`` may write; the others have typed rows written by their own methods.
 PUT_TABLES = ("actors", "kv")
-TERMINAL_STATES = frozenset({"FINISHED", "FAILED", "CANCELLED"})
 #: Task states that are scheduler decisions, also logged in the ``events`` table.
-DECISION_STATES = frozenset({"SPILLED", "INFEASIBLE", "SCHEDULED"})
+DECISION_STATES: frozenset[str] = frozenset({TaskState.SPILLED, TaskState.INFEASIBLE, TaskState.SCHEDULED})
 
 
 @dataclass(frozen=True)
@@ -46,10 +49,6 @@ class Change:
     key: bytes  #: the row's key
     value: bytes = b""  #: the serialized row after the change; empty when deleted
     deleted: bool = False
-
-
-class InvalidRequestError(ValueError):
-    """A request the GCS cannot apply (unknown table, empty id); the message says which."""
 
 
 def shard_of(key: bytes, num_shards: int) -> int:
@@ -108,7 +107,7 @@ class GcsState:
         for row in sorted(rows, key=lambda r: r.submit_time):
             self._task_order[row.task_id] = None
         for row in sorted(rows, key=lambda r: r.end_time):
-            if row.state in TERMINAL_STATES:
+            if row.state in TERMINAL_TASK_STATES:
                 self._finished[row.task_id] = None
         # A node gets a full timeout after a (re)start of the GCS before it is declared dead.
         now = clock()
@@ -240,6 +239,55 @@ class GcsState:
         raw = self.get("functions", function_id)
         return None if raw is None else gcs_pb2.FunctionRow.FromString(raw)
 
+    # ---- actors, actor names, scheduler replicas ----
+
+    def put_actor(self, row: gcs_pb2.ActorRow) -> None:
+        """Write an actor's row under its id (replacing the previous one)."""
+        _require(row.actor_id, "actor_id")
+        self._write(keys.ACTORS_TABLE, row.actor_id, row.SerializeToString())
+
+    def get_actor(self, actor_id: bytes) -> gcs_pb2.ActorRow | None:
+        """The actor's row, or None."""
+        raw = self.get(keys.ACTORS_TABLE, actor_id)
+        return None if raw is None else gcs_pb2.ActorRow.FromString(raw)
+
+    def claim_actor_name(self, namespace: str, name: str, value: bytes) -> tuple[bool, bytes]:
+        """Register ``value`` under the name if it is free: ``(claimed, holder's value or b"")``."""
+        _require(namespace, "namespace")
+        _require(name, "actor name")
+        _require(value, "name value")
+        return self.put(keys.KV_TABLE, keys.actor_name_key(namespace, name), value, only_if_absent=True)
+
+    def lookup_actor_name(self, namespace: str, name: str) -> bytes | None:
+        """The value registered under the name, or None when it is free."""
+        _require(namespace, "namespace")
+        _require(name, "actor name")
+        return self.get(keys.KV_TABLE, keys.actor_name_key(namespace, name))
+
+    def release_actor_name(self, namespace: str, name: str) -> bool:
+        """Free the name; False when it was free already."""
+        _require(namespace, "namespace")
+        _require(name, "actor name")
+        _, existing = self.put(keys.KV_TABLE, keys.actor_name_key(namespace, name), b"")
+        return bool(existing)
+
+    def register_scheduler(self, name: str, address: str) -> None:
+        """Record the global-scheduler replica ``name`` at ``address`` (``host:port``)."""
+        _require(name, "scheduler name")
+        _require(address, "scheduler address")
+        self.put(keys.KV_TABLE, keys.scheduler_key(name), address.encode())
+
+    def deregister_scheduler(self, name: str) -> bool:
+        """Forget the replica ``name``; False when it was not registered."""
+        _require(name, "scheduler name")
+        _, existing = self.put(keys.KV_TABLE, keys.scheduler_key(name), b"")
+        return bool(existing)
+
+    def schedulers(self) -> list[str]:
+        """Addresses of the registered global-scheduler replicas, sorted."""
+        return sorted(v.decode() for k, v in self.items(keys.KV_TABLE)
+                      if k.startswith(keys.SCHEDULER_PREFIX) and v)
+
     # ---- tasks, objects, scheduler events ----
 
     def report_events(self, task_events: Iterable[common_pb2.TaskEvent],
@@ -264,7 +312,8 @@ class GcsState:
         # Batches from different nodes can arrive out of order: an event of an older
         # attempt, or a non-final one after the attempt finished, joins the history only.
         stale = ev.attempt < row.attempt or (
-            ev.attempt == row.attempt and row.state in TERMINAL_STATES and ev.state not in TERMINAL_STATES)
+            ev.attempt == row.attempt and row.state in TERMINAL_TASK_STATES
+            and ev.state not in TERMINAL_TASK_STATES)
         if not stale:
             row.state, row.detail, row.attempt = ev.state, ev.detail, ev.attempt
             row.name = ev.name or row.name
@@ -272,11 +321,11 @@ class GcsState:
             row.actor_id = ev.actor_id or row.actor_id
             row.node_id = ev.node_id or row.node_id
             row.worker_pid = ev.worker_pid or row.worker_pid
-            if ev.state == "SUBMITTED":
+            if ev.state == TaskState.SUBMITTED:
                 row.submit_time = when
-            elif ev.state == "RUNNING":
+            elif ev.state == TaskState.RUNNING:
                 row.start_time = when
-            elif ev.state in TERMINAL_STATES:
+            elif ev.state in TERMINAL_TASK_STATES:
                 row.end_time = when
         entry = row.history.add()
         entry.CopyFrom(ev)
@@ -284,7 +333,7 @@ class GcsState:
         del row.history[:-self.history_len]
         self._write("tasks", ev.task_id, row.SerializeToString())
         self._task_order.setdefault(ev.task_id, None)
-        if row.state in TERMINAL_STATES:
+        if row.state in TERMINAL_TASK_STATES:
             self._finished.setdefault(ev.task_id, None)
         else:
             self._finished.pop(ev.task_id, None)
@@ -317,7 +366,8 @@ class GcsState:
             del row.locations[:]
             row.locations.extend(kept)
         else:
-            row = gcs_pb2.ObjectRow(object_id=up.object_id) if raw is None else gcs_pb2.ObjectRow.FromString(raw)
+            row = (gcs_pb2.ObjectRow(object_id=up.object_id) if raw is None
+                   else gcs_pb2.ObjectRow.FromString(raw))
             if up.node_id not in row.locations:
                 row.locations.append(up.node_id)
             row.size = up.size or row.size

@@ -13,6 +13,8 @@ import logging
 from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
+from runtime.exceptions import ClientClosedError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["InMemoryStorage", "Storage"]
@@ -43,7 +45,7 @@ class Storage(Protocol):
         ...
 
     def close(self) -> None:
-        """Release the backend's resources; the storage is not used afterwards."""
+        """Release the backend's resources; later calls raise ``ClientClosedError``."""
         ...
 
 
@@ -89,7 +91,8 @@ class InMemoryStorage:
 
     def _table(self, table: str) -> dict[bytes, bytes]:
         if self._closed:
-            raise RuntimeError(f"InMemoryStorage is closed; cannot use table {table!r}")
+            raise ClientClosedError(f"InMemoryStorage is closed; cannot use table {table!r} "
+                                    "(the GCS is shutting down)")
         rows = self._tables.get(table)
         if rows is None:
             rows = self._tables[table] = {}

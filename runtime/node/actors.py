@@ -1,4 +1,5 @@
-"""Actors on a node: creation, ordered calls, restarts, death. Pure, part of NodeState.
+"""Actors on a node: creation, ordered calls, restarts, death. Pure, a part of the local
+scheduler.
 
 An actor is created by a creation task that runs like any task (resources, inputs); the
 worker that ran it becomes the actor's dedicated process and keeps the actor's resources
@@ -10,28 +11,25 @@ concurrently, when it was created with ``max_concurrency > 1`` or has async meth
 When the actor's process dies it restarts (the creation task runs again) up to
 ``max_restarts`` times; calls queued meanwhile wait for the new instance; calls that were
 in flight are re-sent up to ``max_task_retries`` times or fail with ``ActorDiedError``.
+Every transition of an actor is written to the GCS as a ``PutActor`` action.
 """
 
 from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from runtime import _ids
+from runtime.exceptions import ActorDiedError
+from runtime.node.actions import Action, KillWorker, PutActor, ReleaseActorName, Send
+from runtime.node.objects import ObjectTable
+from runtime.node.tasks import Phase, Task, TaskHost
+from runtime.node.workers import Worker, WorkerTable
 from runtime.protocol import common_pb2, gcs_pb2, node_pb2
-
-if TYPE_CHECKING:
-    from runtime.node.state import NodeState, Task, Worker
-
-ACTOR_ROW = "actor_row"     # (ACTOR_ROW, ActorRow) for the GCS actors table
-KV_DELETE = "kv_delete"     # (KV_DELETE, key) e.g. a dead actor's name
-
-
-def name_key(namespace: str, name: str) -> bytes:
-    """The GCS kv key under which a named actor is registered."""
-    return f"actor_name:{namespace}:{name}".encode()
+from runtime.protocol.states import ActorState, TaskState, WorkerState
 
 
 @dataclass(slots=True)
@@ -39,7 +37,7 @@ class Actor:
     actor_id: bytes
     creation: common_pb2.TaskSpec
     options: dict[str, Any]
-    state: str = "PENDING"                 # PENDING ALIVE RESTARTING DEAD
+    state: ActorState = ActorState.PENDING
     worker_id: bytes = b""
     pid: int = 0
     queue: deque[Task] = field(default_factory=deque)
@@ -64,63 +62,85 @@ class Actor:
         return f"{cls} (id {_ids.short(self.actor_id)}{', name ' + repr(name) if name else ''})"
 
 
-class ActorMixin:
-    """Actor handling for NodeState (see the module docstring)."""
+class ActorTable:
+    """The actors created on this node (see the module docstring)."""
 
-    actors: dict[bytes, Actor]
+    __slots__ = ("_clock", "_emit", "_host", "_node_id", "_objects", "_workers", "actors")
+
+    def __init__(self, node_id: bytes, host: TaskHost, objects: ObjectTable, workers: WorkerTable,
+                 emit: Callable[[Action], None], clock: Callable[[], float]) -> None:
+        self._node_id = node_id
+        self._host = host
+        self._objects = objects
+        self._workers = workers
+        self._emit = emit
+        self._clock = clock
+        self.actors: dict[bytes, Actor] = {}
+
+    def __len__(self) -> int:
+        return len(self.actors)
 
     # ---- creation ------------------------------------------------------------------
 
-    def _actor_created_submit(self: NodeState, task: Task) -> None:
+    def created(self, task: Task) -> None:
+        """The creation task of a new actor was submitted."""
         spec = task.spec
         try:
             options = json.loads(spec.actor_options or b"{}")
         except ValueError:
             options = {}
-        actor = Actor(spec.actor_id, spec, options, created=self.clock())
+        actor = Actor(spec.actor_id, spec, options, created=self._clock())
         self.actors[spec.actor_id] = actor
         # The constructor's arguments outlive its first run: a restart runs it again.
         for oid in (*spec.arg_refs, *spec.nested_refs):
-            self.refs[oid] += 1
-        self._actor_row(actor)
+            self._objects.incref(oid)
+        self._row(actor)
 
-    def _actor_creation_done(self: NodeState, task: Task, w: Worker | None,
-                             res: node_pb2.TaskResult) -> None:
+    def creation_done(self, task: Task, w: Worker | None, res: node_pb2.TaskResult) -> None:
+        """The constructor returned (or raised) in worker ``w``."""
         actor = self.actors.get(task.spec.actor_id)
         if actor is None or w is None:
             return
         if res.failed:
-            self.outbox.append(("kill", w.worker_id))
-            self._actor_dead(actor, f"its constructor raised:\n{res.error_summary}")
+            self._emit(KillWorker(w.worker_id))
+            self._dead(actor, f"its constructor raised:\n{res.error_summary}")
             return
-        actor.state, actor.worker_id, actor.pid = "ALIVE", w.worker_id, w.pid
-        w.state = "ACTOR"
-        self._actor_row(actor)
+        actor.state, actor.worker_id, actor.pid = ActorState.ALIVE, w.worker_id, w.pid
+        w.state = WorkerState.ACTOR
+        self._row(actor)
         if actor.no_restart:  # killed while starting
-            self.outbox.append(("kill", w.worker_id))
+            self._emit(KillWorker(w.worker_id))
             return
         self._pump(actor)
 
     # ---- calls ---------------------------------------------------------------------
 
-    def _actor_call_submit(self: NodeState, task: Task) -> None:
+    def call(self, task: Task) -> None:
+        """An actor call was submitted (its missing inputs are noted already)."""
         actor = self.actors.get(task.spec.actor_id)
-        if actor is None or actor.state == "DEAD":
+        if actor is None or actor.state == ActorState.DEAD:
             cause = actor.death_cause if actor is not None else "it is not known on this node"
             label = actor.label if actor is not None else _ids.short(task.spec.actor_id)
-            self._fail_actor_call(task, label, cause)
+            self._fail_call(task, label, cause)
             return
-        task.state = "QUEUED"
+        task.phase = Phase.QUEUED
         actor.queue.append(task)
         self._pump(actor)
 
-    def _pump(self: NodeState, actor: Actor) -> None:
+    def inputs_ready(self, task: Task) -> None:
+        """A queued call's inputs are all here now."""
+        actor = self.actors.get(task.spec.actor_id)
+        if actor is not None:
+            self._pump(actor)
+
+    def _pump(self, actor: Actor) -> None:
         """Send the calls at the head of the queue whose inputs are ready."""
-        if actor.state != "ALIVE":
+        if actor.state != ActorState.ALIVE:
             return
-        w = self.workers.get(actor.worker_id)
+        w = self._workers.get(actor.worker_id)
         if w is None:
             return
+        objects = self._objects
         while actor.queue:
             task = actor.queue[0]
             if task.cancelled:
@@ -129,57 +149,65 @@ class ActorMixin:
             if task.missing:
                 return
             actor.queue.popleft()
-            task.state = "RUNNING"
+            task.phase = Phase.RUNNING
             task.worker_id = w.worker_id
             actor.in_flight[task.spec.task_id] = task
             op = node_pb2.NodeOp()
             ex = op.execute
             ex.spec.CopyFrom(task.spec)
             for oid in task.spec.arg_refs:
-                if self._fill(ex.args.add(), oid, pin=True):
+                if objects.fill(ex.args.add(), oid, pin=True):
                     task.pinned.append(oid)
-            self.outbox.append(("send", w.client_id, op))
-            self._event(task, "RUNNING", worker_pid=w.pid)
+            self._emit(Send(w.client_id, op))
+            self._host.event(task, TaskState.RUNNING, worker_pid=w.pid)
 
-    def _actor_call_done(self: NodeState, task: Task) -> None:
+    def call_done(self, task: Task) -> None:
         actor = self.actors.get(task.spec.actor_id)
         if actor is not None:
             actor.in_flight.pop(task.spec.task_id, None)
 
-    def _fail_actor_call(self: NodeState, task: Task, label: str, cause: str) -> None:
-        from runtime.exceptions import ActorDiedError
+    def _fail_call(self, task: Task, label: str, cause: str) -> None:
         err = ActorDiedError(
             f"The actor {label} is dead, so {task.spec.name}() cannot run: {cause}",
             actor_id=task.spec.actor_id.hex(), cause_text=cause)
-        self._fail(task, err)
+        self._host.fail(task, err)
 
     # ---- death and restarts ----------------------------------------------------------
 
-    def kill_actor(self: NodeState, actor_id: bytes, no_restart: bool,
-                   cause: str = "it was killed with kill()") -> None:
+    def kill(self, actor_id: bytes, no_restart: bool, cause: str = "it was killed with kill()") -> None:
         actor = self.actors.get(actor_id)
-        if actor is None or actor.state == "DEAD":
+        if actor is None or actor.state == ActorState.DEAD:
             return
         if no_restart:
             actor.no_restart = True
             actor.death_cause = cause
         if actor.worker_id:
-            self.outbox.append(("kill", actor.worker_id))
+            self._emit(KillWorker(actor.worker_id))
             return
-        creation = self.tasks.get(actor.creation.task_id)
-        if creation is not None and creation.state == "RUNNING" and creation.worker_id:
+        creation = self._host.tasks.get(actor.creation.task_id)
+        if creation is not None and creation.phase == Phase.RUNNING and creation.worker_id:
             # The constructor is running: stop its process. worker_exited() then ends the
             # creation, and the actor restarts or (no_restart) dies like any dead actor.
-            self.outbox.append(("kill", creation.worker_id))
+            self._emit(KillWorker(creation.worker_id))
         elif no_restart:  # not started yet
             if creation is not None:
                 creation.cancelled = True
-                self._fail(creation, RuntimeError("actor killed before it started"))
-            self._actor_dead(actor, actor.death_cause)
+                self._host.fail(creation, ActorDiedError(
+                    "actor killed before it started", actor_id=actor_id.hex(),
+                    cause_text=actor.death_cause))
+            self._dead(actor, actor.death_cause)
 
-    def _actor_worker_died(self: NodeState, w: Worker, exit_code: int | None) -> None:
+    def creation_worker_died(self, actor_id: bytes, w: Worker, exit_code: int | None) -> None:
+        """The process running the constructor of ``actor_id`` died."""
+        actor = self.actors.get(actor_id)
+        if actor is not None:
+            actor.worker_id = w.worker_id
+            self.worker_died(w, exit_code)
+
+    def worker_died(self, w: Worker, exit_code: int | None) -> None:
+        """An actor's process died: restart the actor or let it die."""
         actor = next((a for a in self.actors.values() if a.worker_id == w.worker_id), None)
-        if actor is None or actor.state == "DEAD":
+        if actor is None or actor.state == ActorState.DEAD:
             return
         actor.worker_id, actor.pid = b"", 0
         cause = actor.death_cause or (f"its process (pid {w.pid}) died unexpectedly "
@@ -190,73 +218,70 @@ class ActorMixin:
         # were sent, ahead of the calls still queued), or failed.
         retried: list[Task] = []
         for task in list(actor.in_flight.values()):
-            self._unpin(task)
+            self._host.unpin(task)
             if can_restart and (task.spec.attempt < actor.max_task_retries
                                 or actor.max_task_retries < 0) and not task.cancelled:
                 task.spec.attempt += 1
-                task.state = "QUEUED"
+                task.phase = Phase.QUEUED
                 retried.append(task)
             else:
-                self._fail_actor_call(task, actor.label, cause)
+                self._fail_call(task, actor.label, cause)
         actor.queue.extendleft(reversed(retried))
         actor.in_flight.clear()
         if not can_restart:
-            self._actor_dead(actor, cause)
+            self._dead(actor, cause)
             return
         actor.restarts += 1
-        actor.state = "RESTARTING"
-        self._actor_row(actor)
+        actor.state = ActorState.RESTARTING
+        self._row(actor)
         creation = common_pb2.TaskSpec()
         creation.CopyFrom(actor.creation)
         creation.attempt = actor.restarts
         self._resubmit_creation(creation)
 
-    def _resubmit_creation(self: NodeState, spec: common_pb2.TaskSpec) -> None:
-        from runtime.node.state import Task
-        task = Task(spec, dict(spec.resources), set())
-        self.tasks[spec.task_id] = task
+    def _resubmit_creation(self, spec: common_pb2.TaskSpec) -> None:
+        task = self._host.add_task(spec)
+        objects = self._objects
         for oid in spec.arg_refs:  # the new attempt holds its inputs like the first did
-            self.refs[oid] += 1
+            objects.incref(oid)
         for oid in spec.nested_refs:
-            self.refs[oid] += 1
-        for oid in spec.arg_refs:
-            if oid not in self.objects:
-                task.missing.add(oid)
-                self.dep_waiters.setdefault(oid, []).append(task)
+            objects.incref(oid)
+        objects.await_inputs(task, want=False)
         if not task.missing:
-            self._make_ready(task)
+            self._host.make_ready(task)
 
-    def _actor_dead(self: NodeState, actor: Actor, cause: str) -> None:
-        if actor.state == "DEAD":
+    def _dead(self, actor: Actor, cause: str) -> None:
+        if actor.state == ActorState.DEAD:
             return
         for oid in (*actor.creation.arg_refs, *actor.creation.nested_refs):
-            self._decref(oid)
-        actor.state = "DEAD"
+            self._objects.decref(oid)
+        actor.state = ActorState.DEAD
         actor.death_cause = cause
         while actor.queue:
-            self._fail_actor_call(actor.queue.popleft(), actor.label, cause)
-        self._actor_row(actor)
+            self._fail_call(actor.queue.popleft(), actor.label, cause)
+        self._row(actor)
         name = actor.options.get("name")
         if name:
-            self.outbox.append((KV_DELETE, name_key(actor.options.get("namespace") or "default", name)))
+            self._emit(ReleaseActorName(actor.options.get("namespace") or "default", name))
 
-    def _owner_gone(self: NodeState, client_id: bytes, pid: int) -> None:
+    def owner_gone(self, client_id: bytes, pid: int) -> None:
+        """A driver exited: its actors die, except detached ones."""
         for actor in list(self.actors.values()):
-            if (actor.creation.owner_id == client_id and actor.state != "DEAD"
+            if (actor.creation.owner_id == client_id and actor.state != ActorState.DEAD
                     and actor.options.get("lifetime") != "detached"):
-                self.kill_actor(actor.actor_id, True, f"its owner (pid {pid}) exited")
+                self.kill(actor.actor_id, True, f"its owner (pid {pid}) exited")
 
     # ---- the GCS row ---------------------------------------------------------------
 
-    def _actor_row(self: NodeState, actor: Actor) -> None:
+    def _row(self, actor: Actor) -> None:
         o = actor.options
         row = gcs_pb2.ActorRow(
             actor_id=actor.actor_id, class_name=o.get("class_name", ""), name=o.get("name") or "",
-            namespace=o.get("namespace") or "default", state=actor.state, node_id=self.node_id,
+            namespace=o.get("namespace") or "default", state=actor.state, node_id=self._node_id,
             pid=actor.pid, num_restarts=actor.restarts, max_restarts=actor.max_restarts,
             death_cause=actor.death_cause, job_id=actor.creation.job_id,
             detached=o.get("lifetime") == "detached", owner_id=actor.creation.owner_id,
             start_time=actor.created, creation_spec=actor.creation.SerializeToString(),
             pending_calls=len(actor.queue) + len(actor.in_flight),
             worker_id=actor.worker_id)
-        self.outbox.append((ACTOR_ROW, row))
+        self._emit(PutActor(row))

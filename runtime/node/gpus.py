@@ -25,7 +25,7 @@ class Gpus:
         When ``declared`` is given the node has exactly that many GPUs: real ones (with live
         figures) for the indices NVML knows, logical ones beyond.
         """
-        self._nvml = nvml
+        self._nvml: Any = nvml
         self._handles: list[Any] = []
         self._names: list[str] = []
         self._totals: list[int] = []
@@ -44,10 +44,10 @@ class Gpus:
         nvml = self._nvml
         if nvml is None:
             try:
-                import pynvml as nvml  # type: ignore[import-untyped,no-redef]
+                import pynvml
             except ImportError:
                 return
-            self._nvml = nvml
+            nvml = self._nvml = pynvml
         try:
             nvml.nvmlInit()
             n = nvml.nvmlDeviceGetCount()
@@ -57,7 +57,8 @@ class Gpus:
                 self._names.append(name.decode() if isinstance(name, bytes) else str(name))
                 self._totals.append(int(nvml.nvmlDeviceGetMemoryInfo(h).total))
                 self._handles.append(h)
-        except Exception as e:  # NVMLError_LibraryNotFound, driver errors, no GPU
+        # NVML raises its own classes (library not found, driver errors, no GPU); nothing here may raise.
+        except Exception as e:  # noqa: BLE001
             if type(e).__name__ not in ("NVMLError_LibraryNotFound", "NVMLError_DriverNotLoaded"):
                 self._warn("discovery", e)
             else:
@@ -75,7 +76,8 @@ class Gpus:
                     h = self._handles[i]
                     info.utilization = float(self._nvml.nvmlDeviceGetUtilizationRates(h).gpu)
                     info.memory_used = int(self._nvml.nvmlDeviceGetMemoryInfo(h).used)
-                except Exception as e:
+                # A failing NVML sample must not stop the heartbeat.
+                except Exception as e:  # noqa: BLE001
                     self._warn("sampling", e)
             else:
                 info.name = "logical GPU"

@@ -1,83 +1,80 @@
-"""Workers that wait: CPU lending and work-first nested execution. Pure, part of NodeState.
+"""Workers that wait: CPU lending and work-first nested execution. Pure, a part of the
+local scheduler.
 
 A worker blocked in ``get`` lends its CPUs back. The node then prefers to run, *inside*
 that worker (nested on its stack), queued tasks its innermost task waits for or
 submitted: fork/join trees run on few processes. A worker's frames are matched by task id,
 never by position, since a nested task may finish just as another is pushed on top.
+Only the innermost task's own work is stacked on a worker, so every frame of a worker is
+something the frame below needs: no cycle of waits across workers can form.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
 
-from runtime import _ids
-from runtime.protocol import node_pb2
-
-if TYPE_CHECKING:
-    from runtime.node.state import Frame, NodeState, Worker
-
-#: Most tasks stacked in one blocked worker (each costs Python stack frames).
-MAX_INLINE_DEPTH = 48
+from runtime.node.resources import Resources
+from runtime.node.workers import Frame, Worker, WorkerTable
+from runtime.protocol.states import WorkerState
 
 
-class LendingMixin:
-    """Blocking, lending and inline execution for NodeState."""
+class Lending:
+    """Which blocked worker waits for which task, and how deep workers may stack."""
 
-    @staticmethod
-    def _pop_frame(w: Worker, task_id: bytes) -> Frame | None:
-        # By id, not position: a nested task may finish just as another is pushed on top.
-        for i in range(len(w.frames) - 1, -1, -1):
-            if w.frames[i].task_id == task_id:
-                return w.frames.pop(i)
-        # A task sent ahead that the worker ran early (nested, while the one before it
-        # waited in get): it held no resources.
-        for f in w.queued:
-            if f.task_id == task_id:
-                w.queued.remove(f)
-                f.resources = {}
-                return f
+    __slots__ = ("max_inline_depth", "waited_by")
+
+    def __init__(self, max_inline_depth: int) -> None:
+        #: Most tasks stacked in one blocked worker (each costs Python stack frames).
+        self.max_inline_depth = max_inline_depth
+        #: task id -> worker id of a blocked worker waiting for that task's result.
+        self.waited_by: dict[bytes, bytes] = {}
+
+    def can_stack(self, w: Worker) -> bool:
+        """True when every frame of ``w`` is blocked and it may take one more."""
+        return (bool(w.frames) and w.state == WorkerState.BUSY and all(f.blocked for f in w.frames)
+                and len(w.frames) < self.max_inline_depth)
+
+    def inline_host(self, task_id: bytes, parent_id: bytes, workers: WorkerTable) -> Worker | None:
+        """A blocked worker to run task ``task_id`` in: the one waiting for it, or the one
+        whose innermost task is its parent."""
+        waiter = self.waited_by.get(task_id)
+        for wid in (waiter, workers.running_on.get(parent_id)):
+            if wid is None:
+                continue
+            w = workers.get(wid)
+            if (w is not None and self.can_stack(w)
+                    and (wid == waiter or w.frames[-1].task_id == parent_id)):
+                return w
         return None
 
+    def inline_candidates(self, w: Worker, children: Mapping[bytes, set[bytes]]) -> list[bytes]:
+        """Tasks ``w`` could run nested now, best first: those it waits for, then those its
+        innermost task submitted. Empty when it cannot take one."""
+        if not self.can_stack(w):
+            return []
+        wid = w.worker_id
+        candidates = [tid for tid, waiter in self.waited_by.items() if waiter == wid]
+        candidates.extend(children.get(w.frames[-1].task_id, ()))
+        return candidates
+
     @staticmethod
-    def _all_blocked(w: Worker) -> bool:
-        return bool(w.frames) and w.state == "BUSY" and all(f.blocked for f in w.frames)
+    def block(frame: Frame, resources: Resources) -> None:
+        """``frame``'s task waits in ``get``: its CPUs go back to the node meanwhile."""
+        frame.blocked = True
+        cpu = frame.resources.get("CPU", 0.0)
+        frame.lent = cpu
+        resources.lend(cpu)
 
-    def _run_inline(self: NodeState, w: Worker) -> None:
-        """Give a blocked worker a queued task of its own: one its innermost task waits for,
-        or one that task submitted. Fork/join trees then run on few processes (work-first).
-        Only the innermost task's own work is stacked on it, so every frame of a worker is
-        something the frame below needs: no cycle of waits across workers can form."""
-        if not self._all_blocked(w) or len(w.frames) >= MAX_INLINE_DEPTH:
-            return
-        top = w.frames[-1].task_id
-        candidates = [tid for tid, wid in self.waited_by.items() if wid == w.worker_id]
-        candidates.extend(self.children.get(top, ()))
-        for tid in candidates:
-            task = self.tasks.get(tid)
-            if task is not None and task.state == "READY" and self._can_run(task.resources):
-                self._dispatch(task, w)
-                return
+    @staticmethod
+    def unblock(frame: Frame, resources: Resources) -> None:
+        """``frame``'s task runs again: it takes its CPUs back."""
+        frame.blocked = False
+        resources.take_back(frame.lent)
+        frame.lent = 0.0
 
-    def blocked(self: NodeState, client_id: bytes, state: node_pb2.BlockedState) -> None:
-        client = self.clients.get(client_id)
-        w = self.workers.get(client.worker_id) if client is not None else None
-        if w is None or not w.frames:
-            return
-        frame = next((f for f in w.frames if f.task_id == state.task_id), w.frames[-1])
-        if state.blocked and not frame.blocked:
-            frame.blocked = True
-            cpu = frame.resources.get("CPU", 0.0)
-            frame.lent = cpu
-            self.available["CPU"] = self.available.get("CPU", 0.0) + cpu
-            for oid in state.waiting_on:
-                tid = _ids.task_of(oid)
-                t = self.tasks.get(tid)
-                if t is not None and t.state in ("READY", "WAITING"):
-                    self.waited_by[tid] = w.worker_id
-            self._run_inline(w)
-        elif not state.blocked and frame.blocked:
-            frame.blocked = False
-            self.available["CPU"] = self.available.get("CPU", 0.0) - frame.lent
-            frame.lent = 0.0
-        self._schedule()
+    def waits_for(self, task_id: bytes, worker_id: bytes) -> None:
+        self.waited_by[task_id] = worker_id
 
+    def forget(self, task_id: bytes) -> None:
+        """Task ``task_id`` is over: nobody waits for it any more."""
+        self.waited_by.pop(task_id, None)

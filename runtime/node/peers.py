@@ -1,8 +1,11 @@
 """The node's conversations with other processes of the cluster: peers and schedulers.
 
-Carries out the multi-node actions of the state (spill through a global scheduler, pull
-an object, report results home, free remote copies, forward printed lines) and keeps the
-state's view of the other nodes current from the GCS "nodes" table.
+Carries out the multi-node actions of the state (``Spill`` through a global scheduler,
+``Pull`` an object, ``ReportHome`` results, ``FreeRemote`` copies, ``ForwardLog`` printed
+lines) and keeps the state's view of the other nodes and of the schedulers current from
+the GCS. What comes back (a placement, pulled bytes, a peer joining or dying) is fed to
+the state through ``apply``, which then carries out the state's new actions: ``Peers``
+never sees the manager, only the services named in its constructor.
 """
 
 from __future__ import annotations
@@ -11,108 +14,176 @@ import asyncio
 import logging
 import os
 import random
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from typing import Any, Protocol
 
 import grpc
 
 from runtime import _ids
-from runtime.node import spill as sp
+from runtime.config import Settings
+from runtime.node.actions import ForwardLog, FreeRemote, Pull, ReportHome, Spill, SpillReason
 from runtime.protocol import common_pb2, gcs_pb2, node_pb2, node_pb2_grpc, scheduler_pb2_grpc
 from runtime.rpc.channel import connect
-
-if TYPE_CHECKING:
-    from runtime.node.manager import NodeManager
+from runtime.rpc.errors import translate
 
 logger = logging.getLogger(__name__)
 
-CHUNK = 4 * 1024 * 1024
+NODE = "node manager"
+SCHEDULER = "global scheduler"
 
 
-class Peers:
-    """Channels to other nodes and to the global schedulers, and what goes over them."""
+class PeerEvents(Protocol):
+    """The state's events that answers from peers and the GCS become."""
 
-    def __init__(self, m: NodeManager) -> None:
-        self.m = m
-        self.addresses: dict[bytes, str] = {}
-        self.schedulers: list[str] = []
+    def spilled(self, task_id: bytes, node_id: bytes, scheduler: str, reason: SpillReason) -> None: ...
+    def spill_failed(self, task_id: bytes) -> None: ...
+    def pulled(self, data: common_pb2.ObjectData) -> None: ...
+    def pull_failed(self, oid: bytes, why: str) -> None: ...
+    def peer_alive(self, node_id: bytes, totals: dict[str, float]) -> None: ...
+    def peer_died(self, node_id: bytes) -> None: ...
+    def set_schedulers(self, available: bool) -> None: ...
+
+
+#: Feed one event to the state, then carry out the actions it made.
+Apply = Callable[[Callable[[PeerEvents], None]], None]
+
+
+class ClusterDirectory(Protocol):
+    """What peers read from the GCS (``runtime.gcs.client.GcsClient`` has it)."""
+
+    def subscribe(self, tables: Iterable[str]) -> AsyncIterator[gcs_pb2.PubMessage]: ...
+    async def list_schedulers(self) -> list[str]: ...
+
+
+class Channels:
+    """One gRPC channel per peer address, opened on first use."""
+
+    def __init__(self) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._free: dict[bytes, list[bytes]] = {}
 
-    def _spawn(self, coro: Any) -> None:
-        t = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
-
-    def channel(self, address: str) -> grpc.aio.Channel:
+    def get(self, address: str) -> grpc.aio.Channel:
         ch = self._channels.get(address)
         if ch is None:
             ch = self._channels[address] = connect(address)
         return ch
 
     async def close(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        for ch in self._channels.values():
+        channels, self._channels = self._channels, {}
+        for ch in channels.values():
             await ch.close()
 
-    # ---- actions -------------------------------------------------------------------
 
-    def carry_out(self, action: tuple[Any, ...]) -> None:
-        kind = action[0]
-        if kind == sp.SPILL:
-            self._spawn(self._spill(action[1], action[2]))
-        elif kind == sp.PULL:
-            self._spawn(self._pull(action[1], action[2]))
-        elif kind == sp.REPORT:
-            self._spawn(self._report(action[1], action[2]))
-        elif kind == sp.FREE_REMOTE:
-            first = action[1] not in self._free
-            self._free.setdefault(action[1], []).append(action[2])
-            if first:
-                self._spawn(self._send_frees(action[1]))
-        elif kind == sp.FORWARD_LOG:
-            self._spawn(self._forward_log(action[1], action[2]))
+#: The generated stub classes (the generated gRPC modules carry no type hints).
+_NodeStub: Any = node_pb2_grpc.NodeManagerStub
+_SchedulerStub: Any = scheduler_pb2_grpc.GlobalSchedulerStub
 
-    async def _spill(self, task_id: bytes, req: Any) -> None:
-        req.home_address = self.m.address
-        md = self.m.md
+
+def _node_stub(channel: grpc.aio.Channel) -> Any:
+    return _NodeStub(channel)
+
+
+def _scheduler_stub(channel: grpc.aio.Channel) -> Any:
+    return _SchedulerStub(channel)
+
+
+class Peers:
+    """Channels to other nodes and to the global schedulers, and what goes over them."""
+
+    def __init__(self, *, node_id: bytes, address: str, metadata: tuple[tuple[str, str], ...],
+                 settings: Settings, gcs: ClusterDirectory, path_for: Callable[[bytes], str],
+                 apply: Apply, channels: Channels | None = None) -> None:
+        self.node_id = node_id
+        self.address = address
+        self._md = metadata
+        self._settings = settings
+        self._gcs = gcs
+        self._path_for = path_for
+        self._apply = apply
+        self.channels = channels if channels is not None else Channels()
+        #: Addresses of the live peers, by node id.
+        self.addresses: dict[bytes, str] = {}
+        #: Addresses of the live global scheduler replicas.
+        self.schedulers: list[str] = []
+        self._schedulers_known: bool | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._free: dict[bytes, list[bytes]] = {}
+
+    @property
+    def _retry_s(self) -> float:
+        return self._settings.heartbeat_ms / 1000.0
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await self.channels.close()
+
+    # ---- outlets of the dispatch table ---------------------------------------------
+
+    def spill(self, action: Spill) -> None:
+        self._spawn(self._spill(action))
+
+    def pull(self, action: Pull) -> None:
+        self._spawn(self._pull(action.object_id, action.node_id))
+
+    def report_home(self, action: ReportHome) -> None:
+        self._spawn(self._report(action.address, action.request))
+
+    def free_remote(self, action: FreeRemote) -> None:
+        first = action.node_id not in self._free
+        self._free.setdefault(action.node_id, []).append(action.object_id)
+        if first:
+            self._spawn(self._send_frees(action.node_id))
+
+    def forward_log(self, action: ForwardLog) -> None:
+        self._spawn(self._forward_log(action.address, action.lines))
+
+    # ---- the calls -----------------------------------------------------------------
+
+    async def _spill(self, action: Spill) -> None:
+        task_id, req = action.task_id, action.request
+        req.home_address = self.address
         while True:
             replicas = list(self.schedulers)
             random.shuffle(replicas)
             for address in replicas:
-                rpc = scheduler_pb2_grpc.GlobalSchedulerStub(self.channel(address))
+                rpc = _scheduler_stub(self.channels.get(address))
                 try:
-                    reply = await rpc.Schedule(req, metadata=md)
+                    reply = await rpc.Schedule(req, metadata=self._md)
                 except grpc.aio.AioRpcError as e:
-                    logger.info("global scheduler %s failed for task %s (%s); trying another",
-                                address, _ids.short(task_id), e.code().name)
+                    logger.info("task %s not placed by replica %s (%s); trying another",
+                                _ids.short(task_id), address, translate(e, SCHEDULER, address))
                     continue
-                self.m.state.spilled(task_id, reply.node_id, reply.scheduler, req.reason)
-                self.m.flush()
+                self._placed(action, reply.node_id, reply.scheduler)
                 return
-            if req.reason != sp.NEVER_FITS:
-                self.m.state.spill_failed(task_id)
-                self.m.flush()
+            if action.reason != SpillReason.NEVER_FITS:
+                self._apply(lambda s: s.spill_failed(task_id))
                 return
             # Only a scheduler can ever place it: wait for one to come back.
-            await asyncio.sleep(self.m.heartbeat_s)
+            await asyncio.sleep(self._retry_s)
+
+    def _placed(self, action: Spill, node_id: bytes, scheduler: str) -> None:
+        self._apply(lambda s: s.spilled(action.task_id, node_id, scheduler, action.reason))
 
     async def _pull(self, oid: bytes, node_id: bytes) -> None:
         address = self.addresses.get(node_id)
         if address is None:
-            self.m.state.pull_failed(oid, f"node {_ids.short(node_id)} is not known or not alive")
-            self.m.flush()
+            why = f"node {_ids.short(node_id)} is not known or not alive"
+            self._apply(lambda s: s.pull_failed(oid, why))
             return
-        path = self.m.store.path_for(oid)
-        rpc = node_pb2_grpc.NodeManagerStub(self.channel(address))
+        path = self._path_for(oid)
+        rpc = _node_stub(self.channels.get(address))
         size, nested = 0, []
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
             try:
                 first = True
                 async for chunk in rpc.PullObject(node_pb2.PullObjectRequest(object_id=oid),
-                                                   metadata=self.m.md):
+                                                  metadata=self._md):
                     if first:
                         size, nested, first = chunk.total_size, list(chunk.nested_refs), False
                     view = memoryview(chunk.data)
@@ -125,25 +196,24 @@ class Peers:
                 os.unlink(path)
             except OSError:
                 pass
-            why = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
-            self.m.state.pull_failed(oid, why or type(e).__name__)
-            self.m.flush()
+            err = translate(e, NODE, address) if isinstance(e, grpc.aio.AioRpcError) else e
+            reason = str(err) or type(err).__name__
+            self._apply(lambda s: s.pull_failed(oid, reason))
             return
-        data = common_pb2.ObjectData(object_id=oid, shm_path=path, size=size, node_id=self.m.node_id)
+        data = common_pb2.ObjectData(object_id=oid, shm_path=path, size=size, node_id=self.node_id)
         data.nested_refs.extend(nested)
-        self.m.state.pulled(data)
-        self.m.flush()
+        self._apply(lambda s: s.pulled(data))
 
     async def _report(self, address: str, req: node_pb2.ReportResultsRequest) -> None:
-        req.node_address = self.m.address
-        rpc = node_pb2_grpc.NodeManagerStub(self.channel(address))
-        for attempt in range(5):
+        req.node_address = self.address
+        rpc = _node_stub(self.channels.get(address))
+        for attempt in range(self._settings.report_retries):
             try:
-                await rpc.ReportResults(req, metadata=self.m.md, timeout=30)
+                await rpc.ReportResults(req, metadata=self._md, timeout=self._settings.rpc_timeout_s)
                 return
             except grpc.aio.AioRpcError as e:
-                logger.warning("reporting task %s to its home %s failed (%s)",
-                               _ids.short(req.task_id), address, e.code().name)
+                logger.warning("reporting task %s to its home failed: %s", _ids.short(req.task_id),
+                               translate(e, NODE, address))
                 await asyncio.sleep(0.1 * 2 ** attempt)
 
     async def _send_frees(self, node_id: bytes) -> None:
@@ -152,19 +222,19 @@ class Peers:
         address = self.addresses.get(node_id)
         if not ids or address is None:
             return
-        rpc = node_pb2_grpc.NodeManagerStub(self.channel(address))
+        rpc = _node_stub(self.channels.get(address))
         try:
-            await rpc.FreeObjects(node_pb2.FreeObjectsRequest(object_ids=ids), metadata=self.m.md,
-                                   timeout=30)
+            await rpc.FreeObjects(node_pb2.FreeObjectsRequest(object_ids=ids), metadata=self._md,
+                                  timeout=self._settings.rpc_timeout_s)
         except grpc.aio.AioRpcError as e:
-            logger.info("freeing %d objects on node %s failed: %s", len(ids), address, e.code().name)
+            logger.info("freeing %d objects failed: %s", len(ids), translate(e, NODE, address))
 
     async def _forward_log(self, address: str, lines: node_pb2.LogLines) -> None:
-        rpc = node_pb2_grpc.NodeManagerStub(self.channel(address))
+        rpc = _node_stub(self.channels.get(address))
         try:
-            await rpc.ForwardLogs(lines, metadata=self.m.md, timeout=30)
+            await rpc.ForwardLogs(lines, metadata=self._md, timeout=self._settings.rpc_timeout_s)
         except grpc.aio.AioRpcError as e:
-            logger.info("forwarding output to %s failed: %s", address, e.code().name)
+            logger.info("forwarding output failed: %s", translate(e, NODE, address))
 
     # ---- keeping the view of the cluster current -------------------------------------
 
@@ -172,37 +242,35 @@ class Peers:
         """Follow the GCS nodes table: peers joining, their totals, their deaths."""
         while True:
             try:
-                async for msg in self.m.gcs.subscribe(["nodes"]):
+                async for msg in self._gcs.subscribe(["nodes"]):
                     if msg.table != "nodes" or not msg.value:
                         continue
-                    self._node_row(gcs_pb2.NodeRow.FromString(msg.value))
+                    self.node_row(gcs_pb2.NodeRow.FromString(msg.value))
             except asyncio.CancelledError:
                 raise
-            except Exception as e:
+            # The watch must outlive any failure (GCS gone, a bad row): log, resubscribe.
+            except Exception as e:  # noqa: BLE001
                 logger.info("node table subscription ended (%s); subscribing again", e)
-            await asyncio.sleep(self.m.heartbeat_s)
+            await asyncio.sleep(self._retry_s)
 
-    def _node_row(self, row: gcs_pb2.NodeRow) -> None:
-        state = self.m.state
-        if row.node_id == self.m.node_id:
+    def node_row(self, row: gcs_pb2.NodeRow) -> None:
+        """One row of the nodes table: a peer alive (with its totals) or dead."""
+        node_id = row.node_id
+        if node_id == self.node_id:
             return
         if row.alive:
-            new = row.node_id not in state.peer_totals
-            self.addresses[row.node_id] = row.address
-            state.peer_totals[row.node_id] = dict(row.load.total)
-            if new:
-                state.retry_infeasible()
-        elif row.node_id in self.addresses:
-            self.addresses.pop(row.node_id, None)
-            state.node_died(row.node_id)
-        self.m.flush()
+            self.addresses[node_id] = row.address
+            totals = dict(row.load.total)
+            self._apply(lambda s: s.peer_alive(node_id, totals))
+        elif node_id in self.addresses:
+            del self.addresses[node_id]
+            self._apply(lambda s: s.peer_died(node_id))
 
     async def refresh_schedulers(self) -> None:
-        rows = await self.m.gcs.list_table("kv")
-        found = sorted(v.decode() for k, v in rows if k.startswith(b"scheduler:") and v)
-        had = self.m.state.has_schedulers
+        """Read the live global scheduler replicas; tell the state when there are some or none."""
+        found = sorted(await self._gcs.list_schedulers())
         self.schedulers = found
-        self.m.state.has_schedulers = bool(found)
-        if found and not had:
-            self.m.state.retry_infeasible()
-            self.m.flush()
+        available = bool(found)
+        if available != self._schedulers_known:
+            self._schedulers_known = available
+            self._apply(lambda s: s.set_schedulers(available))

@@ -6,18 +6,21 @@ import asyncio
 import logging
 import platform
 from collections.abc import AsyncIterator
+from typing import Any
 
 import cloudpickle
 import grpc
 
-from runtime.node.manager import Conn, NodeManager
-from runtime.node.peers import CHUNK
+from runtime import _ids
+from runtime.exceptions import NotFoundError
+from runtime.node.manager import NodeManager
+from runtime.node.sessions import CLIENT_KINDS, Conn
 from runtime.protocol import node_pb2, node_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
 PYTHON_VERSION = platform.python_version()
-CLOUDPICKLE_VERSION = cloudpickle.__version__
+CLOUDPICKLE_VERSION: str = cloudpickle.__version__
 
 
 def version_mismatch(hello: node_pb2.Hello) -> str | None:
@@ -31,6 +34,8 @@ def version_mismatch(hello: node_pb2.Hello) -> str | None:
 
 
 class NodeServicer(node_pb2_grpc.NodeManagerServicer):
+    """Serves one ``NodeManager`` (attached as ``m`` once the server's port is known)."""
+
     m: NodeManager
 
     def __init__(self, manager: NodeManager | None = None) -> None:
@@ -38,7 +43,7 @@ class NodeServicer(node_pb2_grpc.NodeManagerServicer):
             self.m = manager
 
     async def Session(self, request_iterator: AsyncIterator[node_pb2.ClientBatch],
-                      context: grpc.aio.ServicerContext) -> AsyncIterator[node_pb2.NodeBatch]:
+                      context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[node_pb2.NodeBatch]:
         conn = Conn()
         try:
             first = await request_iterator.__anext__()
@@ -48,7 +53,7 @@ class NodeServicer(node_pb2_grpc.NodeManagerServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "a Session must start with a Hello op")
         hello = first.ops[0].hello
-        if len(hello.client_id) != 16 or hello.kind not in ("driver", "worker"):
+        if len(hello.client_id) != 16 or hello.kind not in CLIENT_KINDS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "Hello needs a 16-byte client_id and kind 'driver' or 'worker'")
         why = version_mismatch(hello)
@@ -57,8 +62,7 @@ class NodeServicer(node_pb2_grpc.NodeManagerServicer):
         welcome = self.m.hello(conn, hello)
         yield node_pb2.NodeBatch(ops=[welcome])
         if len(first.ops) > 1:
-            rest = node_pb2.ClientBatch(ops=first.ops[1:])
-            self.m.handle(conn, rest)
+            self.m.handle(conn, node_pb2.ClientBatch(ops=first.ops[1:]))
         reader = asyncio.get_running_loop().create_task(self._read(conn, request_iterator))
         try:
             while True:
@@ -78,87 +82,54 @@ class NodeServicer(node_pb2_grpc.NodeManagerServicer):
             async for batch in requests:
                 try:
                     self.m.handle(conn, batch)
-                except Exception:
-                    logger.exception("error handling a batch from client %s", conn.client_id.hex()[:12])
+                except Exception:  # one bad batch must not end the session: log it, read on
+                    logger.exception("error handling a batch from client %s", _ids.short(conn.client_id))
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
-        except Exception:
+        except Exception:  # a broken stream of any kind ends the session; log why
             logger.exception("session reader failed")
         finally:
-            conn.closed = True
-            conn.wake.set()
+            conn.close()
 
     async def GetNodeInfo(self, request: node_pb2.GetNodeInfoRequest,
-                          context: grpc.aio.ServicerContext) -> node_pb2.GetNodeInfoReply:
-        reply = node_pb2.GetNodeInfoReply(node_id=self.m.node_id, address=self.m.address,
-                                          session_dir=str(self.m.session_dir))
-        reply.load.CopyFrom(self.m._load())
-        import os
-        reply.pid = os.getpid()
-        return reply
+                          context: grpc.aio.ServicerContext[Any, Any]) -> node_pb2.GetNodeInfoReply:
+        return self.m.node_info()
 
     async def ForwardTask(self, request: node_pb2.ForwardTaskRequest,
-                          context: grpc.aio.ServicerContext) -> node_pb2.ForwardTaskReply:
+                          context: grpc.aio.ServicerContext[Any, Any]) -> node_pb2.ForwardTaskReply:
         if len(request.spec.task_id) != 16 or not request.home_address:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "ForwardTask needs a task spec with a 16-byte id and a home_address")
-        self.m.state.accept_forwarded(request)
-        self.m.flush()
+        self.m.apply(lambda s: s.accept_forwarded(request))
         return node_pb2.ForwardTaskReply(accepted=True)
 
     async def ReportResults(self, request: node_pb2.ReportResultsRequest,
-                            context: grpc.aio.ServicerContext) -> node_pb2.ReportResultsReply:
+                            context: grpc.aio.ServicerContext[Any, Any]) -> node_pb2.ReportResultsReply:
         if len(request.task_id) != 16:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ReportResults needs a 16-byte task_id")
-        self.m.state.remote_result(request)
-        self.m.flush()
+        self.m.apply(lambda s: s.remote_result(request))
         return node_pb2.ReportResultsReply()
 
     async def PullObject(self, request: node_pb2.PullObjectRequest,
-                         context: grpc.aio.ServicerContext) -> AsyncIterator[node_pb2.ObjectChunk]:
-        state = self.m.state
-        oid = request.object_id
-        obj = state.objects.get(oid)
-        if obj is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"object {oid.hex()} is not held on node {self.m.node_id.hex()[:12]}")
-            return
-        if obj.inline is not None:
-            yield node_pb2.ObjectChunk(data=obj.inline, total_size=len(obj.inline), nested_refs=obj.nested)
-            return
-        path = self.m.store.locate(oid)
-        self.m.store.pin(oid)
+                         context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[node_pb2.ObjectChunk]:
         try:
-            with open(path, "rb", buffering=0) as f:
-                first = True
-                while True:
-                    data = f.read(CHUNK)
-                    if not data and not first:
-                        break
-                    if first:
-                        yield node_pb2.ObjectChunk(data=data, total_size=obj.size, nested_refs=obj.nested)
-                        first = False
-                    else:
-                        yield node_pb2.ObjectChunk(data=data)
-                    if not data:
-                        break
-        finally:
-            if oid in state.objects:
-                self.m.store.unpin(oid)
+            async for chunk in self.m.object_chunks(request.object_id):
+                yield chunk
+        except NotFoundError as e:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
 
     async def FreeObjects(self, request: node_pb2.FreeObjectsRequest,
-                          context: grpc.aio.ServicerContext) -> node_pb2.FreeObjectsReply:
-        self.m.state.release_remote_holds(list(request.object_ids))
-        self.m.flush()
+                          context: grpc.aio.ServicerContext[Any, Any]) -> node_pb2.FreeObjectsReply:
+        ids = list(request.object_ids)
+        self.m.apply(lambda s: s.release_remote_holds(ids))
         return node_pb2.FreeObjectsReply()
 
     async def ForwardLogs(self, request: node_pb2.LogLines,
-                          context: grpc.aio.ServicerContext) -> node_pb2.ForwardLogsReply:
-        self.m.state.log(request)
-        self.m.flush()
+                          context: grpc.aio.ServicerContext[Any, Any]) -> node_pb2.ForwardLogsReply:
+        self.m.apply(lambda s: s.log(request))
         return node_pb2.ForwardLogsReply()
 
     async def Shutdown(self, request: node_pb2.ShutdownRequest,
-                       context: grpc.aio.ServicerContext) -> node_pb2.ShutdownReply:
+                       context: grpc.aio.ServicerContext[Any, Any]) -> node_pb2.ShutdownReply:
         asyncio.get_running_loop().call_soon(self.m.request_stop)
         return node_pb2.ShutdownReply()

@@ -3,6 +3,10 @@
 Workers are ``python -m runtime.worker`` children in the node's process group, each with
 its own log in the session's logs/ directory. The pool learns of an exit from the
 process itself (``asyncio`` child watching, no polling) and reports it with the exit code.
+
+The node manager sees a pool only through the small ``Pool`` protocol (start, stop, kill,
+stop_all), so tests inject a pool of fake workers; ``Launcher`` is what carries out the
+state's StartWorker/KillWorker/StopWorker actions on whichever pool it was given.
 """
 
 from __future__ import annotations
@@ -14,10 +18,66 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol
 
 from runtime import _ids
 
 logger = logging.getLogger(__name__)
+
+
+class Pool(Protocol):
+    """What the node needs of a worker pool. Exits are reported by the pool's own callback."""
+
+    async def start(self, worker_id: bytes) -> bytes:
+        """Start worker ``worker_id``; return once it is launched (it connects back later)."""
+        ...
+
+    def stop(self, worker_id: bytes) -> None:
+        """SIGTERM an idle worker the node no longer needs."""
+        ...
+
+    def kill(self, worker_id: bytes) -> None:
+        """SIGKILL a worker; its exit is then reported like any other."""
+        ...
+
+    async def stop_all(self) -> None:
+        """Stop every worker (the node is stopping); exits are no longer reported."""
+        ...
+
+
+class Launcher:
+    """Carries out the state's worker actions on a ``Pool``.
+
+    ``starting(worker_id, counted)`` tells the state about a worker being started before
+    the process exists, so the worker's Hello always finds it; ``counted`` is True when
+    the state asked for it (a StartWorker action) and so already counts it as starting.
+    """
+
+    def __init__(self, pool: Pool, starting: Callable[[bytes, bool], None]) -> None:
+        self.pool = pool
+        self._starting = starting
+        self._pending: set[asyncio.Task[Any]] = set()
+
+    def start_worker(self, counted: bool = True) -> None:
+        worker_id = _ids.new_id()
+        self._starting(worker_id, counted)
+        t = asyncio.get_running_loop().create_task(self.pool.start(worker_id))
+        self._pending.add(t)
+        t.add_done_callback(self._started)
+
+    def _started(self, t: asyncio.Task[Any]) -> None:
+        self._pending.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            logger.error("could not start a worker: %s", t.exception())
+
+    def kill(self, worker_id: bytes) -> None:
+        self.pool.kill(worker_id)
+
+    def stop(self, worker_id: bytes) -> None:
+        self.pool.stop(worker_id)
+
+    async def stop_all(self) -> None:
+        await self.pool.stop_all()
 
 
 class WorkerPool:

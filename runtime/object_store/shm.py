@@ -16,6 +16,7 @@ import logging
 import mmap
 import os
 
+from runtime.config import Settings
 from runtime.exceptions import ObjectStoreFullError
 from runtime.protocol.codec import Serialized, deserialize
 
@@ -25,8 +26,9 @@ __all__ = ["read_object", "write_object"]
 
 #: Files up to this size are read with one read() into bytes instead of mapped: a
 #: mapping costs a few page-table operations and an munmap, which for small objects is
-#: more than copying them (measured crossover: between 64 KiB and 1 MiB).
-_READ_LIMIT = 128 * 1024
+#: more than copying them (measured crossover: between 64 KiB and 1 MiB). The default of
+#: ``read_object``'s ``read_limit``; a process that holds its Settings passes theirs.
+_READ_LIMIT = Settings.shm_read_limit_bytes
 #: Linux accepts at most this many pieces per writev (IOV_MAX).
 _IOV_MAX = 1024
 
@@ -84,12 +86,13 @@ def _write_all(fd: int, parts: list[bytes | memoryview], total: int) -> None:
         raise OSError(errno.EIO, f"wrote {written} bytes, expected {total}")
 
 
-def read_object(path: str) -> object:
+def read_object(path: str, read_limit: int = _READ_LIMIT) -> object:
     """Load the object in the file at ``path`` without copying its buffers.
 
     Large files are mapped read-only and deserialized in place: numpy arrays are
     read-only views of the mapping, which lives as long as any of them does and is
-    unmapped by garbage collection after. Files up to 128 KiB are read into ``bytes``
+    unmapped by garbage collection after. Files up to ``read_limit`` bytes
+    (``Settings.shm_read_limit_bytes``, 128 KiB by default) are read into ``bytes``
     instead (cheaper than a mapping; arrays are read-only there too).
 
     Raises
@@ -107,11 +110,11 @@ def read_object(path: str) -> object:
         if size == 0:
             raise ValueError(f"object file {path} is empty: its producer has not written it "
                              f"yet or died while writing it")
-        data: bytes | mmap.mmap
-        if size <= _READ_LIMIT:
+        data: bytes | memoryview
+        if size <= read_limit:
             data = os.read(fd, size)
         else:
-            data = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+            data = memoryview(mmap.mmap(fd, size, access=mmap.ACCESS_READ))
     finally:
         # The mapping keeps its own reference to the file; the descriptor is not needed.
         os.close(fd)

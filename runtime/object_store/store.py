@@ -28,7 +28,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from runtime.exceptions import ObjectStoreFullError
+from runtime.exceptions import ObjectStoreClosedError, ObjectStoreFullError
 from runtime.object_store.shm import write_object
 from runtime.protocol.codec import Serialized
 
@@ -405,7 +405,8 @@ class SharedMemoryStore:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError(f"the object store in {self._shm_dir} is closed")
+            raise ObjectStoreClosedError(f"the object store in {self._shm_dir} is closed",
+                                         shm_dir=str(self._shm_dir))
 
     def __enter__(self) -> SharedMemoryStore:
         return self

@@ -337,7 +337,7 @@ def _loadable_error(exc: object) -> Serialized:
 def _safe_str(obj: object) -> str:
     try:
         return str(obj)
-    except Exception:  # a broken __str__ must not hide the original error
+    except Exception:  # noqa: BLE001 - a broken __str__ must not hide the original error
         return f"<{type(obj).__name__} whose str() failed>"
 
 

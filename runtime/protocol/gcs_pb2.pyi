@@ -347,6 +347,108 @@ class PubMessage(_message.Message):
     snapshot_done: bool
     def __init__(self, table: _Optional[str] = ..., key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., deleted: _Optional[bool] = ..., snapshot: _Optional[bool] = ..., snapshot_done: _Optional[bool] = ...) -> None: ...
 
+class PutActorRequest(_message.Message):
+    __slots__ = ("actor",)
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    actor: ActorRow
+    def __init__(self, actor: _Optional[_Union[ActorRow, _Mapping]] = ...) -> None: ...
+
+class PutActorReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetActorRequest(_message.Message):
+    __slots__ = ("actor_id",)
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    actor_id: bytes
+    def __init__(self, actor_id: _Optional[bytes] = ...) -> None: ...
+
+class GetActorReply(_message.Message):
+    __slots__ = ("found", "actor")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    actor: ActorRow
+    def __init__(self, found: _Optional[bool] = ..., actor: _Optional[_Union[ActorRow, _Mapping]] = ...) -> None: ...
+
+class ClaimActorNameRequest(_message.Message):
+    __slots__ = ("namespace", "name", "value")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    name: str
+    value: bytes
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+
+class ClaimActorNameReply(_message.Message):
+    __slots__ = ("claimed", "existing")
+    CLAIMED_FIELD_NUMBER: _ClassVar[int]
+    EXISTING_FIELD_NUMBER: _ClassVar[int]
+    claimed: bool
+    existing: bytes
+    def __init__(self, claimed: _Optional[bool] = ..., existing: _Optional[bytes] = ...) -> None: ...
+
+class LookupActorNameRequest(_message.Message):
+    __slots__ = ("namespace", "name")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    name: str
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class LookupActorNameReply(_message.Message):
+    __slots__ = ("found", "value")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    value: bytes
+    def __init__(self, found: _Optional[bool] = ..., value: _Optional[bytes] = ...) -> None: ...
+
+class ReleaseActorNameRequest(_message.Message):
+    __slots__ = ("namespace", "name")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    name: str
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class ReleaseActorNameReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RegisterSchedulerRequest(_message.Message):
+    __slots__ = ("name", "address")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    address: str
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+
+class RegisterSchedulerReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DeregisterSchedulerRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeregisterSchedulerReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListSchedulersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListSchedulersReply(_message.Message):
+    __slots__ = ("addresses",)
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, addresses: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class PingRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

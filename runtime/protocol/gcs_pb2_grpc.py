@@ -670,6 +670,418 @@ class Tables:
             _registered_method=True)
 
 
+class ActorsStub:
+    """Actors and their names: typed calls over the "actors" and "kv" tables (the keys are
+    built by the GCS, runtime/gcs/keys.py; every change is published like any other row).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.PutActor = channel.unary_unary(
+                '/cellray.Actors/PutActor',
+                request_serializer=runtime_dot_protocol_dot_gcs__pb2.PutActorRequest.SerializeToString,
+                response_deserializer=runtime_dot_protocol_dot_gcs__pb2.PutActorReply.FromString,
+                _registered_method=True)
+        self.GetActor = channel.unary_unary(
+                '/cellray.Actors/GetActor',
+                request_serializer=runtime_dot_protocol_dot_gcs__pb2.GetActorRequest.SerializeToString,
+                response_deserializer=runtime_dot_protocol_dot_gcs__pb2.GetActorReply.FromString,
+                _registered_method=True)
+        self.ClaimActorName = channel.unary_unary(
+                '/cellray.Actors/ClaimActorName',
+                request_serializer=runtime_dot_protocol_dot_gcs__pb2.ClaimActorNameRequest.SerializeToString,
+                response_deserializer=runtime_dot_protocol_dot_gcs__pb2.ClaimActorNameReply.FromString,
+                _registered_method=True)
+        self.LookupActorName = channel.unary_unary(
+                '/cellray.Actors/LookupActorName',
+                request_serializer=runtime_dot_protocol_dot_gcs__pb2.LookupActorNameRequest.SerializeToString,
+                response_deserializer=runtime_dot_protocol_dot_gcs__pb2.LookupActorNameReply.FromString,
+                _registered_method=True)
+        self.ReleaseActorName = channel.unary_unary(
+                '/cellray.Actors/ReleaseActorName',
+                request_serializer=runtime_dot_protocol_dot_gcs__pb2.ReleaseActorNameRequest.SerializeToString,
+                response_deserializer=runtime_dot_protocol_dot_gcs__pb2.ReleaseActorNameReply.FromString,
+                _registered_method=True)
+
+
+class ActorsServicer:
+    """Actors and their names: typed calls over the "actors" and "kv" tables (the keys are
+    built by the GCS, runtime/gcs/keys.py; every change is published like any other row).
+    """
+
+    def PutActor(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetActor(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimActorName(self, request, context):
+        """Registers the name only if it is free; otherwise returns who holds it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LookupActorName(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseActorName(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ActorsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'PutActor': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutActor,
+                    request_deserializer=runtime_dot_protocol_dot_gcs__pb2.PutActorRequest.FromString,
+                    response_serializer=runtime_dot_protocol_dot_gcs__pb2.PutActorReply.SerializeToString,
+            ),
+            'GetActor': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetActor,
+                    request_deserializer=runtime_dot_protocol_dot_gcs__pb2.GetActorRequest.FromString,
+                    response_serializer=runtime_dot_protocol_dot_gcs__pb2.GetActorReply.SerializeToString,
+            ),
+            'ClaimActorName': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimActorName,
+                    request_deserializer=runtime_dot_protocol_dot_gcs__pb2.ClaimActorNameRequest.FromString,
+                    response_serializer=runtime_dot_protocol_dot_gcs__pb2.ClaimActorNameReply.SerializeToString,
+            ),
+            'LookupActorName': grpc.unary_unary_rpc_method_handler(
+                    servicer.LookupActorName,
+                    request_deserializer=runtime_dot_protocol_dot_gcs__pb2.LookupActorNameRequest.FromString,
+                    response_serializer=runtime_dot_protocol_dot_gcs__pb2.LookupActorNameReply.SerializeToString,
+            ),
+            'ReleaseActorName': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseActorName,
+                    request_deserializer=runtime_dot_protocol_dot_gcs__pb2.ReleaseActorNameRequest.FromString,
+                    response_serializer=runtime_dot_protocol_dot_gcs__pb2.ReleaseActorNameReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'cellray.Actors', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('cellray.Actors', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Actors:
+    """Actors and their names: typed calls over the "actors" and "kv" tables (the keys are
+    built by the GCS, runtime/gcs/keys.py; every change is published like any other row).
+    """
+
+    @staticmethod
+    def PutActor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cellray.Actors/PutActor',
+            runtime_dot_protocol_dot_gcs__pb2.PutActorRequest.SerializeToString,
+            runtime_dot_protocol_dot_gcs__pb2.PutActorReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetActor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cellray.Actors/GetActor',
+            runtime_dot_protocol_dot_gcs__pb2.GetActorRequest.SerializeToString,
+            runtime_dot_protocol_dot_gcs__pb2.GetActorReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimActorName(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cellray.Actors/ClaimActorName',
+            runtime_dot_protocol_dot_gcs__pb2.ClaimActorNameRequest.SerializeToString,
+            runtime_dot_protocol_dot_gcs__pb2.ClaimActorNameReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LookupActorName(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cellray.Actors/LookupActorName',
+            runtime_dot_protocol_dot_gcs__pb2.LookupActorNameRequest.SerializeToString,
+            runtime_dot_protocol_dot_gcs__pb2.LookupActorNameReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseActorName(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cellray.Actors/ReleaseActorName',
+            runtime_dot_protocol_dot_gcs__pb2.ReleaseActorNameRequest.SerializeToString,
+            runtime_dot_protocol_dot_gcs__pb2.ReleaseActorNameReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class SchedulersStub:
+    """Global-scheduler replicas announce themselves; node managers list them.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.RegisterScheduler = channel.unary_unary(
+                '/cellray.Schedulers/RegisterScheduler',
+                request_serializer=runtime_dot_protocol_dot_gcs__pb2.RegisterSchedulerRequest.SerializeToString,
+                response_deserializer=runtime_dot_protocol_dot_gcs__pb2.RegisterSchedulerReply.FromString,
+                _registered_method=True)
+        self.DeregisterScheduler = channel.unary_unary(
+                '/cellray.Schedulers/DeregisterScheduler',
+                request_serializer=runtime_dot_protocol_dot_gcs__pb2.DeregisterSchedulerRequest.SerializeToString,
+                response_deserializer=runtime_dot_protocol_dot_gcs__pb2.DeregisterSchedulerReply.FromString,
+                _registered_method=True)
+        self.ListSchedulers = channel.unary_unary(
+                '/cellray.Schedulers/ListSchedulers',
+                request_serializer=runtime_dot_protocol_dot_gcs__pb2.ListSchedulersRequest.SerializeToString,
+                response_deserializer=runtime_dot_protocol_dot_gcs__pb2.ListSchedulersReply.FromString,
+                _registered_method=True)
+
+
+class SchedulersServicer:
+    """Global-scheduler replicas announce themselves; node managers list them.
+    """
+
+    def RegisterScheduler(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeregisterScheduler(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSchedulers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_SchedulersServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'RegisterScheduler': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterScheduler,
+                    request_deserializer=runtime_dot_protocol_dot_gcs__pb2.RegisterSchedulerRequest.FromString,
+                    response_serializer=runtime_dot_protocol_dot_gcs__pb2.RegisterSchedulerReply.SerializeToString,
+            ),
+            'DeregisterScheduler': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeregisterScheduler,
+                    request_deserializer=runtime_dot_protocol_dot_gcs__pb2.DeregisterSchedulerRequest.FromString,
+                    response_serializer=runtime_dot_protocol_dot_gcs__pb2.DeregisterSchedulerReply.SerializeToString,
+            ),
+            'ListSchedulers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedulers,
+                    request_deserializer=runtime_dot_protocol_dot_gcs__pb2.ListSchedulersRequest.FromString,
+                    response_serializer=runtime_dot_protocol_dot_gcs__pb2.ListSchedulersReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'cellray.Schedulers', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('cellray.Schedulers', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Schedulers:
+    """Global-scheduler replicas announce themselves; node managers list them.
+    """
+
+    @staticmethod
+    def RegisterScheduler(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cellray.Schedulers/RegisterScheduler',
+            runtime_dot_protocol_dot_gcs__pb2.RegisterSchedulerRequest.SerializeToString,
+            runtime_dot_protocol_dot_gcs__pb2.RegisterSchedulerReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeregisterScheduler(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cellray.Schedulers/DeregisterScheduler',
+            runtime_dot_protocol_dot_gcs__pb2.DeregisterSchedulerRequest.SerializeToString,
+            runtime_dot_protocol_dot_gcs__pb2.DeregisterSchedulerReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedulers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cellray.Schedulers/ListSchedulers',
+            runtime_dot_protocol_dot_gcs__pb2.ListSchedulersRequest.SerializeToString,
+            runtime_dot_protocol_dot_gcs__pb2.ListSchedulersReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class AdminStub:
     """Head administration.
     """

@@ -36,7 +36,8 @@ def generate(out_root: pathlib.Path) -> list[pathlib.Path]:
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     out_dir = out_root / PROTO_DIR.relative_to(ROOT)
-    files = sorted(p for p in out_dir.iterdir() if p.name.endswith(("_pb2.py", "_pb2_grpc.py", "_pb2.pyi")))
+    files = sorted(p for p in out_dir.iterdir()
+                   if p.name.endswith(("_pb2.py", "_pb2_grpc.py", "_pb2.pyi")))
     for f in files:
         proto = f.name.split("_pb2")[0] + ".proto"
         f.write_text(HEADER.format(proto=proto) + f.read_text())
@@ -44,11 +45,11 @@ def generate(out_root: pathlib.Path) -> list[pathlib.Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").strip().split("\n", 1)[0])
     parser.add_argument("--check", action="store_true", help="only report stale files")
     opts = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        stale = []
+        stale: list[str] = []
         for f in generate(pathlib.Path(tmp)):
             target = PROTO_DIR / f.name
             fresh = f.read_text()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from runtime.rpc.interceptors import TOKEN_KEY
-from runtime.rpc.server import CHANNEL_OPTIONS
+from runtime.rpc.server import MAX_MESSAGE, channel_options
 
 
 def token_metadata(token: str) -> tuple[tuple[str, str], ...]:
@@ -13,6 +13,9 @@ def token_metadata(token: str) -> tuple[tuple[str, str], ...]:
     return ((TOKEN_KEY, token),)
 
 
-def connect(address: str) -> grpc.aio.Channel:
-    """An aio channel to ``host:port`` (must be created on the loop that will use it)."""
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+def connect(address: str, *, max_message_bytes: int = MAX_MESSAGE) -> grpc.aio.Channel:
+    """An aio channel to ``host:port`` (must be created on the loop that will use it).
+
+    ``max_message_bytes`` is ``Settings.max_message_bytes`` (both ends should agree).
+    """
+    return grpc.aio.insecure_channel(address, options=channel_options(max_message_bytes))

@@ -5,11 +5,15 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
 logger = logging.getLogger(__name__)
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+_Ctx = grpc.aio.ServicerContext[Any, Any]
 
 TOKEN_KEY = "cellray-token"
 
@@ -20,7 +24,8 @@ _REJECT = (
 )
 
 
-def _abort_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+def _abort_handler(handler: grpc.RpcMethodHandler[_Req, _Resp],
+                   method: str) -> grpc.RpcMethodHandler[_Req, _Resp]:
     """A handler of the same shape as ``handler`` that fails with UNAUTHENTICATED.
 
     Requests are left undecoded (no deserializer), so a malformed body from an
@@ -28,10 +33,10 @@ def _abort_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMetho
     """
     message = _REJECT.format(method=method)
 
-    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def unary(request: Any, context: _Ctx) -> Any:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def streaming(request: Any, context: _Ctx) -> Any:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
         yield  # pragma: no cover - makes this an async generator
 
@@ -53,9 +58,10 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails],
+                               Awaitable[grpc.RpcMethodHandler[_Req, _Resp] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[_Req, _Resp] | None:
         for key, value in handler_call_details.invocation_metadata or ():
             if key == TOKEN_KEY:
                 got = value.encode() if isinstance(value, str) else bytes(value)

@@ -10,18 +10,27 @@ from typing import Any
 
 import grpc
 
+from runtime.config import Settings
 from runtime.rpc.interceptors import TokenInterceptor
 
 logger = logging.getLogger(__name__)
 
 #: Large enough for batches of inline objects; big objects go through shared memory.
-MAX_MESSAGE = 512 * 1024 * 1024
+#: The default of ``Settings.max_message_bytes``.
+MAX_MESSAGE = Settings.max_message_bytes
 
-CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.max_send_message_length", MAX_MESSAGE),
-    ("grpc.max_receive_message_length", MAX_MESSAGE),
-    ("grpc.so_reuseport", 0),
-]
+
+def channel_options(max_message_bytes: int = MAX_MESSAGE) -> list[tuple[str, Any]]:
+    """The options of every server and channel: message size limits, no port reuse."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+#: ``channel_options()`` with the default message size.
+CHANNEL_OPTIONS = channel_options()
 
 
 def _is_loopback(host: str) -> bool:
@@ -38,12 +47,15 @@ async def create_server(
     port: int,
     token: str,
     adders: Sequence[tuple[Callable[[Any, grpc.aio.Server], None], Any]],
+    *,
+    max_message_bytes: int = MAX_MESSAGE,
 ) -> tuple[grpc.aio.Server, int]:
     """Start a token-checking server on ``host:port`` and return it with the bound port.
 
     ``adders`` pairs each generated ``add_XServicer_to_server`` with its servicer.
-    Port 0 picks a free port. Binding a non-loopback host prints a warning: traffic is
-    not encrypted and carries pickles, so only trusted networks should reach it.
+    Port 0 picks a free port; ``max_message_bytes`` is ``Settings.max_message_bytes``.
+    Binding a non-loopback host prints a warning: traffic is not encrypted and carries
+    pickles, so only trusted networks should reach it.
     """
     if not _is_loopback(host):
         warnings.warn(
@@ -52,7 +64,8 @@ async def create_server(
             RuntimeWarning,
             stacklevel=2,
         )
-    server = grpc.aio.server(interceptors=[TokenInterceptor(token)], options=CHANNEL_OPTIONS)
+    server = grpc.aio.server(interceptors=[TokenInterceptor(token)],
+                             options=channel_options(max_message_bytes))
     for add, servicer in adders:
         add(servicer, server)
     bound = server.add_insecure_port(f"{host}:{port}")

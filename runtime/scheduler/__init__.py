@@ -21,14 +21,16 @@ Layering, bottom up:
     live node can take the task.
 ``__main__``
     ``python -m runtime.scheduler``: one replica as a process, registered in the GCS
-    ``kv`` table under ``b"scheduler:" + name``.
+    with ``GcsClient.register_scheduler`` (key built by ``runtime.gcs.keys``).
 """
 
 from __future__ import annotations
 
+from runtime.gcs.keys import SCHEDULER_PREFIX
 from runtime.scheduler.state import ClusterView, InputLocation, NodeView, Placement
 
 __all__ = ["KV_PREFIX", "ClusterView", "InputLocation", "NodeView", "Placement"]
 
-#: Replicas register in the GCS ``kv`` table under this prefix + their name (value ``host:port``).
-KV_PREFIX = b"scheduler:"
+#: Replicas register in the GCS ``kv`` table under this prefix + their name (value
+#: ``host:port``); defined in ``runtime.gcs.keys``, re-exported for existing callers.
+KV_PREFIX = SCHEDULER_PREFIX

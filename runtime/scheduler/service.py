@@ -27,8 +27,10 @@ from typing import Any
 import grpc
 
 from runtime._ids import short
+from runtime.exceptions import ConnectionLostError, InvalidRequestError
 from runtime.protocol import node_pb2, node_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from runtime.rpc.channel import connect, token_metadata
+from runtime.rpc.errors import translate
 from runtime.scheduler.state import ClusterView, Placement, PlacementAttempts, StayHome, Wait, check_resources
 
 logger = logging.getLogger(__name__)
@@ -49,10 +51,6 @@ class SchedulerStatistics:
     waiting: int  #: calls now waiting for a node that can take their task
     nodes: int  #: nodes in the view, dead ones included
     channels: int  #: cached node channels
-
-
-class _BadTask(Exception):
-    """The target node rejected the task itself as malformed (INVALID_ARGUMENT)."""
 
 
 class SchedulerService(scheduler_pb2_grpc.GlobalSchedulerServicer):
@@ -88,7 +86,8 @@ class SchedulerService(scheduler_pb2_grpc.GlobalSchedulerServicer):
         changed.set()
 
     def statistics(self) -> SchedulerStatistics:
-        return SchedulerStatistics(self._placed, self._refused, self._waiting, len(self.view), len(self._peers))
+        return SchedulerStatistics(self._placed, self._refused, self._waiting, len(self.view),
+                                   len(self._peers))
 
     async def close(self) -> None:
         """Close the cached node channels."""
@@ -96,7 +95,8 @@ class SchedulerService(scheduler_pb2_grpc.GlobalSchedulerServicer):
         for channel, _ in peers.values():
             await channel.close(None)
 
-    async def Schedule(self, request: scheduler_pb2.ScheduleRequest, context: _Ctx) -> scheduler_pb2.ScheduleReply:
+    async def Schedule(self, request: scheduler_pb2.ScheduleRequest,
+                       context: _Ctx) -> scheduler_pb2.ScheduleReply:
         spec = request.spec
         if not spec.task_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -129,7 +129,7 @@ class SchedulerService(scheduler_pb2_grpc.GlobalSchedulerServicer):
             assert isinstance(step, Placement)
             try:
                 why_not = await self._forward(step, forward)
-            except _BadTask as err:
+            except InvalidRequestError as err:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                     f"node {short(step.node_id)} rejected task {short(spec.task_id)}: {err}")
             if why_not is None:
@@ -144,15 +144,19 @@ class SchedulerService(scheduler_pb2_grpc.GlobalSchedulerServicer):
             attempts.failed(step)
 
     async def _forward(self, placement: Placement, forward: node_pb2.ForwardTaskRequest) -> str | None:
-        """Hand the task to the placed node: None when accepted, else why not."""
+        """Hand the task to the placed node: None when accepted, else why not.
+
+        Raises ``InvalidRequestError`` when the node rejects the task itself as malformed.
+        """
         rpc = self._rpc_client(placement.address)
         try:
             reply: node_pb2.ForwardTaskReply = await rpc.ForwardTask(
                 forward, metadata=self._metadata, timeout=self.forward_timeout)
         except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                raise _BadTask(err.details() or "invalid task") from err
-            if err.code() == grpc.StatusCode.UNAVAILABLE:  # likely dead: do not keep its channel
+            failure = translate(err, "node manager", placement.address)
+            if isinstance(failure, InvalidRequestError):
+                raise failure from err
+            if isinstance(failure, ConnectionLostError):  # likely dead: do not keep its channel
                 await self._drop(placement.address)
             return f"{err.code().name}: {err.details()}"
         return None if reply.accepted else (reply.why_not or "refused without a reason")

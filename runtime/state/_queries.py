@@ -10,8 +10,10 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from runtime.api import _context
+from runtime.config import Settings
 from runtime.exceptions import ClientClosedError
 from runtime.protocol import common_pb2, gcs_pb2
+from runtime.protocol.states import TaskState as _TaskState
 from runtime.state._rows import ActorState, JobState, NodeState, ObjectState, SchedulerEvent, TaskState
 
 if TYPE_CHECKING:
@@ -22,10 +24,11 @@ _T = TypeVar("_T")
 
 #: The task states the runtime reports; ``list_tasks(state=...)`` also accepts any other
 #: state that a task in the table has.
-_KNOWN_TASK_STATES = ("SUBMITTED", "QUEUED", "SCHEDULED", "SPILLED", "RUNNING", "RETRYING",
-                      "FINISHED", "FAILED", "CANCELLED", "INFEASIBLE")
-#: Deadline of one query, on top of the GCS client's own per-call deadline.
-_QUERY_TIMEOUT_S = 60.0
+_KNOWN_TASK_STATES: tuple[str, ...] = tuple(_TaskState)
+#: Deadline of one query, on top of the GCS client's own per-call deadline: the default of
+#: ``Settings.query_timeout_s`` (the driver's client does not carry its Settings, and the
+#: queries do not load the environment again).
+_QUERY_TIMEOUT_S = Settings.query_timeout_s
 
 
 def _query(call: Callable[[GcsClient], Coroutine[Any, Any, _T]]) -> _T:

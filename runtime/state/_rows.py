@@ -11,12 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from runtime.protocol import common_pb2, gcs_pb2
+from runtime.protocol.states import TERMINAL_TASK_STATES as TERMINAL_TASK_STATES  # runtime.state's
 
 #: Tables this module reads and subscribes to (the GCS's ``functions`` and ``kv`` hold
 #: pickles and opaque bytes, not state).
 TABLES = ("nodes", "jobs", "tasks", "objects", "actors", "events")
-#: Task states after which a task does nothing more (its row keeps its end time).
-TERMINAL_TASK_STATES = frozenset({"FINISHED", "FAILED", "CANCELLED"})
 
 
 def _hex(b: bytes) -> str | None:

@@ -155,7 +155,7 @@ class Subscription:
 
                 try:
                     client.run(stop(), timeout)
-                except Exception as e:  # the connection went down meanwhile: nothing to stop
+                except Exception as e:  # noqa: BLE001 - the connection went down meanwhile: nothing to stop
                     logger.debug("stopping %r: %s", self, e)
         self._queue.put(None)
         if threading.current_thread() is not self._thread:
@@ -190,7 +190,7 @@ class Subscription:
                     why = "the GCS ended the stream"
                 except ClientClosedError:
                     return  # the connection was shut down
-                except Exception as e:  # ConnectionLostError (incl. RESOURCE_EXHAUSTED), ...
+                except Exception as e:  # noqa: BLE001 - any break (ConnectionLostError, ...) restarts
                     if self._client.closed:
                         return
                     why = str(e)

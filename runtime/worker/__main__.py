@@ -1,49 +1,57 @@
-"""``python -m runtime.worker``: connect to the node, then run tasks until the node goes."""
+"""``python -m runtime.worker``: connect to the node, then run tasks until the node goes.
+
+Start-up is ``runtime._daemon``'s (flags, settings from the ``CELLRAY_*`` variables the
+node passes down, logging as ``worker[pid]``, token, parent watch); the worker runs no
+event loop of its own and serves nothing, so it only ``prepare``s. It stops when the
+session to its node breaks (``WorkerHost.on_broken``) or when the node kills it.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
+from collections.abc import Sequence
 
-from runtime import _session
+from runtime._daemon import Daemon
 from runtime.api import _context
 from runtime.api._client import CoreClient
-from runtime.worker import executor
-from runtime.worker.executor import install_cancel_handler, run_one
+from runtime.worker.executor import Executor
+from runtime.worker.host import WorkerHost
 from runtime.worker.output import TaskOutput
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m runtime.worker", description=__doc__)
-    p.add_argument("--node-address", required=True)
-    p.add_argument("--gcs-address", required=True)
-    p.add_argument("--token-file", required=True)
-    p.add_argument("--worker-id", required=True)
-    p.add_argument("--node-id", required=True)
-    p.add_argument("--session-dir", required=True)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.__stderr__,
-                        format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s %(name)s: %(message)s")
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--node-address", required=True, help="host:port of this worker's node")
+    p.add_argument("--gcs-address", required=True, help="host:port of the cluster's GCS")
+    p.add_argument("--worker-id", required=True, help="the id the node gave this worker (hex)")
+    p.add_argument("--node-id", required=True, help="the node's id (hex)")
+
+
+DAEMON = Daemon("worker", prog="python -m runtime.worker", description=__doc__,
+                add_arguments=_arguments, serves=False, ready_file="absent")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ctx = DAEMON.prepare(argv)
+    args, settings = ctx.args, ctx.settings
     client = CoreClient(node_address=args.node_address, gcs_address=args.gcs_address,
-                        token=_session.read_token(args.token_file), kind="worker", job_id=b"",
-                        worker_id=bytes.fromhex(args.worker_id))
+                        token=ctx.token, job_id=b"", settings=settings)
+    executor = Executor(client, settings.cancelled_early_max)
+    host = WorkerHost(client, executor, bytes.fromhex(args.worker_id))
+    client.install_host(host)
     _context.set_current(client)
-    install_cancel_handler(client)
-    client.start()
-    sys.stdout = TaskOutput(client, sys.__stdout__, is_stderr=False)
-    sys.stderr = TaskOutput(client, sys.__stderr__, is_stderr=True)
+    executor.cancels.install(executor.running_task)
+    client.start(settings.start_timeout_s)
+    out, err = sys.__stdout__, sys.__stderr__
+    assert out is not None and err is not None, "a worker always has stdout and stderr"
+    sys.stdout = TaskOutput(client, out, is_stderr=False)
+    sys.stderr = TaskOutput(client, err, is_stderr=True)
     while True:
         try:
-            op = client.tasks.get()
+            op = host.tasks.get()
         except KeyboardInterrupt:  # a cancel that arrived between tasks
             continue
-        ex = op.execute
-        if executor.actor is not None and ex.spec.actor_id and not ex.spec.actor_creation:
-            executor.actor.submit(client, ex)
-        else:
-            run_one(client, ex)
+        executor.dispatch(op.execute)
 
 
 if __name__ == "__main__":

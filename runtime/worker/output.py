@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import threading
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -77,3 +78,10 @@ class TaskOutput(io.TextIOBase):
         log.origin = spec.origin
         log.lines.extend(lines)
         self._client.send(op)
+
+
+def flush_task_output() -> None:
+    """Send the partial lines a task left on ``sys.stdout`` / ``sys.stderr`` (at its end)."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, TaskOutput):
+            stream.flush_task()

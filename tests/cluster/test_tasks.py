@@ -152,7 +152,7 @@ address, token_file = sys.argv[1], sys.argv[2] or None
 try:
     rt.init(address=address, token_file=token_file)
 except Exception as e:
-    print(f"INIT-ERROR {type(e).__name__}: {e}")
+    print(f"INIT-ERROR {type(e).__name__} permission={isinstance(e, PermissionError)}: {e}")
     sys.exit(3)
 
 @rt.remote
@@ -194,7 +194,7 @@ def test_attach_with_wrong_token_file_says_to_pass_the_token_file(
     wrong.write_text(secrets.token_hex(32))
     out = _drive(local_cluster.address, str(wrong), subprocess_env())
     assert out.returncode == 3, out.stdout + out.stderr
-    assert "INIT-ERROR PermissionError" in out.stdout
+    assert "INIT-ERROR UnauthenticatedError permission=True" in out.stdout
     assert "token_file" in out.stdout and "token" in out.stdout
 
 
@@ -212,7 +212,8 @@ def test_attach_without_token_file_outside_the_session_root_says_to_pass_it(
         subprocess_env: Callable[..., dict[str, str]]) -> None:
     out = _drive(local_cluster.address, "", subprocess_env(CELLRAY_TMPDIR=str(tmp_path)))
     assert out.returncode == 3, out.stdout + out.stderr
-    assert "INIT-ERROR PermissionError" in out.stdout and "token_file" in out.stdout
+    assert "INIT-ERROR UnauthenticatedError permission=True" in out.stdout
+    assert "token_file" in out.stdout
 
 
 # ---- the shared cluster from here on ---------------------------------------------------

@@ -16,7 +16,14 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 
-from runtime.exceptions import ConnectionLostError
+from runtime.exceptions import (
+    ClientClosedError,
+    ConnectionLostError,
+    InvalidRequestError,
+    NotFoundError,
+    UnauthenticatedError,
+)
+from runtime.gcs import keys
 from runtime.gcs.client import GcsClient
 from runtime.gcs.service import GcsService
 from runtime.gcs.state import GcsState
@@ -92,7 +99,8 @@ def test_register_heartbeat_unregister() -> None:
             assert row.alive and row.load.queue_length == 2
             await gcs.unregister_node(node(1).node_id, "drained")
             assert not await gcs.heartbeat(node(1).node_id, common_pb2.NodeLoad())
-            assert [gcs_pb2.NodeRow.FromString(v).death_cause for _, v in await gcs.list_table("nodes")] == ["drained"]
+            rows = await gcs.list_table("nodes")
+            assert [gcs_pb2.NodeRow.FromString(v).death_cause for _, v in rows] == ["drained"]
             ping = await gcs.ping()
             assert (ping.num_shards, ping.session_dir) == (4, "/tmp/cellray-test")
     run(body())
@@ -105,8 +113,9 @@ def test_jobs_functions_and_put() -> None:
             job = await gcs.register_job(gcs_pb2.JobRow(driver_pid=1))
             assert job == b"\x01\x00\x00\x00"
             await gcs.finish_job(job)
-            with pytest.raises(LookupError, match="not registered"):
+            with pytest.raises(NotFoundError, match="not registered") as lookup:
                 await gcs.finish_job(b"\x07\x00\x00\x00")
+            assert isinstance(lookup.value, LookupError)
             fn = gcs_pb2.FunctionRow(function_id=b"h" * 20, name="f", pickled=b"p", job_id=job)
             assert await gcs.export_function(fn) is False
             assert await gcs.export_function(fn) is True
@@ -124,6 +133,65 @@ def test_jobs_functions_and_put() -> None:
     run(body())
 
 
+def test_typed_calls_for_actors_actor_names_and_scheduler_replicas() -> None:
+    async def body() -> None:
+        async with started_gcs() as head:
+            gcs = head.client
+            actor = gcs_pb2.ActorRow(actor_id=b"a" * 16, class_name="Counter", state="ALIVE")
+            assert await gcs.get_actor(actor.actor_id) is None
+            await gcs.put_actor(actor)
+            assert await gcs.get_actor(actor.actor_id) == actor
+            # names: claimed once per namespace, looked up, released, claimed again
+            assert await gcs.lookup_actor_name("ns", "counter") is None
+            assert await gcs.claim_actor_name("ns", "counter", b"first") == (True, b"")
+            assert await gcs.claim_actor_name("ns", "counter", b"second") == (False, b"first")
+            assert await gcs.claim_actor_name("other", "counter", b"third") == (True, b"")
+            assert await gcs.lookup_actor_name("ns", "counter") == b"first"
+            # the wire key is the one node managers of this version write and delete
+            assert await gcs.get_entry("kv", b"actor_name:ns:counter") == b"first"
+            await gcs.release_actor_name("ns", "counter")
+            await gcs.release_actor_name("ns", "counter")  # releasing a free name is fine
+            assert await gcs.lookup_actor_name("ns", "counter") is None
+            assert await gcs.lookup_actor_name("other", "counter") == b"third"
+            assert await gcs.claim_actor_name("ns", "counter", b"again") == (True, b"")
+            with pytest.raises(InvalidRequestError, match="name value is empty"):
+                await gcs.claim_actor_name("ns", "x", b"")
+            with pytest.raises(InvalidRequestError, match="namespace is empty"):
+                await gcs.lookup_actor_name("", "x")
+            # scheduler replicas
+            assert await gcs.list_schedulers() == []
+            await gcs.register_scheduler("gs-1", "127.0.0.1:9001")
+            await gcs.register_scheduler("gs-0", "127.0.0.1:9000")
+            assert await gcs.list_schedulers() == ["127.0.0.1:9000", "127.0.0.1:9001"]
+            assert await gcs.get_entry("kv", keys.scheduler_key("gs-0")) == b"127.0.0.1:9000"
+            await gcs.deregister_scheduler("gs-0")
+            await gcs.deregister_scheduler("gs-7")  # unknown: nothing happens
+            assert await gcs.list_schedulers() == ["127.0.0.1:9001"]
+            with pytest.raises(InvalidRequestError, match="scheduler address is empty"):
+                await gcs.register_scheduler("gs-2", "")
+    run(body())
+
+
+def test_function_cache_is_bounded_and_a_closed_client_says_so() -> None:
+    async def body() -> None:
+        async with started_gcs() as head:
+            for i in range(3):
+                await head.client.export_function(gcs_pb2.FunctionRow(function_id=bytes([i]) * 20))
+            small = GcsClient(head.address, TOKEN, timeout=5.0, function_cache_size=2)
+            first = await small.get_function(b"\x00" * 20)
+            assert first is not None and await small.get_function(b"\x00" * 20) is first
+            await small.get_function(b"\x01" * 20)
+            await small.get_function(b"\x02" * 20)  # evicts the oldest
+            again = await small.get_function(b"\x00" * 20)
+            assert again == first and again is not first
+            await small.close()
+            with pytest.raises(ClientClosedError, match="was closed"):
+                await small.ping()
+            with pytest.raises(ValueError, match="function_cache_size"):
+                GcsClient(head.address, TOKEN, function_cache_size=0)
+    run(body())
+
+
 def test_subscribe_gets_a_snapshot_then_every_change_in_order() -> None:
     async def body() -> None:
         async with started_gcs() as head:
@@ -137,11 +205,13 @@ def test_subscribe_gets_a_snapshot_then_every_change_in_order() -> None:
             await gcs.register_job(gcs_pb2.JobRow())  # "jobs" is not subscribed
             oid, nid = b"o" * 20, node(1).node_id
             await gcs.report_events([], [gcs_pb2.ObjectLocationUpdate(object_id=oid, node_id=nid, size=8)])
-            await gcs.report_events([], [gcs_pb2.ObjectLocationUpdate(object_id=oid, node_id=nid, removed=True)])
+            await gcs.report_events([], [gcs_pb2.ObjectLocationUpdate(object_id=oid, node_id=nid,
+                                                                       removed=True)])
             for i in range(20):
                 await gcs.put("kv", b"new%d" % i, b"v")
             snapshot = [first, *await read_snapshot(sub)]
-            assert sorted((m.key, m.value) for m in snapshot) == sorted((b"old%d" % i, b"v0") for i in range(50))
+            expected = sorted((b"old%d" % i, b"v0") for i in range(50))
+            assert sorted((m.key, m.value) for m in snapshot) == expected
             changes = [await sub.__anext__() for _ in range(23)]
             assert [(m.table, m.key, m.deleted) for m in changes[:3]] == [
                 ("kv", b"old0", False), ("objects", oid, False), ("objects", oid, True)]
@@ -149,7 +219,8 @@ def test_subscribe_gets_a_snapshot_then_every_change_in_order() -> None:
             assert [m.key for m in changes[3:]] == [b"new%d" % i for i in range(20)]
             assert len(head.service.publisher) == 1
             await sub.aclose()
-            await async_wait_for(lambda: len(head.service.publisher) == 0, what="the server to drop the subscriber")
+            await async_wait_for(lambda: len(head.service.publisher) == 0,
+                                 what="the server to drop the subscriber")
     run(body())
 
 
@@ -193,11 +264,16 @@ def _one_call_per_service(channel: grpc.aio.Channel) -> dict[str, Callable[..., 
     return {
         "NodeInfo.Heartbeat": lambda **kw: gcs_pb2_grpc.NodeInfoStub(channel).Heartbeat(
             gcs_pb2.HeartbeatRequest(node_id=b"n"), **kw),
-        "Jobs.RegisterJob": lambda **kw: gcs_pb2_grpc.JobsStub(channel).RegisterJob(gcs_pb2.RegisterJobRequest(), **kw),
+        "Jobs.RegisterJob": lambda **kw: gcs_pb2_grpc.JobsStub(channel).RegisterJob(
+            gcs_pb2.RegisterJobRequest(), **kw),
         "Functions.GetFunction": lambda **kw: gcs_pb2_grpc.FunctionsStub(channel).GetFunction(
             gcs_pb2.GetFunctionRequest(function_id=b"f"), **kw),
         "Tables.GetEntry": lambda **kw: gcs_pb2_grpc.TablesStub(channel).GetEntry(
             gcs_pb2.GetEntryRequest(table="kv", key=b"k"), **kw),
+        "Actors.GetActor": lambda **kw: gcs_pb2_grpc.ActorsStub(channel).GetActor(
+            gcs_pb2.GetActorRequest(actor_id=b"a"), **kw),
+        "Schedulers.ListSchedulers": lambda **kw: gcs_pb2_grpc.SchedulersStub(channel).ListSchedulers(
+            gcs_pb2.ListSchedulersRequest(), **kw),
         "Admin.Ping": lambda **kw: gcs_pb2_grpc.AdminStub(channel).Ping(gcs_pb2.PingRequest(), **kw),
     }
 
@@ -228,14 +304,16 @@ def test_missing_or_wrong_token_is_rejected_on_every_service() -> None:
                     for metadata in (None, token_metadata("b" * 64), token_metadata("")):
                         code = await _status(call(metadata=metadata))
                         assert code == grpc.StatusCode.UNAUTHENTICATED, (name, metadata, code)
-                    assert await _status(call(metadata=token_metadata(TOKEN))) == grpc.StatusCode.OK, name
+                    code = await _status(call(metadata=token_metadata(TOKEN)))
+                    assert code == grpc.StatusCode.OK, name
             finally:
                 await channel.close()
             wrong = GcsClient(head.address, "b" * 64)
             try:
-                with pytest.raises(PermissionError, match="token_file"):
+                with pytest.raises(UnauthenticatedError, match="token_file") as refused:
                     await wrong.ping()
-                with pytest.raises(PermissionError, match="token_file"):
+                assert isinstance(refused.value, PermissionError)
+                with pytest.raises(UnauthenticatedError, match="token_file"):
                     async for _ in wrong.subscribe(["kv"]):
                         pass
             finally:
@@ -252,16 +330,21 @@ def test_malformed_requests_are_invalid_argument_and_the_server_keeps_serving() 
             tables, nodes = gcs_pb2_grpc.TablesStub(channel), gcs_pb2_grpc.NodeInfoStub(channel)
             functions = gcs_pb2_grpc.FunctionsStub(channel)
             bad = {
-                "unknown table": tables.GetEntry(gcs_pb2.GetEntryRequest(table="nope", key=b"k"), metadata=md),
+                "unknown table": tables.GetEntry(gcs_pb2.GetEntryRequest(table="nope", key=b"k"),
+                                                 metadata=md),
                 "empty key": tables.GetEntry(gcs_pb2.GetEntryRequest(table="kv"), metadata=md),
-                "typed table": tables.Put(gcs_pb2.PutRequest(table="nodes", key=b"k", value=b"x"), metadata=md),
-                "negative limit": tables.ListTable(gcs_pb2.ListTableRequest(table="kv", limit=-1), metadata=md),
+                "typed table": tables.Put(gcs_pb2.PutRequest(table="nodes", key=b"k", value=b"x"),
+                                          metadata=md),
+                "negative limit": tables.ListTable(gcs_pb2.ListTableRequest(table="kv", limit=-1),
+                                                   metadata=md),
                 "empty task id": tables.ReportEvents(gcs_pb2.ReportEventsRequest(
                     task_events=[common_pb2.TaskEvent(state="RUNNING")]), metadata=md),
                 "empty node id": nodes.RegisterNode(gcs_pb2.RegisterNodeRequest(), metadata=md),
-                "empty function id": functions.ExportFunction(gcs_pb2.ExportFunctionRequest(), metadata=md),
+                "empty function id": functions.ExportFunction(gcs_pb2.ExportFunctionRequest(),
+                                                              metadata=md),
                 "no tables": tables.Subscribe(gcs_pb2.SubscribeRequest(), metadata=md),
-                "unknown subscribed table": tables.Subscribe(gcs_pb2.SubscribeRequest(tables=["kv", "x"]), metadata=md),
+                "unknown subscribed table": tables.Subscribe(
+                    gcs_pb2.SubscribeRequest(tables=["kv", "x"]), metadata=md),
             }
             try:
                 for what, call in bad.items():
@@ -270,8 +353,9 @@ def test_malformed_requests_are_invalid_argument_and_the_server_keeps_serving() 
                 assert await _status(garbage(b"\xff\xff\xff", metadata=md)) != grpc.StatusCode.OK
             finally:
                 await channel.close()
-            with pytest.raises(ValueError, match="unknown table 'nope'"):
+            with pytest.raises(InvalidRequestError, match="unknown table 'nope'") as invalid:
                 await head.client.get_entry("nope", b"k")
+            assert isinstance(invalid.value, ValueError)
             assert (await head.client.ping()).num_shards == 4
             assert len(head.service.publisher) == 0
     run(body())

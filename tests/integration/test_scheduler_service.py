@@ -353,6 +353,7 @@ def test_the_scheduler_process_registers_places_and_stops_cleanly(tmp_path: path
                 assert (info["pid"], info["name"], info["address"]) == (
                     handle.pid, "gs-7", f"127.0.0.1:{info['port']}")
                 assert await gcs.get_entry("kv", KV_PREFIX + b"gs-7") == info["address"].encode()
+                assert await gcs.list_schedulers() == [info["address"]]
                 # A node registers after the scheduler started: it learns of it from the feed.
                 await gcs.register_node(gcs_pb2.NodeRow(node_id=B, address=f"127.0.0.1:{port}",
                                                         load=common_pb2.NodeLoad(total={"CPU": 1})))
@@ -367,6 +368,7 @@ def test_the_scheduler_process_registers_places_and_stops_cleanly(tmp_path: path
                 await server.stop(None)
             assert code == 0, handle.log_path.read_text()
             assert await gcs.get_entry("kv", KV_PREFIX + b"gs-7") is None
+            assert await gcs.list_schedulers() == []
             log = handle.log_path.read_text()
             assert f"gs-7[{handle.pid}]" in log and "global scheduler gs-7 stopped" in log
 

@@ -62,7 +62,8 @@ def test_traceback_shows_the_cells_lines_and_keeps_the_type(kernel: Any) -> None
     text = "\n".join(error["traceback"])
     assert re.search(r'File "<cell-\d+>", line 3, in <module>\n\s+numerator / denominator', text), text
     assert "kernel_ext" not in text  # neither the worker's exec frames nor the magic's
-    ex = kernel.check("try:\n    %remote 1 / 0\nexcept ZeroDivisionError as e:\n    caught = type(e).__name__\ncaught")
+    ex = kernel.check("try:\n    %remote 1 / 0\n"
+                      "except ZeroDivisionError as e:\n    caught = type(e).__name__\ncaught")
     assert ex.result == "'ZeroDivisionError'"
 
 
@@ -125,8 +126,10 @@ def test_plain_task_and_actor_output_follows_its_cell(kernel: Any, tmp_path: pat
     assert second.ok
     assert {k: m["parent_header"]["msg_id"] for k, m in found.items()} == {
         "task printed late": first.msg_id, "actor printed late": first.msg_id}
-    assert re.search(r"^\(chatty pid=\d+\) task printed late$", found["task printed late"]["content"]["text"], re.MULTILINE)
-    assert re.search(r"^\(Talker.say pid=\d+\) actor printed late$", found["actor printed late"]["content"]["text"], re.MULTILINE)
+    assert re.search(r"^\(chatty pid=\d+\) task printed late$",
+                     found["task printed late"]["content"]["text"], re.MULTILINE)
+    assert re.search(r"^\(Talker.say pid=\d+\) actor printed late$",
+                     found["actor printed late"]["content"]["text"], re.MULTILINE)
     kernel.check("rt.get([ref, aref]); rt.kill(talker)")
 
 

@@ -88,7 +88,8 @@ def test_help_comes_from_the_magics_docstrings(shell: Any) -> None:
 @pytest.mark.cluster
 def test_attach_to_a_running_cluster_and_detach(shell: Any, tmp_session_root: pathlib.Path) -> None:
     with LocalCluster(session_root=tmp_session_root) as cluster:
-        result, cap = run(shell, f"%cluster attach {cluster.address} --token-file {tmp_session_root / 'nope'}")
+        result, cap = run(shell,
+                          f"%cluster attach {cluster.address} --token-file {tmp_session_root / 'nope'}")
         assert isinstance(result.error_in_exec, UsageError)
         assert f"%cluster attach {cluster.address}: token file" in str(result.error_in_exec)
         try:

@@ -152,9 +152,9 @@ def test_redefined_remote_function_runs_its_new_definition(shell_cluster: Any) -
 def test_task_output_has_a_prefix_and_remote_cell_output_has_none(shell_cluster: Any) -> None:
     shell = shell_cluster
     run(shell, "@rt.remote\ndef shout():\n    print('from the task')\n")
-    result, cap = run(shell, "rt.get(shout.remote())")
+    _result, cap = run(shell, "rt.get(shout.remote())")
     assert cap.stdout.startswith("(shout pid=") and "from the task" in cap.stdout
-    result, cap = run(shell, "%%remote\nprint('from the cell')")
+    _result, cap = run(shell, "%%remote\nprint('from the cell')")
     assert cap.stdout == "from the cell\n"
     _result, cap = run(shell, "%%remote --session quiet\nprint('from the session')")
     assert cap.stdout == "from the session\n"

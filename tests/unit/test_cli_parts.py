@@ -23,7 +23,8 @@ def test_start_arguments_are_typed() -> None:
     assert vars(args) | {"func": None, "parser": None} == {
         "command": "start", "head": True, "address": None, "port": 0, "host": "127.0.0.1",
         "token_file": None, "cpus": 2.5, "gpus": 1.0, "resources": {"sim": 4.0},
-        "object_store_memory": 1_000_000, "num_nodes": 3, "global_schedulers": None, "func": None, "parser": None}
+        "object_store_memory": 1_000_000, "num_nodes": 3, "global_schedulers": None, "func": None,
+        "parser": None}
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -270,9 +270,9 @@ def test_bad_data_raises_value_error(data: bytes, match: str) -> None:
 
 def test_truncated_pickle_raises_value_error() -> None:
     data = serialize("x" * 1000).to_bytes()
-    with pytest.raises(ValueError, match="truncated.*announces"):
+    with pytest.raises(ValueError, match=r"truncated.*announces"):
         deserialize(data[:500])
-    with pytest.raises(ValueError, match="truncated.*announces"):
+    with pytest.raises(ValueError, match=r"truncated.*announces"):
         deserialize(memoryview(data)[:500])
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from runtime.exceptions import ClientClosedError
 from runtime.gcs.state import Change, GcsState, InvalidRequestError, shard_of
 from runtime.gcs.storage import InMemoryStorage, Storage
 from runtime.protocol import common_pb2, gcs_pb2
@@ -70,7 +71,7 @@ def test_in_memory_storage_follows_the_protocol() -> None:
     storage.delete("kv", b"a")
     assert storage.get("kv", b"a") is None
     storage.close()
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(ClientClosedError, match="closed"):
         storage.get("kv", b"a")
 
 
@@ -115,11 +116,53 @@ def test_put_only_if_absent_and_changes_are_recorded(state: GcsState) -> None:
     lambda s: s.export_function(gcs_pb2.FunctionRow(name="f")),
     lambda s: s.report_events([common_pb2.TaskEvent(state="RUNNING")], []),
     lambda s: s.report_events([], [gcs_pb2.ObjectLocationUpdate(object_id=b"o")]),
+    lambda s: s.put_actor(gcs_pb2.ActorRow(class_name="C")),
+    lambda s: s.claim_actor_name("", "n", b"v"),
+    lambda s: s.claim_actor_name("ns", "", b"v"),
+    lambda s: s.claim_actor_name("ns", "n", b""),
+    lambda s: s.lookup_actor_name("ns", ""),
+    lambda s: s.release_actor_name("", "n"),
+    lambda s: s.register_scheduler("gs-0", ""),
+    lambda s: s.deregister_scheduler(""),
 ])
-def test_malformed_requests_raise_invalid_request(state: GcsState, call: Callable[[GcsState], object]) -> None:
+def test_malformed_requests_raise_invalid_request(state: GcsState,
+                                                  call: Callable[[GcsState], object]) -> None:
     with pytest.raises(InvalidRequestError):
         call(state)
     assert state.take_changes() == []
+
+
+# ---- actors, actor names, scheduler replicas ----
+
+def test_actor_rows_and_names_are_typed_and_every_change_is_recorded(state: GcsState) -> None:
+    row = gcs_pb2.ActorRow(actor_id=b"a" * 16, class_name="Counter", state="PENDING")
+    assert state.get_actor(row.actor_id) is None
+    state.put_actor(row)
+    assert state.get_actor(row.actor_id) == row
+    assert state.claim_actor_name("ns", "c", b"v1") == (True, b"")
+    assert state.claim_actor_name("ns", "c", b"v2") == (False, b"v1")
+    assert state.lookup_actor_name("ns", "c") == b"v1"
+    assert state.lookup_actor_name("other", "c") is None
+    assert state.release_actor_name("ns", "c") is True
+    assert state.release_actor_name("ns", "c") is False
+    assert state.lookup_actor_name("ns", "c") is None
+    # the rows live where subscribers and the generic reads find them
+    assert state.take_changes() == [
+        Change("actors", row.actor_id, row.SerializeToString()),
+        Change("kv", b"actor_name:ns:c", b"v1"),
+        Change("kv", b"actor_name:ns:c", deleted=True),
+    ]
+
+
+def test_scheduler_replicas_register_and_list_sorted(state: GcsState) -> None:
+    state.register_scheduler("gs-1", "h:2")
+    state.register_scheduler("gs-0", "h:1")
+    state.put("kv", b"unrelated", b"x")
+    assert state.schedulers() == ["h:1", "h:2"]
+    assert state.get("kv", b"scheduler:gs-0") == b"h:1"
+    assert state.deregister_scheduler("gs-0") is True
+    assert state.deregister_scheduler("gs-0") is False
+    assert state.schedulers() == ["h:2"]
 
 
 # ---- nodes ----

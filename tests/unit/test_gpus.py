@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
+from runtime.config import Settings
+from runtime.node.actions import Send
 from runtime.node.gpus import Gpus
-from runtime.node.state import NodeState
+from runtime.node.state import LocalScheduler
 from runtime.protocol import common_pb2, node_pb2
 
 
@@ -72,28 +74,28 @@ class Store:
     def free(self, o: bytes) -> None: ...
 
 
-def _node(gpus: int, workers: int = 8) -> NodeState:
-    s = NodeState(b"n" * 16, {"CPU": 16.0, "GPU": float(gpus)}, Store(), lambda e: b"e")
+def _node(gpus: int, workers: int = 8) -> LocalScheduler:
+    s = LocalScheduler(b"n" * 16, {"CPU": 16.0, "GPU": float(gpus)}, Store(), lambda e: b"e",
+                       settings=Settings())
     s.connect(b"d" * 16, "driver", 1)
     for i in range(workers):
         wid = bytes([i]) * 16
         s.worker_starting(wid, counted=False)
         s.connect(bytes([100 + i]) * 16, "worker", 10 + i, wid)
-    s.outbox.clear()
+    s.take_actions()
     return s
 
 
-def _submit(s: NodeState, i: int, gpus: float) -> None:
+def _submit(s: LocalScheduler, i: int, gpus: float) -> None:
     spec = common_pb2.TaskSpec(task_id=bytes([i]) * 16, name="g", num_returns=0, owner_id=b"d" * 16)
     spec.resources.update({"CPU": 1.0, "GPU": gpus})
     s.submit(b"d" * 16, spec)
 
 
-def _dispatched(s: NodeState) -> list[list[int]]:
-    out = [list(a[2].execute.gpu_ids) for a in s.outbox
-           if a[0] == "send" and a[2].WhichOneof("op") == "execute"]
-    s.outbox.clear()
-    return out
+def _dispatched(s: LocalScheduler) -> list[list[int]]:
+    """The GPU ids of every task sent to a worker since the last call."""
+    return [list(a.op.execute.gpu_ids) for a in s.take_actions()
+            if isinstance(a, Send) and a.op.WhichOneof("op") == "execute"]
 
 
 def test_fractions_pack_onto_the_first_gpu_before_the_next() -> None:

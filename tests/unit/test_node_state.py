@@ -1,5 +1,5 @@
-"""NodeState, the pure local scheduler, driven by method calls; decisions read from its
-outbox. No sockets, no threads, no sleeps: a fake store and a fake clock."""
+"""LocalScheduler, the node's pure state, driven by method calls; decisions read from the
+actions it makes. No sockets, no threads, no sleeps: a fake store and a fake clock."""
 
 from __future__ import annotations
 
@@ -7,22 +7,33 @@ from collections import Counter
 from typing import Any
 
 from runtime import _ids
+from runtime.config import Settings
 from runtime.exceptions import (
     NodeDiedError,
     ObjectLostError,
     TaskCancelledError,
     WorkerCrashedError,
 )
-from runtime.node import spill as sp
-from runtime.node import state as st
-from runtime.node.state import NodeState
+from runtime.node.actions import (
+    Action,
+    KillWorker,
+    ObjectLocation,
+    ReportEvent,
+    ReportHome,
+    Send,
+    Spill,
+    SpillReason,
+    StartWorker,
+    StopWorker,
+)
+from runtime.node.state import LocalScheduler
 from runtime.protocol import codec, common_pb2, node_pb2
 
 NODE, PEER, DRIVER = b"N" * 16, b"P" * 16, b"D" * 16
 
 
 class Store:
-    """The shared-memory store, reduced to what NodeState calls; it records frees."""
+    """The shared-memory store, reduced to what LocalScheduler calls; it records frees."""
 
     def __init__(self) -> None:
         self.sealed: list[bytes] = []
@@ -66,14 +77,38 @@ def _ret(i: int) -> bytes:
     return _ids.object_id(_tid(i), 1)
 
 
-def _add_worker(s: NodeState, i: int) -> None:
+def _add_worker(s: Node, i: int) -> None:
     s.worker_starting(_wid(i), counted=False)
     s.connect(_cid(i), "worker", 100 + i, _wid(i))
 
 
-def _node(cpus: float = 1, workers: int = 0, t: list[float] | None = None, **kw: Any) -> NodeState:
+class Node(LocalScheduler):
+    """LocalScheduler with the actions made since the last ``outbox.clear()``, in order."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.seen: list[Action] = []
+
+    @property
+    def outbox(self) -> list[Action]:
+        self.seen.extend(self.take_actions())
+        return self.seen
+
+    @property
+    def store(self) -> Store:
+        store = self.objects.store
+        assert isinstance(store, Store)
+        return store
+
+
+#: The defaults every test node runs with (tests override single fields).
+DEFAULTS = Settings()
+
+
+def _node(cpus: float = 1, workers: int = 0, t: list[float] | None = None, **kw: Any) -> Node:
     clock = (lambda: t[0]) if t is not None else (lambda: 0.0)
-    s = NodeState(NODE, {"CPU": float(cpus)}, Store(), _encode, clock=clock, **kw)
+    s = Node(NODE, {"CPU": float(cpus)}, Store(), _encode,
+                  settings=Settings(**kw), clock=clock)
     s.connect(DRIVER, "driver", 1)
     for i in range(workers):
         _add_worker(s, i)
@@ -93,35 +128,57 @@ def _spec(i: int, cpu: float = 1.0, *, parent: int | None = None, max_retries: i
     return spec
 
 
-def _submit(s: NodeState, i: int, cpu: float = 1.0, **kw: Any) -> bytes:
+def _submit(s: Node, i: int, cpu: float = 1.0, **kw: Any) -> bytes:
     s.submit(DRIVER, _spec(i, cpu, **kw))
     return _tid(i)
 
 
-def _ops(s: NodeState, kind: str) -> list[tuple[bytes, Any]]:
+def _ops(s: Node, kind: str) -> list[tuple[bytes, Any]]:
     """(client id, op body) of every SEND of NodeOp kind ``kind`` in the outbox."""
-    return [(a[1], getattr(a[2], kind)) for a in s.outbox
-            if a[0] == st.SEND and a[2].WhichOneof("op") == kind]
+    return [(a.client_id, getattr(a.op, kind)) for a in s.outbox
+            if isinstance(a, Send) and a.op.WhichOneof("op") == kind]
 
 
-def _acts(s: NodeState, kind: str) -> list[tuple[Any, ...]]:
-    return [a for a in s.outbox if a[0] == kind]
+def _acts(s: Node, kind: type[Any]) -> list[Any]:
+    return [a for a in s.outbox if isinstance(a, kind)]
 
 
-def _executed(s: NodeState) -> list[tuple[bytes, bytes]]:
+def _spills(s: Node) -> list[tuple[bytes, Any]]:
+    """(task id, ScheduleRequest) of every Spill action."""
+    return [(a.task_id, a.request) for a in _acts(s, Spill)]
+
+
+def _reports(s: Node) -> list[tuple[str, Any]]:
+    """(home address, ReportResultsRequest) of every ReportHome action."""
+    return [(a.address, a.request) for a in _acts(s, ReportHome)]
+
+
+def _reap(s: Node, t: list[float], idle_s: float) -> list[bytes]:
+    """The workers ``reap_idle`` stops when idling ``idle_s`` seconds is enough: the node
+    runs with the default ``idle_worker_s``, so its clock is shifted by the difference."""
+    now, before = t[0], len(s.outbox)
+    t[0] = now - idle_s + DEFAULTS.idle_worker_s
+    try:
+        s.reap_idle()
+    finally:
+        t[0] = now
+    return [a.worker_id for a in s.outbox[before:] if isinstance(a, StopWorker)]
+
+
+def _executed(s: Node) -> list[tuple[bytes, bytes]]:
     """(worker client id, task id) of every task sent to a worker, in order."""
     return [(c, ex.spec.task_id) for c, ex in _ops(s, "execute")]
 
 
-def _events(s: NodeState, task_id: bytes) -> list[str]:
-    return [a[1].state for a in s.outbox if a[0] == st.EVENT and a[1].task_id == task_id]
+def _events(s: Node, task_id: bytes) -> list[str]:
+    return [a.event.state for a in s.outbox if isinstance(a, ReportEvent) and a.event.task_id == task_id]
 
 
-def _client_of(s: NodeState, task_id: bytes) -> bytes:
-    return s.workers[s.tasks[task_id].worker_id].client_id
+def _client_of(s: Node, task_id: bytes) -> bytes:
+    return s.workers.workers[s.tasks[task_id].worker_id].client_id
 
 
-def _finish(s: NodeState, task_id: bytes, value: bytes = b"v", **data: Any) -> None:
+def _finish(s: Node, task_id: bytes, value: bytes = b"v", **data: Any) -> None:
     """The worker running ``task_id`` reports its one return value."""
     client = _client_of(s, task_id)
     ret = common_pb2.ObjectData(object_id=_ids.object_id(task_id, 1), size=len(value), **data)
@@ -130,12 +187,12 @@ def _finish(s: NodeState, task_id: bytes, value: bytes = b"v", **data: Any) -> N
     s.result(client, node_pb2.TaskResult(task_id=task_id, returns=[ret]))
 
 
-def _block(s: NodeState, task_id: bytes, blocked: bool = True, waiting_on: tuple[bytes, ...] = ()) -> None:
+def _block(s: Node, task_id: bytes, blocked: bool = True, waiting_on: tuple[bytes, ...] = ()) -> None:
     s.blocked(_client_of(s, task_id),
               node_pb2.BlockedState(blocked=blocked, task_id=task_id, waiting_on=list(waiting_on)))
 
 
-def _error_sent(s: NodeState, oid: bytes) -> BaseException:
+def _error_sent(s: Node, oid: bytes) -> BaseException:
     """The error the owner received as the value of ``oid``."""
     blobs = [o.inline for c, o in _ops(s, "object") if c == DRIVER and o.object_id == oid]
     assert len(blobs) == 1, f"expected one object op for {oid.hex()}, got {len(blobs)}"
@@ -165,7 +222,7 @@ def test_a_shape_waiting_for_resources_does_not_block_another_shape() -> None:
     _submit(s, 1, cpu=2)  # cannot run while task 0 holds a CPU
     _submit(s, 2)
     assert [t for _, t in _executed(s)] == [_tid(0), _tid(2)]
-    assert s.tasks[_tid(1)].state == "READY"
+    assert s.tasks[_tid(1)].phase == "READY"
 
 
 def test_a_task_needing_more_than_available_runs_when_resources_free() -> None:
@@ -173,48 +230,48 @@ def test_a_task_needing_more_than_available_runs_when_resources_free() -> None:
     _submit(s, 0)
     _submit(s, 1, cpu=2)
     assert [t for _, t in _executed(s)] == [_tid(0)]
-    assert s.available["CPU"] == 1.0
+    assert s.resources.available["CPU"] == 1.0
     s.outbox.clear()
     _finish(s, _tid(0))
     assert [t for _, t in _executed(s)] == [_tid(1)]
-    assert s.available["CPU"] == 0.0
+    assert s.resources.available["CPU"] == 0.0
 
 
 def test_ten_ready_tasks_on_two_cpus_start_exactly_two_workers() -> None:
     s = _node(cpus=2, max_starting_workers=8)  # bounded by what can run, not by max_starting
     for i in range(10):
         _submit(s, i)
-    assert len(_acts(s, st.START_WORKER)) == 2
-    assert s.starting == 2
+    assert len(_acts(s, StartWorker)) == 2
+    assert s.workers.starting == 2
     assert _executed(s) == []
     _submit(s, 10)
-    assert len(_acts(s, st.START_WORKER)) == 2
+    assert len(_acts(s, StartWorker)) == 2
 
 
 def test_worker_starts_are_bounded_by_max_starting() -> None:
     s = _node(cpus=8, max_starting_workers=3)
     for i in range(10):
         _submit(s, i)
-    assert len(_acts(s, st.START_WORKER)) == 3
+    assert len(_acts(s, StartWorker)) == 3
 
 
 def test_no_worker_is_started_for_a_task_that_cannot_run_now() -> None:
     s = _node(cpus=1, workers=1)
     _submit(s, 0)
     _submit(s, 1, cpu=0.5)  # another shape (not sent ahead), and no CPU left for it
-    assert _acts(s, st.START_WORKER) == []
-    assert s.tasks[_tid(1)].state == "READY"
+    assert _acts(s, StartWorker) == []
+    assert s.tasks[_tid(1)].phase == "READY"
 
 
 def test_a_connecting_worker_takes_a_queued_task() -> None:
     s = _node(cpus=1)
     _submit(s, 0)
-    assert len(_acts(s, st.START_WORKER)) == 1
+    assert len(_acts(s, StartWorker)) == 1
     s.outbox.clear()
     s.worker_starting(_wid(0))  # counted: the START_WORKER above asked for it
     s.connect(_cid(0), "worker", 100, _wid(0))
     assert _executed(s) == [(_cid(0), _tid(0))]
-    assert s.starting == 0 and s.available["CPU"] == 0.0
+    assert s.workers.starting == 0 and s.resources.available["CPU"] == 0.0
 
 
 # ---- pipelining ------------------------------------------------------------------------
@@ -222,31 +279,31 @@ def test_a_connecting_worker_takes_a_queued_task() -> None:
 
 def test_extra_tasks_are_sent_ahead_to_busy_workers_at_most_pipeline_depth_each() -> None:
     s = _node(cpus=2, workers=2)
-    n = 2 + 2 * st.PIPELINE_DEPTH + 1
+    n = 2 + 2 * DEFAULTS.pipeline_depth + 1
     for i in range(n):
         _submit(s, i)
     per_worker = Counter(c for c, _ in _executed(s))
-    assert per_worker == {_cid(0): 1 + st.PIPELINE_DEPTH, _cid(1): 1 + st.PIPELINE_DEPTH}
-    assert s.tasks[_tid(n - 1)].state == "READY" and not s.tasks[_tid(n - 1)].worker_id
-    assert all(len(w.queued) == st.PIPELINE_DEPTH for w in s.workers.values())
-    assert s.available["CPU"] == 0.0
-    assert _acts(s, st.START_WORKER) == []
+    assert per_worker == {_cid(0): 1 + DEFAULTS.pipeline_depth, _cid(1): 1 + DEFAULTS.pipeline_depth}
+    assert s.tasks[_tid(n - 1)].phase == "READY" and not s.tasks[_tid(n - 1)].worker_id
+    assert all(len(w.queued) == DEFAULTS.pipeline_depth for w in s.workers.workers.values())
+    assert s.resources.available["CPU"] == 0.0
+    assert _acts(s, StartWorker) == []
 
 
 def test_resources_pass_to_the_sent_ahead_task_and_free_only_when_the_worker_idles() -> None:
     s = _node(cpus=1, workers=1)
     for i in range(3):
         _submit(s, i)
-    w = s.workers[_wid(0)]
+    w = s.workers.workers[_wid(0)]
     assert [f.task_id for f in w.queued] == [_tid(1), _tid(2)]
     for nxt in (1, 2):
         _finish(s, _tid(nxt - 1))
-        assert s.available["CPU"] == 0.0
+        assert s.resources.available["CPU"] == 0.0
         assert [f.task_id for f in w.frames] == [_tid(nxt)]
         assert w.frames[0].resources == {"CPU": 1.0} and w.state == "BUSY"
     _finish(s, _tid(2))
-    assert s.available["CPU"] == 1.0
-    assert w.state == "IDLE" and w in s.idle and not w.frames
+    assert s.resources.available["CPU"] == 1.0
+    assert w.state == "IDLE" and w in s.workers.idle and not w.frames
 
 
 def test_cancelling_a_sent_ahead_task_resolves_it_at_once_and_tells_the_worker() -> None:
@@ -258,9 +315,9 @@ def test_cancelling_a_sent_ahead_task_resolves_it_at_once_and_tells_the_worker()
     assert [(c, o.task_id) for c, o in _ops(s, "cancel")] == [(_cid(0), _tid(1))]
     assert isinstance(_error_sent(s, _ret(1)), TaskCancelledError)
     assert _tid(1) not in s.tasks and "CANCELLED" in _events(s, _tid(1))
-    assert _acts(s, st.KILL_WORKER) == []
+    assert _acts(s, KillWorker) == []
     _finish(s, _tid(0))  # nothing is left to take its resources over
-    assert s.available["CPU"] == 1.0 and s.workers[_wid(0)].state == "IDLE"
+    assert s.resources.available["CPU"] == 1.0 and s.workers.workers[_wid(0)].state == "IDLE"
 
 
 def test_a_dead_worker_requeues_its_sent_ahead_tasks_without_using_a_retry() -> None:
@@ -286,7 +343,7 @@ def test_a_blocked_worker_lends_its_cpu_to_another_worker() -> None:
     s = _node(cpus=1, workers=2)
     _submit(s, 0)
     _block(s, _tid(0))
-    assert s.available["CPU"] == 1.0
+    assert s.resources.available["CPU"] == 1.0
     s.outbox.clear()
     _submit(s, 1)  # not a child and not waited on: an idle worker takes it
     assert [t for _, t in _executed(s)] == [_tid(1)]
@@ -297,25 +354,25 @@ def test_unblocking_takes_the_cpu_back() -> None:
     s = _node(cpus=1, workers=1)
     _submit(s, 0)
     _block(s, _tid(0))
-    assert s.available["CPU"] == 1.0
+    assert s.resources.available["CPU"] == 1.0
     _block(s, _tid(0), blocked=False)
-    assert s.available["CPU"] == 0.0
+    assert s.resources.available["CPU"] == 0.0
     _block(s, _tid(0), blocked=False)  # a repeated unblock changes nothing
-    assert s.available["CPU"] == 0.0
+    assert s.resources.available["CPU"] == 0.0
     _finish(s, _tid(0))
-    assert s.available["CPU"] == 1.0
+    assert s.resources.available["CPU"] == 1.0
 
 
 def test_a_queued_task_the_blocked_worker_waits_on_runs_inline_in_it() -> None:
     s = _node(cpus=1, workers=2)
     _submit(s, 0)
     _submit(s, 1, cpu=0.5)  # queued: no CPU, and another shape than task 0
-    assert s.tasks[_tid(1)].state == "READY"
+    assert s.tasks[_tid(1)].phase == "READY"
     runner = _client_of(s, _tid(0))
     s.outbox.clear()
     _block(s, _tid(0), waiting_on=(_ret(1),))
     assert _executed(s) == [(runner, _tid(1))]  # not the idle worker
-    assert [f.task_id for f in s.workers[s.tasks[_tid(0)].worker_id].frames] == [_tid(0), _tid(1)]
+    assert [f.task_id for f in s.workers.workers[s.tasks[_tid(0)].worker_id].frames] == [_tid(0), _tid(1)]
 
 
 def test_a_waited_on_task_behind_others_in_its_queue_runs_inline() -> None:
@@ -326,7 +383,7 @@ def test_a_waited_on_task_behind_others_in_its_queue_runs_inline() -> None:
     s.outbox.clear()
     _block(s, _tid(0), waiting_on=(_ret(2),))
     assert _executed(s) == [(_cid(0), _tid(2))]
-    assert s.tasks[_tid(1)].state == "READY"
+    assert s.tasks[_tid(1)].phase == "READY"
     _finish(s, _tid(2))
     _block(s, _tid(0), blocked=False)  # its get returned
     s.outbox.clear()
@@ -349,31 +406,31 @@ def test_a_result_for_a_lower_frame_pops_that_frame() -> None:
     _submit(s, 0)
     _block(s, _tid(0))
     _submit(s, 1, parent=0)
-    w = s.workers[_wid(0)]
+    w = s.workers.workers[_wid(0)]
     assert [f.task_id for f in w.frames] == [_tid(0), _tid(1)]
     _finish(s, _tid(0))  # the lower frame ends first
     assert [f.task_id for f in w.frames] == [_tid(1)]
-    assert s.available["CPU"] == 0.0  # task 1 still holds the CPU
+    assert s.resources.available["CPU"] == 0.0  # task 1 still holds the CPU
     _finish(s, _tid(1))
-    assert s.available["CPU"] == 1.0 and w.state == "IDLE"
+    assert s.resources.available["CPU"] == 1.0 and w.state == "IDLE"
 
 
 def test_inline_stacking_stops_at_max_inline_depth() -> None:
     s = _node(cpus=1, workers=1)
     _submit(s, 0)
-    w = s.workers[_wid(0)]
-    for depth in range(1, st.MAX_INLINE_DEPTH):
+    w = s.workers.workers[_wid(0)]
+    for depth in range(1, DEFAULTS.max_inline_depth):
         _block(s, _tid(depth - 1))
         _submit(s, depth, parent=depth - 1)
-    assert len(w.frames) == st.MAX_INLINE_DEPTH
-    assert _acts(s, st.START_WORKER) == []
+    assert len(w.frames) == DEFAULTS.max_inline_depth
+    assert _acts(s, StartWorker) == []
     s.outbox.clear()
-    top = st.MAX_INLINE_DEPTH - 1
+    top = DEFAULTS.max_inline_depth - 1
     _block(s, _tid(top))
     _submit(s, top + 1, parent=top)
     assert _executed(s) == []
-    assert len(w.frames) == st.MAX_INLINE_DEPTH
-    assert len(_acts(s, st.START_WORKER)) == 1  # it runs in a new worker instead
+    assert len(w.frames) == DEFAULTS.max_inline_depth
+    assert len(_acts(s, StartWorker)) == 1  # it runs in a new worker instead
 
 
 # ---- results, references, freeing ------------------------------------------------------
@@ -397,18 +454,18 @@ def test_a_result_nobody_holds_any_more_is_dropped() -> None:
     _finish(s, _tid(0), b"x" * 10, shm_path="/shm/r")
     assert _ops(s, "object") == []
     assert _ret(0) not in s.objects and s.store.freed == [_ret(0)]
-    assert s.store.sealed == [] and _acts(s, st.OBJECT) == []
+    assert s.store.sealed == [] and _acts(s, ObjectLocation) == []
 
 
 def test_dropping_the_last_ref_frees_a_store_object_once() -> None:
     s = _node()
     oid = _ids.object_id(b"p" * 16, 0)
     s.put(DRIVER, common_pb2.ObjectData(object_id=oid, shm_path="/shm/p", size=4096))
-    assert _acts(s, st.OBJECT) == [(st.OBJECT, oid, 4096, False)]
+    assert _acts(s, ObjectLocation) == [ObjectLocation(oid, 4096, False)]
     s.outbox.clear()
     s.update_refs(DRIVER, add=[], remove=[oid])
     assert s.store.freed == [oid] and oid not in s.objects
-    assert _acts(s, st.OBJECT) == [(st.OBJECT, oid, 4096, True)]
+    assert _acts(s, ObjectLocation) == [ObjectLocation(oid, 4096, True)]
     s.update_refs(DRIVER, add=[], remove=[oid])  # a ref the client does not hold: ignored
     assert s.store.freed == [oid]
 
@@ -456,7 +513,7 @@ def test_a_dead_worker_retries_its_task_within_max_retries_then_fails_it() -> No
     assert isinstance(err, WorkerCrashedError)
     assert "max_retries=1" in str(err) and "f0()" in str(err)
     assert _events(s, _tid(0)) == ["FAILED"] and _tid(0) not in s.tasks
-    assert s.available["CPU"] == 1.0
+    assert s.resources.available["CPU"] == 1.0
 
 
 def test_a_force_cancelled_running_task_is_killed_and_never_retried() -> None:
@@ -465,7 +522,7 @@ def test_a_force_cancelled_running_task_is_killed_and_never_retried() -> None:
     wid = s.tasks[_tid(0)].worker_id
     s.outbox.clear()
     s.cancel(_tid(0), force=True, recursive=False)
-    assert _acts(s, st.KILL_WORKER) == [(st.KILL_WORKER, wid)]
+    assert _acts(s, KillWorker) == [KillWorker(wid)]
     assert _ops(s, "object") == []  # resolved only once the process is gone
     s.worker_exited(wid, -9)
     assert isinstance(_error_sent(s, _ret(0)), TaskCancelledError)
@@ -504,13 +561,13 @@ def test_a_cancel_then_a_force_cancel_escalates_to_a_kill() -> None:
     _submit(s, 0)
     s.outbox.clear()
     s.cancel(_tid(0), force=False, recursive=False)
-    assert len(_ops(s, "cancel")) == 1 and _acts(s, st.KILL_WORKER) == []
+    assert len(_ops(s, "cancel")) == 1 and _acts(s, KillWorker) == []
     s.cancel(_tid(0), force=False, recursive=False)  # repeated: nothing new
     assert len(_ops(s, "cancel")) == 1
     s.cancel(_tid(0), force=True, recursive=False)
-    assert _acts(s, st.KILL_WORKER) == [(st.KILL_WORKER, _wid(0))]
+    assert _acts(s, KillWorker) == [KillWorker(_wid(0))]
     s.cancel(_tid(0), force=True, recursive=False)  # killed once only
-    assert len(_acts(s, st.KILL_WORKER)) == 1
+    assert len(_acts(s, KillWorker)) == 1
 
 
 def test_get_of_an_unknown_object_answers_object_lost() -> None:
@@ -529,7 +586,7 @@ def test_get_of_an_unknown_object_answers_object_lost() -> None:
 def test_an_infeasible_task_warns_its_owner_once_and_never_runs() -> None:
     s = _node(cpus=2, workers=2)
     _submit(s, 0, nope=1)
-    assert s.tasks[_tid(0)].state == "INFEASIBLE" and _tid(0) in s.infeasible
+    assert s.tasks[_tid(0)].phase == "INFEASIBLE" and _tid(0) in s.spill.infeasible
     assert "INFEASIBLE" in _events(s, _tid(0))
     warned = [(c, e.task_id, e.state) for c, e in _ops(s, "event")]
     assert warned == [(DRIVER, _tid(0), "INFEASIBLE")]
@@ -538,25 +595,25 @@ def test_an_infeasible_task_warns_its_owner_once_and_never_runs() -> None:
     _finish(s, _tid(1))
     _add_worker(s, 5)
     assert [t for _, t in _executed(s)] == [_tid(1)]
-    assert len(_ops(s, "event")) == 1 and _acts(s, st.START_WORKER) == []
+    assert len(_ops(s, "event")) == 1 and _acts(s, StartWorker) == []
 
 
 # ---- spilling --------------------------------------------------------------------------
 
 
-def _spilling_node(threshold: int = 2, workers: int = 1) -> NodeState:
+def _spilling_node(threshold: int = 2, workers: int = 1) -> Node:
     s = _node(cpus=1, workers=workers, spill_threshold=threshold)
-    s.has_schedulers = True
-    s.peer_totals[PEER] = {"CPU": 8.0}
+    s.set_schedulers(True)
+    s.peer_alive(PEER, {"CPU": 8.0})
     return s
 
 
-def _fill_queue(s: NodeState) -> None:
+def _fill_queue(s: Node) -> None:
     """Task 0 holds the CPU; tasks 1 and 2 (another shape, never sent ahead) wait."""
     _submit(s, 0)
     _submit(s, 1, cpu=0.5)
     _submit(s, 2, cpu=0.5)
-    assert _acts(s, sp.SPILL) == [] and s.queue_length() == 2
+    assert _acts(s, Spill) == [] and s.queue_length() == 2
 
 
 def test_a_task_over_the_queue_threshold_spills_with_its_inline_args() -> None:
@@ -566,44 +623,44 @@ def test_a_task_over_the_queue_threshold_spills_with_its_inline_args() -> None:
     s.put(DRIVER, common_pb2.ObjectData(object_id=arg, inline=b"abc", size=3))
     s.put(DRIVER, common_pb2.ObjectData(object_id=big, shm_path="/shm/b", size=5000))
     _submit(s, 3, cpu=0.5, arg_refs=(arg, big))
-    [(_, task_id, req)] = _acts(s, sp.SPILL)
-    assert task_id == _tid(3) and req.reason == sp.QUEUE_FULL and req.from_node_id == NODE
+    [(task_id, req)] = _spills(s)
+    assert task_id == _tid(3) and req.reason == SpillReason.QUEUE_FULL and req.from_node_id == NODE
     assert req.spec.task_id == _tid(3) and req.spec.spill_count == 1
     assert [(a.object_id, a.inline, a.shm_path, a.size) for a in req.args] == [
         (arg, b"abc", "", 3), (big, b"", "", 5000)]  # a local path means nothing elsewhere
     assert [(i.object_id, list(i.node_ids)) for i in req.inputs] == [(arg, [NODE]), (big, [NODE])]
-    assert s.tasks[_tid(3)].state == "SPILLED" and s.queue_length() == 2
+    assert s.tasks[_tid(3)].phase == "SPILLED" and s.queue_length() == 2
 
 
 def test_a_task_a_scheduler_moved_is_not_spilled_again_for_a_full_queue() -> None:
     s = _spilling_node()
     _fill_queue(s)
     _submit(s, 3, cpu=0.5, spill_count=1)
-    assert _acts(s, sp.SPILL) == []
-    assert s.tasks[_tid(3)].state == "READY" and s.queue_length() == 3
+    assert _acts(s, Spill) == []
+    assert s.tasks[_tid(3)].phase == "READY" and s.queue_length() == 3
 
 
 def test_a_task_that_never_fits_here_spills() -> None:
     s = _spilling_node()
     _submit(s, 0, cpu=4, spill_count=1)  # even a task moved before: it cannot run here
-    [(_, task_id, req)] = _acts(s, sp.SPILL)
+    [(task_id, req)] = _spills(s)
     assert task_id == _tid(0) and req.reason == "never fits here"
-    assert s.tasks[_tid(0)].state == "SPILLED" and _executed(s) == []
+    assert s.tasks[_tid(0)].phase == "SPILLED" and _executed(s) == []
 
 
 def test_a_dead_target_node_reruns_the_tasks_spilled_there() -> None:
     s = _spilling_node()
     _fill_queue(s)
     _submit(s, 3, cpu=0.5, max_retries=1)
-    s.spilled(_tid(3), PEER, "sched-1", sp.QUEUE_FULL)
-    assert s.spilled_to == {_tid(3): PEER}
-    [ev] = [a[1] for a in _acts(s, st.EVENT) if a[1].state == "SPILLED"]
+    s.spilled(_tid(3), PEER, "sched-1", SpillReason.QUEUE_FULL)
+    assert s.spill.spilled_to == {_tid(3): PEER}
+    [ev] = [a.event for a in _acts(s, ReportEvent) if a.event.state == "SPILLED"]
     assert ev.target_node_id == PEER and ev.scheduler == "sched-1"
     s.outbox.clear()
-    s.node_died(PEER)
+    s.peer_died(PEER)
     task = s.tasks[_tid(3)]
     assert task.spec.attempt == 1 and "RETRYING" in _events(s, _tid(3))
-    assert task.state == "READY" and s.spilled_to == {}  # no peer left to spill to
+    assert task.phase == "READY" and s.spill.spilled_to == {}  # no peer left to spill to
     assert _ops(s, "object") == []
 
 
@@ -611,9 +668,9 @@ def test_a_dead_target_node_fails_spilled_tasks_whose_retries_are_spent() -> Non
     s = _spilling_node()
     _fill_queue(s)
     _submit(s, 3, cpu=0.5)  # max_retries=0
-    s.spilled(_tid(3), PEER, "sched-1", sp.QUEUE_FULL)
+    s.spilled(_tid(3), PEER, "sched-1", SpillReason.QUEUE_FULL)
     s.outbox.clear()
-    s.node_died(PEER)
+    s.peer_died(PEER)
     err = _error_sent(s, _ret(3))
     assert isinstance(err, NodeDiedError) and "max_retries=0" in str(err)
     assert _tid(3) not in s.tasks and "RETRYING" not in _events(s, _tid(3))
@@ -624,19 +681,19 @@ def test_a_spilled_task_placed_back_home_runs_as_a_local_task() -> None:
     _submit(s, 0)
     _submit(s, 1, cpu=0.5)
     _submit(s, 2, cpu=0.5)
-    [(_, _, req)] = _acts(s, sp.SPILL)
+    [(_, req)] = _spills(s)
     s.accept_forwarded(node_pb2.ForwardTaskRequest(spec=req.spec, home_address="me:1",
                                                    home_node_id=NODE, scheduler="sched-1"))
-    s.spilled(_tid(2), NODE, "sched-1", sp.QUEUE_FULL)  # the scheduler's answer comes after
+    s.spilled(_tid(2), NODE, "sched-1", SpillReason.QUEUE_FULL)  # the scheduler's answer comes after
     task = s.tasks[_tid(2)]
-    assert task.state == "READY" and task.spec.spill_count == s.max_spills
-    assert _tid(2) not in s.forwarded and s.spilled_to == {}
+    assert task.phase == "READY" and task.spec.spill_count == s.spill.max_spills
+    assert _tid(2) not in s.spill.forwarded and s.spill.spilled_to == {}
     _finish(s, _tid(0))
     assert _tid(2) in [t for _, t in _executed(s)]
     s.outbox.clear()
     _finish(s, _tid(2), b"home")
     assert [(c, o.inline) for c, o in _ops(s, "object")] == [(DRIVER, b"home")]
-    assert _acts(s, sp.REPORT) == []
+    assert _acts(s, ReportHome) == []
 
 
 def test_a_forwarded_task_reports_its_results_home_instead_of_sending_them() -> None:
@@ -651,10 +708,10 @@ def test_a_forwarded_task_reports_its_results_home_instead_of_sending_them() -> 
     s.outbox.clear()
     _finish(s, _tid(7), b"out")
     assert _ops(s, "object") == []
-    [(_, address, rep)] = _acts(s, sp.REPORT)
+    [(address, rep)] = _reports(s)
     assert address == "home:1" and rep.task_id == _tid(7) and not rep.failed
     assert rep.node_id == NODE and [r.inline for r in rep.returns] == [b"out"]
-    assert _tid(7) not in s.forwarded and arg not in s.objects  # its input is freed here
+    assert _tid(7) not in s.spill.forwarded and arg not in s.objects  # its input is freed here
 
 
 def test_a_forwarded_result_in_the_store_stays_here_until_home_releases_it() -> None:
@@ -662,7 +719,7 @@ def test_a_forwarded_result_in_the_store_stays_here_until_home_releases_it() -> 
     s.accept_forwarded(node_pb2.ForwardTaskRequest(spec=_spec(7), home_address="home:1",
                                                    home_node_id=PEER))
     _finish(s, _tid(7), b"x" * 100, shm_path="/shm/big")
-    [(_, _, rep)] = _acts(s, sp.REPORT)
+    [(_, rep)] = _reports(s)
     [out] = rep.returns
     assert (out.object_id, out.node_id, out.inline, out.size) == (_ret(7), NODE, b"", 100)
     assert _ret(7) in s.objects and s.store.freed == []
@@ -680,20 +737,20 @@ def test_remote_results_with_inline_returns_reach_the_owner() -> None:
     s = _spilling_node()
     _fill_queue(s)
     _submit(s, 3, cpu=0.5)
-    s.spilled(_tid(3), PEER, "sched-1", sp.QUEUE_FULL)
+    s.spilled(_tid(3), PEER, "sched-1", SpillReason.QUEUE_FULL)
     s.outbox.clear()
     s.remote_result(node_pb2.ReportResultsRequest(
         task_id=_tid(3), node_id=PEER,
         returns=[common_pb2.ObjectData(object_id=_ret(3), inline=b"far", size=3)]))
     assert [(c, o.object_id, o.inline) for c, o in _ops(s, "object")] == [(DRIVER, _ret(3), b"far")]
     assert _events(s, _tid(3)) == ["FINISHED"]
-    assert _tid(3) not in s.tasks and s.spilled_to == {}
+    assert _tid(3) not in s.tasks and s.spill.spilled_to == {}
 
 
 # ---- reaping idle workers --------------------------------------------------------------
 
 
-def test_reap_idle_returns_surplus_workers_idle_long_enough_keeping_the_recently_used() -> None:
+def test_reap_idle_stops_surplus_workers_idle_long_enough_keeping_the_recently_used() -> None:
     t = [0.0]
     s = _node(cpus=2, workers=4, t=t)
     _submit(s, 0)
@@ -703,12 +760,12 @@ def test_reap_idle_returns_surplus_workers_idle_long_enough_keeping_the_recently
     _finish(s, _tid(0))
     _finish(s, _tid(1))
     t[0] = 55.0
-    assert s.reap_idle(60.0) == []  # the two oldest have idled 55 s only
-    old = set(s.workers) - recent
-    assert set(s.reap_idle(10.0)) == old
-    assert set(s.workers) == recent and len(s.idle) == 2
+    assert _reap(s, t, 60.0) == []  # the two oldest have idled 55 s only
+    old = set(s.workers.workers) - recent
+    assert set(_reap(s, t, 10.0)) == old
+    assert set(s.workers.workers) == recent and len(s.workers.idle) == 2
     t[0] = 1000.0
-    assert s.reap_idle(10.0) == []  # one worker per CPU stays warm
+    assert _reap(s, t, 10.0) == []  # one worker per CPU stays warm
 
 
 def test_a_worker_counts_as_idle_from_the_end_of_its_last_task() -> None:
@@ -717,18 +774,18 @@ def test_a_worker_counts_as_idle_from_the_end_of_its_last_task() -> None:
     _submit(s, 0, cpu=0.5)
     _submit(s, 1, cpu=0.5)  # two workers busy at once: more than one per CPU
     w0, w1 = s.tasks[_tid(0)].worker_id, s.tasks[_tid(1)].worker_id
-    [never_used] = set(s.workers) - {w0, w1}
+    [never_used] = set(s.workers.workers) - {w0, w1}
     t[0] = 50.0
     _finish(s, _tid(0))
     t[0] = 52.0
     _finish(s, _tid(1))
     t[0] = 58.0
-    assert s.reap_idle(9.0) == [never_used]  # w0 idled 8 s only; w1 is the one kept warm
-    assert s.reap_idle(8.0) == [w0]
+    assert _reap(s, t, 9.0) == [never_used]  # w0 idled 8 s only; w1 is the one kept warm
+    assert _reap(s, t, 8.0) == [w0]
 
 
 def test_a_freshly_connected_worker_is_not_reaped_at_once() -> None:
     t = [1000.0]
     s = _node(cpus=1, workers=3, t=t)
     t[0] = 1001.0
-    assert s.reap_idle(10.0) == []
+    assert _reap(s, t, 10.0) == []

@@ -273,7 +273,7 @@ def test_write_object_many_buffers_and_short_writes(
     arrays = [np.full(100 + i, i, dtype=np.int16) for i in range(700)]  # > IOV_MAX pieces
     write_object(str(shm_dir / "many"), serialize(arrays))
     out = read_object(str(shm_dir / "many"))
-    assert all(np.array_equal(a, b) for a, b in zip(out, arrays))  # type: ignore[call-overload]
+    assert all(np.array_equal(a, b) for a, b in zip(out, arrays, strict=True))  # type: ignore[call-overload]
 
     real_writev = os.writev
 

@@ -393,7 +393,8 @@ def test_a_slow_callback_holds_the_stream_back_and_loses_nothing(make_sub: Any) 
 
 def test_close_is_idempotent_and_stops_deliveries(make_sub: Any) -> None:
     seen: list[str] = []
-    client, sub = make_sub([[gcs_pb2.PubMessage(snapshot_done=True)]], lambda c: seen.append(_describe(c)))
+    _client, sub = make_sub([[gcs_pb2.PubMessage(snapshot_done=True)]],
+                            lambda c: seen.append(_describe(c)))
     wait_for(lambda: seen == ["done"], what="the snapshot marker")
     sub.close()
     assert not sub.active

@@ -41,9 +41,10 @@ def node(nid: str, *, start: float = 1.0, alive: bool = True, cpu_free: float = 
 
 
 def actor(aid: str, state: str, **kw: Any) -> ActorState:
-    fields: dict[str, Any] = dict(actor_id=aid, class_name="Counter", name=None, namespace="",
-                                  state=state, node_id=N1, pid=7, num_restarts=0, max_restarts=2,
-                                  death_cause="", pending_calls=0, start_time=1.0)
+    fields: dict[str, Any] = {"actor_id": aid, "class_name": "Counter", "name": None, "namespace": "",
+                              "state": state, "node_id": N1, "pid": 7, "num_restarts": 0,
+                              "max_restarts": 2, "death_cause": "", "pending_calls": 0,
+                              "start_time": 1.0}
     fields.update(kw)
     return ActorState(**fields)
 
@@ -151,9 +152,11 @@ def test_pending_rows_say_what_they_wait_for_infeasible_first() -> None:
 @pytest.mark.parametrize(("t", "expected"), [
     (task("x", "INFEASIBLE"), "infeasible: no node has the resources it needs"),
     (task("x", "QUEUED", submit=None, detail="waiting for 2 inputs"), "queued: waiting for 2 inputs"),
-    (task("x", "RETRYING", attempt=1, detail="worker pid 9 died"), "retrying (attempt 2) after: worker pid 9 died"),
+    (task("x", "RETRYING", attempt=1, detail="worker pid 9 died"),
+     "retrying (attempt 2) after: worker pid 9 died"),
     (task("x", "SPILLED", detail="local queue over 8"), "spilled to another node: local queue over 8"),
-    (task("x", "FAILED", detail="ZeroDivisionError: division by zero"), "ZeroDivisionError: division by zero"),
+    (task("x", "FAILED", detail="ZeroDivisionError: division by zero"),
+     "ZeroDivisionError: division by zero"),
     (task("x", "FINISHED"), ""),
 ])
 def test_waiting_reason(t: TaskState, expected: str) -> None:

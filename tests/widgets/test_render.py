@@ -47,6 +47,7 @@ def test_actor_rows() -> None:
 
 
 def test_formatting() -> None:
-    assert (format_bytes(512), format_bytes(1536), format_bytes(3 * 1024 ** 3)) == ("512 B", "1.5 KiB", "3.0 GiB")
+    assert (format_bytes(512), format_bytes(1536), format_bytes(3 * 1024 ** 3)) == (
+        "512 B", "1.5 KiB", "3.0 GiB")
     assert (fmt_duration(None), fmt_duration(0.0048), fmt_duration(1.25), fmt_duration(600)) == \
         ("", "4.8 ms", "1.2 s", "10 min")

@@ -99,7 +99,8 @@ def test_actor_handle(cluster: rt.ClusterInfo) -> None:
     assert "Learner" in html and "repr-learner" in html and "restarts 0/" in html
     assert "pending calls" in html and cluster.node_id[:6] in html
     rt.kill(learner)
-    wait_for(lambda: "DEAD" in formats(ip, learner).get("text/html", ""), what="the actor's HTML to show DEAD")
+    wait_for(lambda: "DEAD" in formats(ip, learner).get("text/html", ""),
+             what="the actor's HTML to show DEAD")
 
 
 def test_cluster_info(cluster: rt.ClusterInfo) -> None:

@@ -1,5 +1,8 @@
 """What every placement policy shares: the ``Policy`` protocol and resource arithmetic.
 
+``fits`` and ``EPSILON`` are ``runtime.protocol.resources``' (the one fit test, shared
+with the node), re-exported here for the policies.
+
 A policy is pure: given candidate nodes (alive, and able to hold the task at all), the
 task's resource demand and where its inputs live, it picks one node and says why. It
 never mutates the nodes; ``ClusterView.place`` does the bookkeeping.
@@ -11,14 +14,12 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from runtime.protocol.resources import EPSILON, fits
+
 if TYPE_CHECKING:
     from runtime.scheduler.state import NodeView
 
 __all__ = ["EPSILON", "Choice", "InputLike", "Policy", "fits", "main_resource", "remote_bytes", "slots"]
-
-#: Slack in resource comparisons, so that 0.1 + 0.2 "fits" in 0.3.
-EPSILON = 1e-9
-
 
 class InputLike(Protocol):
     """An input of a task: its size and the nodes holding a copy.
@@ -49,11 +50,6 @@ class Policy(Protocol):
 
     def choose(self, candidates: Sequence[NodeView], resources: Mapping[str, float],
                inputs: Sequence[InputLike]) -> Choice: ...
-
-
-def fits(need: Mapping[str, float], have: Mapping[str, float]) -> bool:
-    """True if every amount in ``need`` is at most the same key's amount in ``have``."""
-    return all(v <= have.get(k, 0.0) + EPSILON for k, v in need.items())
 
 
 def main_resource(resources: Mapping[str, float]) -> str:

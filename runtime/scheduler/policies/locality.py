@@ -22,15 +22,17 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 
+from runtime.config import Settings
 from runtime.scheduler.policies.base import Choice, InputLike, fits, remote_bytes, slots
 from runtime.scheduler.state import NodeView
 
 __all__ = ["DEFAULT_BANDWIDTH", "DEFAULT_TASK_TIME_S", "LocalityPolicy"]
 
-#: Average task duration assumed when estimating how long a queue takes to drain.
-DEFAULT_TASK_TIME_S = 0.010
-#: Bytes per second assumed for pulling an input from another node.
-DEFAULT_BANDWIDTH = 1e9
+#: Average task duration assumed when estimating how long a queue takes to drain
+#: (the default of ``Settings.task_time_s``; the daemon passes its settings' value).
+DEFAULT_TASK_TIME_S = Settings.task_time_s
+#: Bytes per second assumed for pulling an input from another node (``Settings.bandwidth``).
+DEFAULT_BANDWIDTH = Settings.bandwidth
 #: Costs this close (seconds) count as a tie.
 _TIE_S = 1e-9
 

@@ -1,0 +1,142 @@
+"""The node's Session streams: one ``Conn`` per connected driver or worker.
+
+A Conn collects the ops the state sends to its client; the servicer writes whatever has
+accumulated as one ``NodeBatch`` whenever it wakes up. ``Sessions`` maps client ids to
+their Conn (the outlet of ``Send`` actions), and ``apply_ops`` feeds a client's batch of
+ops to the state, one table entry per kind of op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from runtime import _ids
+from runtime.protocol import node_pb2
+
+if TYPE_CHECKING:
+    from runtime.node.state import LocalScheduler
+
+logger = logging.getLogger(__name__)
+
+#: The kinds of client a Session's Hello may name.
+DRIVER = "driver"
+WORKER = "worker"
+CLIENT_KINDS = (DRIVER, WORKER)
+
+
+class Conn:
+    """One Session stream: the ops waiting to be written as the next batch."""
+
+    __slots__ = ("client_id", "closed", "kind", "out", "wake", "worker_id")
+
+    def __init__(self) -> None:
+        self.client_id = b""
+        self.kind = ""
+        self.worker_id = b""
+        self.out: list[node_pb2.NodeOp] = []
+        self.wake = asyncio.Event()
+        self.closed = False
+
+    def send(self, op: node_pb2.NodeOp) -> None:
+        self.out.append(op)
+        if len(self.out) == 1:
+            self.wake.set()
+
+    def close(self) -> None:
+        """End the stream after the ops already queued are written."""
+        self.closed = True
+        self.wake.set()
+
+
+class Sessions:
+    """The open Session streams of this node, by client id."""
+
+    def __init__(self) -> None:
+        self._conns: dict[bytes, Conn] = {}
+
+    def add(self, conn: Conn) -> None:
+        self._conns[conn.client_id] = conn
+
+    def remove(self, conn: Conn) -> None:
+        """Forget ``conn`` unless a newer stream of the same client replaced it."""
+        if self._conns.get(conn.client_id) is conn:
+            del self._conns[conn.client_id]
+
+    def send(self, client_id: bytes, op: node_pb2.NodeOp) -> None:
+        """Queue ``op`` for client ``client_id``; dropped when it is not connected."""
+        conn = self._conns.get(client_id)
+        if conn is not None:
+            conn.send(op)
+
+    def close_all(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+
+# ---- client ops -> state events --------------------------------------------------------
+
+OpHandler = Callable[["LocalScheduler", bytes, node_pb2.ClientOp], None]
+
+
+def _submit(s: LocalScheduler, cid: bytes, op: node_pb2.ClientOp) -> None:
+    spec = op.submit
+    if not spec.owner_id:
+        spec.owner_id = cid
+    s.submit(cid, spec)
+
+
+def _result(s: LocalScheduler, cid: bytes, op: node_pb2.ClientOp) -> None:
+    s.result(cid, op.result)
+
+
+def _get(s: LocalScheduler, cid: bytes, op: node_pb2.ClientOp) -> None:
+    s.get(cid, op.get.object_ids)
+
+
+def _refs(s: LocalScheduler, cid: bytes, op: node_pb2.ClientOp) -> None:
+    s.update_refs(cid, op.refs.add, op.refs.remove)
+
+
+def _put(s: LocalScheduler, cid: bytes, op: node_pb2.ClientOp) -> None:
+    s.put(cid, op.put)
+
+
+def _log(s: LocalScheduler, cid: bytes, op: node_pb2.ClientOp) -> None:
+    s.log(op.log)
+
+
+def _blocked(s: LocalScheduler, cid: bytes, op: node_pb2.ClientOp) -> None:
+    s.blocked(cid, op.blocked)
+
+
+def _cancel(s: LocalScheduler, cid: bytes, op: node_pb2.ClientOp) -> None:
+    s.cancel(op.cancel.task_id, op.cancel.force, op.cancel.recursive)
+
+
+def _kill_actor(s: LocalScheduler, cid: bytes, op: node_pb2.ClientOp) -> None:
+    s.kill_actor(op.kill_actor.actor_id, op.kill_actor.no_restart)
+
+
+#: What each kind of client op (the ``ClientOp.op`` oneof) does to the state. A Hello
+#: after the first op of a Session is not in the table: it is ignored with a warning.
+OPS: dict[str, OpHandler] = {
+    "submit": _submit, "result": _result, "get": _get, "refs": _refs, "put": _put,
+    "log": _log, "blocked": _blocked, "cancel": _cancel, "kill_actor": _kill_actor,
+}
+
+
+def apply_ops(state: LocalScheduler, client_id: bytes, batch: node_pb2.ClientBatch) -> None:
+    """Feed every op of ``batch`` from ``client_id`` to ``state``, in order."""
+    for op in batch.ops:
+        kind = op.WhichOneof("op")
+        handler = OPS.get(kind) if kind is not None else None
+        if handler is None:
+            logger.warning("ignored op %r from client %s", kind, _ids.short(client_id))
+            continue
+        handler(state, client_id, op)
