@@ -91,7 +91,7 @@ def _refresh_loop(ref: weakref.ReferenceType[Dashboard], feed: _Feed, sub: state
             if not live:
                 return
             stop.wait(interval)
-    except Exception:
+    except Exception:  # a daemon thread: log whatever stops it, never die silently
         logger.exception("the dashboard refresher failed; the dashboard stops updating")
     finally:
         sub.close()

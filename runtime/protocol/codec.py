@@ -319,7 +319,7 @@ def _serialize_error(exc: object) -> Serialized:
                 node_id=exc.node_id, pid=exc.pid, cause=None, cause_type_name=cause_name,
                 remote_traceback=(f"{exc.remote_traceback.rstrip()}\n(the original "
                                   f"{cause_name} could not be pickled: {_safe_str(reason)})")))
-        except Exception:
+        except Exception:  # anything pickling raises: fall back to the plain error below
             logger.debug("could not pickle the TaskError without its cause", exc_info=True)
     return _pickle_any(RuntimeError(
         f"{type(exc).__name__}: {_safe_str(exc)} "

@@ -240,7 +240,7 @@ class Subscription:
                 continue
             try:
                 callback(change)
-            except Exception:
+            except Exception:  # a user's callback must not end the subscription
                 logger.exception("subscription callback %r failed on a change of %r (key %s); "
                                  "the subscription goes on", callback, change.table, change.key)
 
