@@ -43,7 +43,9 @@ def start(*, nodes: int | None, cpus: float | None, gpus: float | None,
     try:
         info = rt.init(num_nodes=nodes or 1, num_cpus=cpus, num_gpus=gpus, resources=resources,
                        log_to_driver=False)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, rt.exceptions.ClusterError) as e:
+        # Bad options, or a cluster process that died at start (ClusterStartError, whose
+        # message holds the end of its log): the message says what to fix.
         raise UsageError(f"%cluster start: {e}") from None
     return Connected(info, reused=False)
 

@@ -172,7 +172,10 @@ class Daemon:
             settings = config.load()
         except ValueError as err:
             p.error(f"the environment: {err}")
-        settings = settings.override(**{f.setting: getattr(args, _dest(f)) for f in self._flags()})
+        try:  # each flag passed its own check; what is left is a rule across settings
+            settings = settings.override(**{f.setting: getattr(args, _dest(f)) for f in self._flags()})
+        except ValueError as err:
+            p.error(f"the settings: {err}")
         name = self.log_name(args) if self.log_name is not None else self.component
         configure_logging(args.log_level, name)
         try:

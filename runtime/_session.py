@@ -17,6 +17,8 @@ import pathlib
 import secrets
 import time
 
+from runtime.exceptions import TokenFileError
+
 ROOT = pathlib.Path(os.environ.get("CELLRAY_TMPDIR", "/tmp/cellray"))
 
 
@@ -45,14 +47,17 @@ def write_token(session_dir: pathlib.Path) -> pathlib.Path:
 
 
 def read_token(path: str | os.PathLike[str]) -> str:
-    """Read a token file, with an error that says what to do when it is missing."""
+    """Read a token file, with an error that says what to do when it is missing.
+
+    Raises ``TokenFileError`` (a ``FileNotFoundError``) when ``path`` does not exist.
+    """
     try:
         return pathlib.Path(path).read_text().strip()
     except FileNotFoundError:
-        raise FileNotFoundError(
+        raise TokenFileError(
             f"token file {path} does not exist; pass the token file printed by "
-            "`cellray start --head` (it is in the cluster's session directory)"
-        ) from None
+            "`cellray start --head` (it is in the cluster's session directory)",
+            path=str(path)) from None
 
 
 def latest_session_dir(root: pathlib.Path | None = None) -> pathlib.Path | None:

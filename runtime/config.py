@@ -1,7 +1,9 @@
 """Settings: defaults, validation, and the one environment prefix (CELLRAY_).
 
 Precedence: explicit ``init()`` arguments, then ``CELLRAY_*`` environment variables, then
-the defaults below. Bad values raise at once with the variable's name and what is accepted.
+the defaults below. Bad values raise ``ConfigError`` (a ``ValueError``) at once, with the
+variable's name and what is accepted: a ``Settings`` validates itself whenever it is built
+(also by ``dataclasses.replace``), field by field and then the rules between fields.
 
 Every tuning constant of the runtime is a field here, so one place documents it and one
 rule validates it; a daemon reads its settings once at start (``load()``), and a cluster
@@ -14,6 +16,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
+
+from runtime.exceptions import ConfigError, UnknownSettingError
 
 #: The environment prefix of every setting.
 ENV_PREFIX = "CELLRAY_"
@@ -74,6 +78,8 @@ class Settings:
     rpc_timeout_s: float = 30.0
     #: Times a node retries reporting a task's results to the task's home node.
     report_retries: int = 5
+    #: First wait before retrying such a report, in seconds (doubled after each failure).
+    report_backoff_s: float = 0.1
     #: Largest gRPC message, in bytes.
     max_message_bytes: int = 512 * 1024 * 1024
     #: Functions a GCS client keeps decoded (LRU).
@@ -88,6 +94,8 @@ class Settings:
     deregister_timeout_s: float = 2.0
     #: How often a daemon checks that its parent is still alive, in seconds.
     parent_check_s: float = 1.0
+    #: Seconds a stopping node gives its workers to exit after SIGTERM, before SIGKILL.
+    worker_stop_grace_s: float = 2.0
 
     # ---- global scheduler (locality policy) ----
     #: Average task time assumed for queue wait estimates, in seconds.
@@ -100,20 +108,40 @@ class Settings:
     cancelled_early_max: int = 1024
     #: Deadline of one ``rt.state`` query, in seconds.
     query_timeout_s: float = 60.0
+    #: Deadline of exporting or loading one function or actor class (they can be large), in seconds.
+    function_timeout_s: float = 60.0
+    #: Deadline of what a closing client still does (finish its job, release an actor
+    #: name, close its session), in seconds.
+    close_timeout_s: float = 5.0
+    #: Deadline of a quick look that must not hang (an actor's state in its repr), in seconds.
+    probe_timeout_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> Settings:
-        """Check every field; raise ``ValueError`` naming the variable and what is accepted."""
+        """Check every field, then the rules between fields; raise ``ConfigError`` (a
+        ``ValueError``) naming the variable and what is accepted. Returns ``self``."""
         for f in fields(self):
             value = getattr(self, f.name)
             wrong = requirement(f.name, value)
             if wrong is not None:
-                raise ValueError(f"setting {f.name} (env {env_name(f.name)}) {wrong}, got {value!r}")
+                raise ConfigError(f"setting {f.name} (env {env_name(f.name)}) {wrong}, got {value!r}",
+                                  setting=f.name)
+        for name, other, why in _MORE_THAN:
+            value, floor = getattr(self, name), getattr(self, other)
+            if not value > floor:
+                raise ConfigError(
+                    f"setting {name} (env {env_name(name)}) must be more than {other} ({floor}) "
+                    f"{why}, got {value!r}; raise {env_name(name)} or lower {env_name(other)}",
+                    setting=name)
         return self
 
     def override(self, **values: Any) -> Settings:
-        """A copy with ``values`` (non-None) replaced, validated; unknown names raise ``TypeError``."""
+        """A copy with ``values`` (non-None) replaced, validated; unknown names raise
+        ``UnknownSettingError`` (a ``TypeError``)."""
         _check_names(values)
-        return replace(self, **{k: v for k, v in values.items() if v is not None}).validate()
+        return replace(self, **{k: v for k, v in values.items() if v is not None})
 
     def to_env(self) -> dict[str, str]:
         """Every field as a ``CELLRAY_*`` variable, for a child process to ``load()``."""
@@ -135,8 +163,15 @@ _FRACTIONS = ("store_memory_fraction", "store_shm_fraction")
 
 #: Fields that must be > 0.
 _POSITIVE = ("start_timeout_s", "idle_worker_s", "rpc_timeout_s", "stop_grace_s",
-             "deregister_timeout_s", "parent_check_s", "task_time_s", "bandwidth",
-             "query_timeout_s")
+             "worker_stop_grace_s", "report_backoff_s", "deregister_timeout_s", "parent_check_s",
+             "task_time_s", "bandwidth",
+             "query_timeout_s", "function_timeout_s", "close_timeout_s", "probe_timeout_s")
+
+#: Rules between fields: (field, the field it must be more than, why).
+_MORE_THAN: tuple[tuple[str, str, str], ...] = (
+    ("node_timeout_ms", "heartbeat_ms",
+     "(a live node would be declared dead between two heartbeats)"),
+)
 
 #: The names of all settings, in declaration order.
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Settings))
@@ -152,7 +187,8 @@ def kind_of(name: str) -> type[int] | type[float] | type[str]:
     for f in fields(Settings):
         if f.name == name and isinstance(f.default, (int, float, str)):
             return type(f.default)
-    raise TypeError(f"unknown setting {name!r}; the settings are {', '.join(FIELD_NAMES)}")
+    raise UnknownSettingError(f"unknown setting {name!r}; the settings are {', '.join(FIELD_NAMES)}",
+                              setting=name)
 
 
 def requirement(name: str, value: object) -> str | None:
@@ -179,15 +215,16 @@ def requirement(name: str, value: object) -> str | None:
 def _check_names(values: dict[str, Any]) -> None:
     unknown = set(values) - set(FIELD_NAMES)
     if unknown:
-        raise TypeError(f"unknown setting(s) {', '.join(sorted(unknown))}; the settings are "
-                        f"{', '.join(FIELD_NAMES)}")
+        raise UnknownSettingError(f"unknown setting(s) {', '.join(sorted(unknown))}; the settings "
+                                  f"are {', '.join(FIELD_NAMES)}", setting=sorted(unknown)[0])
 
 
 def load(**overrides: Any) -> Settings:
     """Settings from the environment, with ``overrides`` (non-None) on top, validated.
 
-    A variable that does not parse, or a value out of range, raises ``ValueError`` naming
-    the variable; an unknown override raises ``TypeError`` listing the settings.
+    A variable that does not parse, or a value out of range, raises ``ConfigError`` (a
+    ``ValueError``) naming the variable; an unknown override raises ``UnknownSettingError``
+    (a ``TypeError``) listing the settings.
     """
     _check_names(overrides)
     values: dict[str, Any] = {}
@@ -199,7 +236,8 @@ def load(**overrides: Any) -> Settings:
         try:
             values[f.name] = kind(env)
         except ValueError:
-            raise ValueError(f"environment variable {env_name(f.name)}={env!r} is not a "
-                             f"valid {kind.__name__}") from None
+            raise ConfigError(f"environment variable {env_name(f.name)}={env!r} is not a "
+                              f"valid {kind.__name__}; unset it or give a {kind.__name__}",
+                              setting=f.name) from None
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return replace(Settings(), **values).validate()
+    return replace(Settings(), **values)

@@ -9,7 +9,9 @@
     ├── ActorDiedError                an actor is dead (killed, constructor failed, restarts spent)
     ├── TaskCancelledError            the task was cancelled with ``cancel``
     ├── ObjectLostError               an object's bytes are gone and cannot be rebuilt
-    │   └── OwnerDiedError            ... because the process that owned it exited
+    │   ├── OwnerDiedError            ... because the process that owned it exited
+    │   ├── ObjectCorruptError        ... because its file is incomplete (a ``ValueError``)
+    │   └── ObjectFileMissingError    ... because its file is gone (a ``FileNotFoundError``)
     ├── ObjectStoreFullError          an object does not fit in the node's object store
     ├── ObjectStoreClosedError        the node's object store was closed (a ``RuntimeError``)
     ├── GetTimeoutError               ``get(timeout=...)`` expired (also a ``TimeoutError``)
@@ -23,6 +25,13 @@
     ├── IncompatibleVersionError      peers run different Python/cloudpickle versions
     ├── InvalidRequestError           a server refused a malformed request (a ``ValueError``)
     ├── NotFoundError                 the cluster has no such entry (a ``LookupError``)
+    │   ├── ActorNotFoundError        no live actor has that name (also a ``ValueError``)
+    │   └── FunctionNotFoundError     a task's function or class is not in the GCS
+    ├── ActorNameTakenError           an actor of that name exists already (a ``ValueError``)
+    ├── ClusterStartError             a cluster process died or stayed silent at start (a ``RuntimeError``)
+    ├── ConfigError                   a setting is out of range or does not parse (a ``ValueError``)
+    │   └── UnknownSettingError       ... or no setting has that name (also a ``TypeError``)
+    ├── TokenFileError                the cluster token file does not exist (a ``FileNotFoundError``)
     ├── RpcTimeoutError               a server did not answer in time (a ``TimeoutError``)
     └── InternalError                 a cellray bug: please report it with the logs
 
@@ -41,11 +50,16 @@ from typing import Any
 
 __all__ = [
     "ActorDiedError",
+    "ActorNameTakenError",
+    "ActorNotFoundError",
     "AlreadyInitializedError",
     "BlockingCallError",
     "ClientClosedError",
     "ClusterError",
+    "ClusterStartError",
+    "ConfigError",
     "ConnectionLostError",
+    "FunctionNotFoundError",
     "GetTimeoutError",
     "IncompatibleVersionError",
     "InternalError",
@@ -54,6 +68,8 @@ __all__ = [
     "NodeDiedError",
     "NotFoundError",
     "NotInitializedError",
+    "ObjectCorruptError",
+    "ObjectFileMissingError",
     "ObjectLostError",
     "ObjectStoreClosedError",
     "ObjectStoreFullError",
@@ -64,7 +80,9 @@ __all__ = [
     "RpcTimeoutError",
     "TaskCancelledError",
     "TaskError",
+    "TokenFileError",
     "UnauthenticatedError",
+    "UnknownSettingError",
     "WorkerCrashedError",
 ]
 
@@ -212,6 +230,16 @@ class OwnerDiedError(ObjectLostError):
     """An object is lost because the process that owned it exited."""
 
 
+class ObjectCorruptError(ObjectLostError, ValueError):
+    """An object's shared-memory file is empty or not the size its producer announced
+    (the producer died while writing it): the object cannot be read."""
+
+
+class ObjectFileMissingError(ObjectLostError, FileNotFoundError):
+    """An object's shared-memory file does not exist (never written, or freed or spilled
+    since it was located: locate it again)."""
+
+
 class ObjectStoreFullError(ClusterError):
     """An object does not fit in the node's object store, even after spilling to disk."""
 
@@ -266,6 +294,39 @@ class InvalidRequestError(ClusterError, ValueError):
 
 class NotFoundError(ClusterError, LookupError):
     """The cluster holds no such entry (object, function, row)."""
+
+
+class ActorNotFoundError(NotFoundError, ValueError):
+    """``get_actor(name)`` found no live actor of that name in the namespace.
+
+    A ``ValueError`` too, as Ray raises for an unknown name.
+    """
+
+
+class FunctionNotFoundError(NotFoundError):
+    """A task's function or actor class is not in the GCS (its driver's export was lost)."""
+
+
+class ActorNameTakenError(ClusterError, ValueError):
+    """An actor of that name exists already in the namespace (a ``ValueError``, as in Ray)."""
+
+
+class ClusterStartError(ClusterError, RuntimeError):
+    """A cluster process (GCS, global scheduler, node) exited or stayed silent before it
+    was ready; the message holds the end of its log."""
+
+
+class ConfigError(ClusterError, ValueError):
+    """A setting (a ``CELLRAY_*`` variable, a flag, an ``init`` argument) does not parse or
+    is out of range; the message names it and what it accepts."""
+
+
+class UnknownSettingError(ConfigError, TypeError):
+    """No setting has the name given (a ``TypeError``, as for an unknown keyword)."""
+
+
+class TokenFileError(ClusterError, FileNotFoundError):
+    """The cluster token file given does not exist."""
 
 
 class RpcTimeoutError(ClusterError, TimeoutError):

@@ -99,7 +99,7 @@ def actor_handle_html(handle: rt.ActorHandle) -> str:
     actor = next((a for a in state.list_actors() if a.actor_id == handle.actor_id), None)
     if actor is None:  # its creation has not reached the GCS yet (events come in batches)
         return _BOX.format(f"<b>Actor</b> <code>{_e(handle.actor_id[:12])}</code> · "
-                           f"{_state('PENDING')} · not registered with the cluster yet")
+                           f"{_state(ActorState.PENDING)} · not registered with the cluster yet")
     name = f" <code>{_e(actor.name)}</code>" if actor.name else ""
     parts = [f"<b>Actor</b> {_e(actor.class_name)}{name} <code>{_e(actor.actor_id[:12])}</code>",
              _state(actor.state)]

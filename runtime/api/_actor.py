@@ -8,9 +8,9 @@ from typing import Any
 
 from runtime import _ids
 from runtime.api import _args, _context, _options
+from runtime.exceptions import ActorNameTakenError, ActorNotFoundError
 from runtime.protocol import node_pb2
-
-DEFAULT_NAMESPACE = "default"
+from runtime.protocol.states import DEFAULT_NAMESPACE, ActorState
 
 
 def method(*, num_returns: int = 1) -> Any:
@@ -113,18 +113,20 @@ class ActorClass:
             entry = json.dumps({"actor_id": actor_id.hex(), "class_name": self.__name__,
                                 "function_id": cid.hex(), "methods": self._methods}).encode()
             written, existing = client.run(client.gcs.claim_actor_name(namespace, name, entry),
-                                           30.0)
+                                           client.settings.rpc_timeout_s)
             if not written:
                 if o.get("get_if_exists"):
                     return _handle_from_entry(existing, name, namespace)
-                raise ValueError(f"An actor named {name!r} already exists in namespace "
-                                 f"{namespace!r}. Use get_actor({name!r}) to reach it, or "
-                                 "options(get_if_exists=True) to reuse it.")
+                raise ActorNameTakenError(
+                    f"An actor named {name!r} already exists in namespace {namespace!r}. Use "
+                    f"get_actor({name!r}) to reach it, or options(get_if_exists=True) to reuse it.",
+                    name=name, namespace=namespace)
             try:
                 client.submit(op)
             except BaseException:
                 try:  # release the name: the node never heard of this actor
-                    client.run(client.gcs.release_actor_name(namespace, name), 5.0)
+                    client.run(client.gcs.release_actor_name(namespace, name),
+                               client.settings.close_timeout_s)
                 except Exception:  # noqa: BLE001 - best effort: the submit's own error is raised next
                     pass
                 raise
@@ -186,10 +188,10 @@ class ActorHandle:
         if client is None or client.gcs is None:
             return "UNKNOWN"
         try:
-            row = client.run(client.gcs.get_actor(self._actor_id), 2.0)
+            row = client.run(client.gcs.get_actor(self._actor_id), client.settings.probe_timeout_s)
         except Exception:  # noqa: BLE001 - a repr must not raise: any failure reads as UNKNOWN
             return "UNKNOWN"
-        return row.state if row is not None else "PENDING"
+        return row.state if row is not None else ActorState.PENDING
 
     def __repr__(self) -> str:
         name = f", name={self._name!r}" if self._name else ""
@@ -238,17 +240,19 @@ class ActorMethod:
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     """The handle of the live actor named ``name`` (in ``namespace``, default "default").
 
-    Raises ``ValueError`` when no such actor exists.
+    Raises ``ActorNotFoundError`` (a ``ValueError``, as in Ray) when no such actor exists.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"get_actor() needs a non-empty actor name, got {name!r}")
     client = _context.current()
     namespace = namespace or DEFAULT_NAMESPACE
     assert client.gcs is not None
-    raw = client.run(client.gcs.lookup_actor_name(namespace, name), 30.0)
+    raw = client.run(client.gcs.lookup_actor_name(namespace, name), client.settings.rpc_timeout_s)
     if not raw:
-        raise ValueError(f"Failed to look up actor with name {name!r} in namespace "
-                         f"{namespace!r}: no such actor (it was never created, or it died).")
+        raise ActorNotFoundError(
+            f"Failed to look up actor with name {name!r} in namespace {namespace!r}: no such "
+            "actor (it was never created, or it died). Check the name and namespace, or create "
+            "it with options(name=...).", name=name, namespace=namespace)
     return _handle_from_entry(raw, name, namespace)
 
 

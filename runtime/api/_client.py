@@ -42,6 +42,7 @@ from runtime.exceptions import (
     GetTimeoutError,
     InternalError,
     ObjectStoreFullError,
+    RpcTimeoutError,
     TaskError,
 )
 from runtime.gcs.client import GcsClient
@@ -62,6 +63,8 @@ _SERVER = "node manager"
 
 T = TypeVar("T")
 LogHandler = Callable[[node_pb2.LogLines], None]
+#: What the session's reader does with one kind of ``NodeOp``; True when waiters should wake.
+OpHandler = Callable[[node_pb2.NodeOp], bool]
 
 
 class CoreClient:
@@ -98,6 +101,12 @@ class CoreClient:
         self._broken: BaseException | None = None
         self._warned_infeasible: set[str] = set()
         self.gcs: GcsClient | None = None
+        #: The reader's dispatch table: one handler per kind of ``NodeOp`` (others are ignored).
+        self._on_op: dict[str, OpHandler] = {
+            "object": self._on_object, "object_error": self._on_object_error,
+            "execute": self._on_execute, "log": self._on_log, "event": self._on_event_op,
+            "cancel": self._on_cancel,
+        }
 
     def install_host(self, host: Host) -> None:
         """Replace the driver's host (a worker installs its own) before ``start``."""
@@ -118,15 +127,15 @@ class CoreClient:
 
     # ---- lifecycle -----------------------------------------------------------------
 
-    def start(self, timeout: float = 30.0) -> None:
-        """Connect to the node and wait for its Welcome."""
+    def start(self, timeout: float | None = None) -> None:
+        """Connect to the node and wait for its Welcome (``timeout``: ``settings.rpc_timeout_s``)."""
         self.start_loop()
-        self.run(self.open_session(), timeout)
+        self.run(self.open_session(), self.settings.rpc_timeout_s if timeout is None else timeout)
 
     def start_loop(self) -> None:
         """Start the IO thread (``run`` works from then on; ``open_session`` connects)."""
         self._thread.start()
-        self.run(self._init_loop_state(), 10.0)
+        self.run(self._init_loop_state(), self.settings.rpc_timeout_s)
 
     async def _init_loop_state(self) -> None:
         self._outbox.attach()
@@ -137,14 +146,28 @@ class CoreClient:
         self._loop.run_forever()
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run ``coro`` on the IO loop and wait for its result."""
+        """Run ``coro`` on the IO loop and wait for its result.
+
+        After ``timeout`` seconds the coroutine is cancelled and ``RpcTimeoutError`` (a
+        ``TimeoutError``) raised; a ``TimeoutError`` the coroutine raised itself passes.
+        """
         if threading.current_thread() is self._thread:
             coro.close()
             raise BlockingCallError(
                 "this call blocks on the cluster and cannot run inside an output, event or log "
                 "handler (they run on cellray's IO thread); hand the work to another thread instead")
+        what = getattr(coro, "__qualname__", "a call to the cluster")
         fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return fut.result(timeout)
+        try:
+            return fut.result(timeout)
+        except TimeoutError:
+            if not fut.cancel():  # it finished meanwhile, or raised a TimeoutError of its own
+                return fut.result(0)
+            raise RpcTimeoutError(
+                f"{what} did not finish within {timeout:g} s and was cancelled: the cluster at "
+                f"{self.node_address or self.gcs_address} is overloaded or unreachable. Retry; if "
+                "it is only slow, raise CELLRAY_RPC_TIMEOUT_S (or the other *_TIMEOUT_S settings).",
+                timeout=timeout) from None
 
     async def open_session(self) -> None:
         """Open the Session stream to ``node_address`` and read the node's Welcome."""
@@ -186,12 +209,13 @@ class CoreClient:
             await self._loop.shutdown_asyncgens()
 
         if self._thread.is_alive():
+            grace = self.settings.close_timeout_s
             try:
-                self.run(_close(), 5.0)
+                self.run(_close(), grace)
             except Exception as e:  # noqa: BLE001 - the loop may be wedged by a dead peer; close anyway
                 logger.debug("error closing client: %s", e)
             self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5.0)
+            self._thread.join(grace)
             if not self._thread.is_alive():
                 self._loop.close()
         self.objects.wake()
@@ -239,30 +263,43 @@ class CoreClient:
 
     def _apply(self, batch: node_pb2.NodeBatch) -> None:
         notify = False
-        objects = self.objects
+        on_op = self._on_op
         for op in batch.ops:
-            kind = op.WhichOneof("op")
-            if kind == "object":
-                objects.arrived(op.object)
+            handler = on_op.get(op.WhichOneof("op") or "")
+            if handler is not None and handler(op):
                 notify = True
-            elif kind == "object_error":
-                objects.failed(op.object_error.object_id, op.object_error.error)
-                notify = True
-            elif kind == "execute":
-                self.host.on_execute(op)
-                notify = True
-            elif kind == "log":
-                for handler in self.log_handlers:
-                    try:
-                        handler(op.log)
-                    except Exception:  # a user's handler must not end the session
-                        logger.exception("log handler failed")
-            elif kind == "event":
-                self._on_event(op.event)
-            elif kind == "cancel":
-                self.host.on_cancel(op.cancel)
         if notify:
-            objects.wake()
+            self.objects.wake()
+
+    # One handler per kind of NodeOp (the table ``_on_op``); True wakes the waiters.
+
+    def _on_object(self, op: node_pb2.NodeOp) -> bool:
+        self.objects.arrived(op.object)
+        return True
+
+    def _on_object_error(self, op: node_pb2.NodeOp) -> bool:
+        self.objects.failed(op.object_error.object_id, op.object_error.error)
+        return True
+
+    def _on_execute(self, op: node_pb2.NodeOp) -> bool:
+        self.host.on_execute(op)
+        return True
+
+    def _on_log(self, op: node_pb2.NodeOp) -> bool:
+        for handler in self.log_handlers:
+            try:
+                handler(op.log)
+            except Exception:  # a user's handler must not end the session
+                logger.exception("log handler failed")
+        return False
+
+    def _on_event_op(self, op: node_pb2.NodeOp) -> bool:
+        self._on_event(op.event)
+        return False
+
+    def _on_cancel(self, op: node_pb2.NodeOp) -> bool:
+        self.host.on_cancel(op.cancel)
+        return False
 
     def _on_event(self, ev: common_pb2.TaskEvent) -> None:
         if ev.state == TaskState.INFEASIBLE and ev.detail not in self._warned_infeasible:
@@ -359,7 +396,7 @@ class CoreClient:
         row = gcs_pb2.FunctionRow(function_id=function_id, name=name, pickled=pickled,
                                   job_id=self.job_id)
         assert self.gcs is not None
-        self.run(self.gcs.export_function(row), 60.0)
+        self.run(self.gcs.export_function(row), self.settings.function_timeout_s)
         self._exported.add(function_id)
 
     def stamp(self, spec: common_pb2.TaskSpec) -> None:

@@ -98,6 +98,13 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         ``NoLiveNodeError`` when it has no live node. Both are ``ConnectionError``.
     UnauthenticatedError
         When the token is missing or wrong; a ``PermissionError``.
+    TokenFileError
+        When ``token_file`` does not exist; a ``FileNotFoundError``.
+    ConfigError
+        When a ``CELLRAY_*`` variable does not parse or is out of range; a ``ValueError``.
+    ClusterStartError
+        When a process of the new local cluster dies or stays silent at start (its log's
+        end is in the message); a ``RuntimeError``.
 
     Examples
     --------
@@ -178,8 +185,8 @@ def _connect(address: str, token: str, settings: config.Settings) -> CoreClient:
     try:
         client.start_loop()
         assert client.gcs is not None
-        client.job_id, client.node_address = client.run(find(client.gcs), 30.0)
-        client.run(client.open_session(), 30.0)
+        client.job_id, client.node_address = client.run(find(client.gcs), settings.rpc_timeout_s)
+        client.run(client.open_session(), settings.rpc_timeout_s)
     except BaseException:
         client.close()
         raise
@@ -205,7 +212,7 @@ def shutdown() -> None:
     if client is not None:
         if client.gcs is not None and client.job_id:
             try:
-                client.run(client.gcs.finish_job(client.job_id), 5.0)
+                client.run(client.gcs.finish_job(client.job_id), client.settings.close_timeout_s)
             except Exception as e:  # noqa: BLE001 - the cluster may be gone already; shut down anyway
                 logger.debug("could not mark job %s finished: %s", client.job_id.hex(), e)
         client.close()
@@ -337,7 +344,7 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
 def _list(table: str) -> list[bytes]:
     client = _context.current()
     assert client.gcs is not None
-    return [v for _, v in client.run(client.gcs.list_table(table), 30.0)]
+    return [v for _, v in client.run(client.gcs.list_table(table), client.settings.rpc_timeout_s)]
 
 
 def nodes() -> list[dict[str, Any]]:

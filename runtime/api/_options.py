@@ -6,6 +6,10 @@ import pickle
 from typing import Any
 
 from runtime.protocol import codec
+from runtime.protocol.states import Lifetime
+
+#: The values of the ``lifetime`` option, as strings (the wire form).
+LIFETIMES: tuple[str, ...] = tuple(member.value for member in Lifetime)
 
 TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "num_returns", "max_retries",
                 "retry_exceptions", "name", "memory", "scheduling_strategy", "runtime_env"}
@@ -64,8 +68,8 @@ def validate(options: dict[str, Any], *, actor: bool = False) -> dict[str, Any]:
             and all(isinstance(t, type) and issubclass(t, BaseException) for t in re)):
         raise TypeError("retry_exceptions must be True, False or a list of exception classes")
     lifetime = options.get("lifetime")
-    if lifetime is not None and lifetime not in ("detached", "non_detached"):
-        raise ValueError(f"lifetime must be 'detached' or 'non_detached', got {lifetime!r}")
+    if lifetime is not None and lifetime not in LIFETIMES:
+        raise ValueError(f"lifetime must be {' or '.join(map(repr, LIFETIMES))}, got {lifetime!r}")
     for key in ("name", "namespace"):
         v = options.get(key)
         if v is not None and not isinstance(v, str):

@@ -15,6 +15,7 @@ from typing import Any
 from runtime import _session, config
 from runtime.cluster import registry
 from runtime.cluster.process import ProcessHandle
+from runtime.exceptions import ConfigError
 
 
 @dataclass
@@ -65,7 +66,9 @@ class LocalCluster:
         self.global_schedulers = (self.settings.global_schedulers if global_schedulers is None
                                   else global_schedulers)
         if self.global_schedulers < 0:
-            raise ValueError(f"global_schedulers must be >= 0, got {self.global_schedulers}")
+            raise ConfigError(f"global_schedulers must be >= 0, got {self.global_schedulers}; "
+                              "pass 0 for a cluster without global schedulers",
+                              setting="global_schedulers")
         self.schedulers: list[ProcessHandle] = []
         self.scheduler_info: list[dict[str, Any]] = []
 

@@ -20,9 +20,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from runtime.exceptions import ClusterStartError
 
-class ProcessStartError(RuntimeError):
-    """A cluster process exited or stayed silent before it became ready."""
+#: The name this module gave ``ClusterStartError`` (a ``RuntimeError``) before it joined
+#: the tree of ``runtime.exceptions``.
+ProcessStartError = ClusterStartError
 
 
 def _tail(path: pathlib.Path, n: int = 20) -> str:
@@ -57,7 +59,7 @@ class ProcessHandle:
         self.pid = self.popen.pid
 
     def wait_ready(self, timeout: float = 30.0) -> dict[str, Any]:
-        """Block until the ready file appears; raise ProcessStartError if the child dies or times out."""
+        """Block until the ready file appears; raise ``ClusterStartError`` if the child dies or times out."""
         assert self.ready_path is not None
         deadline = time.monotonic() + timeout
         delay = 0.002
@@ -67,14 +69,17 @@ class ProcessHandle:
                 return info
             code = self.popen.poll()
             if code is not None:
-                raise ProcessStartError(
-                    f"{self.name} (pid {self.pid}) exited with code {code} before it was ready. "
-                    f"Last lines of {self.log_path}:\n{_tail(self.log_path)}")
+                raise ClusterStartError(
+                    f"{self.name} (pid {self.pid}) exited with code {code} before it was ready; "
+                    f"its log says why. Last lines of {self.log_path}:\n{_tail(self.log_path)}",
+                    process=self.name, exit_code=code, log_path=str(self.log_path))
             if time.monotonic() > deadline:
                 self.stop()
-                raise ProcessStartError(
-                    f"{self.name} (pid {self.pid}) was not ready within {timeout:.0f} s. "
-                    f"Last lines of {self.log_path}:\n{_tail(self.log_path)}")
+                raise ClusterStartError(
+                    f"{self.name} (pid {self.pid}) was not ready within {timeout:.0f} s (a slow "
+                    f"machine may need a larger CELLRAY_START_TIMEOUT_S). Last lines of "
+                    f"{self.log_path}:\n{_tail(self.log_path)}",
+                    process=self.name, exit_code=None, log_path=str(self.log_path))
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
 

@@ -95,10 +95,10 @@ async def serve(ctx: DaemonContext) -> None:
     manager = NodeManager(node_id=node_id, address=address, gcs_address=args.gcs_address,
                           token=ctx.token, token_file=args.token_file, session_dir=ctx.session_dir,
                           resources=resources, store_capacity=capacity, gpus=gpus, settings=settings)
-    servicer.m = manager
+    servicer.attach(manager)
     ctx.on_stop(manager.request_stop)
     # `kill -USR1 <pid>` writes a snapshot of the scheduler's state to the node's log.
-    ctx.on_signal(signal.SIGUSR1, lambda: logger.warning("state: %s", manager.state.statistics()))
+    ctx.on_signal(signal.SIGUSR1, lambda: logger.warning("state: %s", manager.statistics()))
     prestart = args.prestart if args.prestart is not None else int(resources.get("CPU", 1))
     await manager.start(prestart)
     logger.info("node %s listening on %s with %s", node_id.hex()[:12], address, resources)

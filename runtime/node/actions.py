@@ -26,10 +26,6 @@ Other nodes and the global schedulers::
     ReportHome      send a finished forwarded task's results to its home node
     FreeRemote      tell a node it may drop a copy it keeps for us
     ForwardLog      send printed lines to the node of the driver at the root of the task
-
-And the node's own log::
-
-    Warn            one warning line
 """
 
 from __future__ import annotations
@@ -149,18 +145,11 @@ class ForwardLog:
     lines: node_pb2.LogLines
 
 
-@dataclass(frozen=True, slots=True)
-class Warn:
-    """One warning line for the node's log."""
-
-    message: str
-
-
 #: Every action the local scheduler can ask for.
 Action = (Send | StartWorker | KillWorker | StopWorker | ReportEvent | ObjectLocation | PutActor
-          | ReleaseActorName | Spill | Pull | ReportHome | FreeRemote | ForwardLog | Warn)
+          | ReleaseActorName | Spill | Pull | ReportHome | FreeRemote | ForwardLog)
 
 #: The action classes, for dispatch tables to check that they cover every kind.
 ACTION_TYPES: tuple[type, ...] = (Send, StartWorker, KillWorker, StopWorker, ReportEvent,
                                   ObjectLocation, PutActor, ReleaseActorName, Spill, Pull,
-                                  ReportHome, FreeRemote, ForwardLog, Warn)
+                                  ReportHome, FreeRemote, ForwardLog)

@@ -27,9 +27,9 @@ from runtime.exceptions import ActorDiedError
 from runtime.node.actions import Action, KillWorker, PutActor, ReleaseActorName, Send
 from runtime.node.objects import ObjectTable
 from runtime.node.tasks import Phase, Task, TaskHost
-from runtime.node.workers import Worker, WorkerTable
+from runtime.node.workers import Departed, Worker, WorkerTable
 from runtime.protocol import common_pb2, gcs_pb2, node_pb2
-from runtime.protocol.states import ActorState, TaskState, WorkerState
+from runtime.protocol.states import DEFAULT_NAMESPACE, ActorState, Lifetime, TaskState
 
 
 @dataclass(slots=True)
@@ -92,8 +92,7 @@ class ActorTable:
         actor = Actor(spec.actor_id, spec, options, created=self._clock())
         self.actors[spec.actor_id] = actor
         # The constructor's arguments outlive its first run: a restart runs it again.
-        for oid in (*spec.arg_refs, *spec.nested_refs):
-            self._objects.incref(oid)
+        self._objects.hold_inputs(spec)
         self._row(actor)
 
     def creation_done(self, task: Task, w: Worker | None, res: node_pb2.TaskResult) -> None:
@@ -106,7 +105,7 @@ class ActorTable:
             self._dead(actor, f"its constructor raised:\n{res.error_summary}")
             return
         actor.state, actor.worker_id, actor.pid = ActorState.ALIVE, w.worker_id, w.pid
-        w.state = WorkerState.ACTOR
+        self._workers.become_actor(w)
         self._row(actor)
         if actor.no_restart:  # killed while starting
             self._emit(KillWorker(w.worker_id))
@@ -184,7 +183,7 @@ class ActorTable:
         if actor.worker_id:
             self._emit(KillWorker(actor.worker_id))
             return
-        creation = self._host.tasks.get(actor.creation.task_id)
+        creation = self._host.task(actor.creation.task_id)
         if creation is not None and creation.phase == Phase.RUNNING and creation.worker_id:
             # The constructor is running: stop its process. worker_exited() then ends the
             # creation, and the actor restarts or (no_restart) dies like any dead actor.
@@ -197,14 +196,14 @@ class ActorTable:
                     cause_text=actor.death_cause))
             self._dead(actor, actor.death_cause)
 
-    def creation_worker_died(self, actor_id: bytes, w: Worker, exit_code: int | None) -> None:
+    def creation_worker_died(self, actor_id: bytes, w: Departed, exit_code: int | None) -> None:
         """The process running the constructor of ``actor_id`` died."""
         actor = self.actors.get(actor_id)
         if actor is not None:
             actor.worker_id = w.worker_id
             self.worker_died(w, exit_code)
 
-    def worker_died(self, w: Worker, exit_code: int | None) -> None:
+    def worker_died(self, w: Departed, exit_code: int | None) -> None:
         """An actor's process died: restart the actor or let it die."""
         actor = next((a for a in self.actors.values() if a.worker_id == w.worker_id), None)
         if actor is None or actor.state == ActorState.DEAD:
@@ -242,10 +241,7 @@ class ActorTable:
     def _resubmit_creation(self, spec: common_pb2.TaskSpec) -> None:
         task = self._host.add_task(spec)
         objects = self._objects
-        for oid in spec.arg_refs:  # the new attempt holds its inputs like the first did
-            objects.incref(oid)
-        for oid in spec.nested_refs:
-            objects.incref(oid)
+        objects.hold_inputs(spec)  # the new attempt holds its inputs like the first did
         objects.await_inputs(task, want=False)
         if not task.missing:
             self._host.make_ready(task)
@@ -253,8 +249,7 @@ class ActorTable:
     def _dead(self, actor: Actor, cause: str) -> None:
         if actor.state == ActorState.DEAD:
             return
-        for oid in (*actor.creation.arg_refs, *actor.creation.nested_refs):
-            self._objects.decref(oid)
+        self._objects.release_inputs(actor.creation)
         actor.state = ActorState.DEAD
         actor.death_cause = cause
         while actor.queue:
@@ -262,13 +257,13 @@ class ActorTable:
         self._row(actor)
         name = actor.options.get("name")
         if name:
-            self._emit(ReleaseActorName(actor.options.get("namespace") or "default", name))
+            self._emit(ReleaseActorName(actor.options.get("namespace") or DEFAULT_NAMESPACE, name))
 
     def owner_gone(self, client_id: bytes, pid: int) -> None:
         """A driver exited: its actors die, except detached ones."""
         for actor in list(self.actors.values()):
             if (actor.creation.owner_id == client_id and actor.state != ActorState.DEAD
-                    and actor.options.get("lifetime") != "detached"):
+                    and actor.options.get("lifetime") != Lifetime.DETACHED):
                 self.kill(actor.actor_id, True, f"its owner (pid {pid}) exited")
 
     # ---- the GCS row ---------------------------------------------------------------
@@ -277,10 +272,10 @@ class ActorTable:
         o = actor.options
         row = gcs_pb2.ActorRow(
             actor_id=actor.actor_id, class_name=o.get("class_name", ""), name=o.get("name") or "",
-            namespace=o.get("namespace") or "default", state=actor.state, node_id=self._node_id,
+            namespace=o.get("namespace") or DEFAULT_NAMESPACE, state=actor.state, node_id=self._node_id,
             pid=actor.pid, num_restarts=actor.restarts, max_restarts=actor.max_restarts,
             death_cause=actor.death_cause, job_id=actor.creation.job_id,
-            detached=o.get("lifetime") == "detached", owner_id=actor.creation.owner_id,
+            detached=o.get("lifetime") == Lifetime.DETACHED, owner_id=actor.creation.owner_id,
             start_time=actor.created, creation_spec=actor.creation.SerializeToString(),
             pending_calls=len(actor.queue) + len(actor.in_flight),
             worker_id=actor.worker_id)

@@ -9,7 +9,7 @@ events for a client go out as ``Send`` actions on its session.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from runtime import _ids
@@ -17,12 +17,13 @@ from runtime.exceptions import ObjectLostError
 from runtime.node.actions import Action, Send
 from runtime.node.objects import ErrorEncoder, ObjectTable
 from runtime.protocol import node_pb2
+from runtime.protocol.states import ClientKind
 
 
 @dataclass(slots=True)
 class Client:
     client_id: bytes
-    kind: str
+    kind: ClientKind
     pid: int
     worker_id: bytes = b""
     held: Counter[bytes] = field(default_factory=Counter)
@@ -44,7 +45,7 @@ class ClientTable:
     def __contains__(self, client_id: bytes) -> bool:
         return client_id in self.clients
 
-    def connect(self, client_id: bytes, kind: str, pid: int, worker_id: bytes) -> None:
+    def connect(self, client_id: bytes, kind: ClientKind, pid: int, worker_id: bytes) -> None:
         self.clients[client_id] = Client(client_id, kind, pid, worker_id)
 
     def disconnect(self, client_id: bytes) -> Client | None:
@@ -57,17 +58,23 @@ class ClientTable:
 
     # ---- references ----------------------------------------------------------------
 
-    def holder(self, client_id: bytes) -> Counter[bytes] | None:
-        """The references ``client_id`` holds (a live counter), None when it is not known."""
+    def hold(self, client_id: bytes, oids: Collection[bytes]) -> None:
+        """``client_id`` holds a new reference to each of ``oids`` (each counts in the object
+        table even when the client is not known here)."""
+        self._objects.incref_many(oids)
         client = self.clients.get(client_id)
-        return client.held if client is not None else None
+        if client is not None:
+            held = client.held
+            for oid in oids:
+                held[oid] += 1
 
     def update_refs(self, client_id: bytes, add: Iterable[bytes], remove: Iterable[bytes]) -> None:
         client = self.clients.get(client_id)
         held = client.held if client is not None else None
         objects = self._objects
+        incref = objects.incref
         for oid in add:
-            objects.refs[oid] += 1
+            incref(oid)
             if held is not None:
                 held[oid] += 1
         for oid in remove:

@@ -30,7 +30,6 @@ from runtime.node.actions import (
     Spill,
     StartWorker,
     StopWorker,
-    Warn,
 )
 from runtime.protocol import node_pb2
 
@@ -124,10 +123,6 @@ def _forward_log(o: Outlets, a: ForwardLog) -> None:
     o.peers.forward_log(a)
 
 
-def _warn(o: Outlets, a: Warn) -> None:
-    logger.warning("%s", a.message)
-
-
 Handler = Callable[[Outlets, Any], None]
 
 #: The handler of each action class.
@@ -135,7 +130,7 @@ TABLE: dict[type, Handler] = {
     Send: _send, StartWorker: _start_worker, KillWorker: _kill_worker, StopWorker: _stop_worker,
     ReportEvent: _report_event, ObjectLocation: _object_location, PutActor: _put_actor,
     ReleaseActorName: _release_actor_name, Spill: _spill, Pull: _pull, ReportHome: _report_home,
-    FreeRemote: _free_remote, ForwardLog: _forward_log, Warn: _warn,
+    FreeRemote: _free_remote, ForwardLog: _forward_log,
 }
 
 

@@ -14,36 +14,37 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from runtime.node.resources import Resources
-from runtime.node.workers import Frame, Worker, WorkerTable
-from runtime.protocol.states import WorkerState
+from runtime.node.workers import Worker, WorkerTable
 
 
 class Lending:
     """Which blocked worker waits for which task, and how deep workers may stack."""
 
-    __slots__ = ("max_inline_depth", "waited_by")
+    __slots__ = ("_resources", "_workers", "max_inline_depth", "waited_by")
 
-    def __init__(self, max_inline_depth: int) -> None:
+    def __init__(self, max_inline_depth: int, workers: WorkerTable, resources: Resources) -> None:
         #: Most tasks stacked in one blocked worker (each costs Python stack frames).
         self.max_inline_depth = max_inline_depth
+        self._workers = workers
+        self._resources = resources
         #: task id -> worker id of a blocked worker waiting for that task's result.
         self.waited_by: dict[bytes, bytes] = {}
 
     def can_stack(self, w: Worker) -> bool:
         """True when every frame of ``w`` is blocked and it may take one more."""
-        return (bool(w.frames) and w.state == WorkerState.BUSY and all(f.blocked for f in w.frames)
-                and len(w.frames) < self.max_inline_depth)
+        return 0 < self._workers.stack_depth(w) < self.max_inline_depth
 
-    def inline_host(self, task_id: bytes, parent_id: bytes, workers: WorkerTable) -> Worker | None:
+    def inline_host(self, task_id: bytes, parent_id: bytes) -> Worker | None:
         """A blocked worker to run task ``task_id`` in: the one waiting for it, or the one
         whose innermost task is its parent."""
         waiter = self.waited_by.get(task_id)
-        for wid in (waiter, workers.running_on.get(parent_id)):
+        workers = self._workers
+        for wid in (waiter, workers.running(parent_id)):
             if wid is None:
                 continue
             w = workers.get(wid)
             if (w is not None and self.can_stack(w)
-                    and (wid == waiter or w.frames[-1].task_id == parent_id)):
+                    and (wid == waiter or workers.innermost(w) == parent_id)):
                 return w
         return None
 
@@ -54,23 +55,30 @@ class Lending:
             return []
         wid = w.worker_id
         candidates = [tid for tid, waiter in self.waited_by.items() if waiter == wid]
-        candidates.extend(children.get(w.frames[-1].task_id, ()))
+        candidates.extend(children.get(self._workers.innermost(w), ()))
         return candidates
 
-    @staticmethod
-    def block(frame: Frame, resources: Resources) -> None:
-        """``frame``'s task waits in ``get``: its CPUs go back to the node meanwhile."""
-        frame.blocked = True
-        cpu = frame.resources.get("CPU", 0.0)
-        frame.lent = cpu
-        resources.lend(cpu)
+    def set_blocked(self, w: Worker, task_id: bytes, blocked: bool) -> bool | None:
+        """Task ``task_id`` of ``w`` (else its innermost) waits in ``get`` (``blocked``) or
+        runs again: a blocked task lends its CPUs back to the node meanwhile. None when
+        ``w`` runs nothing; True when the task was newly blocked."""
+        frame = self._workers.frame_for(w, task_id)
+        if frame is None:
+            return None
+        if blocked:
+            lent = self._workers.block(frame)
+            if lent is None:
+                return False
+            self._resources.lend(lent)
+            return True
+        back = self._workers.unblock(frame)
+        if back is not None:
+            self._resources.take_back(back)
+        return False
 
-    @staticmethod
-    def unblock(frame: Frame, resources: Resources) -> None:
-        """``frame``'s task runs again: it takes its CPUs back."""
-        frame.blocked = False
-        resources.take_back(frame.lent)
-        frame.lent = 0.0
+    def waiting(self) -> int:
+        """How many tasks a blocked worker waits for."""
+        return len(self.waited_by)
 
     def waits_for(self, task_id: bytes, worker_id: bytes) -> None:
         self.waited_by[task_id] = worker_id

@@ -6,6 +6,11 @@ through the dispatch table (``dispatch.py``): ops are queued on the clients' ses
 (each session writes whatever accumulated as one batch), workers are started, stopped or
 killed, GCS writes are batched on a short timer, and calls to peers are made in the
 background. ``apply(fn)`` is that cycle, and the only way back into the state.
+
+The gRPC servicer (``service.py``) reaches the manager through one named method per RPC
+(``accept_forwarded``, ``remote_result``, ``release_remote_holds``, ``forward_logs``,
+``object_chunks``, ``node_info``, ``request_stop``) and the Session calls (``hello``,
+``handle``, ``disconnect``); the daemon reads ``statistics()``.
 """
 
 from __future__ import annotations
@@ -23,13 +28,13 @@ from typing import Any
 import psutil
 
 from runtime import _ids, config
-from runtime.exceptions import NotFoundError
+from runtime.exceptions import InvalidRequestError, NotFoundError
 from runtime.gcs.client import GcsClient
 from runtime.node.dispatch import Outlets, carry_out
 from runtime.node.gpus import Gpus
 from runtime.node.peers import Peers
 from runtime.node.reporting import GcsReporter
-from runtime.node.sessions import WORKER, Conn, Sessions, apply_ops
+from runtime.node.sessions import Conn, Sessions, apply_ops, client_kind
 from runtime.node.state import LocalScheduler
 from runtime.node.worker_pool import Launcher, Pool, WorkerPool
 from runtime.object_store.store import SharedMemoryStore
@@ -77,7 +82,7 @@ class NodeManager:
         self.store = SharedMemoryStore(self.shm_dir, session_dir / "spill" / node_id.hex()[:8],
                                        store_capacity)
         self.state = LocalScheduler(node_id, resources, self.store, _encode_error, settings=settings)
-        self.gcs = GcsClient(gcs_address, token, timeout=settings.rpc_timeout_s)
+        self.gcs = GcsClient.from_settings(gcs_address, token, settings)
         self.sessions = Sessions()
         self.reporter = GcsReporter(self.gcs, node_id, address)
         self.peers = Peers(node_id=node_id, address=address, metadata=token_metadata(token),
@@ -85,7 +90,8 @@ class NodeManager:
                            apply=self.apply)
         if pool is None:
             pool = WorkerPool(node_address=address, gcs_address=gcs_address, token_file=token_file,
-                              session_dir=session_dir, node_id=node_id, on_exit=self.worker_exited)
+                              session_dir=session_dir, node_id=node_id, on_exit=self.worker_exited,
+                              stop_grace_s=settings.worker_stop_grace_s)
         self.workers = Launcher(pool, self.state.worker_starting)
         self.outlets = Outlets(sessions=self.sessions, workers=self.workers, gcs=self.reporter,
                                peers=self.peers)
@@ -115,6 +121,10 @@ class NodeManager:
         self.stop_requested.set()
 
     async def stop(self) -> None:
+        # A flush under way ends first (bounded): its calls are not cut off halfway.
+        if not await self.reporter.settle(self.settings.stop_grace_s):
+            logger.info("a GCS report still under way after %.1fs is cut off; it is sent again "
+                        "below", self.settings.stop_grace_s)
         for t in self._tasks:
             t.cancel()
         self.sessions.close_all()
@@ -149,9 +159,12 @@ class NodeManager:
 
     def hello(self, conn: Conn, hello: node_pb2.Hello) -> node_pb2.NodeOp:
         """Register a Session; returns its Welcome (what it caused follows on the stream)."""
-        conn.client_id, conn.kind, conn.worker_id = hello.client_id, hello.kind, hello.worker_id
+        kind = client_kind(hello.kind)
+        if kind is None:  # the servicer lets no other Hello through
+            raise InvalidRequestError(f"Hello names an unknown kind of client {hello.kind!r}")
+        conn.client_id = hello.client_id
         self.sessions.add(conn)
-        self.state.connect(conn.client_id, hello.kind, hello.pid, hello.worker_id)
+        self.state.connect(conn.client_id, kind, hello.pid, hello.worker_id)
         op = node_pb2.NodeOp()
         w = op.welcome
         w.node_id = self.node_id
@@ -170,18 +183,37 @@ class NodeManager:
         self.flush()
 
     def disconnect(self, conn: Conn) -> None:
+        """A Session ended (a worker's: the state has its process killed, see KillWorker)."""
         self.sessions.remove(conn)
-        self.state.disconnect(conn.client_id)
-        if conn.kind == WORKER:
-            # The stream broke: make sure the process is gone; its exit reports the task.
-            self.workers.kill(conn.worker_id)
-        self.flush()
+        self.apply(lambda s: s.disconnect(conn.client_id))
 
     def worker_exited(self, worker_id: bytes, code: int | None) -> None:
         """The pool saw worker ``worker_id`` exit with ``code`` (None: unknown)."""
         self.apply(lambda s: s.worker_exited(worker_id, code))
 
+    # ---- calls from peers (one per RPC of the servicer) ------------------------------
+
+    def accept_forwarded(self, request: node_pb2.ForwardTaskRequest) -> None:
+        """A peer placed one of its tasks here (``ForwardTask``)."""
+        self.apply(lambda s: s.accept_forwarded(request))
+
+    def remote_result(self, request: node_pb2.ReportResultsRequest) -> None:
+        """A task of this node that ran elsewhere finished (``ReportResults``)."""
+        self.apply(lambda s: s.remote_result(request))
+
+    def release_remote_holds(self, object_ids: list[bytes]) -> None:
+        """A peer no longer needs the copies this node keeps for it (``FreeObjects``)."""
+        self.apply(lambda s: s.release_remote_holds(object_ids))
+
+    def forward_logs(self, lines: node_pb2.LogLines) -> None:
+        """Lines printed elsewhere by tasks of a driver of this node (``ForwardLogs``)."""
+        self.apply(lambda s: s.log(lines))
+
     # ---- queries -------------------------------------------------------------------
+
+    def statistics(self) -> dict[str, Any]:
+        """A snapshot of the local scheduler, for the node's log."""
+        return self.state.statistics()
 
     def load(self) -> common_pb2.NodeLoad:
         load = self.state.load()

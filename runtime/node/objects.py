@@ -2,7 +2,7 @@
 of the local scheduler.
 
 An object is ready here when its bytes are inline in the table or sealed in the node's
-shared-memory store. Its holders are counted in ``refs``: clients holding ObjectRefs,
+shared-memory store. Its holders are counted: clients holding ObjectRefs,
 tasks taking it as an argument, objects containing it, other nodes keeping a copy for us.
 It is freed when the count reaches zero (and so are the objects it contains).
 
@@ -15,7 +15,7 @@ for it until it releases them.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -72,21 +72,21 @@ class PullSource:
 class ObjectTable:
     """Objects held or known on this node, and who holds and waits for them."""
 
-    __slots__ = ("_emit", "_encode_error", "_node_id", "dep_waiters", "get_waiters", "objects",
-                 "pulling", "refs", "remote_holds", "remote_objects", "store")
+    __slots__ = ("_dep_waiters", "_emit", "_encode_error", "_get_waiters", "_node_id", "_refs",
+                 "_store", "objects", "pulling", "remote_holds", "remote_objects")
 
     def __init__(self, node_id: bytes, store: Store, encode_error: ErrorEncoder,
                  emit: Callable[[Action], None]) -> None:
         self._node_id = node_id
-        self.store = store
+        self._store = store
         self._encode_error = encode_error
         self._emit = emit
         self.objects: dict[bytes, Obj] = {}
-        self.refs: Counter[bytes] = Counter()
+        self._refs: Counter[bytes] = Counter()
         #: object id -> tasks waiting for it as an input.
-        self.dep_waiters: dict[bytes, list[Task]] = {}
+        self._dep_waiters: dict[bytes, list[Task]] = {}
         #: object id -> clients waiting for it in ``get``.
-        self.get_waiters: dict[bytes, list[bytes]] = {}
+        self._get_waiters: dict[bytes, list[bytes]] = {}
         self.remote_objects: dict[bytes, RemoteObject] = {}
         #: Remote objects on their way here.
         self.pulling: set[bytes] = set()
@@ -111,12 +111,12 @@ class ObjectTable:
         if oid in self.objects:
             return False
         nested = list(data.nested_refs)
-        refs = self.refs
+        refs = self._refs
         for n in nested:
             refs[n] += 1
         if data.shm_path:
             try:
-                self.store.seal(oid, data.size)
+                self._store.seal(oid, data.size)
             except Exception as e:  # noqa: BLE001 - whatever the store raises (ObjectStoreFullError
                 # above all) becomes the object's value, which its readers then raise
                 blob = self._encode_error(e)
@@ -137,9 +137,9 @@ class ObjectTable:
         if obj.inline is not None:
             data.inline = obj.inline
             return False
-        data.shm_path = self.store.locate(oid)
+        data.shm_path = self._store.locate(oid)
         if pin:
-            self.store.pin(oid)
+            self._store.pin(oid)
         return pin
 
     def remote_copy(self, oid: bytes) -> bytes:
@@ -155,15 +155,36 @@ class ObjectTable:
     # ---- references ----------------------------------------------------------------
 
     def incref(self, oid: bytes) -> None:
-        self.refs[oid] += 1
+        self._refs[oid] += 1
+
+    def incref_many(self, oids: Iterable[bytes]) -> None:
+        refs = self._refs
+        for oid in oids:
+            refs[oid] += 1
+
+    def hold_inputs(self, spec: common_pb2.TaskSpec) -> None:
+        """A task of ``spec`` holds its arguments and the objects nested in them."""
+        refs = self._refs
+        for oid in spec.arg_refs:
+            refs[oid] += 1
+        for oid in spec.nested_refs:
+            refs[oid] += 1
+
+    def release_inputs(self, spec: common_pb2.TaskSpec) -> None:
+        """A task of ``spec`` is over: it holds its arguments no more."""
+        decref = self.decref
+        for oid in spec.arg_refs:
+            decref(oid)
+        for oid in spec.nested_refs:
+            decref(oid)
 
     def held(self, oid: bytes) -> bool:
         """True when anything holds a reference to ``oid``."""
-        return self.refs.get(oid, 0) > 0
+        return self._refs.get(oid, 0) > 0
 
     def decref(self, oid: bytes, n: int = 1) -> None:
         """Drop ``n`` references; at zero, free the object (and what it contains)."""
-        refs = self.refs
+        refs = self._refs
         left = refs.get(oid, 0) - n
         if left > 0:
             refs[oid] = left
@@ -178,12 +199,41 @@ class ObjectTable:
         if obj.remote_copy:
             self._emit(FreeRemote(obj.remote_copy, oid))
         if obj.in_store:
-            self.store.free(oid)
+            self._store.free(oid)
             self._emit(ObjectLocation(oid, obj.size, True))
         for nested in obj.nested:
             self.decref(nested)
 
+    def drop_unheld(self, data: common_pb2.ObjectData) -> bool:
+        """True when nothing holds the object of ``data`` any more: it is not kept (its
+        shared-memory copy is freed)."""
+        if self._refs.get(data.object_id, 0) > 0:
+            return False
+        if data.shm_path:
+            self._store.free(data.object_id)
+        return True
+
+    def unpin(self, oids: Iterable[bytes]) -> None:
+        """Readers of these shared-memory objects are done with them."""
+        unpin = self._store.unpin
+        for oid in oids:
+            unpin(oid)
+
     # ---- waiting -------------------------------------------------------------------
+
+    def wake(self, oid: bytes) -> tuple[list[Task] | None, list[bytes] | None]:
+        """``oid`` is here now: (the tasks that waited for it, of which those now have all
+        their inputs; None when no task waited) and the clients that waited in ``get``."""
+        waiters = self._dep_waiters.pop(oid, None)
+        ready: list[Task] | None = None
+        if waiters:
+            ready = []
+            for task in waiters:
+                missing = task.missing
+                missing.discard(oid)
+                if not missing:
+                    ready.append(task)
+        return ready, self._get_waiters.pop(oid, None)
 
     def await_inputs(self, task: Task, want: bool) -> None:
         """Note ``task``'s arguments that are not here yet; ``want``: pull remote ones."""
@@ -191,26 +241,26 @@ class ObjectTable:
         for oid in task.spec.arg_refs:
             if oid not in objects:
                 task.missing.add(oid)
-                self.dep_waiters.setdefault(oid, []).append(task)
+                self._dep_waiters.setdefault(oid, []).append(task)
                 if want:
                     self.want(oid)
 
     def forget_waiter(self, task: Task) -> None:
         """``task`` ended before its inputs arrived."""
         for oid in task.missing:
-            waiters = self.dep_waiters.get(oid)
+            waiters = self._dep_waiters.get(oid)
             if waiters is not None and task in waiters:
                 waiters.remove(task)
 
     def wait_get(self, oid: bytes, client_id: bytes, once: bool = False) -> None:
         """Client ``client_id`` waits for ``oid`` (``once``: unless it waits already)."""
-        waiters = self.get_waiters.setdefault(oid, [])
+        waiters = self._get_waiters.setdefault(oid, [])
         if not once or client_id not in waiters:
             waiters.append(client_id)
 
     def awaited(self, oid: bytes) -> bool:
         """True when a client or a task waits for ``oid``."""
-        return oid in self.get_waiters or oid in self.dep_waiters
+        return oid in self._get_waiters or oid in self._dep_waiters
 
     # ---- remote objects ------------------------------------------------------------
 
@@ -235,8 +285,8 @@ class ObjectTable:
         self.pulling.discard(oid)
         r = self.remote_objects.pop(oid, None)
         source = r.node_id if r is not None else b""
-        if self.refs.get(oid, 0) <= 0:
-            self.store.free(oid)
+        if self._refs.get(oid, 0) <= 0:
+            self._store.free(oid)
             if r is not None:
                 self._emit(FreeRemote(r.node_id, oid))
             return False, source
@@ -263,9 +313,13 @@ class ObjectTable:
 
     # ---- copies kept for other nodes -----------------------------------------------
 
-    def holds_for(self, node_id: bytes) -> Counter[bytes]:
-        """The objects kept for node ``node_id`` (a live counter to add to)."""
-        return self.remote_holds.setdefault(node_id, Counter())
+    def hold_for(self, node_id: bytes, oid: bytes) -> None:
+        """Keep ``oid`` for node ``node_id`` until it releases it (or dies)."""
+        self._refs[oid] += 1
+        holds = self.remote_holds.get(node_id)
+        if holds is None:
+            holds = self.remote_holds[node_id] = Counter()
+        holds[oid] += 1
 
     def release_remote_holds(self, ids: list[bytes], node_id: bytes | None = None) -> None:
         """Another node no longer needs objects we keep for it."""

@@ -214,7 +214,7 @@ class Peers:
             except grpc.aio.AioRpcError as e:
                 logger.warning("reporting task %s to its home failed: %s", _ids.short(req.task_id),
                                translate(e, NODE, address))
-                await asyncio.sleep(0.1 * 2 ** attempt)
+                await asyncio.sleep(self._settings.report_backoff_s * 2 ** attempt)
 
     async def _send_frees(self, node_id: bytes) -> None:
         await asyncio.sleep(0)  # let a burst of frees gather

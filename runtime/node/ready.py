@@ -12,7 +12,7 @@ before it, as soon as that one ends.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Mapping
 
 from runtime.node.actions import Action, Send, StartWorker
@@ -22,7 +22,7 @@ from runtime.node.resources import Resources
 from runtime.node.tasks import Phase, Task, TaskHost
 from runtime.node.workers import Frame, Worker, WorkerTable
 from runtime.protocol import node_pb2
-from runtime.protocol.states import TaskState, WorkerState
+from runtime.protocol.states import TaskState
 
 Shape = tuple[tuple[str, float], ...]
 
@@ -30,28 +30,30 @@ Shape = tuple[tuple[str, float], ...]
 # read on the path of every task.
 _READY = Phase.READY
 _RUNNING = Phase.RUNNING
-_BUSY = WorkerState.BUSY
 _RUN_EVENT = TaskState.RUNNING
 
 
 class ReadyQueues:
     """The ready tasks of the node, and starting them (see the module docstring)."""
 
-    __slots__ = ("_emit", "_host", "_is_forwarded", "_lending", "_objects", "_resources", "_stats",
-                 "_workers", "queues")
+    __slots__ = ("_dispatched", "_emit", "_event", "_is_forwarded", "_lending", "_local", "_objects",
+                 "_resources", "_task", "_workers", "queues")
 
     def __init__(self, host: TaskHost, resources: Resources, workers: WorkerTable,
                  lending: Lending, objects: ObjectTable, is_forwarded: Callable[[bytes], bool],
-                 emit: Callable[[Action], None], stats: Counter[str]) -> None:
-        self._host = host
+                 emit: Callable[[Action], None]) -> None:
+        # The host's methods, bound once: they are called for every task.
+        self._task = host.task
+        self._event = host.event
         self._resources = resources
         self._workers = workers
         self._lending = lending
         self._objects = objects
         self._is_forwarded = is_forwarded
         self._emit = emit
-        #: The node's counters (``dispatched``, ``local``), shared with the coordinator.
-        self._stats = stats
+        #: Tasks sent to a worker; those of them that were submitted here (not forwarded).
+        self._dispatched = 0
+        self._local = 0
         #: Ready tasks, FIFO per resource shape so one shape never blocks another.
         self.queues: dict[Shape, deque[Task]] = {}
 
@@ -65,6 +67,10 @@ class ReadyQueues:
 
     def __len__(self) -> int:
         return sum(len(q) for q in self.queues.values())
+
+    def counters(self) -> dict[str, int]:
+        """This part's counters, for ``statistics()`` and the node's load."""
+        return {"dispatched": self._dispatched, "local": self._local}
 
     def schedule(self) -> None:
         """Start every ready task that can start now; ask for workers that are missing."""
@@ -93,26 +99,27 @@ class ReadyQueues:
                     break
                 queue.popleft()
                 self.dispatch(task, worker)
-        workers = self._workers
-        for _ in range(min(want, workers.max_starting) - workers.starting):
-            # The I/O side calls worker_starting() with the new worker's id.
-            self._emit(StartWorker())
-            workers.asked()
+        if want:
+            workers = self._workers
+            for _ in range(workers.to_start(want)):
+                # The I/O side calls worker_starting() with the new worker's id.
+                self._emit(StartWorker())
+                workers.asked()
 
     def _function_of(self, task_id: bytes) -> bytes | None:
-        task = self._host.tasks.get(task_id)
+        task = self._task(task_id)
         return task.spec.function_id if task is not None else None
 
     def _worker_for(self, task: Task) -> Worker | None:
         spec = task.spec
-        w = self._lending.inline_host(spec.task_id, spec.parent_task_id, self._workers)
+        w = self._lending.inline_host(spec.task_id, spec.parent_task_id)
         return w if w is not None else self._workers.pop_idle()
 
     def run_inline(self, w: Worker, children: Mapping[bytes, set[bytes]]) -> None:
         """Give a blocked worker a ready task of its own (see ``lending.py``)."""
-        tasks = self._host.tasks
+        get = self._task
         for tid in self._lending.inline_candidates(w, children):
-            task = tasks.get(tid)
+            task = get(tid)
             if task is not None and task.phase == _READY and self._resources.can_run(task.resources):
                 self.dispatch(task, w)
                 return
@@ -121,16 +128,12 @@ class ReadyQueues:
         """Send ``task`` to ``worker`` (``ahead``: to start after its running task)."""
         spec = task.spec
         if ahead:  # resources come from the task before it on that worker
-            frame = Frame(spec.task_id, {})
-            worker.queued.append(frame)
+            frame = self._workers.send_ahead(worker, spec.task_id)
         else:
-            worker.state = _BUSY
-            frame = Frame(spec.task_id, task.resources,
-                          gpu_ids=self._resources.acquire(task.resources))
-            worker.frames.append(frame)
+            frame = self._workers.assign(worker, spec.task_id, task.resources,
+                                         self._resources.acquire(task.resources))
         task.phase = _RUNNING
         task.worker_id = worker.worker_id
-        self._workers.running_on[spec.task_id] = worker.worker_id
         op = node_pb2.NodeOp()
         ex = op.execute
         ex.spec.CopyFrom(spec)
@@ -139,17 +142,14 @@ class ReadyQueues:
         for oid in spec.arg_refs:
             if fill(ex.args.add(), oid, pin=True):
                 task.pinned.append(oid)
-        stats = self._stats
-        stats["dispatched"] += 1
+        self._dispatched += 1
         if not self._is_forwarded(spec.task_id):
-            stats["local"] += 1
+            self._local += 1
         self._emit(Send(worker.client_id, op))
-        self._host.event(task, _RUN_EVENT, worker_pid=worker.pid)
+        self._event(task, _RUN_EVENT, worker_pid=worker.pid)
 
     def release(self, frame: Frame) -> None:
-        """``frame``'s task ended (or its worker died): its resources are free again."""
-        self._resources.release(frame.resources, frame.gpu_ids, frame.lent)
-        if frame.gpu_ids:
-            frame.gpu_ids = []
-        if frame.lent:  # the CPUs were already given back while it was blocked
-            frame.lent = 0.0
+        """``frame``'s task ended (or its worker died): its resources are free again (CPUs
+        it lent while blocked were given back already)."""
+        held, gpu_ids, lent = self._workers.release(frame)
+        self._resources.release(held, gpu_ids, lent)

@@ -4,13 +4,26 @@ Task events and object locations are batched and sent on a short timer (one
 ``ReportEvents`` call per batch). Actor rows and released actor names are written in the
 order the state made them, before the batch: every actor transition is published,
 however short-lived the state was.
+
+Nothing is lost when the GCS cannot be reached: a write leaves the reporter only once its
+call succeeded. A failed (or cancelled) call leaves it, and everything made after it, in
+place, so the next ``flush()`` sends them again, in the same order. Only a write the GCS
+refuses as invalid (``InvalidRequestError``: it would be refused every time) is dropped,
+with an error in the log. One flush runs at a time; ``settle()`` waits for the one under
+way, so that a stopping node can let it end before cancelling the loop that runs it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Protocol
 
+from runtime import _ids
+from runtime.exceptions import InvalidRequestError
 from runtime.node.actions import ObjectLocation, PutActor, ReleaseActorName, ReportEvent
 from runtime.protocol import common_pb2, gcs_pb2
 
@@ -28,6 +41,14 @@ class GcsWriter(Protocol):
     async def release_actor_name(self, namespace: str, name: str) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One ordered GCS write waiting to be sent: what it is (for the log), and the call."""
+
+    what: str
+    send: Callable[[GcsWriter], Awaitable[None]]
+
+
 class GcsReporter:
     """Collects the state's GCS actions; ``flush()`` sends what has accumulated."""
 
@@ -37,7 +58,8 @@ class GcsReporter:
         self._node_address = node_address
         self._events: list[common_pb2.TaskEvent] = []
         self._objects: list[gcs_pb2.ObjectLocationUpdate] = []
-        self._actor_writes: list[PutActor | ReleaseActorName] = []
+        self._writes: deque[_Write] = deque()
+        self._lock = asyncio.Lock()
 
     # ---- outlets of the dispatch table ----
 
@@ -50,33 +72,74 @@ class GcsReporter:
             removed=action.removed))
 
     def put_actor(self, action: PutActor) -> None:
-        action.row.node_address = self._node_address
-        self._actor_writes.append(action)
+        row = action.row
+        row.node_address = self._node_address
+
+        def send(gcs: GcsWriter) -> Awaitable[None]:
+            return gcs.put_actor(row)
+        self._writes.append(_Write(f"row of actor {_ids.short(row.actor_id)} ({row.state})", send))
 
     def release_actor_name(self, action: ReleaseActorName) -> None:
-        self._actor_writes.append(action)
+        namespace, name = action.namespace, action.name
+
+        def send(gcs: GcsWriter) -> Awaitable[None]:
+            return gcs.release_actor_name(namespace, name)
+        self._writes.append(_Write(f"release of actor name {namespace}/{name}", send))
 
     # ---- sending ----
 
     def pending(self) -> int:
         """Writes not sent yet (events, locations, actor rows and names)."""
-        return len(self._events) + len(self._objects) + len(self._actor_writes)
+        return len(self._events) + len(self._objects) + len(self._writes)
 
     async def flush(self) -> None:
         """Send actor writes in order, then one batch of events and object locations.
 
-        A failed call raises (a ``ClusterError`` from the GCS client); what was taken
-        for it is dropped, as a later batch supersedes it.
+        A failed call raises (a ``ClusterError`` from the GCS client) after putting what
+        it carried back in front of what was made since: the next flush sends it again.
+        A cancelled flush does the same. Flushes wait for one another.
         """
-        while self._actor_writes:
-            writes, self._actor_writes = self._actor_writes, []
-            for w in writes:
-                if isinstance(w, PutActor):
-                    await self._gcs.put_actor(w.row)
-                else:
-                    await self._gcs.release_actor_name(w.namespace, w.name)
+        async with self._lock:
+            await self._send_writes()
+            await self._send_batch()
+
+    async def settle(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` seconds for a flush under way to end; True if it did."""
+        if not self._lock.locked():
+            return True
+
+        async def wait_turn() -> None:
+            async with self._lock:
+                pass
+        try:
+            await asyncio.wait_for(wait_turn(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _send_writes(self) -> None:
+        writes = self._writes
+        while writes:
+            write = writes[0]
+            try:
+                await write.send(self._gcs)
+            except InvalidRequestError as e:
+                logger.error("the GCS refused the %s; it is dropped: %s", write.what, e)
+            # Only a success (or a refusal for good) takes the write off the queue.
+            writes.popleft()
+
+    async def _send_batch(self) -> None:
         if not self._events and not self._objects:
             return
         events, self._events = self._events, []
         objects, self._objects = self._objects, []
-        await self._gcs.report_events(events, objects)
+        try:
+            await self._gcs.report_events(events, objects)
+        except InvalidRequestError as e:
+            logger.error("the GCS refused a batch of %d task events and %d object locations; "
+                         "it is dropped: %s", len(events), len(objects), e)
+        except BaseException:
+            # Failed or cancelled: the batch goes back in front of what came meanwhile.
+            self._events[:0] = events
+            self._objects[:0] = objects
+            raise

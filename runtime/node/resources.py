@@ -31,6 +31,10 @@ class Resources:
         """Whole CPUs of the node (at least 1 when it declares none), for default limits."""
         return int(self.total.get("CPU", 1))
 
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        """Copies of the ``total`` and ``available`` amounts (for statistics and load)."""
+        return {"available": dict(self.available), "total": dict(self.total)}
+
     def ever_fits(self, need: Mapping[str, float]) -> bool:
         """True when ``need`` fits the node's totals (it can run here some day)."""
         return fits(need, self.total)

@@ -1,4 +1,8 @@
-"""The NodeManager gRPC servicer: decode, hand to the manager, encode. Nothing else."""
+"""The NodeManager gRPC servicer: decode, hand to the node, encode. Nothing else.
+
+The servicer sees the node only through :class:`NodeCalls`: the three calls of a Session
+stream and one named call per other RPC (``NodeManager`` has them all).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,16 @@ import asyncio
 import logging
 import platform
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import cloudpickle
 import grpc
 
 from runtime import _ids
 from runtime.exceptions import NotFoundError
-from runtime.node.manager import NodeManager
-from runtime.node.sessions import CLIENT_KINDS, Conn
+from runtime.node.sessions import Conn, client_kind
 from runtime.protocol import node_pb2, node_pb2_grpc
+from runtime.protocol.states import ClientKind
 
 logger = logging.getLogger(__name__)
 
@@ -33,14 +37,50 @@ def version_mismatch(hello: node_pb2.Hello) -> str | None:
     return None
 
 
+class NodeCalls(Protocol):
+    """What the servicer asks of the node: one call per RPC, and a Session's three."""
+
+    def hello(self, conn: Conn, hello: node_pb2.Hello) -> node_pb2.NodeOp:
+        """Register a Session; its Welcome."""
+        ...
+
+    def handle(self, conn: Conn, batch: node_pb2.ClientBatch) -> None:
+        """One batch of ops from a Session's client."""
+        ...
+
+    def disconnect(self, conn: Conn) -> None:
+        """A Session ended."""
+        ...
+
+    def accept_forwarded(self, request: node_pb2.ForwardTaskRequest) -> None: ...
+
+    def remote_result(self, request: node_pb2.ReportResultsRequest) -> None: ...
+
+    def release_remote_holds(self, object_ids: list[bytes]) -> None: ...
+
+    def forward_logs(self, lines: node_pb2.LogLines) -> None: ...
+
+    def object_chunks(self, oid: bytes) -> AsyncIterator[node_pb2.ObjectChunk]:
+        """The object's bytes in chunks; raises ``NotFoundError`` when it is not held here."""
+        ...
+
+    def node_info(self) -> node_pb2.GetNodeInfoReply: ...
+
+    def request_stop(self) -> None: ...
+
+
 class NodeServicer(node_pb2_grpc.NodeManagerServicer):
-    """Serves one ``NodeManager`` (attached as ``m`` once the server's port is known)."""
+    """Serves one node (``attach()``-ed once the server's port is known)."""
 
-    m: NodeManager
+    m: NodeCalls
 
-    def __init__(self, manager: NodeManager | None = None) -> None:
-        if manager is not None:
-            self.m = manager
+    def __init__(self, node: NodeCalls | None = None) -> None:
+        if node is not None:
+            self.m = node
+
+    def attach(self, node: NodeCalls) -> None:
+        """Serve ``node`` from now on (the node needs the server's port to be built)."""
+        self.m = node
 
     async def Session(self, request_iterator: AsyncIterator[node_pb2.ClientBatch],
                       context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[node_pb2.NodeBatch]:
@@ -53,9 +93,10 @@ class NodeServicer(node_pb2_grpc.NodeManagerServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "a Session must start with a Hello op")
         hello = first.ops[0].hello
-        if len(hello.client_id) != 16 or hello.kind not in CLIENT_KINDS:
+        if len(hello.client_id) != 16 or client_kind(hello.kind) is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                "Hello needs a 16-byte client_id and kind 'driver' or 'worker'")
+                                "Hello needs a 16-byte client_id and a kind of "
+                                + " or ".join(repr(k.value) for k in ClientKind))
         why = version_mismatch(hello)
         if why is not None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, why)
@@ -100,14 +141,14 @@ class NodeServicer(node_pb2_grpc.NodeManagerServicer):
         if len(request.spec.task_id) != 16 or not request.home_address:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "ForwardTask needs a task spec with a 16-byte id and a home_address")
-        self.m.apply(lambda s: s.accept_forwarded(request))
+        self.m.accept_forwarded(request)
         return node_pb2.ForwardTaskReply(accepted=True)
 
     async def ReportResults(self, request: node_pb2.ReportResultsRequest,
                             context: grpc.aio.ServicerContext[Any, Any]) -> node_pb2.ReportResultsReply:
         if len(request.task_id) != 16:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ReportResults needs a 16-byte task_id")
-        self.m.apply(lambda s: s.remote_result(request))
+        self.m.remote_result(request)
         return node_pb2.ReportResultsReply()
 
     async def PullObject(self, request: node_pb2.PullObjectRequest,
@@ -120,13 +161,12 @@ class NodeServicer(node_pb2_grpc.NodeManagerServicer):
 
     async def FreeObjects(self, request: node_pb2.FreeObjectsRequest,
                           context: grpc.aio.ServicerContext[Any, Any]) -> node_pb2.FreeObjectsReply:
-        ids = list(request.object_ids)
-        self.m.apply(lambda s: s.release_remote_holds(ids))
+        self.m.release_remote_holds(list(request.object_ids))
         return node_pb2.FreeObjectsReply()
 
     async def ForwardLogs(self, request: node_pb2.LogLines,
                           context: grpc.aio.ServicerContext[Any, Any]) -> node_pb2.ForwardLogsReply:
-        self.m.apply(lambda s: s.log(request))
+        self.m.forward_logs(request)
         return node_pb2.ForwardLogsReply()
 
     async def Shutdown(self, request: node_pb2.ShutdownRequest,

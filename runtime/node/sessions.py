@@ -15,27 +15,30 @@ from typing import TYPE_CHECKING
 
 from runtime import _ids
 from runtime.protocol import node_pb2
+from runtime.protocol.states import ClientKind
 
 if TYPE_CHECKING:
     from runtime.node.state import LocalScheduler
 
 logger = logging.getLogger(__name__)
 
-#: The kinds of client a Session's Hello may name.
-DRIVER = "driver"
-WORKER = "worker"
-CLIENT_KINDS = (DRIVER, WORKER)
+
+
+def client_kind(text: str) -> ClientKind | None:
+    """The kind of client a Session's Hello names, or None when it names none we know."""
+    try:
+        return ClientKind(text)
+    except ValueError:
+        return None
 
 
 class Conn:
     """One Session stream: the ops waiting to be written as the next batch."""
 
-    __slots__ = ("client_id", "closed", "kind", "out", "wake", "worker_id")
+    __slots__ = ("client_id", "closed", "out", "wake")
 
     def __init__(self) -> None:
         self.client_id = b""
-        self.kind = ""
-        self.worker_id = b""
         self.out: list[node_pb2.NodeOp] = []
         self.wake = asyncio.Event()
         self.closed = False

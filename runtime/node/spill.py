@@ -11,7 +11,6 @@ A task no node can hold waits here, *infeasible*, until a node or a scheduler ap
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -35,20 +34,20 @@ class Home:
 class Spilling:
     """Where tasks go when they do not stay here, and tasks that came from elsewhere."""
 
-    __slots__ = ("_emit", "_host", "_node_id", "_objects", "_resources", "_stats", "dead_peers",
-                 "forwarded", "has_schedulers", "infeasible", "max_spills", "peer_totals",
-                 "spill_threshold", "spilled_to")
+    __slots__ = ("_emit", "_host", "_node_id", "_objects", "_received", "_resources", "_spilled",
+                 "dead_peers", "forwarded", "has_schedulers", "infeasible", "max_spills",
+                 "peer_totals", "spill_threshold", "spilled_to")
 
     def __init__(self, node_id: bytes, host: TaskHost, objects: ObjectTable, resources: Resources,
-                 emit: Callable[[Action], None], stats: Counter[str], *, spill_threshold: int,
-                 max_spills: int) -> None:
+                 emit: Callable[[Action], None], *, spill_threshold: int, max_spills: int) -> None:
         self._node_id = node_id
         self._host = host
         self._objects = objects
         self._resources = resources
         self._emit = emit
-        #: The node's counters (``spilled``, ``received``), shared with the coordinator.
-        self._stats = stats
+        #: Tasks sent to a global scheduler; tasks placed here by one.
+        self._spilled = 0
+        self._received = 0
         #: Queue length above which tasks that cannot start now spill to other nodes.
         self.spill_threshold = spill_threshold
         self.max_spills = max_spills
@@ -63,17 +62,29 @@ class Spilling:
         #: Tasks no node can hold (yet).
         self.infeasible: dict[bytes, Task] = {}
 
+    def counters(self) -> dict[str, int]:
+        """This part's counters, for ``statistics()`` and the node's load."""
+        return {"spilled": self._spilled, "received": self._received}
+
     # ---- deciding ------------------------------------------------------------------
 
     def fits_nowhere(self, need: Mapping[str, float]) -> bool:
         """True when neither this node nor any known peer could ever hold ``need``."""
-        return (not fits(need, self._resources.total)
+        return (not self._resources.ever_fits(need)
                 and not any(fits(need, t) for t in self.peer_totals.values()))
 
     def park(self, task: Task) -> None:
         """Keep ``task`` aside until a node that fits it joins."""
         task.phase = Phase.INFEASIBLE
         self.infeasible[task.spec.task_id] = task
+
+    def park_unplaceable(self, task: Task) -> bool:
+        """An infeasible ``task`` that no scheduler can place elsewhere (none is known, or it
+        is an actor's, which stays here) is parked: True."""
+        if self.has_schedulers and not task.spec.actor_id:
+            return False
+        self.park(task)
+        return True
 
     def reason(self, task: Task) -> SpillReason | None:
         """Why ``task`` should leave this node, or None when it stays."""
@@ -112,12 +123,12 @@ class Spilling:
                 data.object_id, data.size, data.node_id = oid, r.size, r.node_id
                 loc.size = r.size
                 loc.node_ids.append(r.node_id)
-        self._stats["spilled"] += 1
+        self._spilled += 1
         self._emit(Spill(spec.task_id, req, reason))
 
     def spilled(self, task_id: bytes, node_id: bytes, scheduler: str, reason: str) -> None:
         """A global scheduler placed our task on ``node_id``."""
-        task = self._host.tasks.get(task_id)
+        task = self._host.task(task_id)
         if task is None or node_id == self._node_id:
             return  # done already, or placed back here (accept_forwarded ran it locally)
         self.spilled_to[task_id] = node_id
@@ -130,7 +141,7 @@ class Spilling:
 
     def spill_failed(self, task_id: bytes) -> None:
         """No global scheduler took the task: run it here if it can ever fit, else wait."""
-        task = self._host.tasks.get(task_id)
+        task = self._host.task(task_id)
         if task is None or task.phase != Phase.SPILLED:
             return
         if self._resources.ever_fits(task.resources):
@@ -171,7 +182,7 @@ class Spilling:
             if where != node_id:
                 continue
             del self.spilled_to[task_id]
-            task = host.tasks.get(task_id)
+            task = host.task(task_id)
             if task is None:
                 continue
             spec = task.spec
@@ -202,13 +213,13 @@ class Spilling:
 
     def accept_forwarded(self, req: node_pb2.ForwardTaskRequest) -> None:
         host = self._host
-        own = host.tasks.get(req.spec.task_id)
+        own = host.task(req.spec.task_id)
         if own is not None:
             # Our own spilled task, placed back here: run it as a local task.
             if own.phase == Phase.SPILLED:
                 own.spec.spill_count = req.spec.spill_count
                 own.phase = Phase.WAITING
-                self._stats["received"] += 1
+                self._received += 1
                 host.event(own, TaskState.SCHEDULED, detail=f"placed back here by {req.scheduler}")
                 if (not self._resources.can_run(own.resources)
                         and own.spec.spill_count < self.max_spills):
@@ -219,7 +230,7 @@ class Spilling:
         spec = common_pb2.TaskSpec()
         spec.CopyFrom(req.spec)
         self.forwarded[spec.task_id] = Home(req.home_address, req.home_node_id)
-        self._stats["received"] += 1
+        self._received += 1
         objects = self._objects
         for data in req.args:
             oid = data.object_id
@@ -230,10 +241,7 @@ class Spilling:
             else:
                 objects.add_remote(oid, data.node_id, data.size, list(data.nested_refs))
         task = host.add_task(spec)
-        for oid in spec.nested_refs:
-            objects.incref(oid)
-        for oid in spec.arg_refs:
-            objects.incref(oid)
+        objects.hold_inputs(spec)
         objects.await_inputs(task, want=True)
         host.event(task, TaskState.SCHEDULED,
                    detail=f"placed here by {req.scheduler or 'a global scheduler'}")
@@ -247,12 +255,10 @@ class Spilling:
                                             failed=state != TaskState.FINISHED,
                                             error_summary=detail, node_id=self._node_id)
         objects = self._objects
-        holds = objects.holds_for(home.node_id)
         for data in returns:
             out = req.returns.add()
             if data.shm_path:  # keep the bytes here, held for the home node, and say where
-                objects.incref(data.object_id)
-                holds[data.object_id] += 1
+                objects.hold_for(home.node_id, data.object_id)
                 self._host.store_object(data)
                 out.object_id, out.size, out.node_id = data.object_id, data.size, self._node_id
                 out.nested_refs.extend(data.nested_refs)
@@ -264,7 +270,7 @@ class Spilling:
         """Results of a task we spilled came back from the node that ran it."""
         self.spilled_to.pop(req.task_id, None)
         host = self._host
-        task = host.tasks.get(req.task_id)
+        task = host.task(req.task_id)
         if task is None:
             for data in req.returns:
                 if not data.inline:

@@ -46,12 +46,13 @@ from runtime.node.tasks import Phase, Task, cancelled_error, crashed_error, erro
 from runtime.node.workers import Worker, WorkerTable
 from runtime.protocol import common_pb2, node_pb2
 from runtime.protocol.resources import describe
-from runtime.protocol.states import TaskState, WorkerState
+from runtime.protocol.states import ClientKind, TaskState
 
 __all__ = ["ErrorEncoder", "LocalScheduler", "PullSource", "Store"]
 
 # Bound once: reading an enum member costs ~80 ns on Python 3.11; these are read per task.
 _SUBMITTED, _FINISHED, _FAILED = TaskState.SUBMITTED, TaskState.FINISHED, TaskState.FAILED
+_object_id = _ids.object_id
 
 
 class LocalScheduler:
@@ -67,24 +68,26 @@ class LocalScheduler:
         #: Decisions for the I/O side, drained after each event (``take_actions``).
         self._actions: list[Action] = []
         emit = self._emit = self._actions.append
-        #: Counters for heartbeats and `rt.state`.
-        self.stats: Counter[str] = Counter()
+        #: Tasks submitted here, and those over (finished or failed); each part counts its own.
+        self._submitted = self._finished = self._failed = 0
         self.tasks: dict[bytes, Task] = {}
+        #: The task of an id while it is not over (``TaskHost.task``).
+        self.task = self.tasks.get
         #: parent task id -> its tasks submitted here and not over.
         self.children: dict[bytes, set[bytes]] = {}
         self.resources = Resources(resources)
         cpus = self.resources.cpus
         self.workers = WorkerTable(max_starting=settings.max_starting_workers or max(2, cpus),
                                    pipeline_depth=settings.pipeline_depth, clock=clock)
-        self.lending = Lending(settings.max_inline_depth)
+        self.lending = Lending(settings.max_inline_depth, self.workers, self.resources)
         self.objects = ObjectTable(node_id, store, encode_error, emit)
         self.clients = ClientTable(node_id, self.objects, encode_error, emit)
         self.actors = ActorTable(node_id, self, self.objects, self.workers, emit, clock)
-        self.spill = Spilling(node_id, self, self.objects, self.resources, emit, self.stats,
+        self.spill = Spilling(node_id, self, self.objects, self.resources, emit,
                               spill_threshold=settings.spill_threshold or max(4, 2 * cpus),
                               max_spills=settings.max_spills)
         self.ready = ReadyQueues(self, self.resources, self.workers, self.lending, self.objects,
-                                 self.spill.is_forwarded, emit, self.stats)
+                                 self.spill.is_forwarded, emit)
         # Events the parts handle whole (their docstrings say what each one does).
         self.update_refs = self.clients.update_refs
         self.has_client = self.clients.__contains__
@@ -114,19 +117,24 @@ class LocalScheduler:
     # ---- clients -------------------------------------------------------------------
 
     def connect(self, client_id: bytes, kind: str, pid: int, worker_id: bytes = b"") -> None:
-        self.clients.connect(client_id, kind, pid, worker_id)
-        if kind == "worker":
+        """A client's session opened; ``kind`` is a :class:`ClientKind` (its wire string)."""
+        client_kind = ClientKind(kind)
+        self.clients.connect(client_id, client_kind, pid, worker_id)
+        if client_kind == ClientKind.WORKER:
             self.workers.connected(worker_id, pid, client_id)
             self.ready.schedule()
 
     def disconnect(self, client_id: bytes) -> None:
+        """A client's session ended: the references it held are dropped; a driver's actors
+        die (unless detached); a worker's process is killed (its exit reports its tasks)."""
         client = self.clients.disconnect(client_id)
-        if client is not None and client.kind == "driver":
+        if client is None:
+            return
+        if client.kind == ClientKind.DRIVER:
             self.actors.owner_gone(client_id, client.pid)
-
-    def _worker_of(self, client_id: bytes) -> Worker | None:
-        client = self.clients.clients.get(client_id)
-        return self.workers.workers.get(client.worker_id) if client is not None else None
+        elif client.kind == ClientKind.WORKER:
+            self.workers.disconnected(client_id)
+            self._emit(KillWorker(client.worker_id))
 
     # ---- workers -------------------------------------------------------------------
 
@@ -134,10 +142,9 @@ class LocalScheduler:
         w = self.workers.exited(worker_id)
         if w is None:
             return
-        was_actor = w.state == WorkerState.ACTOR
+        was_actor = w.was_actor
         if was_actor:
             self.actors.worker_died(w, exit_code)
-        w.state = WorkerState.DEAD
         for frame in w.queued:  # sent ahead, never started: simply queue them again
             task = self.tasks.get(frame.task_id)
             if task is not None and not task.cancelled:
@@ -146,7 +153,6 @@ class LocalScheduler:
                 self.make_ready(task)
             elif task is not None:
                 self.fail(task, cancelled_error(task.spec), TaskState.CANCELLED)
-        w.queued.clear()
         for frame in reversed(w.frames):
             self.ready.release(frame)
             if was_actor:
@@ -172,7 +178,6 @@ class LocalScheduler:
                 self.make_ready(task)
             else:
                 self.fail(task, crashed_error(spec, w.pid, exit_code, self.node_id))
-        w.frames.clear()
         self.ready.schedule()
 
     def reap_idle(self) -> None:
@@ -189,23 +194,15 @@ class LocalScheduler:
         return task
 
     def submit(self, client_id: bytes, spec: common_pb2.TaskSpec) -> None:
-        held = self.clients.holder(client_id)
         task_id = spec.task_id
         objects = self.objects
-        refs = objects.refs  # counted inline: this is the path of every task
-        for i in range(1, spec.num_returns + 1):
-            oid = _ids.object_id(task_id, i)
-            refs[oid] += 1
-            if held is not None:
-                held[oid] += 1
-        for oid in spec.arg_refs:
-            refs[oid] += 1
-        for oid in spec.nested_refs:
-            refs[oid] += 1
+        # The submitter holds the task's returns; the task holds its inputs.
+        self.clients.hold(client_id, [_object_id(task_id, i) for i in range(1, spec.num_returns + 1)])
+        objects.hold_inputs(spec)
         task = self.add_task(spec)
         if spec.parent_task_id:
             self.children.setdefault(spec.parent_task_id, set()).add(task_id)
-        self.stats["submitted"] += 1
+        self._submitted += 1
         self.event(task, _SUBMITTED)
         if spec.actor_id and not spec.actor_creation:
             objects.await_inputs(task, want=False)
@@ -215,13 +212,12 @@ class LocalScheduler:
             self.actors.created(task)
         resources = task.resources
         if self.spill.fits_nowhere(resources):
+            here = describe(self.resources.snapshot()["total"])
             msg = (f"Task {spec.name}() needs {describe(resources)} but no node has that much (this "
-                   f"node has {describe(self.resources.total)}). It will wait until a node that "
-                   "fits it joins the cluster.")
+                   f"node has {here}). It will wait until a node that fits it joins the cluster.")
             self.event(task, TaskState.INFEASIBLE, detail=msg)
             self.clients.send_event(spec.owner_id, task_id, spec.name, TaskState.INFEASIBLE, msg)
-            if not self.spill.has_schedulers or spec.actor_id:
-                self.spill.park(task)
+            if self.spill.park_unplaceable(task):
                 return
         objects.await_inputs(task, want=True)
         if task.missing:
@@ -238,7 +234,8 @@ class LocalScheduler:
             self.ready.push(task)
 
     def result(self, client_id: bytes, res: node_pb2.TaskResult) -> None:
-        w = self._worker_of(client_id)
+        workers = self.workers
+        w = workers.of_client(client_id)
         task = self.tasks.get(res.task_id)
         pid = w.pid if w is not None else 0
         if task is not None and task.spec.actor_creation:
@@ -252,19 +249,13 @@ class LocalScheduler:
             self.finish(task, res.returns, _FAILED if res.failed else _FINISHED,
                         res.error_summary[:200], pid)
             return
-        frame = self.workers.pop_frame(w, res.task_id) if w is not None else None
-        if frame is not None and w is not None:
-            if not w.frames and w.queued and not frame.lent:
-                # The next task sent ahead starts now, on the resources this one held.
-                nxt = w.queued.popleft()
-                nxt.resources, nxt.gpu_ids = frame.resources, frame.gpu_ids
-                w.frames.append(nxt)
-            else:
-                self.ready.release(frame)
-                if not w.frames and not w.queued:
-                    self.workers.set_idle(w)
-                elif w.frames:
-                    self.ready.run_inline(w, self.children)
+        frame = workers.pop_frame(w, res.task_id) if w is not None else None
+        # The next task sent ahead starts now, on the resources this one held; else they
+        # are free again, and the worker idle or able to run a nested task.
+        if frame is not None and w is not None and not workers.promote_next(w, frame):
+            self.ready.release(frame)
+            if workers.settle(w):
+                self.ready.run_inline(w, self.children)
         if task is None:
             self.ready.schedule()
             return
@@ -288,7 +279,7 @@ class LocalScheduler:
         task_id = spec.task_id
         del self.tasks[task_id]
         self.lending.forget(task_id)
-        self.workers.running_on.pop(task_id, None)
+        self.workers.task_over(task_id)
         if spec.parent_task_id:
             kids = self.children.get(spec.parent_task_id)
             if kids is not None:
@@ -300,32 +291,25 @@ class LocalScheduler:
             self.spill.report_home(task, home, list(returns), state, detail)
             returns = ()
         objects = self.objects
-        refs = objects.refs
         owner = spec.owner_id if spec.owner_id in self.clients else None
         for data in returns:
-            oid = data.object_id
-            if refs.get(oid, 0) <= 0:
-                # Nobody holds this result any more: drop it at once.
-                if data.shm_path:
-                    objects.store.free(oid)
-                continue
+            if objects.drop_unheld(data):
+                continue  # nobody holds this result any more: dropped at once
             self.store_object(data)
             if owner is not None:
-                self.clients.send_object(owner, oid)
+                self.clients.send_object(owner, data.object_id)
         self.unpin(task)
-        for oid in spec.arg_refs:
-            objects.decref(oid)
-        for oid in spec.nested_refs:
-            objects.decref(oid)
-        self.stats["finished" if state == _FINISHED else "failed"] += 1
+        objects.release_inputs(spec)
+        if state == _FINISHED:
+            self._finished += 1
+        else:
+            self._failed += 1
         self.event(task, state, detail=detail, worker_pid=worker_pid)
 
     def unpin(self, task: Task) -> None:
         """Unpin the shared-memory arguments ``task`` was reading."""
         if task.pinned:
-            store = self.objects.store
-            for oid in task.pinned:
-                store.unpin(oid)
+            self.objects.unpin(task.pinned)
             task.pinned.clear()
 
     def fail(self, task: Task, error: BaseException, state: TaskState = TaskState.FAILED) -> None:
@@ -339,20 +323,19 @@ class LocalScheduler:
     # ---- blocking and nested runs --------------------------------------------------
 
     def blocked(self, client_id: bytes, state: node_pb2.BlockedState) -> None:
-        w = self._worker_of(client_id)
-        if w is None or not w.frames:
+        w = self.workers.of_client(client_id)
+        if w is None:
             return
-        frame = next((f for f in w.frames if f.task_id == state.task_id), w.frames[-1])
-        if state.blocked and not frame.blocked:
-            self.lending.block(frame, self.resources)
+        newly = self.lending.set_blocked(w, state.task_id, state.blocked)
+        if newly is None:
+            return  # it runs nothing
+        if newly:
             for oid in state.waiting_on:
                 tid = _ids.task_of(oid)
                 t = self.tasks.get(tid)
                 if t is not None and t.phase in (Phase.READY, Phase.WAITING):
                     self.lending.waits_for(tid, w.worker_id)
             self.ready.run_inline(w, self.children)
-        elif not state.blocked and frame.blocked:
-            self.lending.unblock(frame, self.resources)
         self.ready.schedule()
 
     # ---- cancellation --------------------------------------------------------------
@@ -371,10 +354,8 @@ class LocalScheduler:
             w = self.workers.get(task.worker_id)
             if w is None:
                 return
-            ahead = next((f for f in w.queued if f.task_id == task_id), None)
-            if ahead is not None:
+            if self.workers.drop_ahead(w, task_id):
                 # Sent ahead, not started: the worker will skip it; it resolves now.
-                w.queued.remove(ahead)
                 self._send_cancel(w, task_id)
                 self.fail(task, cancelled_error(task.spec), TaskState.CANCELLED)
                 return
@@ -400,28 +381,21 @@ class LocalScheduler:
         objects = self.objects
         if not objects.add(data):
             return
-        waiters = objects.dep_waiters.pop(oid, None)
-        if waiters:
-            for task in waiters:
-                task.missing.discard(oid)
-                if task.missing:
-                    continue
+        ready, getters = objects.wake(oid)
+        if ready is not None:
+            for task in ready:
                 if task.phase == Phase.WAITING:
                     self.make_ready(task)
                 elif task.phase == Phase.QUEUED:
                     self.actors.inputs_ready(task)
             self.ready.schedule()
-        getters = objects.get_waiters.pop(oid, None)
         if getters:
             for cid in getters:
                 if cid in self.clients:
                     self.clients.send_object(cid, oid)
 
     def put(self, client_id: bytes, data: common_pb2.ObjectData) -> None:
-        held = self.clients.holder(client_id)
-        self.objects.incref(data.object_id)
-        if held is not None:
-            held[data.object_id] += 1
+        self.clients.hold(client_id, (data.object_id,))
         self.store_object(data)
 
     def get(self, client_id: bytes, object_ids: Iterable[bytes]) -> None:
@@ -474,25 +448,31 @@ class LocalScheduler:
         """An immutable debug snapshot: resources, queues, workers and their frames."""
         workers = self.workers
         return {
-            "available": dict(self.resources.available), "total": dict(self.resources.total),
+            **self.resources.snapshot(),
             "queued": self.queue_length(), "tasks": len(self.tasks),
             "states": dict(Counter(str(t.phase) for t in self.tasks.values())),
-            "starting": workers.starting, "idle": len(workers.idle),
-            "workers": workers.describe(),
-            "waited_by": len(self.lending.waited_by), "objects": len(self.objects),
-            "stats": dict(self.stats),
+            **workers.summary(),
+            "waited_by": self.lending.waiting(), "objects": len(self.objects),
+            "stats": {k: n for k, n in self.counters().items() if n},
         }
+
+    def counters(self) -> dict[str, int]:
+        """The node's task counters, each kept by the part that counts it."""
+        return {"submitted": self._submitted, "finished": self._finished, "failed": self._failed,
+                **self.ready.counters(), **self.spill.counters()}
 
     def queue_length(self) -> int:
         """Tasks waiting to start here: ready ones and those sent ahead to busy workers."""
         return self.workers.sent_ahead() + len(self.ready)
 
     def load(self) -> common_pb2.NodeLoad:
+        counts = self.counters()
         load = common_pb2.NodeLoad(queue_length=self.queue_length(),
                                    num_workers=len(self.workers),
-                                   tasks_local=self.stats["local"],
-                                   tasks_spilled=self.stats["spilled"],
-                                   tasks_received=self.stats["received"])
-        load.total.update(self.resources.total)
-        load.available.update({k: max(v, 0.0) for k, v in self.resources.available.items()})
+                                   tasks_local=counts["local"],
+                                   tasks_spilled=counts["spilled"],
+                                   tasks_received=counts["received"])
+        resources = self.resources.snapshot()
+        load.total.update(resources["total"])
+        load.available.update({k: max(v, 0.0) for k, v in resources["available"].items()})
         return load

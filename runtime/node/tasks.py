@@ -78,8 +78,9 @@ def crashed_error(spec: common_pb2.TaskSpec, pid: int, exit_code: int | None,
 class TaskHost(Protocol):
     """What the parts of the local scheduler may ask the coordinator to do with tasks."""
 
-    @property
-    def tasks(self) -> dict[bytes, Task]: ...
+    def task(self, task_id: bytes) -> Task | None:
+        """The task ``task_id`` while it is not over here, else None."""
+        ...
 
     def add_task(self, spec: common_pb2.TaskSpec) -> Task:
         """Register ``spec`` as a task (no events, no references taken)."""

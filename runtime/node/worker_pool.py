@@ -81,17 +81,22 @@ class Launcher:
 
 
 class WorkerPool:
-    """Spawns workers that connect back to this node's Session service."""
+    """Spawns workers that connect back to this node's Session service.
+
+    ``stop_grace_s`` is how long ``stop_all`` lets workers exit after SIGTERM
+    (``Settings.worker_stop_grace_s``).
+    """
 
     def __init__(self, *, node_address: str, gcs_address: str, token_file: str,
                  session_dir: Path, node_id: bytes,
-                 on_exit: Callable[[bytes, int | None], None]) -> None:
+                 on_exit: Callable[[bytes, int | None], None], stop_grace_s: float) -> None:
         self.node_address = node_address
         self.gcs_address = gcs_address
         self.token_file = token_file
         self.session_dir = session_dir
         self.node_id = node_id
         self.on_exit = on_exit
+        self.stop_grace_s = stop_grace_s
         self.procs: dict[bytes, asyncio.subprocess.Process] = {}
         self._watchers: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -149,8 +154,10 @@ class WorkerPool:
             except ProcessLookupError:
                 pass
 
-    async def stop_all(self, grace: float = 2.0) -> None:
-        """SIGTERM every worker, wait up to ``grace`` seconds, SIGKILL the rest."""
+    async def stop_all(self, grace: float | None = None) -> None:
+        """SIGTERM every worker, wait up to ``grace`` seconds (default: the pool's
+        ``stop_grace_s``), SIGKILL the rest."""
+        grace = self.stop_grace_s if grace is None else grace
         self._closing = True
         procs = [p for p in self.procs.values() if p.returncode is None]
         for p in procs:

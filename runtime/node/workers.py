@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from runtime.protocol.states import WorkerState
 
@@ -31,6 +32,20 @@ class Frame:
     gpu_ids: list[int] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Departed:
+    """A worker whose process ended, and what it still had (``WorkerTable.exited``)."""
+
+    worker_id: bytes
+    pid: int
+    #: It was an actor's process.
+    was_actor: bool
+    #: Tasks sent ahead to it that never started.
+    queued: list[Frame]
+    #: Its stack of frames, innermost last.
+    frames: list[Frame]
+
+
 @dataclass(slots=True)
 class Worker:
     worker_id: bytes
@@ -48,8 +63,8 @@ class Worker:
 class WorkerTable:
     """Every worker of the node, the idle ones, and how many are starting."""
 
-    __slots__ = ("_clock", "idle", "max_starting", "pipeline_depth", "running_on", "starting",
-                 "workers")
+    __slots__ = ("_by_client", "_clock", "_running_on", "idle", "max_starting", "pipeline_depth",
+                 "starting", "workers")
 
     def __init__(self, *, max_starting: int, pipeline_depth: int, clock: Callable[[], float]) -> None:
         self.workers: dict[bytes, Worker] = {}
@@ -62,16 +77,31 @@ class WorkerTable:
         #: Most tasks sent ahead to one busy worker.
         self.pipeline_depth = pipeline_depth
         #: task id -> worker running it (to find a blocked parent that can run its children).
-        self.running_on: dict[bytes, bytes] = {}
+        self._running_on: dict[bytes, bytes] = {}
+        #: client id of a connected worker's session -> the worker.
+        self._by_client: dict[bytes, Worker] = {}
         self._clock = clock
 
     def get(self, worker_id: bytes) -> Worker | None:
         return self.workers.get(worker_id)
 
+    def of_client(self, client_id: bytes) -> Worker | None:
+        """The live worker whose session is ``client_id`` (None for a driver or a gone one)."""
+        return self._by_client.get(client_id)
+
+    def running(self, task_id: bytes) -> bytes | None:
+        """The id of the worker task ``task_id`` was sent to, while it is not over."""
+        return self._running_on.get(task_id)
+
     def __len__(self) -> int:
         return len(self.workers)
 
     # ---- life of a process ---------------------------------------------------------
+
+    def to_start(self, want: int) -> int:
+        """How many workers to ask for when ``want`` more could run now: at most
+        ``max_starting`` on their way at once."""
+        return min(want, self.max_starting) - self.starting
 
     def asked(self) -> None:
         """A StartWorker action went out: one more worker is on its way."""
@@ -93,10 +123,16 @@ class WorkerTable:
         w.pid, w.client_id, w.state = pid, client_id, _IDLE
         w.idle_since = self._clock()
         self.idle.append(w)
+        self._by_client[client_id] = w
         return w
 
-    def exited(self, worker_id: bytes) -> Worker | None:
-        """Forget a worker whose process ended; None when it was not known (or dead)."""
+    def disconnected(self, client_id: bytes) -> None:
+        """The session ``client_id`` of a worker ended (its exit is reported apart)."""
+        self._by_client.pop(client_id, None)
+
+    def exited(self, worker_id: bytes) -> Departed | None:
+        """Forget a worker whose process ended: it is dead, and what it ran is handed back.
+        None when it was not known (or dead already)."""
         w = self.workers.pop(worker_id, None)
         if w is None or w.state == WorkerState.DEAD:
             return None
@@ -104,7 +140,20 @@ class WorkerTable:
             self.starting -= 1
         if w in self.idle:
             self.idle.remove(w)
-        return w
+        self._forget_client(w)
+        gone = Departed(w.worker_id, w.pid, w.state == WorkerState.ACTOR, list(w.queued), w.frames)
+        w.state = WorkerState.DEAD
+        w.queued.clear()
+        w.frames = []
+        return gone
+
+    def _forget_client(self, w: Worker) -> None:
+        if w.client_id and self._by_client.get(w.client_id) is w:
+            del self._by_client[w.client_id]
+
+    def become_actor(self, w: Worker) -> None:
+        """``w`` ran an actor's constructor: it is that actor's process from now on."""
+        w.state = WorkerState.ACTOR
 
     def set_idle(self, w: Worker) -> None:
         w.state = _IDLE
@@ -132,9 +181,108 @@ class WorkerTable:
             self.idle.remove(w)
             w.state = WorkerState.DEAD
             del self.workers[w.worker_id]
+            self._forget_client(w)
         return [w.worker_id for w in victims]
 
     # ---- frames --------------------------------------------------------------------
+
+    def assign(self, w: Worker, task_id: bytes, resources: dict[str, float],
+               gpu_ids: list[int]) -> Frame:
+        """``w`` runs task ``task_id`` now, on ``resources`` (on top of its stack)."""
+        w.state = _BUSY
+        frame = Frame(task_id, resources, gpu_ids=gpu_ids)
+        w.frames.append(frame)
+        self._running_on[task_id] = w.worker_id
+        return frame
+
+    def send_ahead(self, w: Worker, task_id: bytes) -> Frame:
+        """Task ``task_id`` waits in busy ``w`` to start when its running task ends."""
+        frame = Frame(task_id, {})
+        w.queued.append(frame)
+        self._running_on[task_id] = w.worker_id
+        return frame
+
+    def task_over(self, task_id: bytes) -> None:
+        """Task ``task_id`` is over: no worker runs it any more."""
+        self._running_on.pop(task_id, None)
+
+    def drop_ahead(self, w: Worker, task_id: bytes) -> bool:
+        """Take task ``task_id`` off the tasks sent ahead to ``w``; False when not there."""
+        for f in w.queued:
+            if f.task_id == task_id:
+                w.queued.remove(f)
+                return True
+        return False
+
+    @staticmethod
+    def promote_next(w: Worker, ended: Frame) -> bool:
+        """The frame ``ended`` came off ``w``: when it was the last and held its CPUs, the
+        next task sent ahead starts on its resources (True). False: nothing took them."""
+        if w.frames or not w.queued or ended.lent:
+            return False
+        nxt = w.queued.popleft()
+        nxt.resources, nxt.gpu_ids = ended.resources, ended.gpu_ids
+        w.frames.append(nxt)
+        return True
+
+    def settle(self, w: Worker) -> bool:
+        """A task of ``w`` ended and gave its resources back: ``w`` is idle when nothing is
+        left on it. True when tasks are still stacked on it (it may take a nested one)."""
+        if w.frames:
+            return True
+        if not w.queued:
+            self.set_idle(w)
+        return False
+
+    @staticmethod
+    def release(frame: Frame) -> tuple[dict[str, float], list[int], float]:
+        """What ``frame`` held, to give back to the node: (resources, GPU ids, CPUs it had
+        lent already); the frame holds no GPU and has lent nothing after."""
+        held = frame.resources, frame.gpu_ids, frame.lent
+        if frame.gpu_ids:
+            frame.gpu_ids = []
+        if frame.lent:
+            frame.lent = 0.0
+        return held
+
+    @staticmethod
+    def frame_for(w: Worker, task_id: bytes) -> Frame | None:
+        """The frame of ``task_id`` on ``w``, else its innermost; None when it runs nothing."""
+        frames = w.frames
+        if not frames:
+            return None
+        return next((f for f in frames if f.task_id == task_id), frames[-1])
+
+    @staticmethod
+    def block(frame: Frame) -> float | None:
+        """``frame``'s task waits in ``get``: the CPUs it lends back (None: blocked already)."""
+        if frame.blocked:
+            return None
+        frame.blocked = True
+        frame.lent = cpu = frame.resources.get("CPU", 0.0)
+        return cpu
+
+    @staticmethod
+    def unblock(frame: Frame) -> float | None:
+        """``frame``'s task runs again: the CPUs it takes back (None: it was not blocked)."""
+        if not frame.blocked:
+            return None
+        frame.blocked = False
+        lent, frame.lent = frame.lent, 0.0
+        return lent
+
+    def stack_depth(self, w: Worker) -> int:
+        """How many frames ``w`` runs when all of them are blocked in ``get`` (it could take
+        a nested task); 0 when it runs nothing or one of them runs."""
+        frames = w.frames
+        if not frames or w.state != _BUSY or not all(f.blocked for f in frames):
+            return 0
+        return len(frames)
+
+    @staticmethod
+    def innermost(w: Worker) -> bytes:
+        """The task on top of ``w``'s stack (b"" when it runs nothing)."""
+        return w.frames[-1].task_id if w.frames else b""
 
     @staticmethod
     def pop_frame(w: Worker, task_id: bytes) -> Frame | None:
@@ -172,6 +320,10 @@ class WorkerTable:
     def sent_ahead(self) -> int:
         """Tasks sent ahead to busy workers, not started yet."""
         return sum(len(w.queued) for w in self.workers.values())
+
+    def summary(self) -> dict[str, Any]:
+        """Workers starting, idle, and each one's state and frames, for ``statistics()``."""
+        return {"starting": self.starting, "idle": len(self.idle), "workers": self.describe()}
 
     def describe(self) -> dict[str, tuple[str, list[tuple[str, bool, float]]]]:
         """Each worker's state and frames, for ``statistics()``."""

@@ -17,7 +17,7 @@ import mmap
 import os
 
 from runtime.config import Settings
-from runtime.exceptions import ObjectStoreFullError
+from runtime.exceptions import ObjectCorruptError, ObjectFileMissingError, ObjectStoreFullError
 from runtime.protocol.codec import Serialized, deserialize
 
 logger = logging.getLogger(__name__)
@@ -97,19 +97,26 @@ def read_object(path: str, read_limit: int = _READ_LIMIT) -> object:
 
     Raises
     ------
-    FileNotFoundError
+    ObjectFileMissingError
         No file at ``path`` (the object was freed or spilled after it was located:
-        locate it again, or pin it while it is being read).
-    ValueError
-        The file is empty or not a complete cellray object (a producer crashed while
-        writing it, or it was never sealed).
+        locate it again, or pin it while it is being read); a ``FileNotFoundError``.
+    ObjectCorruptError
+        The file is empty (a producer crashed while writing it, or it was never sealed);
+        a ``ValueError``. A file that is not a complete cellray object raises the
+        codec's ``ValueError``.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ObjectFileMissingError(
+            f"object file {path} does not exist: the object was freed or spilled after it was "
+            f"located; locate it again (a get() does)", path=path) from None
     try:
         size = os.fstat(fd).st_size
         if size == 0:
-            raise ValueError(f"object file {path} is empty: its producer has not written it "
-                             f"yet or died while writing it")
+            raise ObjectCorruptError(
+                f"object file {path} is empty: its producer has not written it yet or died "
+                f"while writing it; run the task that makes it again", path=path)
         data: bytes | memoryview
         if size <= read_limit:
             data = os.read(fd, size)

@@ -28,7 +28,12 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from runtime.exceptions import ObjectStoreClosedError, ObjectStoreFullError
+from runtime.exceptions import (
+    ObjectCorruptError,
+    ObjectFileMissingError,
+    ObjectStoreClosedError,
+    ObjectStoreFullError,
+)
 from runtime.object_store.shm import write_object
 from runtime.protocol.codec import Serialized
 
@@ -115,10 +120,11 @@ class SharedMemoryStore:
 
         Raises
         ------
-        FileNotFoundError
-            No file at ``path_for(object_id)``.
-        ValueError
-            The file does not hold ``size`` bytes (a partial write); it is removed.
+        ObjectFileMissingError
+            No file at ``path_for(object_id)`` (a ``FileNotFoundError``).
+        ObjectCorruptError
+            The file does not hold ``size`` bytes (a partial write); it is removed (a
+            ``ValueError``).
         ObjectStoreFullError
             The object is larger than the store, or does not fit beside the pinned
             objects; the file is removed.
@@ -132,14 +138,16 @@ class SharedMemoryStore:
             try:
                 actual = os.stat(path).st_size
             except FileNotFoundError:
-                raise FileNotFoundError(
+                raise ObjectFileMissingError(
                     f"cannot seal object {object_id.hex()}: {path} does not exist; write it "
-                    f"with write_object(store.path_for(object_id), ...) first") from None
+                    f"with write_object(store.path_for(object_id), ...) first",
+                    object_id=object_id.hex(), path=path) from None
             if actual != size:
                 _unlink(path)
-                raise ValueError(f"cannot seal object {object_id.hex()}: the producer "
-                                 f"announced {size} bytes but {path} holds {actual}; the file "
-                                 f"was removed")
+                raise ObjectCorruptError(
+                    f"cannot seal object {object_id.hex()}: the producer announced {size} bytes "
+                    f"but {path} holds {actual} (it died while writing?); the file was removed. "
+                    f"Run the task that makes it again.", object_id=object_id.hex(), path=path)
             self._make_room(object_id, size, path)
             self._add(object_id, size)
 

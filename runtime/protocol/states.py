@@ -82,3 +82,25 @@ class NodeStatus(StrEnum):
     def of(cls, alive: bool) -> NodeStatus:
         """The status a ``NodeRow`` with ``alive`` stands for."""
         return cls.ALIVE if alive else cls.DEAD
+
+
+class ClientKind(StrEnum):
+    """What a client connected to a node is (``Hello.kind`` on the wire)."""
+
+    #: A user's program (or a notebook's kernel): it owns tasks and actors.
+    DRIVER = "driver"
+    #: A worker process of the node: it runs tasks and may submit its own.
+    WORKER = "worker"
+
+
+class Lifetime(StrEnum):
+    """An actor's ``lifetime`` option (``ActorRow.detached`` is ``lifetime == DETACHED``)."""
+
+    #: The actor outlives the driver that created it, until it is killed.
+    DETACHED = "detached"
+    #: The actor dies when the driver that created it exits (the default).
+    NON_DETACHED = "non_detached"
+
+
+#: The namespace of a named actor created or looked up without ``namespace=``.
+DEFAULT_NAMESPACE = "default"

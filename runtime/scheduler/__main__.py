@@ -72,7 +72,7 @@ async def serve(ctx: DaemonContext) -> int:
     service = SchedulerService(view, name=args.name, token=ctx.token)
     _, port = await ctx.serve(service.adders())
     address = ctx.address(port)
-    gcs = GcsClient(args.gcs_address, ctx.token, timeout=10.0)
+    gcs = GcsClient.from_settings(args.gcs_address, ctx.token, settings)
 
     async def register() -> None:
         await gcs.register_scheduler(args.name, address)

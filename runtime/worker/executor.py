@@ -18,6 +18,7 @@ import cloudpickle
 
 from runtime import _ids
 from runtime.api import _args
+from runtime.exceptions import FunctionNotFoundError
 from runtime.protocol import common_pb2, node_pb2
 from runtime.worker import results
 from runtime.worker.actor import ActorRuntime
@@ -26,10 +27,6 @@ from runtime.worker.output import flush_task_output
 
 if TYPE_CHECKING:
     from runtime.api._client import CoreClient
-
-
-class _LoadError(Exception):
-    """A function is missing from the GCS (its task fails with this)."""
 
 
 def _set_visible_gpus(ids: list[int]) -> str | None:
@@ -171,9 +168,13 @@ class Executor:
             return fn
         client = self._client
         assert client.gcs is not None
-        row = client.run(client.gcs.get_function(function_id), 60.0)
+        row = client.run(client.gcs.get_function(function_id), client.settings.function_timeout_s)
         if row is None:
-            raise _LoadError(f"function {name} ({function_id.hex()[:12]}) is not in the GCS")
+            raise FunctionNotFoundError(
+                f"function {name} ({function_id.hex()[:12]}) is not in the GCS, so worker pid "
+                f"{os.getpid()} cannot run it: its driver's export was lost (the GCS restarted "
+                f"without it?). Submit the task again from a connected driver.",
+                function_id=function_id.hex(), function_name=name)
         try:
             fn = cloudpickle.loads(row.pickled)
         except Exception as e:

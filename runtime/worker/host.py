@@ -35,8 +35,10 @@ class WorkerHost:
 
     def lends_while_waiting(self, timed: bool) -> bool:
         # Tasks run on the waiting one's stack, where no deadline can interrupt them: only
-        # without one. An actor's process runs no nested tasks.
-        return not timed and self._executor.actor is None
+        # without one. An actor's process runs no nested tasks. Only a task's own thread
+        # lends: a thread the task started has an empty task stack, no CPU of its own to
+        # lend, and the node would not hear that it blocks (set_blocked needs the task).
+        return not timed and self._executor.actor is None and bool(self._client.task_stack)
 
     def set_blocked(self, blocked: bool, waiting_on: list[bytes]) -> None:
         stack = self._client.task_stack

@@ -29,7 +29,13 @@ import pytest
 import runtime as rt
 import runtime.state
 from runtime.cluster.local import LocalCluster, NodeSpec
-from runtime.exceptions import ActorDiedError, GetTimeoutError, TaskError
+from runtime.exceptions import (
+    ActorDiedError,
+    ActorNameTakenError,
+    ActorNotFoundError,
+    GetTimeoutError,
+    TaskError,
+)
 from runtime.testing.wait import WaitTimeoutError, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(60)]
@@ -426,12 +432,15 @@ def test_named_actors_are_found_by_name_and_namespace(cluster) -> None:
     assert rt.get(rt.get_actor("shared", namespace="ns-a").incr.remote(), timeout=30) == 2
     assert rt.get(rt.get_actor("shared", "ns-b").incr.remote(), timeout=30) == 101
     assert rt.get_actor("shared", "ns-a") == a
-    with pytest.raises(ValueError, match="'nobody'"):
+    with pytest.raises(ValueError, match="'nobody'") as unknown:
         rt.get_actor("nobody", "ns-a")
+    assert isinstance(unknown.value, ActorNotFoundError)
     with pytest.raises(ValueError, match="'shared'"):
         rt.get_actor("shared")  # the default namespace has none
-    with pytest.raises(ValueError, match="already exists"):
+    with pytest.raises(ValueError, match="already exists") as taken:
         Counter.options(name="shared", namespace="ns-a").remote()
+    assert isinstance(taken.value, ActorNameTakenError)
+    assert (taken.value.name, taken.value.namespace) == ("shared", "ns-a")
     again = Counter.options(name="shared", namespace="ns-a", get_if_exists=True).remote(50)
     assert again == a
     assert rt.get(again.incr.remote(), timeout=30) == 3

@@ -153,6 +153,8 @@ def _run(tiny: pathlib.Path, *args: str, **env: str) -> subprocess.CompletedProc
     (["--beat-ms", "5"], "argument --beat-ms: must be an integer >= 10, got 5"),
     (["--beat-ms", "often"], "argument --beat-ms: must be an integer, got 'often'"),
     (["--port", "70000"], "argument --port: must be in 0..65535, got 70000"),
+    (["--beat-ms", "20000"], "the settings: setting node_timeout_ms (env CELLRAY_NODE_TIMEOUT_MS) "
+                             "must be more than heartbeat_ms (20000)"),
     (["--greeting", "a b"], "--greeting must be a word, got 'a b'"),
     ([], "the following arguments are required: --ready-file"),
 ])

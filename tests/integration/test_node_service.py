@@ -213,7 +213,7 @@ async def started_node(tmp_path: Path, cpus: float = 2.0) -> AsyncIterator[Node]
             resources={"CPU": cpus}, store_capacity=64 * 1024 * 1024,
             settings=Settings(heartbeat_ms=50, event_flush_ms=10).validate(), pool=pool)
         pool.on_exit = manager.worker_exited
-        servicer.m = manager
+        servicer.attach(manager)
         await manager.start(prestart_workers=0)
         node = Node(manager, pool, gcs_state, address, [])
         yield node
@@ -244,8 +244,8 @@ def result(task_id: bytes, value: bytes) -> node_pb2.ClientOp:
 def test_dispatch_table_covers_every_action_type() -> None:
     assert set(TABLE) == set(actions.ACTION_TYPES)
     assert missing_handlers() == []
-    partial = {k: v for k, v in TABLE.items() if k is not actions.Warn}
-    assert missing_handlers(partial) == ["Warn"]
+    partial = {k: v for k, v in TABLE.items() if k is not actions.ForwardLog}
+    assert missing_handlers(partial) == ["ForwardLog"]
 
 
 def test_a_submitted_task_runs_on_a_worker_and_its_result_reaches_the_driver(tmp_path: Path) -> None:
@@ -430,4 +430,90 @@ def test_peers_follow_the_nodes_and_schedulers_in_the_gcs(tmp_path: Path) -> Non
                                      what="the node to forget its dead peer")
             finally:
                 await gcs.close()
+    run(main())
+
+
+class RecordingNode:
+    """A stand-in for the manager that only records the named calls the servicer makes."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.stop_requested = asyncio.Event()
+
+    def hello(self, conn: Any, hello: node_pb2.Hello) -> node_pb2.NodeOp:
+        conn.client_id = hello.client_id
+        self.calls.append(("hello", hello.kind))
+        return node_pb2.NodeOp(welcome=node_pb2.Welcome(node_id=b"\x05" * 16))
+
+    def handle(self, conn: Any, batch: node_pb2.ClientBatch) -> None:
+        self.calls.append(("handle", [op.WhichOneof("op") for op in batch.ops]))
+
+    def disconnect(self, conn: Any) -> None:
+        self.calls.append(("disconnect", conn.client_id))
+
+    def accept_forwarded(self, request: node_pb2.ForwardTaskRequest) -> None:
+        self.calls.append(("accept_forwarded", request.spec.task_id))
+
+    def remote_result(self, request: node_pb2.ReportResultsRequest) -> None:
+        self.calls.append(("remote_result", request.task_id))
+
+    def release_remote_holds(self, object_ids: list[bytes]) -> None:
+        self.calls.append(("release_remote_holds", object_ids))
+
+    def forward_logs(self, lines: node_pb2.LogLines) -> None:
+        self.calls.append(("forward_logs", list(lines.lines)))
+
+    async def object_chunks(self, oid: bytes) -> AsyncIterator[node_pb2.ObjectChunk]:
+        self.calls.append(("object_chunks", oid))
+        yield node_pb2.ObjectChunk(data=b"abc", total_size=3)
+
+    def node_info(self) -> node_pb2.GetNodeInfoReply:
+        self.calls.append(("node_info", None))
+        return node_pb2.GetNodeInfoReply(address="here")
+
+    def request_stop(self) -> None:
+        self.calls.append(("request_stop", None))
+        self.stop_requested.set()
+
+
+def test_the_servicer_needs_only_the_named_calls_of_the_node() -> None:
+    """Each RPC is one named call on the node (no manager, no state behind it)."""
+    async def main() -> None:
+        node = RecordingNode()
+        servicer = NodeServicer()
+        servicer.attach(node)
+        server, port = await create_server(
+            "127.0.0.1", 0, TOKEN, [(node_pb2_grpc.add_NodeManagerServicer_to_server, servicer)])
+        channel = connect(f"127.0.0.1:{port}")
+        session = SessionClient(f"127.0.0.1:{port}", "driver")
+        try:
+            stub = NodeManagerStub(channel)
+            task_id = _ids.new_id()
+            await stub.ForwardTask(node_pb2.ForwardTaskRequest(
+                spec=common_pb2.TaskSpec(task_id=task_id), home_address="127.0.0.1:1"), metadata=MD)
+            await stub.ReportResults(node_pb2.ReportResultsRequest(task_id=task_id), metadata=MD)
+            await stub.FreeObjects(node_pb2.FreeObjectsRequest(object_ids=[b"o1", b"o2"]), metadata=MD)
+            await stub.ForwardLogs(node_pb2.LogLines(lines=["printed"]), metadata=MD)
+            assert (await stub.GetNodeInfo(node_pb2.GetNodeInfoRequest(), metadata=MD)).address == "here"
+            chunks = [c async for c in stub.PullObject(node_pb2.PullObjectRequest(object_id=b"o1"),
+                                                       metadata=MD)]
+            assert [c.data for c in chunks] == [b"abc"]
+            welcome = await session.open()
+            assert welcome.node_id == b"\x05" * 16
+            session.send(node_pb2.ClientOp(get=node_pb2.GetObjects(object_ids=[b"o1"])))
+            await async_wait_for(lambda: ("handle", ["get"]) in node.calls, what="the batch to be handled")
+            await stub.Shutdown(node_pb2.ShutdownRequest(), metadata=MD)
+            await node.stop_requested.wait()
+            await session.break_stream()
+            await async_wait_for(lambda: ("disconnect", session.client_id) in node.calls,
+                                 what="the Session's end to reach the node")
+        finally:
+            await session.close()
+            await channel.close()
+            await server.stop(None)
+        assert [name for name, _ in node.calls] == [
+            "accept_forwarded", "remote_result", "release_remote_holds", "forward_logs",
+            "node_info", "object_chunks", "hello", "handle", "request_stop", "disconnect"]
+        assert node.calls[2] == ("release_remote_holds", [b"o1", b"o2"])
+        assert node.calls[3] == ("forward_logs", ["printed"])
     run(main())

@@ -11,6 +11,7 @@ import pytest
 from runtime import config
 from runtime._daemon import SettingFlag
 from runtime.cluster.local import LocalCluster
+from runtime.exceptions import ConfigError, UnknownSettingError
 
 
 @pytest.fixture
@@ -108,3 +109,35 @@ def test_a_local_cluster_hands_every_setting_to_its_children(tmp_path: pathlib.P
     assert {k: v for k, v in env.items() if k.startswith("CELLRAY_")} == settings.to_env()
     assert (env["CELLRAY_HEARTBEAT_MS"], env["CELLRAY_PIPELINE_DEPTH"], env["CELLRAY_IDLE_WORKER_S"]) == (
         "250", "2", "3.5")
+
+
+def test_settings_validate_themselves_whenever_they_are_built() -> None:
+    with pytest.raises(ConfigError, match=r"^setting heartbeat_ms \(env CELLRAY_HEARTBEAT_MS\) "
+                                                 r"must be an integer >= 10, got 5$"):
+        config.Settings(heartbeat_ms=5)
+    with pytest.raises(ValueError, match="pipeline_depth"):
+        dataclasses.replace(config.Settings(), pipeline_depth=0)
+    with pytest.raises(ValueError, match="max_spills"):
+        config.Settings().override(max_spills=-1)
+
+
+def test_a_node_timeout_must_exceed_the_heartbeat_interval() -> None:
+    with pytest.raises(ConfigError) as info:
+        config.Settings(heartbeat_ms=1000, node_timeout_ms=1000)
+    assert str(info.value) == (
+        "setting node_timeout_ms (env CELLRAY_NODE_TIMEOUT_MS) must be more than heartbeat_ms "
+        "(1000) (a live node would be declared dead between two heartbeats), got 1000; raise "
+        "CELLRAY_NODE_TIMEOUT_MS or lower CELLRAY_HEARTBEAT_MS")
+    assert info.value.setting == "node_timeout_ms"
+    assert config.Settings(heartbeat_ms=1000, node_timeout_ms=1001).node_timeout_ms == 1001
+
+
+def test_config_errors_keep_the_builtin_bases(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("CELLRAY_GCS_SHARDS", "many")
+    with pytest.raises(ConfigError) as bad:
+        config.load()
+    assert isinstance(bad.value, ValueError)
+    clean_env.delenv("CELLRAY_GCS_SHARDS")
+    with pytest.raises(UnknownSettingError) as unknown:
+        config.load(shards=2)
+    assert isinstance(unknown.value, TypeError) and isinstance(unknown.value, ConfigError)

@@ -27,6 +27,9 @@ EXCEPTIONS = {
     "NotInitializedError", "AlreadyInitializedError", "UnauthenticatedError",
     "IncompatibleVersionError", "InvalidRequestError", "NotFoundError", "RpcTimeoutError",
     "InternalError", "RayError", "RayTaskError", "RayActorError",
+    "ObjectCorruptError", "ObjectFileMissingError", "ActorNotFoundError", "FunctionNotFoundError",
+    "ActorNameTakenError", "ClusterStartError", "ConfigError", "UnknownSettingError",
+    "TokenFileError",
 }
 
 
@@ -86,3 +89,28 @@ def test_exceptions_keep_the_builtin_bases_code_relies_on() -> None:
     assert issubclass(e.InvalidRequestError, ValueError)
     assert issubclass(e.NotFoundError, LookupError)
     assert issubclass(e.OwnerDiedError, e.ObjectLostError)
+    assert issubclass(e.ObjectCorruptError, e.ObjectLostError)
+    assert issubclass(e.ObjectCorruptError, ValueError)
+    assert issubclass(e.ObjectFileMissingError, e.ObjectLostError)
+    assert issubclass(e.ObjectFileMissingError, FileNotFoundError)
+    assert issubclass(e.ActorNotFoundError, e.NotFoundError) and issubclass(e.ActorNotFoundError, ValueError)
+    assert issubclass(e.FunctionNotFoundError, e.NotFoundError)
+    assert issubclass(e.ActorNameTakenError, ValueError)
+    assert issubclass(e.ClusterStartError, RuntimeError)
+    assert issubclass(e.ConfigError, ValueError)
+    assert issubclass(e.UnknownSettingError, e.ConfigError) and issubclass(e.UnknownSettingError, TypeError)
+    assert issubclass(e.TokenFileError, FileNotFoundError)
+
+
+def test_every_exception_pickles_with_its_type_message_and_fields() -> None:
+    import pickle
+    e = runtime.exceptions
+    for n in sorted(EXCEPTIONS):
+        cls = getattr(e, n)
+        if issubclass(cls, e.TaskError):
+            continue  # rebuilt as a plain TaskError on purpose (covered by its own tests)
+        err = cls("what failed; what to do", address="127.0.0.1:1")
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is cls, n
+        assert str(back) == "what failed; what to do", n
+        assert back.address == "127.0.0.1:1", n

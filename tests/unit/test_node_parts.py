@@ -152,26 +152,29 @@ def test_pipelining_picks_the_least_loaded_busy_worker_of_the_same_function() ->
 
 
 def test_a_blocked_worker_lends_its_cpus_and_stacks_up_to_the_depth() -> None:
-    wt, r, lending = _table(), Resources({"CPU": 1.0}), Lending(max_inline_depth=2)
+    wt, r = _table(), Resources({"CPU": 1.0})
+    lending = Lending(max_inline_depth=2, workers=wt, resources=r)
     wt.started(b"w", counted=False)
     w = wt.connected(b"w", 1, b"cw")
-    w.state = WorkerState.BUSY
-    w.frames.append(Frame(b"parent", {"CPU": 1.0}, gpu_ids=r.acquire({"CPU": 1.0})))
-    assert not lending.can_stack(w)
-    lending.block(w.frames[0], r)
+    wt.assign(w, b"parent", {"CPU": 1.0}, r.acquire({"CPU": 1.0}))
+    assert not lending.can_stack(w) and wt.running(b"parent") == b"w"
+    assert lending.set_blocked(w, b"parent", True) is True
+    assert lending.set_blocked(w, b"parent", True) is False  # blocked already: no change
     assert r.available["CPU"] == 1.0 and lending.can_stack(w)
-    wt.running_on[b"parent"] = b"w"
     lending.waits_for(b"waited", b"w")
-    assert lending.inline_host(b"waited", b"", wt) is w
-    assert lending.inline_host(b"child", b"parent", wt) is w
+    assert lending.inline_host(b"waited", b"") is w
+    assert lending.inline_host(b"child", b"parent") is w
     assert lending.inline_candidates(w, {b"parent": {b"child"}}) == [b"waited", b"child"]
-    w.frames.append(Frame(b"waited", {}, blocked=True))
+    wt.assign(w, b"waited", {}, [])
+    assert lending.set_blocked(w, b"waited", True) is True
     assert not lending.can_stack(w) and lending.inline_candidates(w, {}) == []  # depth 2
-    w.frames.pop()
-    lending.unblock(w.frames[0], r)
+    assert wt.pop_frame(w, b"waited") is not None
+    assert lending.set_blocked(w, b"parent", False) is False
     assert r.available["CPU"] == 0.0 and w.frames[0].lent == 0.0
     lending.forget(b"waited")
-    assert lending.inline_host(b"waited", b"", wt) is None
+    assert lending.inline_host(b"waited", b"") is None
+    wt.task_over(b"parent")
+    assert wt.running(b"parent") is None
 
 
 # ---- ObjectTable -------------------------------------------------------------------------
@@ -220,8 +223,7 @@ def test_a_remote_object_is_pulled_once_and_freed_remotely_when_dropped() -> Non
 def test_copies_kept_for_another_node_live_until_it_releases_them() -> None:
     objects, _, _ = _objects()
     oid = _oid(b"k")
-    objects.incref(oid)
-    objects.holds_for(PEER)[oid] += 1
+    objects.hold_for(PEER, oid)
     objects.add(common_pb2.ObjectData(object_id=oid, inline=b"v"))
     objects.release_remote_holds([oid], PEER)
     assert oid not in objects and objects.remote_holds[PEER] == Counter()

@@ -85,9 +85,11 @@ def _add_worker(s: Node, i: int) -> None:
 class Node(LocalScheduler):
     """LocalScheduler with the actions made since the last ``outbox.clear()``, in order."""
 
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
+    def __init__(self, node_id: bytes, resources: dict[str, float], store: Store,
+                 *args: Any, **kw: Any) -> None:
+        super().__init__(node_id, resources, store, *args, **kw)
         self.seen: list[Action] = []
+        self._store = store
 
     @property
     def outbox(self) -> list[Action]:
@@ -96,9 +98,7 @@ class Node(LocalScheduler):
 
     @property
     def store(self) -> Store:
-        store = self.objects.store
-        assert isinstance(store, Store)
-        return store
+        return self._store
 
 
 #: The defaults every test node runs with (tests override single fields).
@@ -493,6 +493,31 @@ def test_a_client_disconnect_releases_its_refs() -> None:
     _finish(s, _tid(0), shm_path="/shm/r")  # its result has no holder left
     assert _ops(s, "object") == [] and _ret(0) not in s.objects
     assert s.store.freed == [oid, _ret(0)]
+    assert _acts(s, KillWorker) == []  # a driver's session: no process of ours to stop
+
+
+def test_a_worker_whose_session_broke_is_killed_and_its_exit_retries_the_task() -> None:
+    s = _node(cpus=1, workers=1)
+    _submit(s, 0, max_retries=1)
+    s.outbox.clear()
+    s.disconnect(_cid(0))
+    assert _acts(s, KillWorker) == [KillWorker(_wid(0))]
+    assert s.workers.of_client(_cid(0)) is None and s.tasks[_tid(0)].phase == "RUNNING"
+    s.worker_exited(_wid(0), -9)
+    assert "RETRYING" in _events(s, _tid(0)) and s.tasks[_tid(0)].phase == "READY"
+
+
+def test_each_part_counts_its_own_and_the_node_combines_them() -> None:
+    s = _node(cpus=1, workers=1)
+    _submit(s, 0)
+    _submit(s, 1)
+    assert s.statistics()["stats"] == {"submitted": 2, "dispatched": 2, "local": 2}  # 1 ahead
+    s.cancel(_tid(1), force=False, recursive=False)  # sent ahead, not started: over now
+    _finish(s, _tid(0))
+    stats = s.statistics()["stats"]
+    assert stats["finished"] == 1 and stats["failed"] == 1 and "spilled" not in stats
+    load = s.load()
+    assert (load.tasks_local, load.tasks_spilled, load.tasks_received) == (2, 0, 0)
 
 
 # ---- failures --------------------------------------------------------------------------
