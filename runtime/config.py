@@ -76,10 +76,18 @@ class Settings:
     # ---- RPC ----
     #: Deadline of one control RPC (GCS calls, reports between nodes), in seconds.
     rpc_timeout_s: float = 30.0
-    #: Times a node retries reporting a task's results to the task's home node.
+    #: Failed tries of reporting a task's results to its home node before a warning (a report
+    #: is retried until the home takes it or is declared dead: the home waits for nothing else).
     report_retries: int = 5
-    #: First wait before retrying such a report, in seconds (doubled after each failure).
+    #: First wait before retrying such a report, in seconds (doubled after each failure) ...
     report_backoff_s: float = 0.1
+    #: ... up to this many seconds.
+    report_backoff_max_s: float = 2.0
+    #: Most results reports one node has in flight to one home node (a burst of thousands
+    #: would overflow the home's gRPC backlog, which cancels what it cannot queue).
+    max_reports_in_flight: int = 32
+    #: Most ``Schedule`` calls one node has in flight for tasks spilled from a full queue.
+    max_spills_in_flight: int = 64
     #: Largest gRPC message, in bytes.
     max_message_bytes: int = 512 * 1024 * 1024
     #: Functions a GCS client keeps decoded (LRU).
@@ -154,6 +162,7 @@ _MINIMA: dict[str, int] = {
     "spill_threshold": 0, "global_schedulers": 0, "max_spills": 0, "pipeline_depth": 1,
     "max_inline_depth": 1, "max_starting_workers": 0, "inline_threshold": 0,
     "pull_chunk_bytes": 1024, "shm_read_limit_bytes": 0, "report_retries": 1,
+    "max_reports_in_flight": 1, "max_spills_in_flight": 1,
     "max_message_bytes": 1024 * 1024, "function_cache_size": 1, "subscriber_queue_size": 1,
     "cancelled_early_max": 1,
 }
@@ -163,7 +172,8 @@ _FRACTIONS = ("store_memory_fraction", "store_shm_fraction")
 
 #: Fields that must be > 0.
 _POSITIVE = ("start_timeout_s", "idle_worker_s", "rpc_timeout_s", "stop_grace_s",
-             "worker_stop_grace_s", "report_backoff_s", "deregister_timeout_s", "parent_check_s",
+             "worker_stop_grace_s", "report_backoff_s", "report_backoff_max_s",
+             "deregister_timeout_s", "parent_check_s",
              "task_time_s", "bandwidth",
              "query_timeout_s", "function_timeout_s", "close_timeout_s", "probe_timeout_s")
 

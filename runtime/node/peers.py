@@ -11,6 +11,7 @@ never sees the manager, only the services named in its constructor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -30,6 +31,10 @@ logger = logging.getLogger(__name__)
 
 NODE = "node manager"
 SCHEDULER = "global scheduler"
+
+#: Answers that trying again cannot change: a report that gets one is dropped.
+_REFUSED_FOR_GOOD = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED,
+                               grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNIMPLEMENTED})
 
 
 class PeerEvents(Protocol):
@@ -105,8 +110,12 @@ class Peers:
         #: Addresses of the live global scheduler replicas.
         self.schedulers: list[str] = []
         self._schedulers_known: bool | None = None
+        #: Addresses of peers the GCS declared dead (reports to them stop).
+        self.dead_addresses: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._free: dict[bytes, list[bytes]] = {}
+        self._reporting: dict[str, asyncio.Semaphore] = {}
+        self._scheduling = asyncio.Semaphore(settings.max_spills_in_flight)
 
     @property
     def _retry_s(self) -> float:
@@ -145,21 +154,32 @@ class Peers:
     # ---- the calls -----------------------------------------------------------------
 
     async def _spill(self, action: Spill) -> None:
+        """Ask the replicas, in random order, to place the task; none placing it, run it
+        here (``spill_failed``), or keep asking when it can never run here.
+
+        Every call has a deadline: a call that never ends would keep its task SPILLED
+        forever. Spills for a full queue are at most ``max_spills_in_flight`` at once (a
+        burst of thousands overflows the replicas' gRPC backlog); spills of tasks that never
+        fit here are not limited, since a replica holds those until a node fits them.
+        """
         task_id, req = action.task_id, action.request
         req.home_address = self.address
+        timeout = self._settings.rpc_timeout_s
+        limit = self._scheduling if action.reason != SpillReason.NEVER_FITS else contextlib.nullcontext()
         while True:
             replicas = list(self.schedulers)
             random.shuffle(replicas)
-            for address in replicas:
-                rpc = _scheduler_stub(self.channels.get(address))
-                try:
-                    reply = await rpc.Schedule(req, metadata=self._md)
-                except grpc.aio.AioRpcError as e:
-                    logger.info("task %s not placed by replica %s (%s); trying another",
-                                _ids.short(task_id), address, translate(e, SCHEDULER, address))
-                    continue
-                self._placed(action, reply.node_id, reply.scheduler)
-                return
+            async with limit:
+                for address in replicas:
+                    rpc = _scheduler_stub(self.channels.get(address))
+                    try:
+                        reply = await rpc.Schedule(req, metadata=self._md, timeout=timeout)
+                    except grpc.aio.AioRpcError as e:
+                        logger.info("task %s not placed by replica %s (%s); trying another",
+                                    _ids.short(task_id), address, translate(e, SCHEDULER, address))
+                        continue
+                    self._placed(action, reply.node_id, reply.scheduler)
+                    return
             if action.reason != SpillReason.NEVER_FITS:
                 self._apply(lambda s: s.spill_failed(task_id))
                 return
@@ -205,16 +225,40 @@ class Peers:
         self._apply(lambda s: s.pulled(data))
 
     async def _report(self, address: str, req: node_pb2.ReportResultsRequest) -> None:
+        """Send a task's results to its home until it takes them, refuses them for good, or
+        is declared dead.
+
+        The home keeps the task until this report arrives (nothing else tells it the task
+        ended), so a report is never dropped while the home lives: failures are retried
+        with a backoff capped at ``report_backoff_max_s``, a warning after
+        ``report_retries`` of them.
+        """
         req.node_address = self.address
-        rpc = _node_stub(self.channels.get(address))
-        for attempt in range(self._settings.report_retries):
-            try:
-                await rpc.ReportResults(req, metadata=self._md, timeout=self._settings.rpc_timeout_s)
-                return
-            except grpc.aio.AioRpcError as e:
-                logger.warning("reporting task %s to its home failed: %s", _ids.short(req.task_id),
-                               translate(e, NODE, address))
-                await asyncio.sleep(self._settings.report_backoff_s * 2 ** attempt)
+        settings = self._settings
+        limit = self._reporting.get(address)
+        if limit is None:
+            limit = self._reporting[address] = asyncio.Semaphore(self._settings.max_reports_in_flight)
+        failures = 0
+        async with limit:
+            while address not in self.dead_addresses:
+                rpc = _node_stub(self.channels.get(address))
+                try:
+                    await rpc.ReportResults(req, metadata=self._md, timeout=settings.rpc_timeout_s)
+                    return
+                except grpc.aio.AioRpcError as e:
+                    if e.code() in _REFUSED_FOR_GOOD:
+                        logger.warning("results of task %s not reported: its home refused them: %s",
+                                       _ids.short(req.task_id), translate(e, NODE, address))
+                        return
+                    failures += 1
+                    log = logger.warning if failures == settings.report_retries else logger.info
+                    log("reporting task %s to its home failed %d time(s), trying again: %s",
+                        _ids.short(req.task_id), failures, translate(e, NODE, address))
+                backoff = min(settings.report_backoff_s * 2 ** min(failures - 1, 16),
+                              settings.report_backoff_max_s)
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+        logger.warning("results of task %s not reported: its home at %s died",
+                       _ids.short(req.task_id), address)
 
     async def _send_frees(self, node_id: bytes) -> None:
         await asyncio.sleep(0)  # let a burst of frees gather
@@ -260,10 +304,12 @@ class Peers:
             return
         if row.alive:
             self.addresses[node_id] = row.address
+            self.dead_addresses.discard(row.address)
             totals = dict(row.load.total)
             self._apply(lambda s: s.peer_alive(node_id, totals))
         elif node_id in self.addresses:
             del self.addresses[node_id]
+            self.dead_addresses.add(row.address)
             self._apply(lambda s: s.peer_died(node_id))
 
     async def refresh_schedulers(self) -> None:

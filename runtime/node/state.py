@@ -278,6 +278,12 @@ class LocalScheduler:
         spec = task.spec
         task_id = spec.task_id
         del self.tasks[task_id]
+        # It may end while queued or waiting here (a copy that ran on another node reported
+        # first): it must not start after its end, with its inputs released.
+        if task.phase == Phase.READY:
+            task.phase = Phase.DONE  # lazily dropped from its ready queue
+        if task.missing:
+            self.objects.forget_waiter(task)
         self.lending.forget(task_id)
         self.workers.task_over(task_id)
         if spec.parent_task_id:
@@ -315,9 +321,6 @@ class LocalScheduler:
     def fail(self, task: Task, error: BaseException, state: TaskState = TaskState.FAILED) -> None:
         """End ``task`` with ``error`` as the value of each of its returns."""
         returns = error_returns(task.spec, self.encode_error(error))
-        if task.phase == Phase.READY:
-            task.phase = Phase.DONE  # lazily dropped from its ready queue
-        self.objects.forget_waiter(task)
         self.finish(task, returns, state, str(error).split("\n", 1)[0])
 
     # ---- blocking and nested runs --------------------------------------------------
