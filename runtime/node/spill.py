@@ -163,6 +163,8 @@ class Spilling:
 
     def peer_alive(self, node_id: bytes, totals: dict[str, float]) -> None:
         new = node_id not in self.peer_totals
+        # Alive again (the GCS took it back): a task placed there from now on runs there.
+        self.dead_peers.discard(node_id)
         self.peer_totals[node_id] = dict(totals)
         if new:
             self._retry_infeasible()

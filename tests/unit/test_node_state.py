@@ -701,6 +701,19 @@ def test_a_dead_target_node_fails_spilled_tasks_whose_retries_are_spent() -> Non
     assert _tid(3) not in s.tasks and "RETRYING" not in _events(s, _tid(3))
 
 
+def test_a_node_that_comes_back_is_no_longer_taken_for_dead() -> None:
+    s = _spilling_node()
+    _fill_queue(s)
+    s.peer_died(PEER)
+    s.peer_alive(PEER, {"CPU": 8.0})
+    _submit(s, 3, cpu=0.5, max_retries=1)
+    s.outbox.clear()
+    s.spilled(_tid(3), PEER, "sched-1", SpillReason.QUEUE_FULL)
+    task = s.tasks[_tid(3)]
+    assert s.spill.spilled_to == {_tid(3): PEER} and task.spec.attempt == 0
+    assert "RETRYING" not in _events(s, _tid(3))
+
+
 def test_a_spilled_task_placed_back_home_runs_as_a_local_task() -> None:
     s = _spilling_node(threshold=1, workers=2)
     _submit(s, 0)
