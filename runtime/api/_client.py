@@ -323,23 +323,33 @@ class CoreClient:
 
     # ---- objects -------------------------------------------------------------------
 
+    def encode_object(self, data: common_pb2.ObjectData, oid: bytes, s: codec.Serialized,
+                      too_big: str) -> None:
+        """Fill ``data`` for ``s`` stored as ``oid``: inline when small, else written to this
+        node's shared memory. ``too_big`` starts the error when it can never fit the store
+        (the object's size and the store's follow, with what to do)."""
+        data.object_id = oid
+        data.size = s.nbytes
+        data.node_id = self.node_id
+        if s.contained_refs:
+            data.nested_refs.extend(s.contained_refs)
+        if s.nbytes <= self.inline_threshold:
+            data.inline = s.to_bytes()
+            return
+        if s.nbytes > self.store_capacity:
+            raise ObjectStoreFullError(
+                f"{too_big} is {s.nbytes / 2**20:.1f} MiB, more than the object store of node "
+                f"{_ids.short(self.node_id)} holds ({self.store_capacity / 2**20:.1f} MiB). Start "
+                "the cluster with a larger object_store_memory, or use smaller pieces.")
+        path = os.path.join(self.shm_dir, oid.hex())
+        write_object(path, s)
+        data.shm_path = path
+
     def put_serialized(self, oid: bytes, s: codec.Serialized) -> None:
         """Store a serialized value under ``oid`` (a new put) and tell the node."""
         self._check()
-        data = common_pb2.ObjectData(object_id=oid, size=s.nbytes, node_id=self.node_id)
-        data.nested_refs.extend(s.contained_refs)
-        if s.nbytes > self.inline_threshold:
-            if s.nbytes > self.store_capacity:
-                raise ObjectStoreFullError(
-                    f"Cannot put an object of {s.nbytes / 2**20:.1f} MiB: the object store of "
-                    f"node {_ids.short(self.node_id)} holds at most {self.store_capacity / 2**20:.1f} "
-                    "MiB. Start the cluster with a larger object_store_memory, or split the "
-                    "object into smaller pieces.")
-            path = os.path.join(self.shm_dir, oid.hex())
-            write_object(path, s)
-            data.shm_path = path
-        else:
-            data.inline = s.to_bytes()
+        data = common_pb2.ObjectData()
+        self.encode_object(data, oid, s, "Cannot put the object: it")
         op = node_pb2.ClientOp()
         op.put.CopyFrom(data)
         self.objects.stored(data)

@@ -78,17 +78,15 @@ class Channels:
             await ch.close()
 
 
-#: The generated stub classes (the generated gRPC modules carry no type hints).
-_NodeStub: Any = node_pb2_grpc.NodeManagerStub
-_SchedulerStub: Any = scheduler_pb2_grpc.GlobalSchedulerStub
+def _node_rpc(channel: grpc.aio.Channel) -> Any:
+    """The NodeManager service of another node, over ``channel`` (the generated gRPC client
+    classes carry no type hints, hence ``Any``)."""
+    return node_pb2_grpc.NodeManagerStub(channel)  # type: ignore[no-untyped-call]
 
 
-def _node_stub(channel: grpc.aio.Channel) -> Any:
-    return _NodeStub(channel)
-
-
-def _scheduler_stub(channel: grpc.aio.Channel) -> Any:
-    return _SchedulerStub(channel)
+def _scheduler_rpc(channel: grpc.aio.Channel) -> Any:
+    """The GlobalScheduler service of a replica, over ``channel``."""
+    return scheduler_pb2_grpc.GlobalSchedulerStub(channel)  # type: ignore[no-untyped-call]
 
 
 class Peers:
@@ -171,7 +169,7 @@ class Peers:
             random.shuffle(replicas)
             async with limit:
                 for address in replicas:
-                    rpc = _scheduler_stub(self.channels.get(address))
+                    rpc = _scheduler_rpc(self.channels.get(address))
                     try:
                         reply = await rpc.Schedule(req, metadata=self._md, timeout=timeout)
                     except grpc.aio.AioRpcError as e:
@@ -196,7 +194,7 @@ class Peers:
             self._apply(lambda s: s.pull_failed(oid, why))
             return
         path = self._path_for(oid)
-        rpc = _node_stub(self.channels.get(address))
+        rpc = _node_rpc(self.channels.get(address))
         size, nested = 0, []
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
@@ -241,7 +239,7 @@ class Peers:
         failures = 0
         async with limit:
             while address not in self.dead_addresses:
-                rpc = _node_stub(self.channels.get(address))
+                rpc = _node_rpc(self.channels.get(address))
                 try:
                     await rpc.ReportResults(req, metadata=self._md, timeout=settings.rpc_timeout_s)
                     return
@@ -266,7 +264,7 @@ class Peers:
         address = self.addresses.get(node_id)
         if not ids or address is None:
             return
-        rpc = _node_stub(self.channels.get(address))
+        rpc = _node_rpc(self.channels.get(address))
         try:
             await rpc.FreeObjects(node_pb2.FreeObjectsRequest(object_ids=ids), metadata=self._md,
                                   timeout=self._settings.rpc_timeout_s)
@@ -274,7 +272,7 @@ class Peers:
             logger.info("freeing %d objects failed: %s", len(ids), translate(e, NODE, address))
 
     async def _forward_log(self, address: str, lines: node_pb2.LogLines) -> None:
-        rpc = _node_stub(self.channels.get(address))
+        rpc = _node_rpc(self.channels.get(address))
         try:
             await rpc.ForwardLogs(lines, metadata=self._md, timeout=self._settings.rpc_timeout_s)
         except grpc.aio.AioRpcError as e:

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from runtime import _ids
-from runtime.exceptions import InternalError, ObjectStoreFullError, TaskCancelledError, TaskError
-from runtime.object_store.shm import read_object, write_object
+from runtime.exceptions import InternalError, TaskCancelledError, TaskError
+from runtime.object_store.shm import read_object
 from runtime.protocol import codec, common_pb2, node_pb2
 
 if TYPE_CHECKING:
@@ -74,22 +74,7 @@ def encode_return(client: CoreClient, data: common_pb2.ObjectData, oid: bytes, v
     except Exception as e:  # whatever pickling raises, the task's result is a TypeError
         raise TypeError(f"The result of {spec.name}() ({type(value).__name__}) could not be "
                         f"pickled: {e}") from e
-    data.object_id = oid
-    data.size = s.nbytes
-    data.node_id = client.node_id
-    if s.contained_refs:
-        data.nested_refs.extend(s.contained_refs)
-    if s.nbytes > client.inline_threshold:
-        if s.nbytes > client.store_capacity:
-            raise ObjectStoreFullError(
-                f"The result of {spec.name}() is {s.nbytes / 2**20:.1f} MiB, more than the object "
-                f"store's {client.store_capacity / 2**20:.1f} MiB. Start the cluster with a larger "
-                "object_store_memory, or return smaller pieces.")
-        path = os.path.join(client.shm_dir, oid.hex())
-        write_object(path, s)
-        data.shm_path = path
-    else:
-        data.inline = s.to_bytes()
+    client.encode_object(data, oid, s, f"The result of {spec.name}()")
 
 
 def arg_value(data: common_pb2.ObjectData) -> Any:

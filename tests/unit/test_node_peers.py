@@ -84,8 +84,8 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
 
 def _peers(rpc: FakeRpc, monkeypatch: pytest.MonkeyPatch,
            applied: list[Callable[[Any], None]]) -> Peers:
-    monkeypatch.setattr(peers_module, "_node_stub", lambda channel: rpc)
-    monkeypatch.setattr(peers_module, "_scheduler_stub", lambda channel: rpc)
+    monkeypatch.setattr(peers_module, "_node_rpc", lambda channel: rpc)
+    monkeypatch.setattr(peers_module, "_scheduler_rpc", lambda channel: rpc)
     return Peers(node_id=PEER, address="peer:1", metadata=(), settings=SETTINGS, gcs=None,  # type: ignore[arg-type]
                  path_for=lambda oid: "/nowhere", apply=applied.append,
                  channels=FakeChannels())  # type: ignore[arg-type]
