@@ -52,6 +52,9 @@ class Settings:
     spill_threshold: int = 0
     #: Most times one task is moved between nodes.
     max_spills: int = 2
+    #: Most times an actor's creation moves on from a node that cannot start it (actors hold
+    #: their resources for life, so one waiting on a full node might wait forever).
+    max_actor_spills: int = 8
     #: Most tasks sent ahead to one busy worker (pipelining; 1 turns it off).
     pipeline_depth: int = 4
     #: Most tasks stacked in one blocked worker (each costs Python stack frames).
@@ -159,7 +162,8 @@ class Settings:
 #: Smallest accepted value of integer fields.
 _MINIMA: dict[str, int] = {
     "heartbeat_ms": 10, "node_timeout_ms": 50, "gcs_shards": 1, "event_flush_ms": 1,
-    "spill_threshold": 0, "global_schedulers": 0, "max_spills": 0, "pipeline_depth": 1,
+    "spill_threshold": 0, "global_schedulers": 0, "max_spills": 0, "max_actor_spills": 0,
+    "pipeline_depth": 1,
     "max_inline_depth": 1, "max_starting_workers": 0, "inline_threshold": 0,
     "pull_chunk_bytes": 1024, "shm_read_limit_bytes": 0, "report_retries": 1,
     "max_reports_in_flight": 1, "max_spills_in_flight": 1,

@@ -52,6 +52,7 @@ __all__ = [
     "ActorDiedError",
     "ActorNameTakenError",
     "ActorNotFoundError",
+    "ActorUnschedulableError",
     "AlreadyInitializedError",
     "BlockingCallError",
     "ClientClosedError",
@@ -80,6 +81,7 @@ __all__ = [
     "RpcTimeoutError",
     "TaskCancelledError",
     "TaskError",
+    "TaskUnschedulableError",
     "TokenFileError",
     "UnauthenticatedError",
     "UnknownSettingError",
@@ -216,6 +218,15 @@ class NodeDiedError(ClusterError):
 
 class ActorDiedError(ClusterError):
     """The actor is dead: killed, its constructor raised, or its restarts are spent."""
+
+
+class TaskUnschedulableError(ClusterError):
+    """The task can never be placed: e.g. its ``NodeAffinitySchedulingStrategy(soft=False)``
+    names a node that is dead or not in the cluster."""
+
+
+class ActorUnschedulableError(ClusterError):
+    """The actor can never be placed (as ``TaskUnschedulableError``, for an actor's creation)."""
 
 
 class TaskCancelledError(ClusterError):

@@ -8,8 +8,8 @@
 How the package is built: ``model`` is a pure model (``runtime.state.Change`` objects in,
 immutable ``views`` out; no ipywidgets) and ``render`` turns views into HTML and SVG; one
 module per section (``nodes_panel``, ``futures_panel``, ``actors_panel``,
-``scheduler_panel``) composes stock ipywidgets and updates them in place; ``dashboard``
-wires them to a ``runtime.state`` subscription through a throttled refresher thread.
+``placement_groups_panel``, ``scheduler_panel``) composes stock ipywidgets and updates them
+in place; ``dashboard`` wires them to a ``runtime.state`` subscription through a throttled refresher thread.
 ``reprs`` holds the IPython HTML formatters for the runtime's objects and ``progress`` a
 progress bar for ``rt.get``. Only ``runtime``'s public API is used (``runtime``,
 ``runtime.exceptions``, ``runtime.state``); ``runtime`` never imports this package.

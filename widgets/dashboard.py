@@ -1,10 +1,12 @@
-"""``Dashboard``: the live cluster dashboard (nodes, futures, actors, scheduler spillover).
+"""``Dashboard``: the live cluster dashboard (nodes, futures, actors, placement groups,
+scheduler spillover).
 
 How it moves, and why it never blocks the kernel:
 
 - **Feed.** ``runtime.state.subscribe`` calls ``_Feed`` on the subscription's own thread
-  with every change of the nodes, tasks, actors and events tables; it merges the change
-  into the pure ``ClusterModel`` under a lock and raises a flag. That is all it does.
+  with every change of the nodes, tasks, actors, events and placement_groups tables; it
+  merges the change into the pure ``ClusterModel`` under a lock and raises a flag. That
+  is all it does.
 - **Refresher.** One daemon thread per dashboard waits for the flag (or one second, so
   the chart's time axis moves on), takes a view of the model under the lock, and sets
   the widgets' traits inside ``hold_sync()``, then waits ``interval`` seconds before it
@@ -36,6 +38,7 @@ from widgets.actors_panel import ActorsPanel
 from widgets.futures_panel import FuturesPanel
 from widgets.model import ClusterModel
 from widgets.nodes_panel import NodesPanel
+from widgets.placement_groups_panel import PlacementGroupsPanel
 from widgets.render import STYLE, snapshot_html
 from widgets.scheduler_panel import SchedulerPanel
 from widgets.views import DashboardView
@@ -45,7 +48,7 @@ __all__ = ["Dashboard"]
 logger = logging.getLogger(__name__)
 
 #: The tables a dashboard subscribes to.
-TABLES = ("nodes", "tasks", "actors", "events")
+TABLES = ("nodes", "tasks", "actors", "events", "placement_groups")
 #: Longest the refresher waits without a change before it redraws (the chart's clock).
 _IDLE_REDRAW_S = 1.0
 #: Changes that may queue for the feed (the subscription then stops reading until the feed
@@ -108,7 +111,8 @@ def _descendants(widget: w.Widget) -> Iterator[w.Widget]:
 
 
 class Dashboard(w.VBox):
-    """A live dashboard of the current cluster: nodes, futures, actors, scheduler decisions.
+    """A live dashboard of the current cluster: nodes, futures, actors, placement groups,
+    scheduler decisions.
 
     Attaches to the cluster that ``runtime.init()`` connected (through ``runtime.state``'s
     subscriptions) and keeps moving while tasks run, without blocking the kernel. Display
@@ -158,7 +162,8 @@ class Dashboard(w.VBox):
         self.futures = FuturesPanel()
         self.actors = ActorsPanel()
         self.scheduler = SchedulerPanel()
-        self._panels = (self.nodes, self.futures, self.actors, self.scheduler)
+        self.placement_groups = PlacementGroupsPanel()
+        self._panels = (self.nodes, self.futures, self.actors, self.placement_groups, self.scheduler)
         super().__init__([self._style, self._header, *self._panels],
                          layout=w.Layout(padding="4px 8px", border="1px solid #e5e7eb"))
         self.add_class("cellray-dashboard")
@@ -193,6 +198,7 @@ class Dashboard(w.VBox):
             self.nodes.show(view.nodes)
             self.futures.show(view.futures)
             self.actors.show(view.actors)
+            self.placement_groups.show(view.placement_groups)
             self.scheduler.show(view.scheduler)
         self._draws += 1
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.protocol import states
-from runtime.state import ActorState, Change, NodeState, SchedulerEvent, TaskState
+from runtime.state import ActorState, Change, NodeState, PlacementGroupState, SchedulerEvent, TaskState
 from widgets.views import (
     COUNT_KEYS,
     ActorRowView,
@@ -48,14 +48,18 @@ from widgets.views import (
     FuturesView,
     NodeSeries,
     NodeView,
+    PlacementGroupRowView,
+    PlacementGroupsView,
     SchedulerView,
     TaskRowView,
 )
 
 __all__ = [
     "ACTOR_STATES",
+    "GROUP_STATES",
     "ClusterModel",
     "DecisionSeries",
+    "bundles_text",
     "short_id",
     "task_category",
     "waiting_reason",
@@ -68,6 +72,8 @@ _TERMINAL = {s: s.lower() for s in states.TERMINAL_TASK_STATES}
 _DECISIONS = frozenset({_Task.SPILLED, _Task.SCHEDULED, _Task.INFEASIBLE})
 #: The actor states, in the order the Actors section counts them.
 ACTOR_STATES: tuple[str, ...] = tuple(states.ActorState)
+#: The placement group states, in the order the section counts (and lists) them.
+GROUP_STATES: tuple[str, ...] = ("PENDING", "RESCHEDULING", "CREATED", "REMOVED")
 
 
 def short_id(hex_id: str | None, n: int = 6) -> str:
@@ -206,6 +212,7 @@ class ClusterModel:
         self.nodes: dict[str, NodeState] = {}
         self.tasks: dict[str, TaskState] = {}
         self.actors: dict[str, ActorState] = {}
+        self.placement_groups: dict[str, PlacementGroupState] = {}
         #: True once the first snapshot arrived (and again after each reset's snapshot).
         self.synced = False
         #: Times the subscription started over with a fresh snapshot.
@@ -252,6 +259,11 @@ class ClusterModel:
                 self.actors[key] = value
             else:
                 self.actors.pop(key, None)
+        elif table == "placement_groups":
+            if isinstance(value, PlacementGroupState):
+                self.placement_groups[key] = value
+            else:
+                self.placement_groups.pop(key, None)
         elif table == "events" and isinstance(value, SchedulerEvent):
             self._apply_event(value)
 
@@ -268,6 +280,7 @@ class ClusterModel:
         self.synced = False
         self.nodes.clear()
         self.actors.clear()
+        self.placement_groups.clear()
         self.tasks.clear()
         for cat in self._category.values():
             if cat in ("pending", "running"):
@@ -426,6 +439,7 @@ class ClusterModel:
             series.append(NodeSeries(self.node_label(node_id), local, spilled, tl, ts, received, tr))
         decisions = tuple(reversed(list(self._decisions)[-self.max_rows:]))
         return DashboardView(
+            placement_groups=self._groups_view(),
             synced=self.synced, nodes=node_views, futures=futures,
             actors=ActorsView(counts={s: actor_counts.get(s, 0) for s in
                                       (*ACTOR_STATES, *sorted(set(actor_counts) - set(ACTOR_STATES)))},
@@ -433,3 +447,29 @@ class ClusterModel:
             scheduler=SchedulerView(bucket_s=self.series.bucket_s, window_s=self.series.window_s,
                                     series=tuple(series), decisions=decisions),
             version=self.version)
+
+    def _groups_view(self) -> PlacementGroupsView:
+        counts = Counter(g.state for g in self.placement_groups.values())
+        order = {s: i for i, s in enumerate(GROUP_STATES)}
+        groups = sorted(self.placement_groups.values(),
+                        key=lambda g: (order.get(g.state, 9), -(g.create_time or 0.0)))
+        rows = tuple(PlacementGroupRowView(
+            placement_group_id=g.placement_group_id, name=g.name or "", strategy=g.strategy, state=g.state,
+            bundles=bundles_text([b.resources for b in g.bundles]),
+            nodes=", ".join(self.node_label(n) for n in g.nodes), why=g.why)
+            for g in groups[:2 * self.max_rows])
+        return PlacementGroupsView(
+            counts={s: counts.get(s, 0) for s in (*GROUP_STATES, *sorted(set(counts) - set(GROUP_STATES)))},
+            rows=rows)
+
+
+def bundles_text(bundles: list[dict[str, float]]) -> str:
+    """Bundles in short, equal ones counted: ``2 x {CPU: 1}, {GPU: 1}``."""
+    runs: list[list[Any]] = []
+    for b in bundles:
+        text = "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(b.items())) + "}"
+        if runs and runs[-1][0] == text:
+            runs[-1][1] += 1
+        else:
+            runs.append([text, 1])
+    return ", ".join(text if n == 1 else f"{n} x {text}" for text, n in runs)

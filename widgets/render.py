@@ -11,10 +11,18 @@ import datetime
 import html
 from collections.abc import Iterable, Sequence
 
-from runtime.protocol.states import ActorState, TaskState
+from runtime.protocol.states import ActorState, PlacementGroupState, TaskState
 from runtime.state import format_bytes
 from widgets.model import short_id
-from widgets.views import ActorsView, DashboardView, FuturesView, NodeSeries, SchedulerView, TaskRowView
+from widgets.views import (
+    ActorsView,
+    DashboardView,
+    FuturesView,
+    NodeSeries,
+    PlacementGroupsView,
+    SchedulerView,
+    TaskRowView,
+)
 
 __all__ = [
     "STYLE",
@@ -24,6 +32,7 @@ __all__ = [
     "decisions_table",
     "fmt_duration",
     "format_bytes",
+    "placement_groups_table",
     "snapshot_html",
     "tasks_table",
 ]
@@ -35,7 +44,8 @@ _STATE_COLOURS: dict[str, str] = {
     TaskState.CANCELLED: "#6b7280", TaskState.INFEASIBLE: "#b45309", TaskState.RETRYING: "#b45309",
     TaskState.SPILLED: SPILLED_COLOUR, TaskState.SCHEDULED: RECEIVED_COLOUR,
     ActorState.ALIVE: "#16a34a", ActorState.DEAD: "#dc2626", ActorState.RESTARTING: "#b45309",
-    ActorState.PENDING: "#6b7280"}
+    ActorState.PENDING: "#6b7280", PlacementGroupState.CREATED: "#16a34a",
+    PlacementGroupState.RESCHEDULING: "#b45309", PlacementGroupState.REMOVED: "#6b7280"}
 
 #: One style block for the whole dashboard, scoped to its root class.
 STYLE = """<style>
@@ -115,6 +125,17 @@ def actors_table(view: ActorsView) -> str:
          f'<td>{a.pending_calls}</td><td class="cellray-why">{_e(a.death_cause)}</td></tr>'
          for a in view.rows),
         "no actors")
+
+
+def placement_groups_table(view: PlacementGroupsView) -> str:
+    """Name (or id), strategy, state, bundles, nodes, and why a waiting group waits."""
+    return _table(
+        ("group", "strategy", "state", "bundles", "nodes", "detail"),
+        (f'<tr title="placement group {_e(g.placement_group_id)}">'
+         f"<td>{_e(g.name or g.placement_group_id[:8])}</td><td>{_e(g.strategy)}</td>"
+         f"<td>{_state(g.state)}</td><td>{_e(g.bundles)}</td><td>{_e(g.nodes)}</td>"
+         f'<td class="cellray-why" title="{_e(g.why)}">{_e(g.why)}</td></tr>' for g in view.rows),
+        "no placement groups")
 
 
 def decisions_table(view: SchedulerView) -> str:
@@ -203,4 +224,5 @@ def snapshot_html(view: DashboardView, status: str) -> str:
                                        [nodes], "no nodes") +
             f"<h4>Futures</h4>{_futures_tiles(view.futures)}{tasks_table(view.futures.latest)}"
             f"<h4>Actors</h4>{actors_table(view.actors)}"
+            f"<h4>Placement groups</h4>{placement_groups_table(view.placement_groups)}"
             f"<h4>Scheduler</h4>{decision_chart(view.scheduler)}{decisions_table(view.scheduler)}</div>")

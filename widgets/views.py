@@ -6,7 +6,7 @@ into HTML and SVG, and each panel shows its part. Pure dataclasses, no ipywidget
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from runtime.state import NodeState, SchedulerEvent
 
@@ -18,6 +18,8 @@ __all__ = [
     "FuturesView",
     "NodeSeries",
     "NodeView",
+    "PlacementGroupRowView",
+    "PlacementGroupsView",
     "SchedulerView",
     "TaskRowView",
 ]
@@ -83,6 +85,30 @@ class ActorsView:
 
 
 @dataclass(frozen=True)
+class PlacementGroupRowView:
+    """One row of the Placement groups table."""
+
+    placement_group_id: str
+    name: str
+    strategy: str
+    state: str
+    #: Its bundles in short: ``2 x {CPU: 1}, {GPU: 1}``.
+    bundles: str
+    #: Labels of the nodes holding its bundles.
+    nodes: str
+    #: Why it waits (PENDING, RESCHEDULING); "" once created.
+    why: str
+
+
+@dataclass(frozen=True)
+class PlacementGroupsView:
+    """The Placement groups section: counts per state and the rows (waiting ones first)."""
+
+    counts: dict[str, int]
+    rows: tuple[PlacementGroupRowView, ...]
+
+
+@dataclass(frozen=True)
 class NodeSeries:
     """Decisions of one node per time bucket, oldest first: tasks it ran where they were
     submitted (local), sent away (spilled), and got from a global scheduler (received)."""
@@ -118,6 +144,7 @@ class DashboardView:
     scheduler: SchedulerView
     #: Changes applied so far (a view with the same version and time draws the same).
     version: int
+    placement_groups: PlacementGroupsView = field(default_factory=lambda: PlacementGroupsView({}, ()))
 
     def summary(self) -> str:
         """A few plain-text lines: what a terminal or a CI log shows instead of the widget."""
@@ -138,6 +165,12 @@ class DashboardView:
             f"Actors: {actors}",
             f"Scheduler: {local} local, {spilled} spilled, {received} received",
         ]
+        groups = ", ".join(f"{k.lower()} {v}" for k, v in self.placement_groups.counts.items() if v)
+        if groups:
+            lines.append(f"Placement groups: {groups}")
+            for g in self.placement_groups.rows[:3]:
+                if g.why:
+                    lines.append(f"  {g.state.lower()}: {g.name or g.placement_group_id[:8]}: {g.why}")
         for row in self.futures.waiting[:3]:
             lines.append(f"  waiting: {row.name} ({row.task_id[:8]}): {row.why}")
         return "\n".join(lines)

@@ -104,7 +104,7 @@ class ActorClass:
             "max_concurrency": o.get("max_concurrency"), "lifetime": o.get("lifetime"),
         }).encode()
         spec.resources.update(_options.resources_of(o, 0.0))
-        client.stamp(spec)
+        client.stamp(spec, o.get("scheduling_strategy"))
         # Arguments first: one that cannot be sent must not leave a name behind that no
         # actor will ever release.
         keep = _args.encode(client, spec, self.__name__, args, kwargs)

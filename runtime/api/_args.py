@@ -105,11 +105,11 @@ def decode(blob: bytes, values: list[Any]) -> tuple[list[Any], dict[str, Any]]:
 
 
 def submit(client: CoreClient, op: node_pb2.ClientOp, name: str, args: tuple[Any, ...],
-           kwargs: dict[str, Any]) -> Any:
+           kwargs: dict[str, Any], strategy: Any = None) -> Any:
     """Finish ``op.submit`` (origin, arguments), send it, and return what ``.remote`` returns:
     one ObjectRef, a list of them (``num_returns > 1``), or None (``num_returns == 0``)."""
     spec = op.submit
-    client.stamp(spec)
+    client.stamp(spec, strategy)
     keep = encode(client, spec, name, args, kwargs)  # alive until the submit is queued
     n = spec.num_returns
     refs = [ObjectRef(_ids.object_id(spec.task_id, i)) for i in range(1, n + 1)]

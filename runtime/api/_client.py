@@ -32,6 +32,7 @@ import cloudpickle
 import grpc
 
 from runtime import _ids, config
+from runtime.api import _strategy
 from runtime.api._host import DriverHost, Host
 from runtime.api._objects import ObjectTable
 from runtime.api._outbox import Outbox
@@ -409,9 +410,12 @@ class CoreClient:
         self.run(self.gcs.export_function(row), self.settings.function_timeout_s)
         self._exported.add(function_id)
 
-    def stamp(self, spec: common_pb2.TaskSpec) -> None:
-        """Fill where a new task comes from: parent task, root driver, origin tag."""
+    def stamp(self, spec: common_pb2.TaskSpec, strategy: Any = None) -> None:
+        """Fill where a new task comes from (parent task, root driver, origin tag) and where
+        it may run (``strategy``, checked already; a method call of an actor takes none)."""
         stack = self.task_stack
+        if not spec.actor_id or spec.actor_creation:
+            _strategy.apply(spec, strategy, stack[-1] if stack else None)
         if stack:
             parent = stack[-1]
             spec.parent_task_id = parent.task_id

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
+from runtime.api import _strategy
 from runtime.protocol import codec
 from runtime.protocol.states import Lifetime
 
@@ -67,6 +68,8 @@ def validate(options: dict[str, Any], *, actor: bool = False) -> dict[str, Any]:
             isinstance(re, (list, tuple))
             and all(isinstance(t, type) and issubclass(t, BaseException) for t in re)):
         raise TypeError("retry_exceptions must be True, False or a list of exception classes")
+    if "scheduling_strategy" in options:
+        _strategy.check(options["scheduling_strategy"])
     lifetime = options.get("lifetime")
     if lifetime is not None and lifetime not in LIFETIMES:
         raise ValueError(f"lifetime must be {' or '.join(map(repr, LIFETIMES))}, got {lifetime!r}")

@@ -96,7 +96,7 @@ class RemoteFunction(Generic[P, R]):
         spec.CopyFrom(template)
         task_id = _ids.new_id()
         spec.task_id = task_id
-        return _args.submit(client, op, self._name, args, kwargs)
+        return _args.submit(client, op, self._name, args, kwargs, self._options.get("scheduling_strategy"))
 
     def __repr__(self) -> str:
         return f"<RemoteFunction {self._name}>"

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from runtime.gcs.client import GcsClient
 from runtime.protocol import gcs_pb2
+from runtime.protocol.bundles import is_bundle_resource
 from runtime.state import format_bytes
 
 __all__ = ["ClusterStatus", "NodeStatus", "fetch", "format_bytes", "format_status"]
@@ -51,6 +52,8 @@ class ClusterStatus:
     nodes: list[NodeStatus]
     jobs_total: int
     jobs_running: int
+    #: Placement groups by state (``{"CREATED": 2, "PENDING": 1}``), removed ones left out.
+    placement_groups: dict[str, int] = field(default_factory=dict)
 
 
 def _node(row: gcs_pb2.NodeRow) -> NodeStatus:
@@ -74,10 +77,15 @@ async def fetch(address: str, token: str, timeout: float = 5.0) -> ClusterStatus
         ping = await gcs.ping()
         nodes = [_node(gcs_pb2.NodeRow.FromString(v)) for _, v in await gcs.list_table("nodes")]
         jobs = [gcs_pb2.JobRow.FromString(v) for _, v in await gcs.list_table("jobs")]
+        groups: dict[str, int] = {}
+        for _, v in await gcs.list_table("placement_groups"):
+            group = gcs_pb2.PlacementGroupRow.FromString(v)
+            if group.state != "REMOVED":
+                groups[group.state] = groups.get(group.state, 0) + 1
     nodes.sort(key=lambda n: (not n.alive, n.start_time, n.node_id))
     return ClusterStatus(address=address, session_dir=ping.session_dir, gcs_pid=ping.pid,
                          num_shards=ping.num_shards, nodes=nodes, jobs_total=len(jobs),
-                         jobs_running=sum(1 for j in jobs if j.alive))
+                         jobs_running=sum(1 for j in jobs if j.alive), placement_groups=groups)
 
 
 
@@ -87,8 +95,9 @@ def _num(x: float) -> str:
 
 
 def _resources(node: NodeStatus) -> str:
-    # CPU and GPU first, then custom resources by name.
-    names = sorted(node.total, key=lambda k: ({"CPU": 0, "GPU": 1}.get(k, 2), k))
+    # CPU and GPU first, then custom resources by name; not those of placement-group bundles.
+    names = sorted((k for k in node.total if not is_bundle_resource(k)),
+                   key=lambda k: ({"CPU": 0, "GPU": 1}.get(k, 2), k))
     return ", ".join(f"{k} {_num(node.available.get(k, 0.0))}/{_num(node.total[k])}"
                      for k in names) or "-"
 
@@ -120,4 +129,8 @@ def format_status(status: ClusterStatus) -> str:
             memory = f", memory {format_bytes(used)} / {format_bytes(total)}" if total else ""
             lines.append(f"  {n.node_id[:12]} GPU {index}: {name}, {util:.0f}% busy{memory}")
     lines.append(f"jobs: {status.jobs_total} ({status.jobs_running} running)")
+    if status.placement_groups:
+        groups = status.placement_groups
+        lines.append(f"placement groups: {sum(groups.values())} ("
+                     + ", ".join(f"{n} {s.lower()}" for s, n in sorted(groups.items())) + ")")
     return "\n".join(lines)

@@ -11,9 +11,12 @@ Layering, bottom up:
     Every mutation records change notifications that the service publishes.
 ``service``
     Thin ``grpc.aio`` servicers (NodeInfo, Jobs, Functions, Tables, Actors, Schedulers,
-    Admin) that decode a
+    PlacementGroups, Admin) that decode a
     request, call one ``GcsState`` method, publish the changes to subscribers, and encode
     the reply; plus the node-liveness loop.
+``placement`` and ``reservations``
+    Placement groups: the pure planner (which node for each bundle, per strategy, or why
+    not) and the ``PlacementManager`` that reserves bundles on nodes, two-phase.
 ``keys``
     The keys of actor names and scheduler replicas in the ``kv`` table: built there only
     (the state builds them for the typed ``Actors`` and ``Schedulers`` calls).

@@ -41,7 +41,7 @@ async def serve(ctx: DaemonContext) -> int:
     state = GcsState(num_shards=settings.gcs_shards)
     service = GcsService(state, session_dir=str(ctx.session_dir), heartbeat_ms=settings.heartbeat_ms,
                          node_timeout_ms=settings.node_timeout_ms,
-                         queue_size=settings.subscriber_queue_size)
+                         queue_size=settings.subscriber_queue_size, token=ctx.token)
     try:
         _, port = await ctx.serve(service.adders())
         ctx.on_stop(service.shutdown_requested.set)

@@ -17,9 +17,10 @@ CANCELLED                   ``ClientClosedError`` when this client was closed du
 anything else               ``InternalError``
 ==========================  ==========================================================
 
-Actors, actor names and global-scheduler replicas have typed calls (``put_actor``,
-``claim_actor_name``, ``register_scheduler``...: the ``Actors`` and ``Schedulers``
-services); the GCS builds their keys (``runtime.gcs.keys``), callers never do.
+Actors, actor names, global-scheduler replicas and placement groups have typed calls
+(``put_actor``, ``claim_actor_name``, ``register_scheduler``, ``create_placement_group``...:
+the ``Actors``, ``Schedulers`` and ``PlacementGroups`` services); the GCS builds their
+keys (``runtime.gcs.keys``), callers never do.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class GcsClient:
         self._tables = _rpc_client(gcs_pb2_grpc.TablesStub, self._channel)
         self._actors = _rpc_client(gcs_pb2_grpc.ActorsStub, self._channel)
         self._schedulers = _rpc_client(gcs_pb2_grpc.SchedulersStub, self._channel)
+        self._groups = _rpc_client(gcs_pb2_grpc.PlacementGroupsStub, self._channel)
         self._admin = _rpc_client(gcs_pb2_grpc.AdminStub, self._channel)
         self._function_cache: OrderedDict[bytes, gcs_pb2.FunctionRow] = OrderedDict()
         self._closed = False
@@ -226,6 +228,47 @@ class GcsClient:
         reply: gcs_pb2.ListSchedulersReply = await self._call(
             self._schedulers.ListSchedulers(gcs_pb2.ListSchedulersRequest(), **self._kw()))
         return list(reply.addresses)
+
+    # ---- placement groups ----
+
+    async def create_placement_group(self, row: gcs_pb2.PlacementGroupRow) -> bytes:
+        """Record a group (PENDING) that the GCS then places; return its id.
+
+        Raises ``InvalidRequestError`` (a ``ValueError``) for a bad group or a name in use.
+        """
+        req = gcs_pb2.CreatePlacementGroupRequest(group=row)
+        reply: gcs_pb2.CreatePlacementGroupReply = await self._call(
+            self._groups.CreatePlacementGroup(req, **self._kw()))
+        return reply.placement_group_id
+
+    async def remove_placement_group(self, pg_id: bytes) -> bool:
+        """Release the group's bundles everywhere (its row stays, REMOVED); False when unknown."""
+        req = gcs_pb2.RemovePlacementGroupRequest(placement_group_id=pg_id)
+        reply: gcs_pb2.RemovePlacementGroupReply = await self._call(
+            self._groups.RemovePlacementGroup(req, **self._kw()))
+        return reply.found
+
+    async def wait_placement_group(self, pg_id: bytes,
+                                   timeout_s: float) -> tuple[bool, gcs_pb2.PlacementGroupRow]:
+        """``(created, row)`` once the group is CREATED (or REMOVED), or after ``timeout_s``.
+
+        The call's own deadline is ``timeout_s`` plus this client's; ``NotFoundError`` (a
+        ``LookupError``) when the group is unknown.
+        """
+        req = gcs_pb2.WaitPlacementGroupRequest(placement_group_id=pg_id, timeout_s=timeout_s)
+        kw = self._kw()
+        if self._timeout is not None:
+            kw["timeout"] = self._timeout + timeout_s
+        reply: gcs_pb2.WaitPlacementGroupReply = await self._call(self._groups.WaitPlacementGroup(req, **kw))
+        return reply.ready, reply.group
+
+    async def get_placement_group(self, pg_id: bytes = b"", *, name: str = "",
+                                  namespace: str = "") -> gcs_pb2.PlacementGroupRow | None:
+        """The group with this id, or the live one named ``name`` in ``namespace``; None if none."""
+        req = gcs_pb2.GetPlacementGroupRequest(placement_group_id=pg_id, name=name, namespace=namespace)
+        reply: gcs_pb2.GetPlacementGroupReply = await self._call(
+            self._groups.GetPlacementGroup(req, **self._kw()))
+        return reply.group if reply.found else None
 
     async def subscribe(self, tables: Iterable[str]) -> AsyncGenerator[gcs_pb2.PubMessage, None]:
         """Every row of ``tables`` (``snapshot``), one ``snapshot_done`` message, then changes.

@@ -20,6 +20,7 @@ import grpc
 
 from runtime.config import Settings
 from runtime.exceptions import InvalidRequestError
+from runtime.gcs.reservations import BundleNodes, GrpcBundleNodes, PlacementManager
 from runtime.gcs.state import TABLES, Change, GcsState
 from runtime.protocol import gcs_pb2, gcs_pb2_grpc
 
@@ -111,6 +112,9 @@ class GcsService:
     queue_size
         Messages a subscriber may fall behind before it is disconnected
         (``Settings.subscriber_queue_size``).
+    token, bundle_nodes
+        How the placement groups' bundles are reserved on nodes: over gRPC with the cluster
+        ``token`` (default), or through ``bundle_nodes`` (tests pass fakes).
 
     ``shutdown_requested`` is set by ``Admin.Shutdown``; the process owning the server
     waits on it, then calls ``close()`` and stops the server.
@@ -118,13 +122,16 @@ class GcsService:
 
     def __init__(self, state: GcsState, *, session_dir: str = "",
                  heartbeat_ms: int = Settings.heartbeat_ms, node_timeout_ms: int = Settings.node_timeout_ms,
-                 queue_size: int = Settings.subscriber_queue_size) -> None:
+                 queue_size: int = Settings.subscriber_queue_size, token: str = "",
+                 bundle_nodes: BundleNodes | None = None) -> None:
         self.state = state
         self.session_dir = session_dir
         self.heartbeat_ms, self.node_timeout_ms = heartbeat_ms, node_timeout_ms
         self.publisher = Publisher(queue_size)
         self.shutdown_requested = asyncio.Event()
         self._liveness: asyncio.Task[None] | None = None
+        self.placement = PlacementManager(state, bundle_nodes or GrpcBundleNodes(token), self.commit,
+                                          retry_s=max(heartbeat_ms / 1000, 0.05))
 
     def adders(self) -> list[tuple[Callable[[Any, grpc.aio.Server], None], Any]]:
         return [(gcs_pb2_grpc.add_NodeInfoServicer_to_server, _NodeInfo(self)),
@@ -133,15 +140,21 @@ class GcsService:
                 (gcs_pb2_grpc.add_TablesServicer_to_server, _Tables(self)),
                 (gcs_pb2_grpc.add_ActorsServicer_to_server, _Actors(self)),
                 (gcs_pb2_grpc.add_SchedulersServicer_to_server, _Schedulers(self)),
+                (gcs_pb2_grpc.add_PlacementGroupsServicer_to_server, _PlacementGroups(self)),
                 (gcs_pb2_grpc.add_AdminServicer_to_server, _Admin(self))]
 
     def commit(self) -> None:
-        """Publish the changes the state recorded since the last commit."""
-        self.publisher.publish(self.state.take_changes())
+        """Publish the changes the state recorded since the last commit; a change of the nodes
+        table gives waiting placement groups another try."""
+        changes = self.state.take_changes()
+        self.publisher.publish(changes)
+        if any(c.table == "nodes" for c in changes):
+            self.placement.nodes_changed()
 
     def start(self) -> None:
         """Start the node-liveness loop on the running event loop."""
         self._liveness = asyncio.get_running_loop().create_task(self._watch_liveness(), name="gcs-liveness")
+        self.placement.start()
 
     async def close(self) -> None:
         """Stop the liveness loop and end every subscription (the server is stopped after)."""
@@ -149,6 +162,7 @@ class GcsService:
             self._liveness.cancel()
             await asyncio.gather(self._liveness, return_exceptions=True)
             self._liveness = None
+        await self.placement.close()
         self.publisher.close("the GCS is shutting down; reconnect once a cluster is running again")
 
     async def _watch_liveness(self) -> None:
@@ -213,6 +227,7 @@ class _Jobs(_Servicer, gcs_pb2_grpc.JobsServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, (
                 f"FinishJob: job {request.job_id.hex()} is not registered with this GCS "
                 "(was the head restarted without persistent storage?)"))
+        self._gcs.placement.job_finished(request.job_id)
         return gcs_pb2.FinishJobReply()
 
 
@@ -326,6 +341,39 @@ class _Schedulers(_Servicer, gcs_pb2_grpc.SchedulersServicer):
     async def ListSchedulers(self, request: gcs_pb2.ListSchedulersRequest,
                              context: _Ctx) -> gcs_pb2.ListSchedulersReply:
         return gcs_pb2.ListSchedulersReply(addresses=self._state.schedulers())
+
+
+class _PlacementGroups(_Servicer, gcs_pb2_grpc.PlacementGroupsServicer):
+    @_rpc
+    async def CreatePlacementGroup(self, request: gcs_pb2.CreatePlacementGroupRequest,
+                                   context: _Ctx) -> gcs_pb2.CreatePlacementGroupReply:
+        return gcs_pb2.CreatePlacementGroupReply(placement_group_id=self._gcs.placement.create(request.group))
+
+    @_rpc
+    async def RemovePlacementGroup(self, request: gcs_pb2.RemovePlacementGroupRequest,
+                                   context: _Ctx) -> gcs_pb2.RemovePlacementGroupReply:
+        return gcs_pb2.RemovePlacementGroupReply(
+            found=await self._gcs.placement.remove(request.placement_group_id))
+
+    @_rpc
+    async def WaitPlacementGroup(self, request: gcs_pb2.WaitPlacementGroupRequest,
+                                 context: _Ctx) -> gcs_pb2.WaitPlacementGroupReply:
+        if not request.timeout_s >= 0:
+            raise InvalidRequestError(f"timeout_s must be >= 0, got {request.timeout_s}")
+        ready, row = await self._gcs.placement.wait(request.placement_group_id, request.timeout_s)
+        if row is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, (
+                f"WaitPlacementGroup: placement group {request.placement_group_id.hex()} is unknown"))
+        return gcs_pb2.WaitPlacementGroupReply(ready=ready, group=row)
+
+    @_rpc
+    async def GetPlacementGroup(self, request: gcs_pb2.GetPlacementGroupRequest,
+                                context: _Ctx) -> gcs_pb2.GetPlacementGroupReply:
+        if request.placement_group_id:
+            row = self._state.get_placement_group(request.placement_group_id)
+        else:
+            row = self._state.find_placement_group(request.namespace, request.name)
+        return gcs_pb2.GetPlacementGroupReply(found=row is not None, group=row)
 
 
 class _Admin(_Servicer, gcs_pb2_grpc.AdminServicer):

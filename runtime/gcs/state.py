@@ -11,7 +11,8 @@ Tables: ``nodes`` (NodeRow), ``jobs`` (JobRow, ids 1, 2, 3... as 4-byte little-e
 ``objects`` (ObjectRow; a row with no location left is deleted), ``events`` (scheduler
 decisions as TaskEvents under 8-byte big-endian sequence keys, a bounded ring), and
 ``actors`` (ActorRow) and ``kv`` (actor names, scheduler replicas), written by the typed
-methods below (keys from ``runtime.gcs.keys``) or, generically, by ``put``.
+methods below (keys from ``runtime.gcs.keys``) or, generically, by ``put``, and
+``placement_groups`` (PlacementGroupRow by group id; placed by ``runtime.gcs.reservations``).
 """
 
 from __future__ import annotations
@@ -28,15 +29,30 @@ from runtime.exceptions import InvalidRequestError
 from runtime.gcs import keys
 from runtime.gcs.storage import InMemoryStorage, Storage
 from runtime.protocol import common_pb2, gcs_pb2
-from runtime.protocol.states import TERMINAL_TASK_STATES, TaskState
+from runtime.protocol.states import (
+    TERMINAL_TASK_STATES,
+    ActorState,
+    PlacementGroupState,
+    PlacementStrategy,
+    TaskState,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PUT_TABLES", "TABLES", "Change", "GcsState", "InvalidRequestError", "shard_of"]
+__all__ = ["PLACEMENT_GROUPS", "PUT_TABLES", "TABLES", "Change", "GcsState", "InvalidRequestError",
+           "shard_of"]
 
-TABLES = ("nodes", "jobs", "functions", "tasks", "objects", "events", "actors", "kv")
+TABLES = ("nodes", "jobs", "functions", "tasks", "objects", "events", "actors", "kv", "placement_groups")
 #: Tables that ``put`` may write; the others have typed rows written by their own methods.
 PUT_TABLES = ("actors", "kv")
+#: The table of ``PlacementGroupRow`` s, keyed by group id.
+PLACEMENT_GROUPS = "placement_groups"
+#: The order of an actor's states within one restart (see ``put_actor``).
+_ACTOR_RANK: dict[str, int] = {ActorState.PENDING: 0, ActorState.RESTARTING: 0, ActorState.ALIVE: 1,
+                               ActorState.DEAD: 2}
+#: The order of a task's states within one attempt (see ``_apply_task_event``).
+_TASK_RANK: dict[str, int] = {TaskState.SUBMITTED: 0, TaskState.RETRYING: 0, TaskState.WAITING: 0,
+                              TaskState.RUNNING: 2, **dict.fromkeys(TERMINAL_TASK_STATES, 3)}
 #: Task states that are scheduler decisions, also logged in the ``events`` table.
 DECISION_STATES: frozenset[str] = frozenset({TaskState.SPILLED, TaskState.INFEASIBLE, TaskState.SCHEDULED})
 
@@ -241,10 +257,25 @@ class GcsState:
 
     # ---- actors, actor names, scheduler replicas ----
 
-    def put_actor(self, row: gcs_pb2.ActorRow) -> None:
-        """Write an actor's row under its id (replacing the previous one)."""
+    def put_actor(self, row: gcs_pb2.ActorRow) -> bool:
+        """Write an actor's row under its id, unless it is older than the row stored: False then.
+
+        Rows come from more than one node (the creator's writes PENDING, the node the
+        actor was placed on writes the rest), so they may arrive out of order. A row is
+        older when it has fewer restarts, or as many and an earlier state (PENDING and
+        RESTARTING before ALIVE before DEAD); DEAD is final.
+        """
         _require(row.actor_id, "actor_id")
+        raw = self.get(keys.ACTORS_TABLE, row.actor_id)
+        if raw is not None:
+            old = gcs_pb2.ActorRow.FromString(raw)
+            if old.state == ActorState.DEAD and row.state != ActorState.DEAD:
+                return False
+            if (row.num_restarts, _ACTOR_RANK.get(row.state, 0)) < (old.num_restarts,
+                                                                    _ACTOR_RANK.get(old.state, 0)):
+                return False
         self._write(keys.ACTORS_TABLE, row.actor_id, row.SerializeToString())
+        return True
 
     def get_actor(self, actor_id: bytes) -> gcs_pb2.ActorRow | None:
         """The actor's row, or None."""
@@ -288,6 +319,61 @@ class GcsState:
         return sorted(v.decode() for k, v in self.items(keys.KV_TABLE)
                       if k.startswith(keys.SCHEDULER_PREFIX) and v)
 
+    # ---- placement groups ----
+
+    def create_placement_group(self, row: gcs_pb2.PlacementGroupRow) -> gcs_pb2.PlacementGroupRow:
+        """Record a new group, PENDING, its bundles numbered 0..n-1 and not placed; return it.
+
+        Raises ``InvalidRequestError`` for a group without id or bundles, a bundle of no or
+        negative resources, an unknown strategy, an id in use, or a name in use (in its
+        namespace, by a group not REMOVED).
+        """
+        _require(row.placement_group_id, "placement_group_id")
+        if row.strategy not in tuple(PlacementStrategy):
+            raise InvalidRequestError(f"unknown strategy {row.strategy!r}; use one of "
+                                      f"{', '.join(PlacementStrategy)}")
+        if not row.bundles:
+            raise InvalidRequestError("a placement group needs at least one bundle")
+        for i, bundle in enumerate(row.bundles):
+            bad = {k: v for k, v in bundle.resources.items() if not k or not v >= 0}
+            if bad or not any(v > 0 for v in bundle.resources.values()):
+                raise InvalidRequestError(f"bundle {i} must ask for some resource, each amount >= 0; "
+                                          f"got {dict(bundle.resources)}")
+        if self.get_placement_group(row.placement_group_id) is not None:
+            raise InvalidRequestError(f"placement group {row.placement_group_id.hex()} exists already")
+        if row.name and self.find_placement_group(row.namespace, row.name) is not None:
+            raise InvalidRequestError(f"a placement group named {row.name!r} exists already in namespace "
+                                      f"{row.namespace!r}; remove it first or pick another name")
+        group = gcs_pb2.PlacementGroupRow()
+        group.CopyFrom(row)
+        group.state, group.why, group.attempts, group.infeasible = PlacementGroupState.PENDING, "", 0, False
+        group.create_time, group.ready_time = self._clock(), 0.0
+        for i, bundle in enumerate(group.bundles):
+            bundle.placement_group_id, bundle.index, bundle.node_id = group.placement_group_id, i, b""
+        self.put_placement_group(group)
+        return group
+
+    def put_placement_group(self, row: gcs_pb2.PlacementGroupRow) -> None:
+        """Write a group's row under its id (replacing the previous one)."""
+        _require(row.placement_group_id, "placement_group_id")
+        self._write(PLACEMENT_GROUPS, row.placement_group_id, row.SerializeToString())
+
+    def get_placement_group(self, pg_id: bytes) -> gcs_pb2.PlacementGroupRow | None:
+        """The group's row, or None."""
+        raw = self.get(PLACEMENT_GROUPS, pg_id)
+        return None if raw is None else gcs_pb2.PlacementGroupRow.FromString(raw)
+
+    def find_placement_group(self, namespace: str, name: str) -> gcs_pb2.PlacementGroupRow | None:
+        """The group named ``name`` in ``namespace`` that is not REMOVED, or None."""
+        _require(name, "placement group name")
+        return next((g for g in self.placement_groups() if g.name == name and g.namespace == namespace
+                     and g.state != PlacementGroupState.REMOVED), None)
+
+    def placement_groups(self) -> list[gcs_pb2.PlacementGroupRow]:
+        """Every group's row, oldest first."""
+        rows = [gcs_pb2.PlacementGroupRow.FromString(v) for _, v in self.items(PLACEMENT_GROUPS)]
+        return sorted(rows, key=lambda g: (g.create_time, g.placement_group_id))
+
     # ---- tasks, objects, scheduler events ----
 
     def report_events(self, task_events: Iterable[common_pb2.TaskEvent],
@@ -310,10 +396,11 @@ class GcsState:
         row = gcs_pb2.TaskRow(task_id=ev.task_id) if raw is None else gcs_pb2.TaskRow.FromString(raw)
         when = ev.time or self._clock()
         # Batches from different nodes can arrive out of order: an event of an older
-        # attempt, or a non-final one after the attempt finished, joins the history only.
+        # attempt, or one of an earlier step of the same attempt (the home's SPILLED after
+        # the target's RUNNING), joins the history only.
         stale = ev.attempt < row.attempt or (
-            ev.attempt == row.attempt and row.state in TERMINAL_TASK_STATES
-            and ev.state not in TERMINAL_TASK_STATES)
+            ev.attempt == row.attempt and raw is not None
+            and _TASK_RANK.get(ev.state, 1) < _TASK_RANK.get(row.state, 1))
         if not stale:
             row.state, row.detail, row.attempt = ev.state, ev.detail, ev.attempt
             row.name = ev.name or row.name

@@ -25,6 +25,8 @@ Other nodes and the global schedulers::
     Pull            fetch an object's bytes from the node that has them
     ReportHome      send a finished forwarded task's results to its home node
     FreeRemote      tell a node it may drop a copy it keeps for us
+    ForwardCalls    pass calls of an actor on to the node where it lives
+    KillRemoteActor kill an actor that lives on another node
     ForwardLog      send printed lines to the node of the driver at the root of the task
 """
 
@@ -100,8 +102,23 @@ class SpillReason(StrEnum):
     #: The node's total resources can never hold it: only a scheduler can place it, so the
     #: node keeps asking until one does.
     NEVER_FITS = "never fits here"
-    #: The local queue is over ``spill_threshold`` and it cannot start now.
+    #: It cannot start now and a peer's last heartbeat row shows room for it.
+    PEER_HAS_ROOM = "busy here, a peer has room"
+    #: The local queue is over ``spill_threshold``, it cannot start now, and a peer looks
+    #: at least one round of tasks less busy.
     QUEUE_FULL = "queue over threshold"
+    #: An actor's creation cannot start here now and a peer looks able to start it.
+    ACTOR_BUSY = "actor resources busy here"
+    #: Its strategy is ``"SPREAD"``: a scheduler picks the least loaded node (maybe this one).
+    SPREAD = "strategy SPREAD"
+    #: Its ``NodeAffinitySchedulingStrategy`` names another node.
+    AFFINITY = "node affinity to another node"
+
+    @property
+    def needs_scheduler(self) -> bool:
+        """Only a scheduler can place the task (it never runs here on its own): the node
+        keeps asking rather than run it itself when no replica answers."""
+        return self in (SpillReason.NEVER_FITS, SpillReason.AFFINITY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +155,24 @@ class FreeRemote:
 
 
 @dataclass(frozen=True, slots=True)
+class ForwardCalls:
+    """Forward a batch of calls to the node where their actor lives (``ForwardActorCalls``);
+    the answer comes back as ``calls_delivered`` or ``calls_undelivered``."""
+
+    node_id: bytes
+    request: node_pb2.ForwardActorCallsRequest
+
+
+@dataclass(frozen=True, slots=True)
+class KillRemoteActor:
+    """Kill an actor that lives on node ``node_id`` (``KillHostedActor``)."""
+
+    node_id: bytes
+    actor_id: bytes
+    no_restart: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ForwardLog:
     """Send printed ``lines`` to the node at ``address`` (the root driver's node)."""
 
@@ -147,9 +182,10 @@ class ForwardLog:
 
 #: Every action the local scheduler can ask for.
 Action = (Send | StartWorker | KillWorker | StopWorker | ReportEvent | ObjectLocation | PutActor
-          | ReleaseActorName | Spill | Pull | ReportHome | FreeRemote | ForwardLog)
+          | ReleaseActorName | Spill | Pull | ReportHome | FreeRemote | ForwardCalls | KillRemoteActor
+          | ForwardLog)
 
 #: The action classes, for dispatch tables to check that they cover every kind.
 ACTION_TYPES: tuple[type, ...] = (Send, StartWorker, KillWorker, StopWorker, ReportEvent,
                                   ObjectLocation, PutActor, ReleaseActorName, Spill, Pull,
-                                  ReportHome, FreeRemote, ForwardLog)
+                                  ReportHome, FreeRemote, ForwardCalls, KillRemoteActor, ForwardLog)

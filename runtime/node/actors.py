@@ -24,8 +24,9 @@ from typing import Any
 
 from runtime import _ids
 from runtime.exceptions import ActorDiedError
-from runtime.node.actions import Action, KillWorker, PutActor, ReleaseActorName, Send
+from runtime.node.actions import Action, KillRemoteActor, KillWorker, PutActor, ReleaseActorName, Send
 from runtime.node.objects import ObjectTable
+from runtime.node.remote_actors import RemoteActors
 from runtime.node.tasks import Phase, Task, TaskHost
 from runtime.node.workers import Departed, Worker, WorkerTable
 from runtime.protocol import common_pb2, gcs_pb2, node_pb2
@@ -46,6 +47,11 @@ class Actor:
     death_cause: str = ""
     no_restart: bool = False
     created: float = 0.0
+    #: Its creator's record of an actor whose creation a scheduler placed on another node:
+    #: that node (the actor lives there; calls go through ``RemoteActors``).
+    host_node: bytes = b""
+    #: The node whose creator this node hosts the actor for (b"": created here).
+    hosted_for: bytes = b""
 
     @property
     def max_restarts(self) -> int:
@@ -65,14 +71,16 @@ class Actor:
 class ActorTable:
     """The actors created on this node (see the module docstring)."""
 
-    __slots__ = ("_clock", "_emit", "_host", "_node_id", "_objects", "_workers", "actors")
+    __slots__ = ("_clock", "_emit", "_host", "_node_id", "_objects", "_remote", "_workers", "actors")
 
     def __init__(self, node_id: bytes, host: TaskHost, objects: ObjectTable, workers: WorkerTable,
-                 emit: Callable[[Action], None], clock: Callable[[], float]) -> None:
+                 remote: RemoteActors, emit: Callable[[Action], None], clock: Callable[[], float]) -> None:
         self._node_id = node_id
         self._host = host
         self._objects = objects
         self._workers = workers
+        self._remote = remote
+        remote.hand_back = self._take_back
         self._emit = emit
         self._clock = clock
         self.actors: dict[bytes, Actor] = {}
@@ -82,14 +90,17 @@ class ActorTable:
 
     # ---- creation ------------------------------------------------------------------
 
-    def created(self, task: Task) -> None:
-        """The creation task of a new actor was submitted."""
+    def created(self, task: Task, hosted_for: bytes = b"") -> None:
+        """The creation task of a new actor was submitted here, or placed here by a scheduler
+        for its creator's node ``hosted_for``."""
         spec = task.spec
         try:
             options = json.loads(spec.actor_options or b"{}")
         except ValueError:
             options = {}
-        actor = Actor(spec.actor_id, spec, options, created=self._clock())
+        # A restart placed here (by its creator, after the node it lived on died) counts on.
+        actor = Actor(spec.actor_id, spec, options, created=self._clock(), hosted_for=hosted_for,
+                      restarts=spec.attempt)
         self.actors[spec.actor_id] = actor
         # The constructor's arguments outlive its first run: a restart runs it again.
         self._objects.hold_inputs(spec)
@@ -114,13 +125,31 @@ class ActorTable:
 
     # ---- calls ---------------------------------------------------------------------
 
+    def hosts(self, actor_id: bytes) -> bool:
+        """True when actor ``actor_id`` lives here (or will: its creation is here)."""
+        actor = self.actors.get(actor_id)
+        return actor is not None and not actor.host_node
+
     def call(self, task: Task) -> None:
-        """An actor call was submitted (its missing inputs are noted already)."""
+        """An actor call was submitted: queued for the actor here, or for its node."""
+        actor_id = task.spec.actor_id
+        actor = self.actors.get(actor_id)
+        if actor is None or actor.host_node or self._remote.has_calls(actor_id):
+            self._objects.await_inputs(task, want=False, remote_ok=True)
+            self._remote.call(task)
+            return
+        self._objects.await_inputs(task, want=True)
+        if actor.state == ActorState.DEAD:
+            self._fail_call(task, actor.label, actor.death_cause)
+            return
+        task.phase = Phase.QUEUED
+        actor.queue.append(task)
+        self._pump(actor)
+
+    def _take_back(self, task: Task) -> None:
+        """A call that waited for the actor elsewhere: the actor lives here now."""
         actor = self.actors.get(task.spec.actor_id)
-        if actor is None or actor.state == ActorState.DEAD:
-            cause = actor.death_cause if actor is not None else "it is not known on this node"
-            label = actor.label if actor is not None else _ids.short(task.spec.actor_id)
-            self._fail_call(task, label, cause)
+        if actor is None:
             return
         task.phase = Phase.QUEUED
         actor.queue.append(task)
@@ -129,8 +158,98 @@ class ActorTable:
     def inputs_ready(self, task: Task) -> None:
         """A queued call's inputs are all here now."""
         actor = self.actors.get(task.spec.actor_id)
-        if actor is not None:
+        if actor is not None and not actor.host_node:
             self._pump(actor)
+        self._remote.inputs_ready(task)
+
+    # ---- actors placed on other nodes --------------------------------------------------
+
+    def creation_placed(self, actor_id: bytes, node_id: bytes) -> None:
+        """A scheduler placed the creation of our actor on ``node_id``: it lives there, and
+        the calls queued here follow it."""
+        actor = self.actors.get(actor_id)
+        if actor is None:
+            return
+        calls = list(actor.queue)
+        actor.queue.clear()
+        if actor.hosted_for:
+            # It was placed here for another node's creator, and moved on: that creator
+            # keeps the record (it follows the actor's rows), this node keeps nothing.
+            self._objects.release_inputs(actor.creation)
+            del self.actors[actor_id]
+        else:
+            actor.host_node = node_id
+        self._remote.adopt(actor_id, calls, node_id)
+
+    def creation_reported(self, actor_id: bytes, failed: bool, summary: str) -> None:
+        """The creation of our actor ended on the node it was placed on (which writes its rows)."""
+        actor = self.actors.get(actor_id)
+        if actor is None or not actor.host_node:
+            return
+        if failed:
+            self._objects.release_inputs(actor.creation)
+            actor.state, actor.death_cause = ActorState.DEAD, f"its constructor raised:\n{summary}"
+        elif actor.no_restart:  # killed while it was being placed
+            self._emit(KillRemoteActor(actor.host_node, actor_id, True))
+
+    def unschedulable(self, actor_id: bytes, cause: str) -> None:
+        """No node can ever host the actor (its strategy names a node that is gone)."""
+        actor = self.actors.get(actor_id)
+        if actor is not None:
+            actor.no_restart = True
+            self._dead(actor, cause)
+
+    def row_seen(self, row: gcs_pb2.ActorRow) -> None:
+        """A row of the GCS ``actors`` table: the calls waiting for that actor here follow it;
+        when it is ours and lives elsewhere, our record follows its state."""
+        self._remote.row(row)
+        actor = self.actors.get(row.actor_id)
+        if actor is None or not actor.host_node or row.node_id == self._node_id:
+            return
+        actor.restarts, actor.pid = max(actor.restarts, row.num_restarts), row.pid
+        if row.state == ActorState.ALIVE:
+            actor.host_node = row.node_id  # it may have moved on from where it was placed first
+        if row.state == ActorState.DEAD and actor.state != ActorState.DEAD:
+            self._objects.release_inputs(actor.creation)
+            actor.state, actor.death_cause = ActorState.DEAD, row.death_cause
+
+    def node_died(self, node_id: bytes) -> None:
+        """Node ``node_id`` died: calls sent to actors there wait for their restart (or fail);
+        our actors that lived there restart (here first, or placed again) or die; actors
+        living here for a creator on that node die with their owner."""
+        self._remote.node_died(node_id)
+        for actor in list(self.actors.values()):
+            if actor.state == ActorState.DEAD:
+                continue
+            if actor.host_node == node_id:
+                self._host_died(actor, node_id)
+            elif actor.hosted_for == node_id and actor.options.get("lifetime") != Lifetime.DETACHED:
+                self.kill(actor.actor_id, True, f"its creator's node {_ids.short(node_id)} died")
+
+    def _host_died(self, actor: Actor, node_id: bytes) -> None:
+        actor.host_node = b""
+        cause = f"the node it lived on ({_ids.short(node_id)}) died"
+        if actor.no_restart or not (actor.max_restarts < 0 or actor.restarts < actor.max_restarts):
+            actor.death_cause = actor.death_cause or cause
+            self._dead(actor, actor.death_cause)
+            return
+        actor.restarts += 1
+        actor.state = ActorState.RESTARTING
+        actor.worker_id, actor.pid = b"", 0
+        self._row(actor)
+        creation = common_pb2.TaskSpec()
+        creation.CopyFrom(actor.creation)
+        creation.attempt = actor.restarts
+        creation.spill_count = 0  # it may be placed anywhere again
+        self._resubmit_creation(creation)
+
+    def kill_hosted(self, actor_id: bytes, no_restart: bool) -> bool:
+        """Another node asks to kill an actor living here: True when it does."""
+        actor = self.actors.get(actor_id)
+        if actor is None or actor.host_node:
+            return False
+        self.kill(actor_id, no_restart)
+        return True
 
     def _pump(self, actor: Actor) -> None:
         """Send the calls at the head of the queue whose inputs are ready."""
@@ -154,6 +273,8 @@ class ActorTable:
             op = node_pb2.NodeOp()
             ex = op.execute
             ex.spec.CopyFrom(task.spec)
+            if actor.creation.strategy.placement_group_id:  # its methods run in its group
+                ex.spec.strategy.CopyFrom(actor.creation.strategy)
             for oid in task.spec.arg_refs:
                 if objects.fill(ex.args.add(), oid, pin=True):
                     task.pinned.append(oid)
@@ -175,7 +296,12 @@ class ActorTable:
 
     def kill(self, actor_id: bytes, no_restart: bool, cause: str = "it was killed with kill()") -> None:
         actor = self.actors.get(actor_id)
-        if actor is None or actor.state == ActorState.DEAD:
+        if actor is None or actor.host_node:
+            if actor is not None and no_restart:
+                actor.no_restart, actor.death_cause = True, cause
+            self._remote.kill(actor_id, no_restart)
+            return
+        if actor.state == ActorState.DEAD:
             return
         if no_restart:
             actor.no_restart = True
@@ -236,6 +362,8 @@ class ActorTable:
         creation = common_pb2.TaskSpec()
         creation.CopyFrom(actor.creation)
         creation.attempt = actor.restarts
+        if actor.hosted_for:  # it lives here for another node: it restarts here
+            creation.spill_count = max(creation.spill_count, 1)
         self._resubmit_creation(creation)
 
     def _resubmit_creation(self, spec: common_pb2.TaskSpec) -> None:
@@ -263,7 +391,7 @@ class ActorTable:
         """A driver exited: its actors die, except detached ones."""
         for actor in list(self.actors.values()):
             if (actor.creation.owner_id == client_id and actor.state != ActorState.DEAD
-                    and actor.options.get("lifetime") != Lifetime.DETACHED):
+                    and not actor.hosted_for and actor.options.get("lifetime") != Lifetime.DETACHED):
                 self.kill(actor.actor_id, True, f"its owner (pid {pid}) exited")
 
     # ---- the GCS row ---------------------------------------------------------------

@@ -17,8 +17,10 @@ from typing import Any, Protocol
 from runtime.node.actions import (
     ACTION_TYPES,
     Action,
+    ForwardCalls,
     ForwardLog,
     FreeRemote,
+    KillRemoteActor,
     KillWorker,
     ObjectLocation,
     Pull,
@@ -59,6 +61,8 @@ class PeerOutlet(Protocol):
     def report_home(self, action: ReportHome) -> None: ...
     def free_remote(self, action: FreeRemote) -> None: ...
     def forward_log(self, action: ForwardLog) -> None: ...
+    def forward_calls(self, action: ForwardCalls) -> None: ...
+    def kill_remote_actor(self, action: KillRemoteActor) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +127,14 @@ def _forward_log(o: Outlets, a: ForwardLog) -> None:
     o.peers.forward_log(a)
 
 
+def _forward_calls(o: Outlets, a: ForwardCalls) -> None:
+    o.peers.forward_calls(a)
+
+
+def _kill_remote_actor(o: Outlets, a: KillRemoteActor) -> None:
+    o.peers.kill_remote_actor(a)
+
+
 Handler = Callable[[Outlets, Any], None]
 
 #: The handler of each action class.
@@ -130,7 +142,8 @@ TABLE: dict[type, Handler] = {
     Send: _send, StartWorker: _start_worker, KillWorker: _kill_worker, StopWorker: _stop_worker,
     ReportEvent: _report_event, ObjectLocation: _object_location, PutActor: _put_actor,
     ReleaseActorName: _release_actor_name, Spill: _spill, Pull: _pull, ReportHome: _report_home,
-    FreeRemote: _free_remote, ForwardLog: _forward_log,
+    FreeRemote: _free_remote, ForwardCalls: _forward_calls, KillRemoteActor: _kill_remote_actor,
+    ForwardLog: _forward_log,
 }
 
 

@@ -9,7 +9,8 @@ background. ``apply(fn)`` is that cycle, and the only way back into the state.
 
 The gRPC servicer (``service.py``) reaches the manager through one named method per RPC
 (``accept_forwarded``, ``remote_result``, ``release_remote_holds``, ``forward_logs``,
-``object_chunks``, ``node_info``, ``request_stop``) and the Session calls (``hello``,
+``object_chunks``, ``node_info``, ``prepare_bundles``, ``commit_bundles``,
+``release_bundles``, ``request_stop``) and the Session calls (``hello``,
 ``handle``, ``disconnect``); the daemon reads ``statistics()``.
 """
 
@@ -96,6 +97,7 @@ class NodeManager:
         self.outlets = Outlets(sessions=self.sessions, workers=self.workers, gcs=self.reporter,
                                peers=self.peers)
         self._tasks: list[asyncio.Task[Any]] = []
+        self._beats: set[asyncio.Task[None]] = set()
         self.stopped = asyncio.Event()
         self.stop_requested = asyncio.Event()
 
@@ -114,7 +116,7 @@ class NodeManager:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._heartbeat_loop()),
                        loop.create_task(self._event_loop()),
-                       loop.create_task(self.peers.watch_nodes())]
+                       loop.create_task(self.peers.watch_cluster())]
 
     def request_stop(self) -> None:
         """Ask the process to stop (from a signal handler or the Shutdown RPC)."""
@@ -197,6 +199,19 @@ class NodeManager:
         """A peer placed one of its tasks here (``ForwardTask``)."""
         self.apply(lambda s: s.accept_forwarded(request))
 
+    def accept_calls(self, request: node_pb2.ForwardActorCallsRequest) -> bool:
+        """Calls of an actor living here from callers on a peer (``ForwardActorCalls``):
+        False when it does not live here."""
+        accepted = self.state.accept_calls(request)
+        self.flush()
+        return accepted
+
+    def kill_hosted_actor(self, actor_id: bytes, no_restart: bool) -> bool:
+        """A peer asks to kill an actor living here (``KillHostedActor``): False when it does not."""
+        found = self.state.kill_hosted_actor(actor_id, no_restart)
+        self.flush()
+        return found
+
     def remote_result(self, request: node_pb2.ReportResultsRequest) -> None:
         """A task of this node that ran elsewhere finished (``ReportResults``)."""
         self.apply(lambda s: s.remote_result(request))
@@ -208,6 +223,37 @@ class NodeManager:
     def forward_logs(self, lines: node_pb2.LogLines) -> None:
         """Lines printed elsewhere by tasks of a driver of this node (``ForwardLogs``)."""
         self.apply(lambda s: s.log(lines))
+
+    # ---- placement-group bundles (PrepareBundles, CommitBundles, ReleaseBundles) ------
+
+    def prepare_bundles(self, bundles: list[common_pb2.Bundle]) -> str:
+        """Set bundles aside, all or none; "" when done, else why not."""
+        why = self.state.bundles.prepare(bundles)
+        self.flush()
+        return why
+
+    def commit_bundles(self, bundles: list[common_pb2.Bundle]) -> str:
+        """Make prepared bundles usable; the GCS hears of their resources at once."""
+        why = self.state.bundles.commit(bundles)
+        self.flush()
+        self._beat_now()
+        return why
+
+    def release_bundles(self, bundles: list[common_pb2.Bundle]) -> None:
+        """Release bundles (what runs in them stops)."""
+        self.apply(lambda s: s.bundles.release(bundles))
+        self._beat_now()
+
+    def _beat_now(self) -> None:
+        """One heartbeat now, off the loop's schedule, so schedulers see a change of totals."""
+        async def beat() -> None:
+            try:
+                await self.gcs.heartbeat(self.node_id, self.load())
+            except Exception as e:  # noqa: BLE001 - the regular heartbeat follows anyway
+                logger.info("an extra heartbeat failed: %s", e)
+        task = asyncio.get_running_loop().create_task(beat())
+        self._beats.add(task)
+        task.add_done_callback(self._beats.discard)
 
     # ---- queries -------------------------------------------------------------------
 

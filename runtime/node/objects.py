@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from runtime import _ids
 from runtime.exceptions import ObjectLostError
@@ -142,6 +142,29 @@ class ObjectTable:
             self._store.pin(oid)
         return pin
 
+    def describe_inputs(self, spec: common_pb2.TaskSpec, args: Any, inputs: Any = None) -> None:
+        """Describe ``spec``'s arguments for another node: each one's data (inline) or where
+        it is (node and size) appended to ``args`` (a repeated ``ObjectData``), and, when
+        ``inputs`` (a repeated ``InputLocation``) is given, its size and the nodes holding it."""
+        for oid in spec.arg_refs:
+            data = args.add()
+            loc = inputs.add(object_id=oid) if inputs is not None else None
+            if oid in self.objects:
+                self.fill(data, oid)
+                data.shm_path = ""  # paths mean nothing on another node
+                if loc is not None:
+                    loc.size = data.size
+                    loc.node_ids.append(self._node_id)
+                    copy = self.remote_copy(oid)
+                    if copy:  # another node keeps it too: a scheduler may prefer that one
+                        loc.node_ids.append(copy)
+            else:  # remote here too: say where it is
+                r = self.remote(oid)
+                data.object_id, data.size, data.node_id = oid, r.size, r.node_id
+                if loc is not None:
+                    loc.size = r.size
+                    loc.node_ids.append(r.node_id)
+
     def remote_copy(self, oid: bytes) -> bytes:
         """Another node that keeps a copy of ``oid`` for us (b"" when none)."""
         return self.objects[oid].remote_copy
@@ -235,11 +258,12 @@ class ObjectTable:
                     ready.append(task)
         return ready, self._get_waiters.pop(oid, None)
 
-    def await_inputs(self, task: Task, want: bool) -> None:
-        """Note ``task``'s arguments that are not here yet; ``want``: pull remote ones."""
+    def await_inputs(self, task: Task, want: bool, remote_ok: bool = False) -> None:
+        """Note ``task``'s arguments that are not here yet; ``want``: pull remote ones;
+        ``remote_ok``: one known to be on another node counts as here (it is passed on)."""
         objects = self.objects
         for oid in task.spec.arg_refs:
-            if oid not in objects:
+            if oid not in objects and not (remote_ok and oid in self.remote_objects):
                 task.missing.add(oid)
                 self._dep_waiters.setdefault(oid, []).append(task)
                 if want:

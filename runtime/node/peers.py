@@ -22,8 +22,17 @@ import grpc
 
 from runtime import _ids
 from runtime.config import Settings
-from runtime.node.actions import ForwardLog, FreeRemote, Pull, ReportHome, Spill, SpillReason
-from runtime.protocol import common_pb2, gcs_pb2, node_pb2, node_pb2_grpc, scheduler_pb2_grpc
+from runtime.node.actions import (
+    ForwardCalls,
+    ForwardLog,
+    FreeRemote,
+    KillRemoteActor,
+    Pull,
+    ReportHome,
+    Spill,
+    SpillReason,
+)
+from runtime.protocol import common_pb2, gcs_pb2, node_pb2, node_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from runtime.rpc.channel import connect
 from runtime.rpc.errors import translate
 
@@ -40,11 +49,16 @@ _REFUSED_FOR_GOOD = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode
 class PeerEvents(Protocol):
     """The state's events that answers from peers and the GCS become."""
 
-    def spilled(self, task_id: bytes, node_id: bytes, scheduler: str, reason: SpillReason) -> None: ...
+    def spilled(self, task_id: bytes, node_id: bytes, scheduler: str, reason: SpillReason,
+                why: str = "") -> None: ...
     def spill_failed(self, task_id: bytes) -> None: ...
+    def unschedulable(self, task_id: bytes, why: str) -> None: ...
+    def calls_delivered(self, actor_id: bytes, accepted: bool) -> None: ...
+    def calls_undelivered(self, actor_id: bytes) -> None: ...
+    def actor_row(self, row: gcs_pb2.ActorRow) -> None: ...
     def pulled(self, data: common_pb2.ObjectData) -> None: ...
     def pull_failed(self, oid: bytes, why: str) -> None: ...
-    def peer_alive(self, node_id: bytes, totals: dict[str, float]) -> None: ...
+    def peer_alive(self, node_id: bytes, load: common_pb2.NodeLoad) -> None: ...
     def peer_died(self, node_id: bytes) -> None: ...
     def set_schedulers(self, available: bool) -> None: ...
 
@@ -58,6 +72,7 @@ class ClusterDirectory(Protocol):
 
     def subscribe(self, tables: Iterable[str]) -> AsyncIterator[gcs_pb2.PubMessage]: ...
     async def list_schedulers(self) -> list[str]: ...
+    async def get_actor(self, actor_id: bytes) -> gcs_pb2.ActorRow | None: ...
 
 
 class Channels:
@@ -149,6 +164,12 @@ class Peers:
     def forward_log(self, action: ForwardLog) -> None:
         self._spawn(self._forward_log(action.address, action.lines))
 
+    def forward_calls(self, action: ForwardCalls) -> None:
+        self._spawn(self._forward_calls(action))
+
+    def kill_remote_actor(self, action: KillRemoteActor) -> None:
+        self._spawn(self._kill_remote_actor(action))
+
     # ---- the calls -----------------------------------------------------------------
 
     async def _spill(self, action: Spill) -> None:
@@ -163,10 +184,9 @@ class Peers:
         task_id, req = action.task_id, action.request
         req.home_address = self.address
         timeout = self._settings.rpc_timeout_s
-        limit = self._scheduling if action.reason != SpillReason.NEVER_FITS else contextlib.nullcontext()
+        limit = contextlib.nullcontext() if action.reason.needs_scheduler else self._scheduling
         while True:
-            replicas = list(self.schedulers)
-            random.shuffle(replicas)
+            replicas = self._replicas_for(action.reason)
             async with limit:
                 for address in replicas:
                     rpc = _scheduler_rpc(self.channels.get(address))
@@ -176,16 +196,33 @@ class Peers:
                         logger.info("task %s not placed by replica %s (%s); trying another",
                                     _ids.short(task_id), address, translate(e, SCHEDULER, address))
                         continue
-                    self._placed(action, reply.node_id, reply.scheduler)
+                    self._placed(action, reply)
                     return
-            if action.reason != SpillReason.NEVER_FITS:
+            if not action.reason.needs_scheduler:
                 self._apply(lambda s: s.spill_failed(task_id))
                 return
             # Only a scheduler can ever place it: wait for one to come back.
             await asyncio.sleep(self._retry_s)
 
-    def _placed(self, action: Spill, node_id: bytes, scheduler: str) -> None:
-        self._apply(lambda s: s.spilled(action.task_id, node_id, scheduler, action.reason))
+    def _replicas_for(self, reason: SpillReason) -> list[str]:
+        """The replicas to ask, in order: at random (to share the load), except for
+        ``"SPREAD"`` tasks, which all go to one replica first (chosen by this node's id), so
+        that its charges spread a burst of them over the nodes."""
+        replicas = list(self.schedulers)
+        if reason == SpillReason.SPREAD and replicas:
+            start = int.from_bytes(self.node_id[:4], "big") % len(replicas)
+            return replicas[start:] + replicas[:start]
+        random.shuffle(replicas)
+        return replicas
+
+    def _placed(self, action: Spill, reply: scheduler_pb2.ScheduleReply) -> None:
+        task_id = action.task_id
+        if reply.unschedulable:
+            why = reply.unschedulable
+            self._apply(lambda s: s.unschedulable(task_id, why))
+        else:
+            node_id, scheduler, why = reply.node_id, reply.scheduler, reply.why
+            self._apply(lambda s: s.spilled(task_id, node_id, scheduler, action.reason, why))
 
     async def _pull(self, oid: bytes, node_id: bytes) -> None:
         address = self.addresses.get(node_id)
@@ -278,16 +315,76 @@ class Peers:
         except grpc.aio.AioRpcError as e:
             logger.info("forwarding output failed: %s", translate(e, NODE, address))
 
+    async def _forward_calls(self, action: ForwardCalls) -> None:
+        """Send a batch of actor calls to the actor's node; its answer (or the failure to
+        reach it, after a pause) goes back to the state, which sends the next batch."""
+        actor_id = action.request.actor_id
+        address = self.addresses.get(action.node_id)
+        if address is None:
+            logger.info("actor %s: node %s is not known (yet); its calls wait", _ids.short(actor_id),
+                        _ids.short(action.node_id))
+            await asyncio.sleep(self._retry_s)
+            self._apply(lambda s: s.calls_undelivered(actor_id))
+            return
+        req = action.request
+        for call in req.calls:
+            call.home_address = self.address
+        rpc = _node_rpc(self.channels.get(address))
+        try:
+            reply = await rpc.ForwardActorCalls(req, metadata=self._md, timeout=self._settings.rpc_timeout_s)
+        except grpc.aio.AioRpcError as e:
+            logger.info("forwarding %d call(s) of actor %s failed (%s); trying again", len(req.calls),
+                        _ids.short(actor_id), translate(e, NODE, address))
+            await asyncio.sleep(self._retry_s)
+            self._apply(lambda s: s.calls_undelivered(actor_id))
+            return
+        accepted = reply.accepted
+        self._apply(lambda s: s.calls_delivered(actor_id, accepted))
+        if not accepted:
+            # Our idea of where it lives is stale (it moved on, or was not there yet): ask
+            # the GCS again after a pause; its row sends the calls on.
+            logger.info("node %s does not hold actor %s (%s); looking it up again",
+                        _ids.short(action.node_id), _ids.short(actor_id), reply.why_not)
+            await asyncio.sleep(self._retry_s)
+            await self._look_up_actor(actor_id)
+
+    async def _look_up_actor(self, actor_id: bytes) -> None:
+        try:
+            row = await self._gcs.get_actor(actor_id)
+        except Exception as e:  # noqa: BLE001 - the GCS may be away: the subscription will tell
+            logger.info("looking up actor %s failed: %s", _ids.short(actor_id), e)
+            return
+        if row is not None:
+            self.actor_row(row)
+
+    async def _kill_remote_actor(self, action: KillRemoteActor) -> None:
+        address = self.addresses.get(action.node_id)
+        if address is None:
+            logger.info("cannot kill actor %s: its node %s is not known", _ids.short(action.actor_id),
+                        _ids.short(action.node_id))
+            return
+        rpc = _node_rpc(self.channels.get(address))
+        try:
+            req = node_pb2.KillActor(actor_id=action.actor_id, no_restart=action.no_restart)
+            await rpc.KillHostedActor(req, metadata=self._md, timeout=self._settings.rpc_timeout_s)
+        except grpc.aio.AioRpcError as e:
+            logger.warning("killing actor %s on node %s failed: %s", _ids.short(action.actor_id),
+                           _ids.short(action.node_id), translate(e, NODE, address))
+
     # ---- keeping the view of the cluster current -------------------------------------
 
-    async def watch_nodes(self) -> None:
-        """Follow the GCS nodes table: peers joining, their totals, their deaths."""
+    async def watch_cluster(self) -> None:
+        """Follow the GCS nodes and actors tables: peers joining, their loads, their deaths;
+        where actors live."""
         while True:
             try:
-                async for msg in self._gcs.subscribe(["nodes"]):
-                    if msg.table != "nodes" or not msg.value:
+                async for msg in self._gcs.subscribe(["nodes", "actors"]):
+                    if not msg.value:
                         continue
-                    self.node_row(gcs_pb2.NodeRow.FromString(msg.value))
+                    if msg.table == "nodes":
+                        self.node_row(gcs_pb2.NodeRow.FromString(msg.value))
+                    elif msg.table == "actors":
+                        self.actor_row(gcs_pb2.ActorRow.FromString(msg.value))
             except asyncio.CancelledError:
                 raise
             # The watch must outlive any failure (GCS gone, a bad row): log, resubscribe.
@@ -303,12 +400,16 @@ class Peers:
         if row.alive:
             self.addresses[node_id] = row.address
             self.dead_addresses.discard(row.address)
-            totals = dict(row.load.total)
-            self._apply(lambda s: s.peer_alive(node_id, totals))
+            load = row.load
+            self._apply(lambda s: s.peer_alive(node_id, load))
         elif node_id in self.addresses:
             del self.addresses[node_id]
             self.dead_addresses.add(row.address)
             self._apply(lambda s: s.peer_died(node_id))
+
+    def actor_row(self, row: gcs_pb2.ActorRow) -> None:
+        """One row of the actors table: where an actor lives, in what state."""
+        self._apply(lambda s: s.actor_row(row))
 
     async def refresh_schedulers(self) -> None:
         """Read the live global scheduler replicas; tell the state when there are some or none."""

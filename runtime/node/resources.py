@@ -12,11 +12,14 @@ from collections.abc import Mapping
 
 from runtime.protocol.resources import EPSILON, fits, how_many_fit
 
+#: How the GPU names of placement-group bundles start (``runtime.protocol.bundles``).
+_GROUP_GPU = "GPU_group_"
+
 
 class Resources:
     """Totals, available amounts and per-GPU free fractions of one node."""
 
-    __slots__ = ("available", "gpu_free", "total")
+    __slots__ = ("available", "bundle_gpus", "gpu_free", "group_gpu_use", "total")
 
     def __init__(self, total: Mapping[str, float]) -> None:
         #: Total resources of this node.
@@ -25,6 +28,11 @@ class Resources:
         self.available: dict[str, float] = dict(total)
         #: Free fraction of each GPU, by index: fractions pack onto the lowest index first.
         self.gpu_free: list[float] = [1.0] * int(total.get("GPU", 0))
+        #: The GPU indices behind each GPU name of a committed bundle (``GPU_group_0_<pg>``,
+        #: ``GPU_group_<pg>``): a task asking for that name gets them.
+        self.bundle_gpus: dict[str, list[int]] = {}
+        #: Share of each of those GPUs that running tasks of the bundles hold.
+        self.group_gpu_use: dict[int, float] = {}
 
     @property
     def cpus(self) -> int:
@@ -70,7 +78,7 @@ class Resources:
             available[k] = available.get(k, 0.0) - v
         gpus = need.get("GPU", 0.0)
         if gpus <= 0:
-            return []
+            return self._group_gpus(need) if self.bundle_gpus else []
         ids = self.pick_gpus(gpus) or []
         share = gpus if gpus < 1.0 else 1.0
         for i in ids:
@@ -84,11 +92,85 @@ class Resources:
             available[k] = available.get(k, 0.0) + v
         if gpu_ids:
             gpus = held.get("GPU", 0.0)
-            share = gpus if gpus < 1.0 else 1.0
-            for i in gpu_ids:
-                self.gpu_free[i] = min(1.0, self.gpu_free[i] + share)
+            if gpus <= 0:  # GPUs of a bundle
+                gpus = next((v for k, v in held.items() if k.startswith(_GROUP_GPU)), 0.0)
+                use = self.group_gpu_use
+                for i in gpu_ids:
+                    left = use.get(i, 0.0) - (gpus if gpus < 1.0 else 1.0)
+                    if left > EPSILON:
+                        use[i] = left
+                    else:
+                        use.pop(i, None)
+            else:
+                share = gpus if gpus < 1.0 else 1.0
+                for i in gpu_ids:
+                    self.gpu_free[i] = min(1.0, self.gpu_free[i] + share)
         if lent:
             available["CPU"] = available.get("CPU", 0.0) - lent
+
+    def grow(self, extra: Mapping[str, float]) -> None:
+        """The node gains ``extra`` (a committed bundle's own resources), free at once."""
+        self._tidy()
+        total, available = self.total, self.available
+        for k, v in extra.items():
+            total[k] = total.get(k, 0.0) + v
+            available[k] = available.get(k, 0.0) + v
+
+    def shrink(self, gone: Mapping[str, float]) -> list[str]:
+        """The node loses ``gone`` (a released bundle's own resources); a name whose total
+        reaches zero is dropped. Returns the names that running tasks now hold more of than
+        is left: what holds them must stop."""
+        self._tidy()
+        total, available = self.total, self.available
+        over = []
+        for k, v in gone.items():
+            left = total.get(k, 0.0) - v
+            if left > EPSILON:
+                total[k] = left
+            else:
+                total.pop(k, None)
+            free = available.get(k, 0.0) - v
+            if free < -EPSILON:
+                over.append(k)
+            if k in total or abs(free) > EPSILON:
+                available[k] = free  # negative while holders run; their release brings it to 0
+            else:
+                available.pop(k, None)
+        return over
+
+    def bundle_gpus_changed(self, names: list[str], ids: list[int], added: bool) -> None:
+        """A committed bundle's GPUs (``ids``) are behind ``names`` now (``added``), or no more."""
+        for name in names:
+            held = self.bundle_gpus.setdefault(name, [])
+            if added:
+                held.extend(i for i in ids if i not in held)
+            else:
+                held[:] = [i for i in held if i not in ids]
+            if not held:
+                del self.bundle_gpus[name]
+
+    def _group_gpus(self, need: Mapping[str, float]) -> list[int]:
+        """GPU indices for a task asking for a bundle's GPUs: a fraction shares the first of
+        them with room, a whole number takes that many not in use."""
+        for name, amount in need.items():
+            ids = self.bundle_gpus.get(name)
+            if not ids or amount <= 0:
+                continue
+            use = self.group_gpu_use
+            if amount < 1.0:
+                pick = next(([i] for i in ids if use.get(i, 0.0) + amount <= 1.0 + EPSILON), ids[:1])
+            else:
+                pick = [i for i in ids if use.get(i, 0.0) <= EPSILON][:round(amount)]
+            for i in pick:
+                use[i] = use.get(i, 0.0) + (amount if amount < 1.0 else 1.0)
+            return pick
+        return []
+
+    def _tidy(self) -> None:
+        """Drop names an earlier ``shrink`` left in ``available`` once their holders ended."""
+        total, available = self.total, self.available
+        for name in [k for k, v in available.items() if k not in total and abs(v) <= 1e-6]:
+            del available[name]
 
     def lend(self, cpus: float) -> None:
         """A blocked worker gives ``cpus`` back while it waits."""

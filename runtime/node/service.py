@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import platform
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import cloudpickle
@@ -17,8 +17,9 @@ import grpc
 
 from runtime import _ids
 from runtime.exceptions import NotFoundError
+from runtime.node.bundles import check_bundles
 from runtime.node.sessions import Conn, client_kind
-from runtime.protocol import node_pb2, node_pb2_grpc
+from runtime.protocol import common_pb2, node_pb2, node_pb2_grpc
 from runtime.protocol.states import ClientKind
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,10 @@ class NodeCalls(Protocol):
 
     def remote_result(self, request: node_pb2.ReportResultsRequest) -> None: ...
 
+    def accept_calls(self, request: node_pb2.ForwardActorCallsRequest) -> bool: ...
+
+    def kill_hosted_actor(self, actor_id: bytes, no_restart: bool) -> bool: ...
+
     def release_remote_holds(self, object_ids: list[bytes]) -> None: ...
 
     def forward_logs(self, lines: node_pb2.LogLines) -> None: ...
@@ -66,7 +71,22 @@ class NodeCalls(Protocol):
 
     def node_info(self) -> node_pb2.GetNodeInfoReply: ...
 
+    def prepare_bundles(self, bundles: list[common_pb2.Bundle]) -> str:
+        """Set placement-group bundles aside, all or none: "" when done, else why not."""
+        ...
+
+    def commit_bundles(self, bundles: list[common_pb2.Bundle]) -> str:
+        """Make prepared bundles usable: "" when done, else why not."""
+        ...
+
+    def release_bundles(self, bundles: list[common_pb2.Bundle]) -> None:
+        """Release bundles (what runs in them stops)."""
+        ...
+
     def request_stop(self) -> None: ...
+
+
+_Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
 class NodeServicer(node_pb2_grpc.NodeManagerServicer):
@@ -144,6 +164,26 @@ class NodeServicer(node_pb2_grpc.NodeManagerServicer):
         self.m.accept_forwarded(request)
         return node_pb2.ForwardTaskReply(accepted=True)
 
+    async def ForwardActorCalls(self, request: node_pb2.ForwardActorCallsRequest,
+                                context: _Ctx) -> node_pb2.ForwardActorCallsReply:
+        if len(request.actor_id) != 16:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "ForwardActorCalls needs a 16-byte actor_id")
+        for i, call in enumerate(request.calls):
+            spec = call.spec
+            if len(spec.task_id) != 16 or spec.actor_id != request.actor_id or not call.home_address:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"ForwardActorCalls: calls[{i}] needs a 16-byte task id, the request's "
+                                    "actor_id and a home_address")
+        if not self.m.accept_calls(request):
+            return node_pb2.ForwardActorCallsReply(accepted=False, why_not="the actor does not live here")
+        return node_pb2.ForwardActorCallsReply(accepted=True)
+
+    async def KillHostedActor(self, request: node_pb2.KillActor, context: _Ctx) -> node_pb2.KillActorReply:
+        if len(request.actor_id) != 16:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "KillHostedActor needs a 16-byte actor_id")
+        return node_pb2.KillActorReply(found=self.m.kill_hosted_actor(request.actor_id, request.no_restart))
+
     async def ReportResults(self, request: node_pb2.ReportResultsRequest,
                             context: grpc.aio.ServicerContext[Any, Any]) -> node_pb2.ReportResultsReply:
         if len(request.task_id) != 16:
@@ -168,6 +208,23 @@ class NodeServicer(node_pb2_grpc.NodeManagerServicer):
                           context: grpc.aio.ServicerContext[Any, Any]) -> node_pb2.ForwardLogsReply:
         self.m.forward_logs(request)
         return node_pb2.ForwardLogsReply()
+
+    async def PrepareBundles(self, request: node_pb2.BundlesRequest, context: _Ctx) -> node_pb2.BundlesReply:
+        return await self._bundles("PrepareBundles", request, context, self.m.prepare_bundles)
+
+    async def CommitBundles(self, request: node_pb2.BundlesRequest, context: _Ctx) -> node_pb2.BundlesReply:
+        return await self._bundles("CommitBundles", request, context, self.m.commit_bundles)
+
+    async def ReleaseBundles(self, request: node_pb2.BundlesRequest, context: _Ctx) -> node_pb2.BundlesReply:
+        return await self._bundles("ReleaseBundles", request, context, self.m.release_bundles)
+
+    async def _bundles(self, verb: str, request: node_pb2.BundlesRequest, context: _Ctx,
+                       call: Callable[[list[common_pb2.Bundle]], str | None]) -> node_pb2.BundlesReply:
+        bad = check_bundles(request.bundles)
+        if bad:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{verb}: {bad}")
+        why_not = call(list(request.bundles)) or ""
+        return node_pb2.BundlesReply(ok=not why_not, why_not=why_not)
 
     async def Shutdown(self, request: node_pb2.ShutdownRequest,
                        context: grpc.aio.ServicerContext[Any, Any]) -> node_pb2.ShutdownReply:

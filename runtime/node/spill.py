@@ -1,28 +1,53 @@
 """Bottom-up scheduling across nodes: spilling, forwarded tasks, infeasible tasks. Pure, a
 part of the local scheduler.
 
-A task runs on the node it was submitted to when its resources fit there and the local
-queue is under ``spill_threshold``; otherwise the node *spills* it to a global scheduler,
-which places it on another node (``ForwardTask``). The submitting node stays the task's
+A task runs on the node it was submitted to unless one of these holds (``reason``):
+
+- the node can never hold it (``NEVER_FITS``);
+- it cannot start now and a peer's last row shows room for it (``PEER_HAS_ROOM``);
+- it cannot start now, the local queue is at least ``spill_threshold`` long, and a peer
+  looks at least one round of tasks less busy than this node (``QUEUE_FULL``): when every
+  node is busy, the node keeps what it will run soon and spills only the excess;
+- it is an actor's creation that cannot start here now while a peer looks able to
+  (``ACTOR_BUSY``): actors hold their resources for their whole life, so waiting here
+  could mean waiting forever;
+- its strategy is ``"SPREAD"`` or a node affinity to another node.
+
+Each task spilled is charged to the peer it was meant for until that peer's next
+heartbeat row, so a burst is shared out instead of all sent to the peer that looked free.
+
+Then the node *spills* it to a global scheduler, which places it on a node (``ForwardTask``)
+or back on this one when that is the best place. The submitting node stays the task's
 *home*: it keeps the owner's references, gets the results back (``ReportResults``), and
-re-runs the task if the node it went to dies. A task is moved at most ``max_spills`` times.
-A task no node can hold waits here, *infeasible*, until a node or a scheduler appears.
+re-runs the task if the node it went to dies. A task placed by a scheduler is not spilled
+again for being busy (no ping-pong), and is moved at most ``max_spills`` times. A task no
+node can hold waits here, *infeasible*, until a node or a scheduler appears.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from runtime import _ids
-from runtime.exceptions import NodeDiedError
+from runtime.exceptions import ActorUnschedulableError, NodeDiedError, TaskUnschedulableError
 from runtime.node.actions import Action, FreeRemote, ReportHome, Spill, SpillReason
+from runtime.node.actors import ActorTable
 from runtime.node.objects import ObjectTable
 from runtime.node.resources import Resources
 from runtime.node.tasks import Phase, Task, TaskHost
 from runtime.protocol import common_pb2, node_pb2, scheduler_pb2
-from runtime.protocol.resources import fits
+from runtime.protocol.resources import fits, how_many_fit
 from runtime.protocol.states import TaskState
+
+_SPREAD, _AFFINITY = "SPREAD", "NODE_AFFINITY"
+#: More tasks than any node runs side by side (a bound for ``how_many_fit``).
+_MANY = 1 << 20
+
+
+def _rounds(queue: int, need: Mapping[str, float], total: Mapping[str, float]) -> float:
+    """How many rounds of tasks like ``need`` a queue of ``queue`` is, on a node of ``total``."""
+    return queue / max(1, how_many_fit(need, total, _MANY))
 
 
 @dataclass(slots=True)
@@ -31,19 +56,38 @@ class Home:
     node_id: bytes
 
 
+@dataclass(slots=True)
+class Peer:
+    """Another node as its last heartbeat row showed it, plus the tasks spilled its way since."""
+
+    total: dict[str, float]
+    available: dict[str, float] = field(default_factory=dict)
+    queue: int = 0
+
+    def charge(self, need: Mapping[str, float]) -> None:
+        """Count a task spilled its way, until its next row tells the truth."""
+        if fits(need, self.available):
+            for k, v in need.items():
+                self.available[k] = self.available.get(k, 0.0) - v
+        else:
+            self.queue += 1
+
+
 class Spilling:
     """Where tasks go when they do not stay here, and tasks that came from elsewhere."""
 
-    __slots__ = ("_emit", "_host", "_node_id", "_objects", "_received", "_resources", "_spilled",
-                 "dead_peers", "forwarded", "has_schedulers", "infeasible", "max_spills",
-                 "peer_totals", "spill_threshold", "spilled_to")
+    __slots__ = ("_actors", "_emit", "_host", "_node_id", "_objects", "_received", "_resources", "_spilled",
+                 "dead_peers", "forwarded", "has_schedulers", "infeasible", "max_actor_spills",
+                 "max_spills", "peers", "spill_threshold", "spilled_to", "waiting_creations")
 
     def __init__(self, node_id: bytes, host: TaskHost, objects: ObjectTable, resources: Resources,
-                 emit: Callable[[Action], None], *, spill_threshold: int, max_spills: int) -> None:
+                 actors: ActorTable, emit: Callable[[Action], None], *, spill_threshold: int,
+                 max_spills: int, max_actor_spills: int) -> None:
         self._node_id = node_id
         self._host = host
         self._objects = objects
         self._resources = resources
+        self._actors = actors
         self._emit = emit
         #: Tasks sent to a global scheduler; tasks placed here by one.
         self._spilled = 0
@@ -51,8 +95,12 @@ class Spilling:
         #: Queue length above which tasks that cannot start now spill to other nodes.
         self.spill_threshold = spill_threshold
         self.max_spills = max_spills
-        #: Other live nodes: node id -> their total resources.
-        self.peer_totals: dict[bytes, dict[str, float]] = {}
+        self.max_actor_spills = max_actor_spills
+        #: Actors' creations queued here that cannot start now: they move on when a peer's
+        #: row shows room for them.
+        self.waiting_creations: dict[bytes, Task] = {}
+        #: Other live nodes, as their last rows showed them.
+        self.peers: dict[bytes, Peer] = {}
         self.has_schedulers = False
         #: Tasks run here for another node: task id -> that node.
         self.forwarded: dict[bytes, Home] = {}
@@ -71,7 +119,7 @@ class Spilling:
     def fits_nowhere(self, need: Mapping[str, float]) -> bool:
         """True when neither this node nor any known peer could ever hold ``need``."""
         return (not self._resources.ever_fits(need)
-                and not any(fits(need, t) for t in self.peer_totals.values()))
+                and not any(fits(need, p.total) for p in self.peers.values()))
 
     def park(self, task: Task) -> None:
         """Keep ``task`` aside until a node that fits it joins."""
@@ -79,26 +127,79 @@ class Spilling:
         self.infeasible[task.spec.task_id] = task
 
     def park_unplaceable(self, task: Task) -> bool:
-        """An infeasible ``task`` that no scheduler can place elsewhere (none is known, or it
-        is an actor's, which stays here) is parked: True."""
-        if self.has_schedulers and not task.spec.actor_id:
+        """An infeasible ``task`` that no scheduler can place elsewhere (none is known) is
+        parked: True."""
+        if self.has_schedulers:
             return False
         self.park(task)
         return True
 
     def reason(self, task: Task) -> SpillReason | None:
-        """Why ``task`` should leave this node, or None when it stays."""
+        """Why ``task`` should leave this node, or None when it stays (see the module docstring).
+
+        An actor's creation that stays is watched: when it has not started by the time a
+        peer's row shows room for it, it moves there (``peer_alive``)."""
+        why = self._reason(task)
+        if task.spec.actor_creation:
+            if why is None:
+                self.waiting_creations[task.spec.task_id] = task
+            else:
+                self.waiting_creations.pop(task.spec.task_id, None)
+        return why
+
+    def _reason(self, task: Task) -> SpillReason | None:
         spec = task.spec
-        if spec.actor_id or not self.has_schedulers:
-            return None  # actors stay where they were created; no scheduler, nowhere to go
+        if not self.has_schedulers or (spec.actor_id and not spec.actor_creation):
+            return None  # nowhere to go; an actor's calls go to the actor
+        strategy = spec.strategy
+        first = not spec.spill_count
+        if strategy.kind == _AFFINITY and strategy.node_id != self._node_id:
+            return SpillReason.AFFINITY if first else None
         if not self._resources.ever_fits(task.resources):
             return SpillReason.NEVER_FITS
-        if spec.spill_count or not self.peer_totals:
-            return None  # a task placed here by a scheduler stays (no ping-pong of busy nodes)
-        if (self._host.queue_length() >= self.spill_threshold
-                and not self._resources.can_run(task.resources)):
-            return SpillReason.QUEUE_FULL
+        if not self.peers or strategy.kind == _AFFINITY:
+            return None  # alone, or bound here
+        need = task.resources
+        if spec.actor_creation and not self._resources.can_run(need):
+            # An actor holds its resources for life: waiting here may mean waiting forever,
+            # so even one placed here moves on (within max_actor_spills) when a peer has room.
+            peer = self._peer_that_can_start(need)
+            if peer is None or spec.spill_count >= self.max_actor_spills:
+                return None
+            peer.charge(need)
+            return SpillReason.ACTOR_BUSY
+        if not first:
+            return None  # placed here by a scheduler: no ping-pong of busy nodes
+        if strategy.kind == _SPREAD:
+            return SpillReason.SPREAD
+        if self._resources.can_run(need):
+            return None
+        peer = self._peer_that_can_start(need)
+        if peer is not None:
+            peer.charge(need)
+            return SpillReason.PEER_HAS_ROOM
+        if self._host.queue_length() >= self.spill_threshold:
+            peer = self._less_busy_peer(need)
+            if peer is not None:
+                peer.charge(need)
+                return SpillReason.QUEUE_FULL
         return None
+
+    def _peer_that_can_start(self, need: Mapping[str, float]) -> Peer | None:
+        return next((p for p in self.peers.values() if fits(need, p.available)), None)
+
+    def _less_busy_peer(self, need: Mapping[str, float]) -> Peer | None:
+        """The least busy peer that fits ``need``, when it is at least one round of such
+        tasks less busy than this node; else None."""
+        here = _rounds(self._host.queue_length(), need, self._resources.total)
+        best, best_rounds = None, here - 1.0
+        for peer in self.peers.values():
+            if not fits(need, peer.total):
+                continue
+            rounds = -1.0 if fits(need, peer.available) else _rounds(peer.queue, need, peer.total)
+            if rounds <= best_rounds:
+                best, best_rounds = peer, rounds
+        return best
 
     def spill(self, task: Task, reason: SpillReason) -> None:
         spec = task.spec
@@ -106,38 +207,61 @@ class Spilling:
         req = scheduler_pb2.ScheduleRequest(from_node_id=self._node_id, reason=reason)
         req.spec.CopyFrom(spec)
         req.spec.spill_count = spec.spill_count + 1
-        objects = self._objects
-        for oid in spec.arg_refs:
-            data = req.args.add()
-            loc = req.inputs.add(object_id=oid)
-            if oid in objects:
-                objects.fill(data, oid)
-                data.shm_path = ""  # paths mean nothing on another node
-                loc.size = data.size
-                loc.node_ids.append(self._node_id)
-                copy = objects.remote_copy(oid)
-                if copy:  # another node keeps it too: a scheduler may prefer that one
-                    loc.node_ids.append(copy)
-            else:  # remote here too: say where it is
-                r = objects.remote(oid)
-                data.object_id, data.size, data.node_id = oid, r.size, r.node_id
-                loc.size = r.size
-                loc.node_ids.append(r.node_id)
+        self._objects.describe_inputs(spec, req.args, req.inputs)
         self._spilled += 1
         self._emit(Spill(spec.task_id, req, reason))
 
-    def spilled(self, task_id: bytes, node_id: bytes, scheduler: str, reason: str) -> None:
-        """A global scheduler placed our task on ``node_id``."""
+    def spilled(self, task_id: bytes, node_id: bytes, scheduler: str, reason: str,
+                why: str = "") -> None:
+        """A global scheduler placed our task on ``node_id`` (``why``: its reason)."""
         task = self._host.task(task_id)
-        if task is None or node_id == self._node_id:
-            return  # done already, or placed back here (accept_forwarded ran it locally)
+        if task is None or task.phase != Phase.SPILLED:
+            return  # done already, or placed back here by a ForwardTask that came first
+        if node_id == self._node_id:
+            self._place_back(task, scheduler, why)
+            return
         self.spilled_to[task_id] = node_id
         task.worker_id = b""
-        ev = self._host.event(task, TaskState.SPILLED, detail=reason)
+        detail = f"{reason}; placed on node {_ids.short(node_id)} by {scheduler}"
+        if why:
+            detail += f": {why}"
+        ev = self._host.event(task, TaskState.SPILLED, detail=detail)
         ev.target_node_id, ev.scheduler = node_id, scheduler
+        if task.spec.actor_creation:
+            self._actors.creation_placed(task.spec.actor_id, node_id)
         if node_id in self.dead_peers:
             # The node died before the scheduler's answer reached us: run it again now.
             self.peer_died(node_id)
+
+    def _place_back(self, task: Task, scheduler: str, why: str) -> None:
+        """A scheduler found this node, which spilled the task, its best place: run it here,
+        never to be spilled for being busy again."""
+        host = self._host
+        task.spec.spill_count = max(task.spec.spill_count, 1)
+        task.phase = Phase.WAITING
+        self._received += 1
+        detail = f"placed back here by {scheduler or 'a global scheduler'}"
+        if why:
+            detail += f": {why}"
+        host.event(task, TaskState.SCHEDULED, detail=detail)
+        host.make_ready(task)
+        host.schedule()
+
+    def unschedulable(self, task_id: bytes, why: str) -> None:
+        """No node can ever take our spilled task: it fails (an actor's creation: the actor dies)."""
+        task = self._host.task(task_id)
+        if task is None or task.phase != Phase.SPILLED:
+            return
+        spec = task.spec
+        if spec.actor_creation:
+            err: Exception = ActorUnschedulableError(
+                f"The actor {spec.name.removesuffix('.__init__')} cannot be scheduled: {why}.",
+                actor_id=spec.actor_id.hex())
+            self._actors.unschedulable(spec.actor_id, str(err))
+        else:
+            err = TaskUnschedulableError(f"Task {spec.name}() cannot be scheduled: {why}.",
+                                         task_id=spec.task_id.hex())
+        self._host.fail(task, err)
 
     def spill_failed(self, task_id: bytes) -> None:
         """No global scheduler took the task: run it here if it can ever fit, else wait."""
@@ -161,13 +285,28 @@ class Spilling:
 
     # ---- the cluster around ----------------------------------------------------------
 
-    def peer_alive(self, node_id: bytes, totals: dict[str, float]) -> None:
-        new = node_id not in self.peer_totals
+    def peer_alive(self, node_id: bytes, load: common_pb2.NodeLoad) -> None:
+        """A peer's row: alive, with its resources and queue (it replaces our guesses)."""
+        new = node_id not in self.peers
         # Alive again (the GCS took it back): a task placed there from now on runs there.
         self.dead_peers.discard(node_id)
-        self.peer_totals[node_id] = dict(totals)
+        peer = self.peers[node_id] = Peer(dict(load.total), dict(load.available), load.queue_length)
         if new:
             self._retry_infeasible()
+        if self.waiting_creations and self.has_schedulers:
+            self._move_creations(peer)
+
+    def _move_creations(self, peer: Peer) -> None:
+        """Actors' creations still waiting here go where ``peer``'s row shows room for them."""
+        for task_id, task in list(self.waiting_creations.items()):
+            if task.phase != Phase.READY or self._resources.can_run(task.resources):
+                if task.phase != Phase.READY:
+                    del self.waiting_creations[task_id]
+                continue
+            if task.spec.spill_count < self.max_actor_spills and fits(task.resources, peer.available):
+                del self.waiting_creations[task_id]
+                peer.charge(task.resources)
+                self.spill(task, SpillReason.ACTOR_BUSY)  # its ready-queue entry is dropped lazily
 
     def set_schedulers(self, available: bool) -> None:
         had = self.has_schedulers
@@ -176,8 +315,11 @@ class Spilling:
             self._retry_infeasible()
 
     def peer_died(self, node_id: bytes) -> None:
-        """Re-run the tasks we had sent there; objects only it held are lost."""
-        self.peer_totals.pop(node_id, None)
+        """Re-run the tasks we had sent there; calls of actors that lived there wait for
+        the actor's restart, and actors we created that lived there restart or die; objects
+        only it held are lost."""
+        self._actors.node_died(node_id)
+        self.peers.pop(node_id, None)
         self.dead_peers.add(node_id)
         host = self._host
         for task_id, where in list(self.spilled_to.items()):
@@ -214,26 +356,48 @@ class Spilling:
         return self.forwarded.pop(task_id, None)
 
     def accept_forwarded(self, req: node_pb2.ForwardTaskRequest) -> None:
+        """A scheduler placed a task here: it runs here for its home node."""
         host = self._host
         own = host.task(req.spec.task_id)
         if own is not None:
             # Our own spilled task, placed back here: run it as a local task.
             if own.phase == Phase.SPILLED:
-                own.spec.spill_count = req.spec.spill_count
-                own.phase = Phase.WAITING
-                self._received += 1
-                host.event(own, TaskState.SCHEDULED, detail=f"placed back here by {req.scheduler}")
-                if (not self._resources.can_run(own.resources)
-                        and own.spec.spill_count < self.max_spills):
-                    own.spec.spill_count = self.max_spills  # no ping-pong
-                host.make_ready(own)
-                host.schedule()
+                self._place_back(own, req.scheduler, req.why)
             return
+        task = self._ingest(req)
+        spec = task.spec
+        if spec.actor_creation:  # the actor will live here, for its creator's node
+            self._actors.created(task, hosted_for=req.home_node_id)
+        detail = f"placed here by {req.scheduler or 'a global scheduler'}"
+        if req.why:
+            detail += f": {req.why}"
+        host.event(task, TaskState.SCHEDULED, detail=detail)
+        self._objects.await_inputs(task, want=True)
+        if not task.missing:
+            host.make_ready(task)
+            host.schedule()
+
+    def accept_calls(self, req: node_pb2.ForwardActorCallsRequest) -> bool:
+        """Calls of an actor from callers on another node, in their order: False (none
+        taken) when the actor does not live here."""
+        if not self._actors.hosts(req.actor_id):
+            return False
+        host = self._host
+        for call in req.calls:
+            if host.task(call.spec.task_id) is not None:
+                continue  # sent again after a lost answer: it is here already
+            self._actors.call(self._ingest(call))
+        return True
+
+    def _ingest(self, req: node_pb2.ForwardTaskRequest) -> Task:
+        """Take a task from another node: its spec, its inputs' data or whereabouts, and
+        its home (where its results go)."""
         spec = common_pb2.TaskSpec()
         spec.CopyFrom(req.spec)
         self.forwarded[spec.task_id] = Home(req.home_address, req.home_node_id)
         self._received += 1
         objects = self._objects
+        host = self._host
         for data in req.args:
             oid = data.object_id
             if objects.known(oid):
@@ -244,12 +408,7 @@ class Spilling:
                 objects.add_remote(oid, data.node_id, data.size, list(data.nested_refs))
         task = host.add_task(spec)
         objects.hold_inputs(spec)
-        objects.await_inputs(task, want=True)
-        host.event(task, TaskState.SCHEDULED,
-                   detail=f"placed here by {req.scheduler or 'a global scheduler'}")
-        if not task.missing:
-            host.make_ready(task)
-            host.schedule()
+        return task
 
     def report_home(self, task: Task, home: Home, returns: list[common_pb2.ObjectData],
                     state: TaskState, detail: str) -> None:
@@ -295,3 +454,5 @@ class Spilling:
                 self._emit(FreeRemote(data.node_id, oid))
         host.finish(task, returns, TaskState.FAILED if req.failed else TaskState.FINISHED,
                     req.error_summary)
+        if task.spec.actor_creation:
+            self._actors.creation_reported(task.spec.actor_id, req.failed, req.error_summary)

@@ -15,7 +15,8 @@ result, retries, cancel, failure), and wires the parts, each of which owns its d
     Lending       lending.py    blocked workers lend CPUs and run what they wait for nested
     ObjectTable   objects.py    objects, ref counts, waiters, remote objects, pulls, holds
     ClientTable   clients.py    drivers and workers connected, the refs each one holds
-    ActorTable    actors.py     actors, their call queues, restarts
+    ActorTable    actors.py     actors created or living here, their call queues, restarts
+    RemoteActors  remote_actors.py  calls to actors on other nodes, forwarded in order
     Spilling      spill.py      spill decisions, forwarded and infeasible tasks, peers
 
 A task runs when its resources fit the node's available amounts; a worker that blocks in
@@ -36,10 +37,12 @@ from runtime import _ids
 from runtime.config import Settings
 from runtime.node.actions import Action, ForwardLog, KillWorker, ReportEvent, StopWorker
 from runtime.node.actors import ActorTable
+from runtime.node.bundles import BundleTable, waits_for_group
 from runtime.node.clients import ClientTable
 from runtime.node.lending import Lending
 from runtime.node.objects import ErrorEncoder, ObjectTable, PullSource, Store
 from runtime.node.ready import ReadyQueues
+from runtime.node.remote_actors import RemoteActors
 from runtime.node.resources import Resources
 from runtime.node.spill import Spilling
 from runtime.node.tasks import Phase, Task, cancelled_error, crashed_error, error_returns
@@ -82,10 +85,11 @@ class LocalScheduler:
         self.lending = Lending(settings.max_inline_depth, self.workers, self.resources)
         self.objects = ObjectTable(node_id, store, encode_error, emit)
         self.clients = ClientTable(node_id, self.objects, encode_error, emit)
-        self.actors = ActorTable(node_id, self, self.objects, self.workers, emit, clock)
-        self.spill = Spilling(node_id, self, self.objects, self.resources, emit,
+        self.remote_actors = RemoteActors(node_id, self, self.objects, emit)
+        self.actors = ActorTable(node_id, self, self.objects, self.workers, self.remote_actors, emit, clock)
+        self.spill = Spilling(node_id, self, self.objects, self.resources, self.actors, emit,
                               spill_threshold=settings.spill_threshold or max(4, 2 * cpus),
-                              max_spills=settings.max_spills)
+                              max_spills=settings.max_spills, max_actor_spills=settings.max_actor_spills)
         self.ready = ReadyQueues(self, self.resources, self.workers, self.lending, self.objects,
                                  self.spill.is_forwarded, emit)
         # Events the parts handle whole (their docstrings say what each one does).
@@ -95,15 +99,22 @@ class LocalScheduler:
         self.kill_actor = self.actors.kill
         self.spilled = self.spill.spilled
         self.spill_failed = self.spill.spill_failed
+        self.unschedulable = self.spill.unschedulable
         self.accept_forwarded = self.spill.accept_forwarded
+        self.accept_calls = self.spill.accept_calls
         self.remote_result = self.spill.remote_result
         self.peer_alive = self.spill.peer_alive
         self.peer_died = self.spill.peer_died
+        self.actor_row = self.actors.row_seen
+        self.calls_delivered = self.remote_actors.delivered
+        self.calls_undelivered = self.remote_actors.undelivered
+        self.kill_hosted_actor = self.actors.kill_hosted
         self.set_schedulers = self.spill.set_schedulers
         self.release_remote_holds = self.objects.release_remote_holds
         self.pull_source = self.objects.pull_source
         self.schedule = self.ready.schedule
         self.can_run = self.resources.can_run
+        self.bundles = BundleTable(self.resources, self.workers, self.actors, self)  # placement groups
 
     def take_actions(self) -> list[Action]:
         """The actions made since the last call, in order; the outbox is empty after."""
@@ -205,7 +216,6 @@ class LocalScheduler:
         self._submitted += 1
         self.event(task, _SUBMITTED)
         if spec.actor_id and not spec.actor_creation:
-            objects.await_inputs(task, want=False)
             self.actors.call(task)
             return
         if spec.actor_creation:
@@ -215,8 +225,9 @@ class LocalScheduler:
             here = describe(self.resources.snapshot()["total"])
             msg = (f"Task {spec.name}() needs {describe(resources)} but no node has that much (this "
                    f"node has {here}). It will wait until a node that fits it joins the cluster.")
-            self.event(task, TaskState.INFEASIBLE, detail=msg)
-            self.clients.send_event(spec.owner_id, task_id, spec.name, TaskState.INFEASIBLE, msg)
+            self.event(task, TaskState.INFEASIBLE, detail=waits_for_group(spec) or msg)
+            if not spec.strategy.placement_group_id:  # a group's task: the group's row says why
+                self.clients.send_event(spec.owner_id, task_id, spec.name, TaskState.INFEASIBLE, msg)
             if self.spill.park_unplaceable(task):
                 return
         objects.await_inputs(task, want=True)
@@ -292,6 +303,8 @@ class LocalScheduler:
                 kids.discard(task_id)
                 if not kids:
                     del self.children[spec.parent_task_id]
+        if spec.actor_id and not spec.actor_creation:
+            self.remote_actors.call_done(task_id, spec.actor_id)
         home = self.spill.task_over(task_id)
         if home is not None:
             self.spill.report_home(task, home, list(returns), state, detail)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TaskSpec(_message.Message):
-    __slots__ = ("task_id", "job_id", "function_id", "name", "args", "arg_refs", "nested_refs", "resources", "num_returns", "max_retries", "retry_exceptions", "retry_exception_types", "owner_id", "attempt", "parent_task_id", "spill_count", "driver_id", "origin", "driver_address", "actor_id", "actor_creation", "actor_seq", "actor_options", "method")
+    __slots__ = ("task_id", "job_id", "function_id", "name", "args", "arg_refs", "nested_refs", "resources", "num_returns", "max_retries", "retry_exceptions", "retry_exception_types", "owner_id", "attempt", "parent_task_id", "spill_count", "driver_id", "origin", "driver_address", "actor_id", "actor_creation", "actor_seq", "actor_options", "method", "strategy", "owner_node_id")
     class ResourcesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,8 @@ class TaskSpec(_message.Message):
     ACTOR_SEQ_FIELD_NUMBER: _ClassVar[int]
     ACTOR_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    OWNER_NODE_ID_FIELD_NUMBER: _ClassVar[int]
     task_id: bytes
     job_id: bytes
     function_id: bytes
@@ -64,7 +66,44 @@ class TaskSpec(_message.Message):
     actor_seq: int
     actor_options: bytes
     method: str
-    def __init__(self, task_id: _Optional[bytes] = ..., job_id: _Optional[bytes] = ..., function_id: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[bytes] = ..., arg_refs: _Optional[_Iterable[bytes]] = ..., nested_refs: _Optional[_Iterable[bytes]] = ..., resources: _Optional[_Mapping[str, float]] = ..., num_returns: _Optional[int] = ..., max_retries: _Optional[int] = ..., retry_exceptions: _Optional[bool] = ..., retry_exception_types: _Optional[bytes] = ..., owner_id: _Optional[bytes] = ..., attempt: _Optional[int] = ..., parent_task_id: _Optional[bytes] = ..., spill_count: _Optional[int] = ..., driver_id: _Optional[bytes] = ..., origin: _Optional[str] = ..., driver_address: _Optional[str] = ..., actor_id: _Optional[bytes] = ..., actor_creation: _Optional[bool] = ..., actor_seq: _Optional[int] = ..., actor_options: _Optional[bytes] = ..., method: _Optional[str] = ...) -> None: ...
+    strategy: SchedulingStrategy
+    owner_node_id: bytes
+    def __init__(self, task_id: _Optional[bytes] = ..., job_id: _Optional[bytes] = ..., function_id: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[bytes] = ..., arg_refs: _Optional[_Iterable[bytes]] = ..., nested_refs: _Optional[_Iterable[bytes]] = ..., resources: _Optional[_Mapping[str, float]] = ..., num_returns: _Optional[int] = ..., max_retries: _Optional[int] = ..., retry_exceptions: _Optional[bool] = ..., retry_exception_types: _Optional[bytes] = ..., owner_id: _Optional[bytes] = ..., attempt: _Optional[int] = ..., parent_task_id: _Optional[bytes] = ..., spill_count: _Optional[int] = ..., driver_id: _Optional[bytes] = ..., origin: _Optional[str] = ..., driver_address: _Optional[str] = ..., actor_id: _Optional[bytes] = ..., actor_creation: _Optional[bool] = ..., actor_seq: _Optional[int] = ..., actor_options: _Optional[bytes] = ..., method: _Optional[str] = ..., strategy: _Optional[_Union[SchedulingStrategy, _Mapping]] = ..., owner_node_id: _Optional[bytes] = ...) -> None: ...
+
+class SchedulingStrategy(_message.Message):
+    __slots__ = ("kind", "node_id", "soft", "placement_group_id", "bundle_index", "capture_child_tasks")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SOFT_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_CHILD_TASKS_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    node_id: bytes
+    soft: bool
+    placement_group_id: bytes
+    bundle_index: int
+    capture_child_tasks: bool
+    def __init__(self, kind: _Optional[str] = ..., node_id: _Optional[bytes] = ..., soft: _Optional[bool] = ..., placement_group_id: _Optional[bytes] = ..., bundle_index: _Optional[int] = ..., capture_child_tasks: _Optional[bool] = ...) -> None: ...
+
+class Bundle(_message.Message):
+    __slots__ = ("placement_group_id", "index", "resources", "node_id")
+    class ResourcesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    PLACEMENT_GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    placement_group_id: bytes
+    index: int
+    resources: _containers.ScalarMap[str, float]
+    node_id: bytes
+    def __init__(self, placement_group_id: _Optional[bytes] = ..., index: _Optional[int] = ..., resources: _Optional[_Mapping[str, float]] = ..., node_id: _Optional[bytes] = ...) -> None: ...
 
 class ObjectData(_message.Message):
     __slots__ = ("object_id", "inline", "shm_path", "size", "nested_refs", "node_id")

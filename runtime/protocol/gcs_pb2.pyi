@@ -139,6 +139,38 @@ class ActorRow(_message.Message):
     node_address: str
     def __init__(self, actor_id: _Optional[bytes] = ..., class_name: _Optional[str] = ..., name: _Optional[str] = ..., namespace: _Optional[str] = ..., state: _Optional[str] = ..., node_id: _Optional[bytes] = ..., pid: _Optional[int] = ..., num_restarts: _Optional[int] = ..., max_restarts: _Optional[int] = ..., death_cause: _Optional[str] = ..., job_id: _Optional[bytes] = ..., detached: _Optional[bool] = ..., owner_id: _Optional[bytes] = ..., start_time: _Optional[float] = ..., creation_spec: _Optional[bytes] = ..., pending_calls: _Optional[int] = ..., worker_id: _Optional[bytes] = ..., node_address: _Optional[str] = ...) -> None: ...
 
+class PlacementGroupRow(_message.Message):
+    __slots__ = ("placement_group_id", "name", "namespace", "strategy", "bundles", "state", "job_id", "detached", "owner_id", "create_time", "why", "attempts", "ready_time", "infeasible")
+    PLACEMENT_GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    BUNDLES_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    DETACHED_FIELD_NUMBER: _ClassVar[int]
+    OWNER_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    WHY_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    READY_TIME_FIELD_NUMBER: _ClassVar[int]
+    INFEASIBLE_FIELD_NUMBER: _ClassVar[int]
+    placement_group_id: bytes
+    name: str
+    namespace: str
+    strategy: str
+    bundles: _containers.RepeatedCompositeFieldContainer[_common_pb2.Bundle]
+    state: str
+    job_id: bytes
+    detached: bool
+    owner_id: bytes
+    create_time: float
+    why: str
+    attempts: int
+    ready_time: float
+    infeasible: bool
+    def __init__(self, placement_group_id: _Optional[bytes] = ..., name: _Optional[str] = ..., namespace: _Optional[str] = ..., strategy: _Optional[str] = ..., bundles: _Optional[_Iterable[_Union[_common_pb2.Bundle, _Mapping]]] = ..., state: _Optional[str] = ..., job_id: _Optional[bytes] = ..., detached: _Optional[bool] = ..., owner_id: _Optional[bytes] = ..., create_time: _Optional[float] = ..., why: _Optional[str] = ..., attempts: _Optional[int] = ..., ready_time: _Optional[float] = ..., infeasible: _Optional[bool] = ...) -> None: ...
+
 class ObjectRow(_message.Message):
     __slots__ = ("object_id", "size", "locations", "owner_id", "spilled")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -324,6 +356,64 @@ class PutReply(_message.Message):
     written: bool
     existing: bytes
     def __init__(self, written: _Optional[bool] = ..., existing: _Optional[bytes] = ...) -> None: ...
+
+class CreatePlacementGroupRequest(_message.Message):
+    __slots__ = ("group",)
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    group: PlacementGroupRow
+    def __init__(self, group: _Optional[_Union[PlacementGroupRow, _Mapping]] = ...) -> None: ...
+
+class CreatePlacementGroupReply(_message.Message):
+    __slots__ = ("placement_group_id",)
+    PLACEMENT_GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    placement_group_id: bytes
+    def __init__(self, placement_group_id: _Optional[bytes] = ...) -> None: ...
+
+class RemovePlacementGroupRequest(_message.Message):
+    __slots__ = ("placement_group_id",)
+    PLACEMENT_GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    placement_group_id: bytes
+    def __init__(self, placement_group_id: _Optional[bytes] = ...) -> None: ...
+
+class RemovePlacementGroupReply(_message.Message):
+    __slots__ = ("found",)
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    def __init__(self, found: _Optional[bool] = ...) -> None: ...
+
+class WaitPlacementGroupRequest(_message.Message):
+    __slots__ = ("placement_group_id", "timeout_s")
+    PLACEMENT_GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    placement_group_id: bytes
+    timeout_s: float
+    def __init__(self, placement_group_id: _Optional[bytes] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+
+class WaitPlacementGroupReply(_message.Message):
+    __slots__ = ("ready", "group")
+    READY_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    ready: bool
+    group: PlacementGroupRow
+    def __init__(self, ready: _Optional[bool] = ..., group: _Optional[_Union[PlacementGroupRow, _Mapping]] = ...) -> None: ...
+
+class GetPlacementGroupRequest(_message.Message):
+    __slots__ = ("placement_group_id", "name", "namespace")
+    PLACEMENT_GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    placement_group_id: bytes
+    name: str
+    namespace: str
+    def __init__(self, placement_group_id: _Optional[bytes] = ..., name: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
+
+class GetPlacementGroupReply(_message.Message):
+    __slots__ = ("found", "group")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    group: PlacementGroupRow
+    def __init__(self, found: _Optional[bool] = ..., group: _Optional[_Union[PlacementGroupRow, _Mapping]] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
     __slots__ = ("tables",)

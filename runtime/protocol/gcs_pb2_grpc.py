@@ -1082,6 +1082,216 @@ class Schedulers:
             _registered_method=True)
 
 
+class PlacementGroupsStub:
+    """Placement groups: bundles reserved across nodes all or nothing (two-phase), kept in the
+    "placement_groups" table, rescheduled when a node holding bundles dies.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreatePlacementGroup = channel.unary_unary(
+                '/cellray.PlacementGroups/CreatePlacementGroup',
+                request_serializer=runtime_dot_protocol_dot_gcs__pb2.CreatePlacementGroupRequest.SerializeToString,
+                response_deserializer=runtime_dot_protocol_dot_gcs__pb2.CreatePlacementGroupReply.FromString,
+                _registered_method=True)
+        self.RemovePlacementGroup = channel.unary_unary(
+                '/cellray.PlacementGroups/RemovePlacementGroup',
+                request_serializer=runtime_dot_protocol_dot_gcs__pb2.RemovePlacementGroupRequest.SerializeToString,
+                response_deserializer=runtime_dot_protocol_dot_gcs__pb2.RemovePlacementGroupReply.FromString,
+                _registered_method=True)
+        self.WaitPlacementGroup = channel.unary_unary(
+                '/cellray.PlacementGroups/WaitPlacementGroup',
+                request_serializer=runtime_dot_protocol_dot_gcs__pb2.WaitPlacementGroupRequest.SerializeToString,
+                response_deserializer=runtime_dot_protocol_dot_gcs__pb2.WaitPlacementGroupReply.FromString,
+                _registered_method=True)
+        self.GetPlacementGroup = channel.unary_unary(
+                '/cellray.PlacementGroups/GetPlacementGroup',
+                request_serializer=runtime_dot_protocol_dot_gcs__pb2.GetPlacementGroupRequest.SerializeToString,
+                response_deserializer=runtime_dot_protocol_dot_gcs__pb2.GetPlacementGroupReply.FromString,
+                _registered_method=True)
+
+
+class PlacementGroupsServicer:
+    """Placement groups: bundles reserved across nodes all or nothing (two-phase), kept in the
+    "placement_groups" table, rescheduled when a node holding bundles dies.
+    """
+
+    def CreatePlacementGroup(self, request, context):
+        """Records the group (PENDING) and starts placing it; returns at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemovePlacementGroup(self, request, context):
+        """Releases its bundles everywhere; the row stays, REMOVED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WaitPlacementGroup(self, request, context):
+        """The group's row once it is CREATED (or REMOVED), or when the timeout passes (ready=false).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPlacementGroup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_PlacementGroupsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreatePlacementGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePlacementGroup,
+                    request_deserializer=runtime_dot_protocol_dot_gcs__pb2.CreatePlacementGroupRequest.FromString,
+                    response_serializer=runtime_dot_protocol_dot_gcs__pb2.CreatePlacementGroupReply.SerializeToString,
+            ),
+            'RemovePlacementGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemovePlacementGroup,
+                    request_deserializer=runtime_dot_protocol_dot_gcs__pb2.RemovePlacementGroupRequest.FromString,
+                    response_serializer=runtime_dot_protocol_dot_gcs__pb2.RemovePlacementGroupReply.SerializeToString,
+            ),
+            'WaitPlacementGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.WaitPlacementGroup,
+                    request_deserializer=runtime_dot_protocol_dot_gcs__pb2.WaitPlacementGroupRequest.FromString,
+                    response_serializer=runtime_dot_protocol_dot_gcs__pb2.WaitPlacementGroupReply.SerializeToString,
+            ),
+            'GetPlacementGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPlacementGroup,
+                    request_deserializer=runtime_dot_protocol_dot_gcs__pb2.GetPlacementGroupRequest.FromString,
+                    response_serializer=runtime_dot_protocol_dot_gcs__pb2.GetPlacementGroupReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'cellray.PlacementGroups', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('cellray.PlacementGroups', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class PlacementGroups:
+    """Placement groups: bundles reserved across nodes all or nothing (two-phase), kept in the
+    "placement_groups" table, rescheduled when a node holding bundles dies.
+    """
+
+    @staticmethod
+    def CreatePlacementGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cellray.PlacementGroups/CreatePlacementGroup',
+            runtime_dot_protocol_dot_gcs__pb2.CreatePlacementGroupRequest.SerializeToString,
+            runtime_dot_protocol_dot_gcs__pb2.CreatePlacementGroupReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemovePlacementGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cellray.PlacementGroups/RemovePlacementGroup',
+            runtime_dot_protocol_dot_gcs__pb2.RemovePlacementGroupRequest.SerializeToString,
+            runtime_dot_protocol_dot_gcs__pb2.RemovePlacementGroupReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WaitPlacementGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cellray.PlacementGroups/WaitPlacementGroup',
+            runtime_dot_protocol_dot_gcs__pb2.WaitPlacementGroupRequest.SerializeToString,
+            runtime_dot_protocol_dot_gcs__pb2.WaitPlacementGroupReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPlacementGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cellray.PlacementGroups/GetPlacementGroup',
+            runtime_dot_protocol_dot_gcs__pb2.GetPlacementGroupRequest.SerializeToString,
+            runtime_dot_protocol_dot_gcs__pb2.GetPlacementGroupReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class AdminStub:
     """Head administration.
     """

@@ -207,20 +207,22 @@ class GetNodeInfoReply(_message.Message):
     def __init__(self, node_id: _Optional[bytes] = ..., address: _Optional[str] = ..., load: _Optional[_Union[_common_pb2.NodeLoad, _Mapping]] = ..., pid: _Optional[int] = ..., session_dir: _Optional[str] = ...) -> None: ...
 
 class ForwardTaskRequest(_message.Message):
-    __slots__ = ("spec", "args", "home_address", "home_node_id", "scheduler", "reason")
+    __slots__ = ("spec", "args", "home_address", "home_node_id", "scheduler", "reason", "why")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
     HOME_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     HOME_NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SCHEDULER_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    WHY_FIELD_NUMBER: _ClassVar[int]
     spec: _common_pb2.TaskSpec
     args: _containers.RepeatedCompositeFieldContainer[_common_pb2.ObjectData]
     home_address: str
     home_node_id: bytes
     scheduler: str
     reason: str
-    def __init__(self, spec: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ..., args: _Optional[_Iterable[_Union[_common_pb2.ObjectData, _Mapping]]] = ..., home_address: _Optional[str] = ..., home_node_id: _Optional[bytes] = ..., scheduler: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    why: str
+    def __init__(self, spec: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ..., args: _Optional[_Iterable[_Union[_common_pb2.ObjectData, _Mapping]]] = ..., home_address: _Optional[str] = ..., home_node_id: _Optional[bytes] = ..., scheduler: _Optional[str] = ..., reason: _Optional[str] = ..., why: _Optional[str] = ...) -> None: ...
 
 class ForwardTaskReply(_message.Message):
     __slots__ = ("accepted", "why_not")
@@ -279,6 +281,42 @@ class FreeObjectsRequest(_message.Message):
 class FreeObjectsReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ForwardActorCallsRequest(_message.Message):
+    __slots__ = ("actor_id", "calls")
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    actor_id: bytes
+    calls: _containers.RepeatedCompositeFieldContainer[ForwardTaskRequest]
+    def __init__(self, actor_id: _Optional[bytes] = ..., calls: _Optional[_Iterable[_Union[ForwardTaskRequest, _Mapping]]] = ...) -> None: ...
+
+class ForwardActorCallsReply(_message.Message):
+    __slots__ = ("accepted", "why_not")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    WHY_NOT_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    why_not: str
+    def __init__(self, accepted: _Optional[bool] = ..., why_not: _Optional[str] = ...) -> None: ...
+
+class KillActorReply(_message.Message):
+    __slots__ = ("found",)
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    def __init__(self, found: _Optional[bool] = ...) -> None: ...
+
+class BundlesRequest(_message.Message):
+    __slots__ = ("bundles",)
+    BUNDLES_FIELD_NUMBER: _ClassVar[int]
+    bundles: _containers.RepeatedCompositeFieldContainer[_common_pb2.Bundle]
+    def __init__(self, bundles: _Optional[_Iterable[_Union[_common_pb2.Bundle, _Mapping]]] = ...) -> None: ...
+
+class BundlesReply(_message.Message):
+    __slots__ = ("ok", "why_not")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    WHY_NOT_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    why_not: str
+    def __init__(self, ok: _Optional[bool] = ..., why_not: _Optional[str] = ...) -> None: ...
 
 class ShutdownRequest(_message.Message):
     __slots__ = ()

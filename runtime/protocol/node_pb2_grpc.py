@@ -70,6 +70,31 @@ class NodeManagerStub:
                 request_serializer=runtime_dot_protocol_dot_node__pb2.FreeObjectsRequest.SerializeToString,
                 response_deserializer=runtime_dot_protocol_dot_node__pb2.FreeObjectsReply.FromString,
                 _registered_method=True)
+        self.ForwardActorCalls = channel.unary_unary(
+                '/cellray.NodeManager/ForwardActorCalls',
+                request_serializer=runtime_dot_protocol_dot_node__pb2.ForwardActorCallsRequest.SerializeToString,
+                response_deserializer=runtime_dot_protocol_dot_node__pb2.ForwardActorCallsReply.FromString,
+                _registered_method=True)
+        self.KillHostedActor = channel.unary_unary(
+                '/cellray.NodeManager/KillHostedActor',
+                request_serializer=runtime_dot_protocol_dot_node__pb2.KillActor.SerializeToString,
+                response_deserializer=runtime_dot_protocol_dot_node__pb2.KillActorReply.FromString,
+                _registered_method=True)
+        self.PrepareBundles = channel.unary_unary(
+                '/cellray.NodeManager/PrepareBundles',
+                request_serializer=runtime_dot_protocol_dot_node__pb2.BundlesRequest.SerializeToString,
+                response_deserializer=runtime_dot_protocol_dot_node__pb2.BundlesReply.FromString,
+                _registered_method=True)
+        self.CommitBundles = channel.unary_unary(
+                '/cellray.NodeManager/CommitBundles',
+                request_serializer=runtime_dot_protocol_dot_node__pb2.BundlesRequest.SerializeToString,
+                response_deserializer=runtime_dot_protocol_dot_node__pb2.BundlesReply.FromString,
+                _registered_method=True)
+        self.ReleaseBundles = channel.unary_unary(
+                '/cellray.NodeManager/ReleaseBundles',
+                request_serializer=runtime_dot_protocol_dot_node__pb2.BundlesRequest.SerializeToString,
+                response_deserializer=runtime_dot_protocol_dot_node__pb2.BundlesReply.FromString,
+                _registered_method=True)
         self.Shutdown = channel.unary_unary(
                 '/cellray.NodeManager/Shutdown',
                 request_serializer=runtime_dot_protocol_dot_node__pb2.ShutdownRequest.SerializeToString,
@@ -129,6 +154,40 @@ class NodeManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForwardActorCalls(self, request, context):
+        """Calls of an actor that lives here, from callers on another node, in their order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KillHostedActor(self, request, context):
+        """Kill an actor that lives here (asked on another node).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PrepareBundles(self, request, context):
+        """Placement groups, two-phase: reserve bundles (all or none), then commit them (their
+        resources appear under the bundle's names), or release them (cancel or remove).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitBundles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseBundles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Shutdown(self, request, context):
         """Stop the node: workers first, then the server.
         """
@@ -173,6 +232,31 @@ def add_NodeManagerServicer_to_server(servicer, server):
                     servicer.FreeObjects,
                     request_deserializer=runtime_dot_protocol_dot_node__pb2.FreeObjectsRequest.FromString,
                     response_serializer=runtime_dot_protocol_dot_node__pb2.FreeObjectsReply.SerializeToString,
+            ),
+            'ForwardActorCalls': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForwardActorCalls,
+                    request_deserializer=runtime_dot_protocol_dot_node__pb2.ForwardActorCallsRequest.FromString,
+                    response_serializer=runtime_dot_protocol_dot_node__pb2.ForwardActorCallsReply.SerializeToString,
+            ),
+            'KillHostedActor': grpc.unary_unary_rpc_method_handler(
+                    servicer.KillHostedActor,
+                    request_deserializer=runtime_dot_protocol_dot_node__pb2.KillActor.FromString,
+                    response_serializer=runtime_dot_protocol_dot_node__pb2.KillActorReply.SerializeToString,
+            ),
+            'PrepareBundles': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareBundles,
+                    request_deserializer=runtime_dot_protocol_dot_node__pb2.BundlesRequest.FromString,
+                    response_serializer=runtime_dot_protocol_dot_node__pb2.BundlesReply.SerializeToString,
+            ),
+            'CommitBundles': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitBundles,
+                    request_deserializer=runtime_dot_protocol_dot_node__pb2.BundlesRequest.FromString,
+                    response_serializer=runtime_dot_protocol_dot_node__pb2.BundlesReply.SerializeToString,
+            ),
+            'ReleaseBundles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseBundles,
+                    request_deserializer=runtime_dot_protocol_dot_node__pb2.BundlesRequest.FromString,
+                    response_serializer=runtime_dot_protocol_dot_node__pb2.BundlesReply.SerializeToString,
             ),
             'Shutdown': grpc.unary_unary_rpc_method_handler(
                     servicer.Shutdown,
@@ -369,6 +453,141 @@ class NodeManager:
             '/cellray.NodeManager/FreeObjects',
             runtime_dot_protocol_dot_node__pb2.FreeObjectsRequest.SerializeToString,
             runtime_dot_protocol_dot_node__pb2.FreeObjectsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForwardActorCalls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cellray.NodeManager/ForwardActorCalls',
+            runtime_dot_protocol_dot_node__pb2.ForwardActorCallsRequest.SerializeToString,
+            runtime_dot_protocol_dot_node__pb2.ForwardActorCallsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KillHostedActor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cellray.NodeManager/KillHostedActor',
+            runtime_dot_protocol_dot_node__pb2.KillActor.SerializeToString,
+            runtime_dot_protocol_dot_node__pb2.KillActorReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareBundles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cellray.NodeManager/PrepareBundles',
+            runtime_dot_protocol_dot_node__pb2.BundlesRequest.SerializeToString,
+            runtime_dot_protocol_dot_node__pb2.BundlesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitBundles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cellray.NodeManager/CommitBundles',
+            runtime_dot_protocol_dot_node__pb2.BundlesRequest.SerializeToString,
+            runtime_dot_protocol_dot_node__pb2.BundlesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseBundles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cellray.NodeManager/ReleaseBundles',
+            runtime_dot_protocol_dot_node__pb2.BundlesRequest.SerializeToString,
+            runtime_dot_protocol_dot_node__pb2.BundlesReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,11 +35,15 @@ class ScheduleRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ..., from_node_id: _Optional[bytes] = ..., reason: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[InputLocation, _Mapping]]] = ..., args: _Optional[_Iterable[_Union[_common_pb2.ObjectData, _Mapping]]] = ..., home_address: _Optional[str] = ...) -> None: ...
 
 class ScheduleReply(_message.Message):
-    __slots__ = ("node_id", "node_address", "scheduler")
+    __slots__ = ("node_id", "node_address", "scheduler", "why", "unschedulable")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SCHEDULER_FIELD_NUMBER: _ClassVar[int]
+    WHY_FIELD_NUMBER: _ClassVar[int]
+    UNSCHEDULABLE_FIELD_NUMBER: _ClassVar[int]
     node_id: bytes
     node_address: str
     scheduler: str
-    def __init__(self, node_id: _Optional[bytes] = ..., node_address: _Optional[str] = ..., scheduler: _Optional[str] = ...) -> None: ...
+    why: str
+    unschedulable: str
+    def __init__(self, node_id: _Optional[bytes] = ..., node_address: _Optional[str] = ..., scheduler: _Optional[str] = ..., why: _Optional[str] = ..., unschedulable: _Optional[str] = ...) -> None: ...

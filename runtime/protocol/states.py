@@ -11,6 +11,7 @@ TaskState.FINISHED`` holds for a row decoded from the wire.
     actor     PENDING → ALIVE ⇄ RESTARTING → DEAD
     worker    STARTING → IDLE ⇄ BUSY → DEAD          (BUSY → ACTOR when it becomes one)
     node      ALIVE → DEAD
+    placement group   PENDING → CREATED ⇄ RESCHEDULING; any → REMOVED
 """
 
 from __future__ import annotations
@@ -100,6 +101,32 @@ class Lifetime(StrEnum):
     DETACHED = "detached"
     #: The actor dies when the driver that created it exits (the default).
     NON_DETACHED = "non_detached"
+
+
+class PlacementGroupState(StrEnum):
+    """A placement group's state (``PlacementGroupRow.state`` on the wire)."""
+
+    #: Not placed yet: it waits for nodes with room for all its bundles (``why`` says what).
+    PENDING = "PENDING"
+    #: Every bundle is reserved on its node.
+    CREATED = "CREATED"
+    #: A node holding some of its bundles died: those are being placed again.
+    RESCHEDULING = "RESCHEDULING"
+    #: Removed (``remove_placement_group`` or its job ended): its bundles are released.
+    REMOVED = "REMOVED"
+
+
+class PlacementStrategy(StrEnum):
+    """How a placement group's bundles spread over nodes (Ray's four strategies)."""
+
+    #: As few nodes as possible (one when it fits), more when it must.
+    PACK = "PACK"
+    #: Distinct nodes when possible, shared ones when it must.
+    SPREAD = "SPREAD"
+    #: All bundles on one node, or wait.
+    STRICT_PACK = "STRICT_PACK"
+    #: Every bundle on a different node, or wait.
+    STRICT_SPREAD = "STRICT_SPREAD"
 
 
 #: The namespace of a named actor created or looked up without ``namespace=``.

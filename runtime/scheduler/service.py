@@ -1,8 +1,10 @@
 """SchedulerService: the thin ``GlobalScheduler`` servicer of one replica.
 
 ``Schedule`` validates the request, asks ``PlacementAttempts`` (``state``) for a node and
-hands the task over with ``NodeManager.ForwardTask``. The node that spilled the task is
-never offered it back. A node whose call fails (UNAVAILABLE: it died; a deadline; any
+hands the task over with ``NodeManager.ForwardTask``. When the best node is the one that
+spilled the task, the reply says so and nothing is forwarded: that node runs it. A task
+that can never be placed (its strategy names a node that is gone) gets a reply with
+``unschedulable`` set instead of a node. A node whose call fails (UNAVAILABLE: it died; a deadline; any
 other error) or that answers ``accepted=false`` is left out for this task until the GCS
 sends a newer row of it. While no node is left to try (none can ever fit the task, or
 every one that could has failed to take it, and the spilling node cannot run it either)
@@ -11,9 +13,7 @@ by the ``NodeFeed``) and tries again. A caller that cancels the call, or whose d
 passes, ends the wait.
 
 Status codes: INVALID_ARGUMENT for a request without ``spec.task_id``, with negative or
-non-finite resources, or that the target node rejects as malformed; FAILED_PRECONDITION
-when no other node can take the task but the spilling node itself could run it: it should
-run it there.
+non-finite resources, or that the target node rejects as malformed.
 """
 
 from __future__ import annotations
@@ -31,7 +31,14 @@ from runtime.exceptions import ConnectionLostError, InvalidRequestError
 from runtime.protocol import node_pb2, node_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from runtime.rpc.channel import connect, token_metadata
 from runtime.rpc.errors import translate
-from runtime.scheduler.state import ClusterView, Placement, PlacementAttempts, StayHome, Wait, check_resources
+from runtime.scheduler.state import (
+    ClusterView,
+    Placement,
+    PlacementAttempts,
+    Unschedulable,
+    Wait,
+    check_resources,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -108,14 +115,15 @@ class SchedulerService(scheduler_pb2_grpc.GlobalSchedulerServicer):
         forward = node_pb2.ForwardTaskRequest(spec=spec, args=request.args, home_address=request.home_address,
                                               home_node_id=request.from_node_id, scheduler=self.name,
                                               reason=request.reason)
-        attempts = PlacementAttempts(self.view, resources, request.inputs, home=request.from_node_id)
+        attempts = PlacementAttempts(self.view, resources, request.inputs, home=request.from_node_id,
+                                     strategy=spec.strategy)
         waited = False
         while True:
             changed = self._changed  # taken before placing, so no change is missed
             step = attempts.next()
-            if isinstance(step, StayHome):
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                    f"task {short(spec.task_id)}: {step.why}; run it there")
+            if isinstance(step, Unschedulable):
+                logger.info("task %s (%s) cannot be placed: %s", short(spec.task_id), spec.name, step.why)
+                return scheduler_pb2.ScheduleReply(scheduler=self.name, unschedulable=step.why)
             if isinstance(step, Wait):
                 if not waited:
                     logger.info("task %s (%s) waits for a node: %s", short(spec.task_id), spec.name, step.why)
@@ -127,6 +135,12 @@ class SchedulerService(scheduler_pb2_grpc.GlobalSchedulerServicer):
                     self._waiting -= 1
                 continue
             assert isinstance(step, Placement)
+            reply = scheduler_pb2.ScheduleReply(node_id=step.node_id, node_address=step.address,
+                                                scheduler=self.name, why=step.why)
+            if step.node_id == request.from_node_id:
+                self._placed += 1  # back on its home: the reply says so, nothing to forward
+                return reply
+            forward.why = step.why
             try:
                 why_not = await self._forward(step, forward)
             except InvalidRequestError as err:
@@ -136,8 +150,7 @@ class SchedulerService(scheduler_pb2_grpc.GlobalSchedulerServicer):
                 self._placed += 1
                 logger.debug("task %s (%s) -> node %s (%s)%s", short(spec.task_id), spec.name,
                              short(step.node_id), step.why, " after waiting" if waited else "")
-                return scheduler_pb2.ScheduleReply(node_id=step.node_id, node_address=step.address,
-                                                   scheduler=self.name)
+                return reply
             self._refused += 1
             logger.warning("node %s at %s did not take task %s (%s); trying another node",
                            short(step.node_id), step.address, short(spec.task_id), why_not)

@@ -12,10 +12,11 @@ it could run it some day. When no node is, the task must wait for one to join
 (``SchedulerService`` keeps the call open and retries on every change of the view;
 ``version`` counts the changes).
 
-``PlacementAttempts`` is one task's way through the view: it never offers the task back
-to the node that spilled it (its *home*), leaves out nodes that failed to take it until
-they send a newer row, and says whether to forward, wait, or let the home keep the task
-(when the home could run it and no other node can take it now).
+``PlacementAttempts`` is one task's way through the view: it follows the task's
+scheduling strategy (default policy, spread, or affinity to one node), may place the task
+back on the node that spilled it (its *home*) when that is the best place, leaves out nodes
+that failed to take it until they send a newer row, and says whether to forward, wait, or
+fail the task (``Unschedulable``: its strategy names a node that is gone).
 
 Examples
 --------
@@ -35,14 +36,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from runtime._ids import short
 from runtime.protocol import gcs_pb2
 from runtime.scheduler.policies.base import InputLike, Policy, fits
 
-__all__ = ["ClusterView", "InputLocation", "NodeView", "Placement", "PlacementAttempts", "StayHome", "Wait",
-           "check_resources"]
+__all__ = ["DEFAULT", "NODE_AFFINITY", "SPREAD", "ClusterView", "InputLocation", "NodeView", "Placement",
+           "PlacementAttempts", "StrategyLike", "Unschedulable", "Wait", "check_resources"]
 
 
 @dataclass
@@ -95,10 +97,27 @@ class Wait:
 
 
 @dataclass(frozen=True)
-class StayHome:
-    """No other node can take the task now, but the node that spilled it can run it: it should."""
+class Unschedulable:
+    """No node can ever take the task (its strategy names a node that is gone): fail it."""
 
     why: str
+
+
+class StrategyLike(Protocol):
+    """A task's scheduling strategy (``common_pb2.SchedulingStrategy`` fits)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def node_id(self) -> bytes: ...
+
+    @property
+    def soft(self) -> bool: ...
+
+
+#: ``StrategyLike.kind`` values the view acts on.
+DEFAULT, SPREAD, NODE_AFFINITY = "DEFAULT", "SPREAD", "NODE_AFFINITY"
 
 
 def check_resources(resources: Mapping[str, float]) -> dict[str, float]:
@@ -123,10 +142,18 @@ class ClusterView:
             from runtime.scheduler.policies import make_policy
             policy = make_policy("locality")
         self.policy = policy
+        self._spread: Policy | None = None
         self._nodes: dict[bytes, NodeView] = {}
         self._row_versions: dict[bytes, int] = {}
         #: Bumped on every change from the GCS (not on charges); waiters retry when it moves.
         self.version = 0
+
+    def spread_policy(self) -> Policy:
+        """The policy of ``"SPREAD"`` tasks (least loaded node), whatever the view's own."""
+        if self._spread is None:
+            from runtime.scheduler.policies import make_policy
+            self._spread = make_policy("spread")
+        return self._spread
 
     # ---- input: rows from the GCS ----
 
@@ -182,16 +209,19 @@ class ClusterView:
     # ---- decisions ----
 
     def place(self, resources: Mapping[str, float], inputs: Sequence[InputLike] = (),
-              exclude: Collection[bytes] = frozenset()) -> Placement | None:
-        """Pick a feasible node not in ``exclude`` and charge it; None when there is none.
+              exclude: Collection[bytes] = frozenset(), policy: Policy | None = None,
+              only: Collection[bytes] | None = None) -> Placement | None:
+        """Pick a feasible node not in ``exclude`` (among ``only``, when given) with
+        ``policy`` (default: the view's) and charge it; None when there is none.
 
         Raises ``ValueError`` for negative or non-finite resource amounts.
         """
         need = check_resources(resources)
-        candidates = [n for n in self.feasible(need) if n.node_id not in exclude]
+        candidates = [n for n in self.feasible(need) if n.node_id not in exclude
+                      and (only is None or n.node_id in only)]
         if not candidates:
             return None
-        choice = self.policy.choose(candidates, need, inputs)
+        choice = (policy or self.policy).choose(candidates, need, inputs)
         node = choice.node
         for key, amount in need.items():
             node.available[key] = node.available.get(key, 0.0) - amount
@@ -230,11 +260,13 @@ class PlacementAttempts:
     resources, inputs
         What the task needs, where its inputs are.
     home
-        The node that spilled the task (empty: none). It is never offered the task back:
-        it spilled because it cannot run it soon (and a node that gets its own task
-        forwarded may not expect it). When it could run the task but no other node can
-        take it now (none fits, or all that fit failed to take it), ``next()`` says
-        ``StayHome`` rather than keep the task waiting.
+        The node that spilled the task (empty: none). It is a candidate like any other:
+        when the policy finds it the best place (every other node is as busy, or its inputs
+        are there), the task is placed back on it, and it runs the task without spilling it
+        again (a placed task is never spilled twice for being busy).
+    strategy
+        The task's ``SchedulingStrategy`` (``kind`` empty or ``"DEFAULT"``: the view's
+        policy; ``"SPREAD"``: the least loaded node; ``"NODE_AFFINITY"``: its node).
 
     Examples
     --------
@@ -242,37 +274,61 @@ class PlacementAttempts:
     >>> view = ClusterView()
     >>> view.update(gcs_pb2.NodeRow(node_id=b"h", address="h:1", alive=True,
     ...     load=common_pb2.NodeLoad(total={"CPU": 2}, available={"CPU": 0})))
-    >>> PlacementAttempts(view, {"CPU": 1}, home=b"h").next()
-    StayHome(why='no other node can run it')
+    >>> PlacementAttempts(view, {"CPU": 1}, home=b"h").next().node_id
+    b'h'
     >>> PlacementAttempts(view, {"GPU": 1}, home=b"h").next().why
     "1 live node(s) (68 {'CPU': 2.0}) but none has {'GPU': 1} in total"
     """
 
     def __init__(self, view: ClusterView, resources: Mapping[str, float], inputs: Sequence[InputLike] = (),
-                 home: bytes = b"") -> None:
+                 home: bytes = b"", strategy: StrategyLike | None = None) -> None:
         self.view = view
         self.resources = check_resources(resources)
         self.inputs = inputs
         self.home = home
+        self.kind = (strategy.kind if strategy is not None else "") or DEFAULT
+        self.affinity = strategy.node_id if strategy is not None and self.kind == NODE_AFFINITY else b""
+        self.soft = bool(strategy is not None and strategy.soft)
         self._failed: dict[bytes, int] = {}  # node -> its row version when it failed to take the task
 
-    def next(self) -> Placement | Wait | StayHome:
+    def next(self) -> Placement | Wait | Unschedulable:
         """Where to forward the task now (charged in the view), or why not."""
-        exclude = {n for n, v in self._failed.items() if self.view.row_version(n) == v}
-        if self.home:
-            exclude.add(self.home)
-        placement = self.view.place(self.resources, self.inputs, exclude)
+        view = self.view
+        exclude = {n for n, v in self._failed.items() if view.row_version(n) == v}
+        if self.affinity:
+            step = self._affine(exclude)
+            if step is not None:
+                return step
+        policy = view.spread_policy() if self.kind == SPREAD else None
+        placement = view.place(self.resources, self.inputs, exclude, policy)
         if placement is not None:
             return placement
-        feasible = self.view.feasible(self.resources)
+        feasible = view.feasible(self.resources)
         if not feasible:
-            return Wait(self.view.describe_infeasible(self.resources))
-        others = [n for n in feasible if n.node_id != self.home]
-        if self.home and len(others) < len(feasible):  # the home itself could run it
-            return StayHome(f"no other node can take it now ({len(others)} tried)" if others
-                            else "no other node can run it")
-        return Wait(f"every node that could run it ({len(others)}) failed to take it; "
+            return Wait(view.describe_infeasible(self.resources))
+        return Wait(f"every node that could run it ({len(feasible)}) failed to take it; "
                     "trying again when one sends news")
+
+    def _affine(self, exclude: Collection[bytes]) -> Placement | Wait | Unschedulable | None:
+        """The node-affinity decision, or None to place as by default (soft, target unusable)."""
+        target = self.view.node(self.affinity)
+        name = f"node {short(self.affinity)}"
+        if target is None or not target.alive:
+            if self.soft:
+                return None
+            state = "is dead" if target is not None else "is not in the cluster"
+            return Unschedulable(f"its NodeAffinitySchedulingStrategy(soft=False) names {name}, "
+                                 f"which {state}")
+        if not fits(self.resources, target.total):
+            if self.soft:
+                return None
+            return Wait(f"{name} has {target.total} in total, not {dict(self.resources)}; "
+                        "NodeAffinitySchedulingStrategy(soft=False) keeps it waiting for that node")
+        if target.node_id in exclude:
+            return Wait(f"{name} failed to take it; trying again when it sends news")
+        placement = self.view.place(self.resources, self.inputs, only=(target.node_id,))
+        assert placement is not None
+        return replace(placement, why=f"node affinity to {name}")
 
     def failed(self, placement: Placement) -> None:
         """The node of ``placement`` did not take the task: undo the charge, skip it until its next row."""

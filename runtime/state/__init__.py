@@ -1,4 +1,5 @@
-"""Read and watch the cluster's state: nodes, tasks, objects, jobs, actors, scheduler events.
+"""Read and watch the cluster's state: nodes, tasks, objects, jobs, actors, placement groups,
+scheduler events.
 
 This is the read side of cellray, for a user at a prompt and for dashboards (the notebook
 widgets are built on this module alone). Every row of the Global Control Store (GCS) comes
@@ -6,7 +7,8 @@ out as a frozen dataclass with hex ids and plain Python values; nothing here ret
 protobuf messages.
 
 - **Queries**, one round trip to the GCS each: ``list_nodes``, ``list_tasks``, ``get_task``,
-  ``list_objects``, ``list_jobs``, ``list_actors``, ``list_events``, ``summarize_tasks``.
+  ``list_objects``, ``list_jobs``, ``list_actors``, ``list_placement_groups``, ``list_events``,
+  ``summarize_tasks``.
 - **Subscriptions**: ``subscribe(tables, callback)`` delivers a snapshot of the tables and
   then every change as it happens, on a background thread, until ``Subscription.close()``.
 - **Driver hooks** for the notebook extension: ``add_output_handler`` (what remote tasks
@@ -32,6 +34,7 @@ Examples
 from __future__ import annotations
 
 from runtime.state._format import format_bytes
+from runtime.state._groups import BundleState, PlacementGroupState
 from runtime.state._hooks import (
     OutputLines,
     add_output_handler,
@@ -48,6 +51,7 @@ from runtime.state._queries import (
     list_jobs,
     list_nodes,
     list_objects,
+    list_placement_groups,
     list_tasks,
     summarize_tasks,
 )
@@ -71,12 +75,14 @@ __all__ = [
     "TABLES",
     "TERMINAL_TASK_STATES",
     "ActorState",
+    "BundleState",
     "Change",
     "GpuState",
     "JobState",
     "NodeState",
     "ObjectState",
     "OutputLines",
+    "PlacementGroupState",
     "Row",
     "SchedulerEvent",
     "Subscription",
@@ -91,6 +97,7 @@ __all__ = [
     "list_jobs",
     "list_nodes",
     "list_objects",
+    "list_placement_groups",
     "list_tasks",
     "remove_output_handler",
     "remove_task_event_handler",

@@ -14,6 +14,7 @@ from runtime.config import Settings
 from runtime.exceptions import ClientClosedError
 from runtime.protocol import common_pb2, gcs_pb2
 from runtime.protocol.states import TaskState as _TaskState
+from runtime.state._groups import PlacementGroupState
 from runtime.state._rows import ActorState, JobState, NodeState, ObjectState, SchedulerEvent, TaskState
 
 if TYPE_CHECKING:
@@ -161,6 +162,22 @@ def list_actors(*, state: str | None = None) -> list[ActorState]:
     if state is not None:
         actors = [a for a in actors if a.state == state.upper()]
     return sorted(actors, key=lambda a: (a.start_time or 0.0, a.actor_id))
+
+
+def list_placement_groups(*, state: str | None = None) -> list[PlacementGroupState]:
+    """Placement groups, oldest first; ``state`` ("PENDING", "CREATED", ...; any case) keeps
+    only those. A PENDING group's ``why`` says what it waits for.
+
+    Examples
+    --------
+    >>> [(g.strategy, g.state, g.why) for g in list_placement_groups(state="pending")]  # doctest: +SKIP
+    [('STRICT_PACK', 'PENDING', 'infeasible: STRICT_PACK needs one node with {CPU: 64} ...')]
+    """
+    rows = [gcs_pb2.PlacementGroupRow.FromString(v) for v in _values("placement_groups")]
+    if state is not None:
+        rows = [r for r in rows if r.state == state.upper()]
+    rows.sort(key=lambda r: (r.create_time, r.placement_group_id))
+    return [PlacementGroupState.from_row(r) for r in rows]
 
 
 def list_events(limit: int | None = 100) -> list[SchedulerEvent]:

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 
 from runtime.protocol import common_pb2, gcs_pb2
 from runtime.protocol.states import TERMINAL_TASK_STATES as TERMINAL_TASK_STATES  # runtime.state's
+from runtime.state._groups import PlacementGroupState
 
 #: Tables this module reads and subscribes to (the GCS's ``functions`` and ``kv`` hold
 #: pickles and opaque bytes, not state).
-TABLES = ("nodes", "jobs", "tasks", "objects", "actors", "events")
+TABLES = ("nodes", "jobs", "tasks", "objects", "actors", "events", "placement_groups")
 
 
 def _hex(b: bytes) -> str | None:
@@ -415,7 +416,7 @@ class ActorState:
 
 
 #: Any row this module returns.
-Row = NodeState | JobState | TaskState | ObjectState | ActorState | SchedulerEvent
+Row = NodeState | JobState | TaskState | ObjectState | ActorState | SchedulerEvent | PlacementGroupState
 
 _DECODERS: dict[str, Callable[[bytes], Row]] = {
     "nodes": lambda raw: NodeState.from_row(gcs_pb2.NodeRow.FromString(raw)),
@@ -424,6 +425,7 @@ _DECODERS: dict[str, Callable[[bytes], Row]] = {
     "objects": lambda raw: ObjectState.from_row(gcs_pb2.ObjectRow.FromString(raw)),
     "actors": lambda raw: ActorState.from_row(gcs_pb2.ActorRow.FromString(raw)),
     "events": lambda raw: SchedulerEvent.from_proto(common_pb2.TaskEvent.FromString(raw)),
+    "placement_groups": lambda raw: PlacementGroupState.from_row(gcs_pb2.PlacementGroupRow.FromString(raw)),
 }
 
 

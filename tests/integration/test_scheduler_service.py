@@ -207,26 +207,33 @@ def test_a_burst_of_spills_is_spread_by_optimistic_charging() -> None:
     run(body())
 
 
-def test_the_spilling_node_is_never_offered_its_task_back() -> None:
+def test_the_spilling_node_gets_its_task_back_in_the_reply_when_it_is_the_best_place() -> None:
     async def body() -> None:
         async with started_cluster() as c:
-            home = await c.add_node(HOME, {"CPU": 4, "sim": 1})
-            other = await c.add_node(B, {"CPU": 1}, available={"CPU": 0}, queue_length=5)
-            # The input is at home and B is busy, yet the task goes to B: home spilled it.
+            home = await c.add_node(HOME, {"CPU": 4, "sim": 1}, available={"CPU": 0}, queue_length=8)
+            other = await c.add_node(B, {"CPU": 1}, available={"CPU": 0}, queue_length=8)
+            # The 50 MB input is at home and B is as busy: back home, told in the reply only.
             reply = await c.schedule(request(inputs=[input_on(HOME)]))
-            assert reply.node_id == B and len(other.forwarded) == 1
-            # Only home has "sim": the call fails at once, telling home to keep the task.
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await c.schedule(request(b"u" * 16, resources={"sim": 1}))
-            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert "no other node can run it; run it there" in (err.value.details() or "")
-            # B refuses from now on: home could run the task, so it is told to, not kept waiting.
+            assert reply.node_id == HOME and "locality" in reply.why
+            # Only home has "sim": it runs there.
+            reply = await c.schedule(request(b"u" * 16, resources={"sim": 1}))
+            assert reply.node_id == HOME
+            # B refuses: home could run the task, so it gets it back rather than keep waiting.
             other.refuse = "draining"
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await c.schedule(request(b"v" * 16))
-            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert "no other node can take it now (1 tried)" in (err.value.details() or "")
-            assert home.forwarded == [] and len(other.forwarded) == 2
+            reply = await c.schedule(request(b"v" * 16))
+            assert reply.node_id == HOME
+            assert home.forwarded == []  # nothing is forwarded to the node that spilled it
+    run(body())
+
+
+def test_a_hard_affinity_to_a_node_not_in_the_view_is_unschedulable() -> None:
+    async def body() -> None:
+        async with started_cluster() as c:
+            await c.add_node(A, {"CPU": 4})
+            req = request()
+            req.spec.strategy.kind, req.spec.strategy.node_id = "NODE_AFFINITY", b"Z" * 16
+            reply = await c.schedule(req)
+            assert reply.node_id == b"" and "is not in the cluster" in reply.unschedulable
     run(body())
 
 

@@ -29,7 +29,7 @@ EXCEPTIONS = {
     "InternalError", "RayError", "RayTaskError", "RayActorError",
     "ObjectCorruptError", "ObjectFileMissingError", "ActorNotFoundError", "FunctionNotFoundError",
     "ActorNameTakenError", "ClusterStartError", "ConfigError", "UnknownSettingError",
-    "TokenFileError",
+    "TokenFileError", "TaskUnschedulableError", "ActorUnschedulableError",
 }
 
 

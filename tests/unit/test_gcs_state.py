@@ -254,6 +254,34 @@ def test_late_events_do_not_move_a_task_backwards(state: GcsState) -> None:
     assert row is not None and (row.state, row.attempt) == ("RUNNING", 1)
 
 
+def test_a_home_nodes_late_spilled_event_does_not_undo_running_elsewhere(state: GcsState) -> None:
+    state.report_events([event(1, "SUBMITTED"), event(1, "SCHEDULED"), event(1, "RUNNING")], [])
+    state.report_events([event(1, "SPILLED")], [])  # the home's batch, later than the target's
+    row = task_row(state, 1)
+    assert row is not None and row.state == "RUNNING"
+    assert [h.state for h in row.history][-1] == "SPILLED"  # kept in the history
+    state.report_events([event(1, "RETRYING", attempt=1), event(1, "SPILLED", attempt=1)], [])
+    row = task_row(state, 1)
+    assert row is not None and (row.state, row.attempt) == ("SPILLED", 1)
+
+
+def test_actor_rows_from_several_nodes_never_move_an_actor_backwards(state: GcsState) -> None:
+    a = b"A" * 16
+
+    def put(s: str, restarts: int = 0, node: bytes = b"n") -> bool:
+        return state.put_actor(gcs_pb2.ActorRow(actor_id=a, state=s, num_restarts=restarts, node_id=node))
+
+    assert put("ALIVE", node=b"r")
+    assert not put("PENDING", node=b"h")  # the creator's first row, arriving late
+    assert put("RESTARTING", restarts=1, node=b"h")
+    assert not put("ALIVE", restarts=0, node=b"r")  # the old incarnation's row
+    assert put("ALIVE", restarts=1, node=b"s")
+    assert put("DEAD", restarts=1, node=b"s")
+    assert not put("ALIVE", restarts=2, node=b"s")  # DEAD is final
+    row = state.get_actor(a)
+    assert row is not None and (row.state, row.node_id) == ("DEAD", b"s")
+
+
 def test_a_bad_batch_applies_nothing(state: GcsState) -> None:
     with pytest.raises(InvalidRequestError, match=r"task_events\[1\].task_id"):
         state.report_events([event(1, "SUBMITTED"), common_pb2.TaskEvent(state="RUNNING")], [])

@@ -345,7 +345,7 @@ def test_a_new_peer_or_scheduler_gives_infeasible_tasks_another_chance() -> None
     spec.resources["CPU"] = 8.0
     s.submit(DRIVER, spec)
     assert s.tasks[b"T" * 16].phase == "INFEASIBLE"
-    s.peer_alive(PEER, {"CPU": 16.0})
+    s.peer_alive(PEER, common_pb2.NodeLoad(total={"CPU": 16.0}, available={"CPU": 16.0}))
     assert s.tasks[b"T" * 16].phase == "INFEASIBLE"  # no scheduler to place it yet
     s.take_actions()
     s.set_schedulers(True)

@@ -14,7 +14,7 @@ from runtime.scheduler.state import (
     InputLocation,
     Placement,
     PlacementAttempts,
-    StayHome,
+    Unschedulable,
     Wait,
     check_resources,
 )
@@ -176,26 +176,70 @@ def test_bad_resource_amounts_are_refused(bad: dict[str, float]) -> None:
 
 # ---- one task's attempts ----
 
-def test_attempts_never_offer_the_task_back_to_its_home() -> None:
-    view = view_of(row(A, {"CPU": 4}), row(B, {"CPU": 1}, {"CPU": 0}, queue_length=9))
+def test_attempts_place_the_task_back_on_its_home_when_it_is_the_best_place() -> None:
+    # A spilled the task, but its 500 MB input is on A and B is as busy: back to A.
+    view = view_of(row(A, {"CPU": 4}, {"CPU": 0}, queue_length=9),
+                   row(B, {"CPU": 4}, {"CPU": 0}, queue_length=9))
     step = PlacementAttempts(view, {"CPU": 1}, [InputLocation(b"o" * 20, 500 * MB, frozenset({A}))], home=A).next()
-    assert isinstance(step, Placement) and step.node_id == B
-
-
-def test_attempts_say_stay_home_when_only_home_can_run_it() -> None:
-    view = view_of(row(A, {"CPU": 4, "sim": 1}), row(B, {"CPU": 4}))
-    assert PlacementAttempts(view, {"sim": 1}, home=A).next() == StayHome("no other node can run it")
-    step = PlacementAttempts(view, {"sim": 1}).next()  # no home given: A is fine
     assert isinstance(step, Placement) and step.node_id == A
 
 
-def test_attempts_say_stay_home_when_every_other_node_failed() -> None:
-    view = view_of(row(A, {"CPU": 4}), row(B, {"CPU": 4}))
+def test_attempts_prefer_a_free_node_to_the_busy_home() -> None:
+    view = view_of(row(A, {"CPU": 4}, {"CPU": 0}, queue_length=9), row(B, {"CPU": 4}))
+    step = PlacementAttempts(view, {"CPU": 1}, home=A).next()
+    assert isinstance(step, Placement) and step.node_id == B
+
+
+def test_only_the_home_can_run_it_so_it_goes_back_there() -> None:
+    view = view_of(row(A, {"CPU": 4, "sim": 1}), row(B, {"CPU": 4}))
+    step = PlacementAttempts(view, {"sim": 1}, home=A).next()
+    assert isinstance(step, Placement) and step.node_id == A
+
+
+def test_after_every_other_node_failed_the_home_runs_it() -> None:
+    view = view_of(row(A, {"CPU": 4}, {"CPU": 0}, queue_length=40), row(B, {"CPU": 4}))
     attempts = PlacementAttempts(view, {"CPU": 1}, home=A)
     step = attempts.next()
     assert isinstance(step, Placement) and step.node_id == B
     attempts.failed(step)  # rather than wait for B's next heartbeat, A runs it
-    assert attempts.next() == StayHome("no other node can take it now (1 tried)")
+    again = attempts.next()
+    assert isinstance(again, Placement) and again.node_id == A
+
+
+def test_spread_picks_the_least_loaded_node_even_against_the_view_policy() -> None:
+    view = view_of(row(A, {"CPU": 4}, {"CPU": 1}), row(B, {"CPU": 4}, {"CPU": 3}), row(C, {"CPU": 4}, {"CPU": 2}))
+    spread = common_pb2.SchedulingStrategy(kind="SPREAD")
+    picks = [PlacementAttempts(view, {"CPU": 1}, home=A, strategy=spread).next() for _ in range(3)]
+    nodes = [p.node_id for p in picks if isinstance(p, Placement)]
+    assert nodes[:2] == [B, C]  # B has 1 in use; then B (charged) is busier than C
+
+
+def test_node_affinity_goes_to_its_node_even_when_busy() -> None:
+    view = view_of(row(A, {"CPU": 4}), row(B, {"CPU": 1}, {"CPU": 0}, queue_length=5))
+    hard = common_pb2.SchedulingStrategy(kind="NODE_AFFINITY", node_id=B)
+    step = PlacementAttempts(view, {"CPU": 1}, home=A, strategy=hard).next()
+    assert isinstance(step, Placement) and step.node_id == B and "affinity" in step.why
+
+
+def test_hard_affinity_to_a_dead_or_unknown_node_is_unschedulable_and_soft_goes_elsewhere() -> None:
+    view = view_of(row(A, {"CPU": 4}), row(B, {"CPU": 4}, alive=False))
+    for target, state in ((B, "is dead"), (b"Z" * 16, "is not in the cluster")):
+        hard = common_pb2.SchedulingStrategy(kind="NODE_AFFINITY", node_id=target)
+        step = PlacementAttempts(view, {"CPU": 1}, home=A, strategy=hard).next()
+        assert isinstance(step, Unschedulable) and state in step.why
+        soft = common_pb2.SchedulingStrategy(kind="NODE_AFFINITY", node_id=target, soft=True)
+        placed = PlacementAttempts(view, {"CPU": 1}, home=A, strategy=soft).next()
+        assert isinstance(placed, Placement) and placed.node_id == A
+
+
+def test_hard_affinity_to_a_node_too_small_waits() -> None:
+    view = view_of(row(A, {"CPU": 4, "GPU": 1}), row(B, {"CPU": 4}))
+    hard = common_pb2.SchedulingStrategy(kind="NODE_AFFINITY", node_id=B)
+    step = PlacementAttempts(view, {"GPU": 1}, home=A, strategy=hard).next()
+    assert isinstance(step, Wait) and "in total" in step.why
+    soft = common_pb2.SchedulingStrategy(kind="NODE_AFFINITY", node_id=B, soft=True)
+    placed = PlacementAttempts(view, {"GPU": 1}, home=B, strategy=soft).next()
+    assert isinstance(placed, Placement) and placed.node_id == A
 
 
 def test_attempts_wait_when_no_node_fits() -> None:

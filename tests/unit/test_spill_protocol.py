@@ -38,7 +38,7 @@ from runtime.node.actions import (
 from runtime.node.state import LocalScheduler
 from runtime.protocol import codec, common_pb2, gcs_pb2, node_pb2
 from runtime.scheduler.policies import make_policy
-from runtime.scheduler.state import ClusterView, Placement, PlacementAttempts, StayHome
+from runtime.scheduler.state import ClusterView, Placement, PlacementAttempts
 
 DRIVER = b"D" * 16
 
@@ -115,7 +115,7 @@ class Harness:
             node.set_schedulers(True)
             for j, other in enumerate(self.nodes):
                 if j != i:
-                    node.peer_alive(other.node_id, {"CPU": float(cpus)})
+                    node.peer_alive(other.node_id, common_pb2.NodeLoad(total={"CPU": float(cpus)}))
             for _ in range(cpus):
                 self._start_worker(i)
         for r in range(replicas):
@@ -231,8 +231,8 @@ class Harness:
 
     def _schedule(self, home: int, action: Spill, replicas: list[int]) -> None:
         """The home's Schedule call reaches the next replica on its list (``Peers._spill``)."""
-        if not replicas:  # every replica failed or said "stay home"
-            if action.reason == SpillReason.NEVER_FITS:
+        if not replicas:  # every replica failed
+            if action.reason.needs_scheduler:
                 self.waiting.append(lambda: self._schedule(home, action, list(range(len(self.views)))))
             else:
                 self._at(home, lambda n: n.spill_failed(action.task_id))
@@ -253,11 +253,11 @@ class Harness:
                forward: node_pb2.ForwardTaskRequest) -> None:
         """One step of ``SchedulerService.Schedule``."""
         step = attempts.next()
-        if isinstance(step, StayHome):  # FAILED_PRECONDITION: the home tries another replica
-            self.bag.append(lambda: self._schedule(home, action, rest))
-            return
         if not isinstance(step, Placement):  # Wait: tried again when the view changes
             self.waiting.append(lambda: self._place(home, action, rest, r, attempts, forward))
+            return
+        if step.node_id == action.request.from_node_id:  # back home: the reply says so
+            self._reply(home, action, rest, r, step.node_id)
             return
         target = self.index[step.node_id]
         self.bag.append(lambda: self._forward(home, action, rest, r, attempts, forward, step, target))
@@ -278,10 +278,14 @@ class Harness:
                 self._place(home, action, rest, r, attempts, forward)
             self.bag.append(retry)
             return
-        if self.rng.random() < self.faults.schedule_reply_lost:  # the home tries another replica
+        self._reply(home, action, rest, r, step.node_id)
+
+    def _reply(self, home: int, action: Spill, rest: list[int], r: int, node_id: bytes) -> None:
+        """The Schedule reply reaches the home (or is lost: the home tries another replica)."""
+        if self.rng.random() < self.faults.schedule_reply_lost:
             self.bag.append(lambda: self._schedule(home, action, rest))
             return
-        node_id, scheduler = step.node_id, f"gs-{r}"
+        scheduler = f"gs-{r}"
         self.bag.append(lambda: self._at(home, lambda n: n.spilled(action.task_id, node_id, scheduler,
                                                                    action.reason)))
 

@@ -87,7 +87,7 @@ def test_shutdown_stops_the_dashboard_and_leaves_no_thread(
     try:
         dash = synced(Dashboard())
         assert {t.name for t in widget_threads()} == {"cellray-dashboard-refresher",
-                                                      "cellray-subscription-nodes-tasks-actors-events"}
+                                                      "cellray-subscription-nodes-tasks-actors-events-placement_groups"}
     finally:
         rt.shutdown()
     wait_for(lambda: not widget_threads(), what="the dashboard's threads to exit after rt.shutdown()")

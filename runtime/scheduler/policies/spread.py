@@ -22,7 +22,10 @@ _TIE = 1e-9
 
 
 class SpreadPolicy:
-    """Pick the least loaded candidate (see the module docstring); ``rng`` breaks ties.
+    """Pick the least loaded candidate (see the module docstring). Ties go round-robin (the
+    next node after the last one picked, by id), so a burst of tasks that do not change the
+    loads (no resources, or between two heartbeats of a busy cluster) still lands on every
+    node in turn; ``rng`` picks where the first round starts.
 
     Examples
     --------
@@ -35,6 +38,7 @@ class SpreadPolicy:
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
+        self._last: bytes | None = None
 
     def load(self, node: NodeView, resources: Mapping[str, float]) -> float:
         """Tasks like this one that ``node`` runs or queues, per slot."""
@@ -51,6 +55,11 @@ class SpreadPolicy:
             scored.append(((queues, self.load(node, resources)), node))
         best_queues, best_load = min(s[0] for s in scored)
         ties = [s for s in scored if s[0][0] == best_queues and s[0][1] <= best_load + _TIE]
-        (queues, load), node = self._rng.choice(ties)
+        if self._last is None:
+            (queues, load), node = self._rng.choice(ties)
+        else:
+            last = self._last
+            (queues, load), node = next((t for t in ties if t[1].node_id > last), ties[0])
+        self._last = node.node_id
         return Choice(node, load, f"spread: load {load:.2f} per slot"
                                   + (" (queues)" if queues else " (fits now)"))

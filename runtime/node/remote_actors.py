@@ -1,0 +1,249 @@
+"""Calls to actors that live on other nodes. Pure, a part of the local scheduler.
+
+An actor lives on the node that ran its creation (which a scheduler may have placed away
+from its creator). A caller connected to any other node submits calls here as usual; this
+part keeps them, per actor, in the order they were submitted, and forwards them to the
+actor's node in batches (``ForwardCalls``), one batch in flight per actor, so the actor's
+node queues them in the same order: each caller's calls keep their order.
+
+Where an actor lives comes from its rows in the GCS ``actors`` table (``row``). Calls wait
+while the actor is PENDING or RESTARTING, or not located yet; they are forwarded while it
+is ALIVE, and fail with ``ActorDiedError`` once it is DEAD. The results of a forwarded
+call come back like those of a spilled task (``ReportResults``; this node is the call's
+home). When the actor's node dies, the calls forwarded there and not answered are sent
+again after the actor restarts (up to its ``max_task_retries``, in their order, ahead of
+the calls not sent yet) or fail.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from runtime import _ids
+from runtime.exceptions import ActorDiedError
+from runtime.node.actions import Action, ForwardCalls, KillRemoteActor
+from runtime.node.objects import ObjectTable
+from runtime.node.tasks import Phase, Task, TaskHost
+from runtime.protocol import common_pb2, gcs_pb2, node_pb2
+from runtime.protocol.states import ActorState, TaskState
+
+#: Calls forwarded in one batch at most.
+_BATCH = 256
+
+
+@dataclass(slots=True)
+class RemoteActor:
+    """An actor on another node, as the callers on this node see it."""
+
+    actor_id: bytes
+    node_id: bytes = b""  #: where it lives, per its last row (b"": not known)
+    state: str = ""  #: its last row's state ("" before any)
+    label: str = ""
+    max_task_retries: int = 0
+    death_cause: str = ""
+    queue: deque[Task] = field(default_factory=deque)  #: not forwarded yet, in order
+    sending: list[Task] = field(default_factory=list)  #: the batch in flight
+    sent: dict[bytes, Task] = field(default_factory=dict)  #: forwarded, not answered (in order)
+    kill: bool | None = None  #: a kill to pass on once located (its ``no_restart``)
+
+
+class RemoteActors:
+    """The actors this node's callers call on other nodes (see the module docstring)."""
+
+    __slots__ = ("_emit", "_host", "_node_id", "_objects", "actors", "hand_back")
+
+    def __init__(self, node_id: bytes, host: TaskHost, objects: ObjectTable,
+                 emit: Callable[[Action], None]) -> None:
+        self._node_id = node_id
+        self._host = host
+        self._objects = objects
+        self._emit = emit
+        self.actors: dict[bytes, RemoteActor] = {}
+        #: Where calls go when their actor turns out to live here (set by ``ActorTable``).
+        self.hand_back: Callable[[Task], None] | None = None
+
+    def has_calls(self, actor_id: bytes) -> bool:
+        """True while calls of ``actor_id`` wait here (a later call must queue behind them)."""
+        actor = self.actors.get(actor_id)
+        return actor is not None and bool(actor.queue or actor.sending)
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def _actor(self, actor_id: bytes) -> RemoteActor:
+        actor = self.actors.get(actor_id)
+        if actor is None:
+            actor = self.actors[actor_id] = RemoteActor(actor_id, label=_ids.short(actor_id))
+        return actor
+
+    # ---- calls ---------------------------------------------------------------------
+
+    def call(self, task: Task) -> None:
+        """A call of an actor that does not live here (its missing inputs noted already)."""
+        actor = self._actor(task.spec.actor_id)
+        if actor.state == ActorState.DEAD:
+            self._fail(task, actor, actor.death_cause)
+            return
+        task.phase = Phase.QUEUED
+        actor.queue.append(task)
+        self._pump(actor)
+
+    def adopt(self, actor_id: bytes, calls: list[Task], node_id: bytes) -> None:
+        """Calls queued here for an actor whose creation a scheduler placed on ``node_id``:
+        they go there, in their order, once it is alive."""
+        actor = self._actor(actor_id)
+        if actor.state != ActorState.ALIVE or not actor.node_id:  # a row may have told us already
+            actor.node_id = node_id
+        actor.queue.extend(calls)
+        self._pump(actor)
+
+    def inputs_ready(self, task: Task) -> None:
+        actor = self.actors.get(task.spec.actor_id)
+        if actor is not None:
+            self._pump(actor)
+
+    def _pump(self, actor: RemoteActor) -> None:
+        """Forward the calls at the head of the queue whose inputs are known, one batch at a time."""
+        if actor.sending or actor.state != ActorState.ALIVE or not actor.node_id:
+            return
+        req = node_pb2.ForwardActorCallsRequest(actor_id=actor.actor_id)
+        objects = self._objects
+        while actor.queue and len(actor.sending) < _BATCH:
+            task = actor.queue[0]
+            if task.cancelled:
+                actor.queue.popleft()
+                continue
+            if task.missing:
+                break
+            actor.queue.popleft()
+            call = req.calls.add(home_node_id=self._node_id, reason="actor call")
+            call.spec.CopyFrom(task.spec)
+            objects.describe_inputs(task.spec, call.args)
+            actor.sending.append(task)
+        if actor.sending:
+            self._emit(ForwardCalls(actor.node_id, req))
+
+    def delivered(self, actor_id: bytes, accepted: bool) -> None:
+        """The batch in flight reached the actor's node (``accepted``), or that node does not
+        hold the actor (any more): the calls wait for its next row."""
+        actor = self.actors.get(actor_id)
+        if actor is None:
+            return
+        batch, actor.sending = actor.sending, []
+        if accepted:
+            for task in batch:
+                task.phase = Phase.SPILLED
+                actor.sent[task.spec.task_id] = task
+                ev = self._host.event(task, TaskState.SPILLED, detail=f"to node {_ids.short(actor.node_id)}, "
+                                                          "where the actor lives")
+                ev.target_node_id = actor.node_id
+            self._pump(actor)
+        else:
+            actor.queue.extendleft(reversed(batch))
+            actor.node_id = b""  # wait for a row saying where it is
+
+    def undelivered(self, actor_id: bytes) -> None:
+        """The batch in flight could not be sent (the node is unreachable): try again later
+        (the next row or the node's death decides)."""
+        actor = self.actors.get(actor_id)
+        if actor is None:
+            return
+        batch, actor.sending = actor.sending, []
+        actor.queue.extendleft(reversed(batch))
+
+    def retry(self, actor_id: bytes) -> None:
+        """Time to try forwarding again after ``undelivered``."""
+        actor = self.actors.get(actor_id)
+        if actor is not None:
+            self._pump(actor)
+
+    def call_done(self, task_id: bytes, actor_id: bytes) -> None:
+        """A forwarded call's results came back (or it ended here: cancelled)."""
+        actor = self.actors.get(actor_id)
+        if actor is not None:
+            actor.sent.pop(task_id, None)
+
+    def _fail(self, task: Task, actor: RemoteActor, cause: str) -> None:
+        self._host.fail(task, ActorDiedError(
+            f"The actor {actor.label} is dead, so {task.spec.name}() cannot run: {cause}",
+            actor_id=actor.actor_id.hex(), cause_text=cause))
+
+    # ---- where the actors are ----------------------------------------------------------
+
+    def row(self, row: gcs_pb2.ActorRow) -> None:
+        """A row of the GCS ``actors`` table: where an actor lives and in what state."""
+        actor = self.actors.get(row.actor_id)
+        if actor is None:
+            if row.node_id == self._node_id:
+                return  # it lives here
+            actor = self._actor(row.actor_id)
+        actor.state, actor.death_cause = row.state, row.death_cause
+        named = f", name {row.name!r}" if row.name else ""
+        actor.label = f"{row.class_name} (id {_ids.short(row.actor_id)}{named})"
+        if row.creation_spec:
+            actor.max_task_retries = _max_task_retries(row.creation_spec)
+        if row.state == ActorState.DEAD:
+            self._dead(actor)
+            return
+        if row.node_id == self._node_id:
+            # It lives here now (restarted here): the calls waiting here go to it, in order.
+            actor.node_id = b""
+            if row.state == ActorState.ALIVE and not actor.sending and self.hand_back is not None:
+                calls, actor.queue = list(actor.queue), deque()
+                for task in calls:
+                    self.hand_back(task)
+            return
+        actor.node_id = row.node_id
+        if actor.kill is not None and actor.node_id:
+            self._emit(KillRemoteActor(actor.node_id, actor.actor_id, actor.kill))
+            actor.kill = None
+        self._pump(actor)
+
+    def kill(self, actor_id: bytes, no_restart: bool) -> None:
+        """Kill an actor that lives elsewhere: asked of its node (once known)."""
+        actor = self._actor(actor_id)
+        if actor.node_id and actor.state != ActorState.DEAD:
+            self._emit(KillRemoteActor(actor.node_id, actor_id, no_restart))
+        else:
+            actor.kill = no_restart
+
+    def node_died(self, node_id: bytes) -> None:
+        """The node of some actors died: their unanswered calls are retried or fail."""
+        for actor in self.actors.values():
+            if actor.node_id != node_id:
+                continue
+            actor.node_id = b""
+            actor.state = ActorState.RESTARTING  # until a row says otherwise
+            retried: list[Task] = []
+            for task in [*actor.sent.values(), *actor.sending]:
+                spec = task.spec
+                if task.cancelled:
+                    continue
+                if actor.max_task_retries < 0 or spec.attempt < actor.max_task_retries:
+                    spec.attempt += 1
+                    task.phase = Phase.QUEUED
+                    retried.append(task)
+                else:
+                    self._fail(task, actor, f"its node {_ids.short(node_id)} died while {spec.name}() ran "
+                                            f"(max_task_retries={actor.max_task_retries} spent)")
+            actor.sent.clear()
+            actor.sending = []
+            actor.queue.extendleft(reversed(retried))
+
+    def _dead(self, actor: RemoteActor) -> None:
+        cause = actor.death_cause or "it died"
+        for task in [*actor.sending, *actor.queue]:
+            self._fail(task, actor, cause)
+        actor.sending = []
+        actor.queue.clear()
+
+
+def _max_task_retries(creation_spec: bytes) -> int:
+    spec = common_pb2.TaskSpec.FromString(creation_spec)
+    try:
+        return int(json.loads(spec.actor_options or b"{}").get("max_task_retries") or 0)
+    except ValueError:
+        return 0
