@@ -113,6 +113,10 @@ class Settings:
     task_time_s: float = 0.010
     #: Bandwidth between nodes assumed for transfer estimates, in bytes per second.
     bandwidth: float = 1e9
+    #: Most nodes a global scheduler scores for one task: in a larger cluster it scores the
+    #: nodes holding the task's inputs and the one that spilled it, plus a random sample
+    #: (the cost of a placement then stops growing with the cluster).
+    placement_candidates: int = 16
 
     # ---- workers and drivers ----
     #: Cancels remembered for tasks a worker was given but has not started.
@@ -163,8 +167,8 @@ class Settings:
 _MINIMA: dict[str, int] = {
     "heartbeat_ms": 10, "node_timeout_ms": 50, "gcs_shards": 1, "event_flush_ms": 1,
     "spill_threshold": 0, "global_schedulers": 0, "max_spills": 0, "max_actor_spills": 0,
-    "pipeline_depth": 1,
-    "max_inline_depth": 1, "max_starting_workers": 0, "inline_threshold": 0,
+    "placement_candidates": 1, "pipeline_depth": 1, "max_inline_depth": 1, "max_starting_workers": 0,
+    "inline_threshold": 0,
     "pull_chunk_bytes": 1024, "shm_read_limit_bytes": 0, "report_retries": 1,
     "max_reports_in_flight": 1, "max_spills_in_flight": 1,
     "max_message_bytes": 1024 * 1024, "function_cache_size": 1, "subscriber_queue_size": 1,

@@ -102,7 +102,8 @@ class SpillReason(StrEnum):
     #: The node's total resources can never hold it: only a scheduler can place it, so the
     #: node keeps asking until one does.
     NEVER_FITS = "never fits here"
-    #: It cannot start now and a peer's last heartbeat row shows room for it.
+    #: It cannot start now, a round of such tasks waits here already, and a peer's last
+    #: heartbeat row shows room for it.
     PEER_HAS_ROOM = "busy here, a peer has room"
     #: The local queue is over ``spill_threshold``, it cannot start now, and a peer looks
     #: at least one round of tasks less busy.

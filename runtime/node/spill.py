@@ -4,7 +4,8 @@ part of the local scheduler.
 A task runs on the node it was submitted to unless one of these holds (``reason``):
 
 - the node can never hold it (``NEVER_FITS``);
-- it cannot start now and a peer's last row shows room for it (``PEER_HAS_ROOM``);
+- it cannot start now, a whole round of tasks like it is queued here already, and a
+  peer's last row shows room for it (``PEER_HAS_ROOM``);
 - it cannot start now, the local queue is at least ``spill_threshold`` long, and a peer
   looks at least one round of tasks less busy than this node (``QUEUE_FULL``): when every
   node is busy, the node keeps what it will run soon and spills only the excess;
@@ -26,7 +27,8 @@ node can hold waits here, *infeasible*, until a node or a scheduler appears.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import random
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from runtime import _ids
@@ -43,6 +45,8 @@ from runtime.protocol.states import TaskState
 _SPREAD, _AFFINITY = "SPREAD", "NODE_AFFINITY"
 #: More tasks than any node runs side by side (a bound for ``how_many_fit``).
 _MANY = 1 << 20
+#: Peers a spill decision looks at, at most (a random sample of them in a larger cluster).
+_SAMPLE = 16
 
 
 def _rounds(queue: int, need: Mapping[str, float], total: Mapping[str, float]) -> float:
@@ -76,8 +80,8 @@ class Peer:
 class Spilling:
     """Where tasks go when they do not stay here, and tasks that came from elsewhere."""
 
-    __slots__ = ("_actors", "_emit", "_host", "_node_id", "_objects", "_received", "_resources", "_spilled",
-                 "dead_peers", "forwarded", "has_schedulers", "infeasible", "max_actor_spills",
+    __slots__ = ("_actors", "_emit", "_host", "_listed", "_node_id", "_objects", "_received", "_resources",
+                 "_spilled", "dead_peers", "forwarded", "has_schedulers", "infeasible", "max_actor_spills",
                  "max_spills", "peers", "spill_threshold", "spilled_to", "waiting_creations")
 
     def __init__(self, node_id: bytes, host: TaskHost, objects: ObjectTable, resources: Resources,
@@ -101,6 +105,7 @@ class Spilling:
         self.waiting_creations: dict[bytes, Task] = {}
         #: Other live nodes, as their last rows showed them.
         self.peers: dict[bytes, Peer] = {}
+        self._listed: list[bytes] | None = None  # their ids, for sampling
         self.has_schedulers = False
         #: Tasks run here for another node: task id -> that node.
         self.forwarded: dict[bytes, Home] = {}
@@ -174,26 +179,39 @@ class Spilling:
             return SpillReason.SPREAD
         if self._resources.can_run(need):
             return None
-        peer = self._peer_that_can_start(need)
-        if peer is not None:
-            peer.charge(need)
-            return SpillReason.PEER_HAS_ROOM
-        if self._host.queue_length() >= self.spill_threshold:
+        queued = self._host.queue_length()
+        if queued and _rounds(queued, need, self._resources.total) >= 1:
+            peer = self._peer_that_can_start(need)
+            if peer is not None:
+                peer.charge(need)
+                return SpillReason.PEER_HAS_ROOM
+        if queued >= self.spill_threshold:
             peer = self._less_busy_peer(need)
             if peer is not None:
                 peer.charge(need)
                 return SpillReason.QUEUE_FULL
         return None
 
+    def _some_peers(self) -> Iterable[Peer]:
+        """The peers a decision looks at: all of them, or a random sample of ``_SAMPLE`` in a
+        large cluster (a decision's cost then stays flat as the cluster grows)."""
+        peers = self.peers
+        if len(peers) <= _SAMPLE:
+            return peers.values()
+        listed = self._listed
+        if listed is None:
+            listed = self._listed = list(peers)
+        return [peers[n] for n in random.sample(listed, _SAMPLE)]
+
     def _peer_that_can_start(self, need: Mapping[str, float]) -> Peer | None:
-        return next((p for p in self.peers.values() if fits(need, p.available)), None)
+        return next((p for p in self._some_peers() if fits(need, p.available)), None)
 
     def _less_busy_peer(self, need: Mapping[str, float]) -> Peer | None:
         """The least busy peer that fits ``need``, when it is at least one round of such
         tasks less busy than this node; else None."""
         here = _rounds(self._host.queue_length(), need, self._resources.total)
         best, best_rounds = None, here - 1.0
-        for peer in self.peers.values():
+        for peer in self._some_peers():
             if not fits(need, peer.total):
                 continue
             rounds = -1.0 if fits(need, peer.available) else _rounds(peer.queue, need, peer.total)
@@ -208,6 +226,10 @@ class Spilling:
         req.spec.CopyFrom(spec)
         req.spec.spill_count = spec.spill_count + 1
         self._objects.describe_inputs(spec, req.args, req.inputs)
+        load, snapshot = req.home_load, self._resources.snapshot()
+        load.total.update(snapshot["total"])
+        load.available.update({k: max(v, 0.0) for k, v in snapshot["available"].items()})
+        load.queue_length = self._host.queue_length()
         self._spilled += 1
         self._emit(Spill(spec.task_id, req, reason))
 
@@ -292,6 +314,7 @@ class Spilling:
         self.dead_peers.discard(node_id)
         peer = self.peers[node_id] = Peer(dict(load.total), dict(load.available), load.queue_length)
         if new:
+            self._listed = None
             self._retry_infeasible()
         if self.waiting_creations and self.has_schedulers:
             self._move_creations(peer)
@@ -320,6 +343,7 @@ class Spilling:
         only it held are lost."""
         self._actors.node_died(node_id)
         self.peers.pop(node_id, None)
+        self._listed = None
         self.dead_peers.add(node_id)
         host = self._host
         for task_id, where in list(self.spilled_to.items()):

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from runtime.protocol import common_pb2 as runtime_dot_protocol_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n runtime/protocol/scheduler.proto\x12\x07\x63\x65llray\x1a\x1druntime/protocol/common.proto\"B\n\rInputLocation\x12\x11\n\tobject_id\x18\x01 \x01(\x0c\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x10\n\x08node_ids\x18\x03 \x03(\x0c\"\xb9\x01\n\x0fScheduleRequest\x12\x1f\n\x04spec\x18\x01 \x01(\x0b\x32\x11.cellray.TaskSpec\x12\x14\n\x0c\x66rom_node_id\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12&\n\x06inputs\x18\x04 \x03(\x0b\x32\x16.cellray.InputLocation\x12!\n\x04\x61rgs\x18\x05 \x03(\x0b\x32\x13.cellray.ObjectData\x12\x14\n\x0chome_address\x18\x06 \x01(\t\"m\n\rScheduleReply\x12\x0f\n\x07node_id\x18\x01 \x01(\x0c\x12\x14\n\x0cnode_address\x18\x02 \x01(\t\x12\x11\n\tscheduler\x18\x03 \x01(\t\x12\x0b\n\x03why\x18\x04 \x01(\t\x12\x15\n\runschedulable\x18\x05 \x01(\t2O\n\x0fGlobalScheduler\x12<\n\x08Schedule\x12\x18.cellray.ScheduleRequest\x1a\x16.cellray.ScheduleReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n runtime/protocol/scheduler.proto\x12\x07\x63\x65llray\x1a\x1druntime/protocol/common.proto\"B\n\rInputLocation\x12\x11\n\tobject_id\x18\x01 \x01(\x0c\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x10\n\x08node_ids\x18\x03 \x03(\x0c\"\xdf\x01\n\x0fScheduleRequest\x12\x1f\n\x04spec\x18\x01 \x01(\x0b\x32\x11.cellray.TaskSpec\x12\x14\n\x0c\x66rom_node_id\x18\x02 \x01(\x0c\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12&\n\x06inputs\x18\x04 \x03(\x0b\x32\x16.cellray.InputLocation\x12!\n\x04\x61rgs\x18\x05 \x03(\x0b\x32\x13.cellray.ObjectData\x12\x14\n\x0chome_address\x18\x06 \x01(\t\x12$\n\thome_load\x18\x07 \x01(\x0b\x32\x11.cellray.NodeLoad\"m\n\rScheduleReply\x12\x0f\n\x07node_id\x18\x01 \x01(\x0c\x12\x14\n\x0cnode_address\x18\x02 \x01(\t\x12\x11\n\tscheduler\x18\x03 \x01(\t\x12\x0b\n\x03why\x18\x04 \x01(\t\x12\x15\n\runschedulable\x18\x05 \x01(\t2O\n\x0fGlobalScheduler\x12<\n\x08Schedule\x12\x18.cellray.ScheduleRequest\x1a\x16.cellray.ScheduleReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,9 +36,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INPUTLOCATION']._serialized_start=76
   _globals['_INPUTLOCATION']._serialized_end=142
   _globals['_SCHEDULEREQUEST']._serialized_start=145
-  _globals['_SCHEDULEREQUEST']._serialized_end=330
-  _globals['_SCHEDULEREPLY']._serialized_start=332
-  _globals['_SCHEDULEREPLY']._serialized_end=441
-  _globals['_GLOBALSCHEDULER']._serialized_start=443
-  _globals['_GLOBALSCHEDULER']._serialized_end=522
+  _globals['_SCHEDULEREQUEST']._serialized_end=368
+  _globals['_SCHEDULEREPLY']._serialized_start=370
+  _globals['_SCHEDULEREPLY']._serialized_end=479
+  _globals['_GLOBALSCHEDULER']._serialized_start=481
+  _globals['_GLOBALSCHEDULER']._serialized_end=560
 # @@protoc_insertion_point(module_scope)

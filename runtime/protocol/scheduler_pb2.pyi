@@ -19,20 +19,22 @@ class InputLocation(_message.Message):
     def __init__(self, object_id: _Optional[bytes] = ..., size: _Optional[int] = ..., node_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ScheduleRequest(_message.Message):
-    __slots__ = ("spec", "from_node_id", "reason", "inputs", "args", "home_address")
+    __slots__ = ("spec", "from_node_id", "reason", "inputs", "args", "home_address", "home_load")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     FROM_NODE_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
     HOME_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    HOME_LOAD_FIELD_NUMBER: _ClassVar[int]
     spec: _common_pb2.TaskSpec
     from_node_id: bytes
     reason: str
     inputs: _containers.RepeatedCompositeFieldContainer[InputLocation]
     args: _containers.RepeatedCompositeFieldContainer[_common_pb2.ObjectData]
     home_address: str
-    def __init__(self, spec: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ..., from_node_id: _Optional[bytes] = ..., reason: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[InputLocation, _Mapping]]] = ..., args: _Optional[_Iterable[_Union[_common_pb2.ObjectData, _Mapping]]] = ..., home_address: _Optional[str] = ...) -> None: ...
+    home_load: _common_pb2.NodeLoad
+    def __init__(self, spec: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ..., from_node_id: _Optional[bytes] = ..., reason: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[InputLocation, _Mapping]]] = ..., args: _Optional[_Iterable[_Union[_common_pb2.ObjectData, _Mapping]]] = ..., home_address: _Optional[str] = ..., home_load: _Optional[_Union[_common_pb2.NodeLoad, _Mapping]] = ...) -> None: ...
 
 class ScheduleReply(_message.Message):
     __slots__ = ("node_id", "node_address", "scheduler", "why", "unschedulable")

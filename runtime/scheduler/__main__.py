@@ -68,7 +68,7 @@ async def serve(ctx: DaemonContext) -> int:
     options: dict[str, Any] = ({"task_time_s": settings.task_time_s, "bandwidth": settings.bandwidth}
                                if args.policy == "locality" else {})
     policy = make_policy(args.policy, **options)
-    view = ClusterView(policy)
+    view = ClusterView(policy, max_candidates=settings.placement_candidates)
     service = SchedulerService(view, name=args.name, token=ctx.token)
     _, port = await ctx.serve(service.adders())
     address = ctx.address(port)

@@ -116,7 +116,7 @@ class SchedulerService(scheduler_pb2_grpc.GlobalSchedulerServicer):
                                               home_node_id=request.from_node_id, scheduler=self.name,
                                               reason=request.reason)
         attempts = PlacementAttempts(self.view, resources, request.inputs, home=request.from_node_id,
-                                     strategy=spec.strategy)
+                                     strategy=spec.strategy, home_load=request.home_load)
         waited = False
         while True:
             changed = self._changed  # taken before placing, so no change is missed

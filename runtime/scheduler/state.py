@@ -35,12 +35,14 @@ True
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from runtime._ids import short
-from runtime.protocol import gcs_pb2
+from runtime.config import Settings
+from runtime.protocol import common_pb2, gcs_pb2
 from runtime.scheduler.policies.base import InputLike, Policy, fits
 
 __all__ = ["DEFAULT", "NODE_AFFINITY", "SPREAD", "ClusterView", "InputLocation", "NodeView", "Placement",
@@ -137,13 +139,20 @@ class ClusterView:
         Picks among feasible nodes; default ``LocalityPolicy()``.
     """
 
-    def __init__(self, policy: Policy | None = None) -> None:
+    def __init__(self, policy: Policy | None = None, *, max_candidates: int = Settings.placement_candidates,
+                 rng: random.Random | None = None) -> None:
         if policy is None:
             from runtime.scheduler.policies import make_policy
             policy = make_policy("locality")
+        if max_candidates < 1:
+            raise ValueError(f"max_candidates must be >= 1, got {max_candidates!r}")
         self.policy = policy
+        self.max_candidates = max_candidates
+        self._rng = rng or random.Random()
         self._spread: Policy | None = None
         self._nodes: dict[bytes, NodeView] = {}
+        #: The node ids in a list, for sampling (rebuilt when one joins or leaves).
+        self._listed: list[bytes] | None = None
         self._row_versions: dict[bytes, int] = {}
         #: Bumped on every change from the GCS (not on charges); waiters retry when it moves.
         self.version = 0
@@ -159,6 +168,8 @@ class ClusterView:
 
     def update(self, row: gcs_pb2.NodeRow) -> None:
         """Take a node's new row as the truth (dropping optimistic charges on it)."""
+        if row.node_id not in self._nodes:
+            self._listed = None
         self._nodes[row.node_id] = NodeView.from_row(row)
         self._row_versions[row.node_id] = self._row_versions.get(row.node_id, 0) + 1
         self.version += 1
@@ -166,6 +177,7 @@ class ClusterView:
     def remove(self, node_id: bytes) -> None:
         """Forget a node whose row was deleted."""
         if self._nodes.pop(node_id, None) is not None:
+            self._listed = None
             self._row_versions[node_id] = self._row_versions.get(node_id, 0) + 1
             self.version += 1
 
@@ -210,15 +222,17 @@ class ClusterView:
 
     def place(self, resources: Mapping[str, float], inputs: Sequence[InputLike] = (),
               exclude: Collection[bytes] = frozenset(), policy: Policy | None = None,
-              only: Collection[bytes] | None = None) -> Placement | None:
+              only: Collection[bytes] | None = None, prefer: Collection[bytes] = ()) -> Placement | None:
         """Pick a feasible node not in ``exclude`` (among ``only``, when given) with
         ``policy`` (default: the view's) and charge it; None when there is none.
+
+        In a cluster of more than ``max_candidates`` nodes the policy scores the feasible
+        nodes among those holding the inputs, ``prefer`` and a random sample, not all.
 
         Raises ``ValueError`` for negative or non-finite resource amounts.
         """
         need = check_resources(resources)
-        candidates = [n for n in self.feasible(need) if n.node_id not in exclude
-                      and (only is None or n.node_id in only)]
+        candidates = self._candidates(need, inputs, exclude, only, prefer)
         if not candidates:
             return None
         choice = (policy or self.policy).choose(candidates, need, inputs)
@@ -229,6 +243,41 @@ class ClusterView:
         node.charged += 1
         return Placement(node.node_id, node.address, choice.cost, choice.why, need,
                          self.row_version(node.node_id))
+
+    def _candidates(self, need: Mapping[str, float], inputs: Sequence[InputLike], exclude: Collection[bytes],
+                    only: Collection[bytes] | None, prefer: Collection[bytes]) -> list[NodeView]:
+        """The feasible nodes the policy chooses among (see ``place``)."""
+        nodes = self._nodes
+        if only is not None:
+            picked = [nodes[n] for n in only if n in nodes]
+        elif len(nodes) <= self.max_candidates:
+            picked = list(nodes.values())
+        else:
+            seen: dict[bytes, NodeView] = {}
+            for node_id in [*prefer, *(n for i in inputs for n in i.node_ids)]:
+                node = nodes.get(node_id)
+                if node is not None:
+                    seen[node_id] = node
+            listed = self._listed
+            if listed is None:
+                listed = self._listed = list(nodes)
+            for node_id in self._rng.sample(listed, min(len(listed), 2 * self.max_candidates)):
+                if len(seen) >= self.max_candidates:
+                    break
+                if node_id not in seen:
+                    seen[node_id] = nodes[node_id]
+            picked = list(seen.values())
+        found = [n for n in picked if n.alive and n.node_id not in exclude and fits(need, n.total)]
+        if not found and only is None and len(picked) < len(nodes):
+            found = [n for n in self.feasible(need) if n.node_id not in exclude]  # rare: a needle
+        return found
+
+    def refresh(self, node_id: bytes, load: common_pb2.NodeLoad) -> None:
+        """Take ``load`` as ``node_id``'s present load (what it sent with a spill: fresher than
+        its last row), dropping the charges on it."""
+        node = self._nodes.get(node_id)
+        if node is not None:
+            node.available, node.queue_length, node.charged = dict(load.available), load.queue_length, 0
 
     def refund(self, placement: Placement) -> None:
         """Undo ``placement``'s charge (the node refused the task), unless a newer row came since."""
@@ -267,6 +316,9 @@ class PlacementAttempts:
     strategy
         The task's ``SchedulingStrategy`` (``kind`` empty or ``"DEFAULT"``: the view's
         policy; ``"SPREAD"``: the least loaded node; ``"NODE_AFFINITY"``: its node).
+    home_load
+        The home's load when it spilled the task; it replaces the home's last row in the
+        view (a stale row would make a busy home look free, and the task come back to wait).
 
     Examples
     --------
@@ -281,7 +333,10 @@ class PlacementAttempts:
     """
 
     def __init__(self, view: ClusterView, resources: Mapping[str, float], inputs: Sequence[InputLike] = (),
-                 home: bytes = b"", strategy: StrategyLike | None = None) -> None:
+                 home: bytes = b"", strategy: StrategyLike | None = None,
+                 home_load: common_pb2.NodeLoad | None = None) -> None:
+        if home and home_load is not None and home_load.total:
+            view.refresh(home, home_load)  # the home is busier than its last row says: it spilled
         self.view = view
         self.resources = check_resources(resources)
         self.inputs = inputs
@@ -300,7 +355,8 @@ class PlacementAttempts:
             if step is not None:
                 return step
         policy = view.spread_policy() if self.kind == SPREAD else None
-        placement = view.place(self.resources, self.inputs, exclude, policy)
+        placement = view.place(self.resources, self.inputs, exclude, policy,
+                               prefer=(self.home,) if self.home else ())
         if placement is not None:
             return placement
         feasible = view.feasible(self.resources)

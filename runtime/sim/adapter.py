@@ -253,7 +253,7 @@ class ScheduleCall:
                                                    home_node_id=req.from_node_id, scheduler=scheduler,
                                                    reason=req.reason)
         self.attempts = PlacementAttempts(view, dict(spec.resources), req.inputs, home=req.from_node_id,
-                                          strategy=spec.strategy)
+                                          strategy=spec.strategy, home_load=req.home_load)
 
     def step(self) -> ScheduleStep:
         """The next step of the call (one ``attempts.next()``)."""

@@ -62,7 +62,8 @@ def _why(r: SimResult, results: Sequence[SimResult]) -> str:
                 if smallest < r.nodes else "")
         return (f"the replicas are saturated (busiest {r.loads['replica'].max_util:.0%} busy): the hot nodes "
                 f"spill {r.spill_rate:,.0f} tasks/s, but a placement costs {_us(place)} at {r.nodes} nodes"
-                f"{grew} (the policy scores every feasible node), so {r.replicas} replica(s) place at most "
+                f"{grew} (the policy scores a sample of Settings.placement_candidates nodes, plus the "
+                f"nodes holding the inputs), so {r.replicas} replica(s) place at most "
                 f"~{r.replicas / place:,.0f}/s; placing them all would take "
                 f"~{math.ceil(r.spill_rate * place)} replicas. The other spills wait at their home, SPILLED, "
                 "and do not run there either")
@@ -129,8 +130,8 @@ def _node_line(results: Sequence[SimResult]) -> str:
                for n in sizes]
     parts = ", ".join(f"{r.loads['node'].max_util:.0%} at {r.nodes} ({r.loads['node'].busiest}: a submit "
                       f"{_us(r.loads['node'].busiest_costs.get('submit', math.nan))})" for r in busiest)
-    return (f"Node managers: the busiest (a hot node) is busy {parts}. A hot node's submit grows with the "
-            "cluster since its spill decision looks at every peer's last row; nodes are "
+    return (f"Node managers: the busiest (a hot node) is busy {parts}. A spill decision looks at a sample "
+            "of at most 16 peers' last rows, so a submit costs about the same at any size; nodes are "
             f"{busiest[-1].loads['node'].mean_util:.0%} busy on average at {busiest[-1].nodes}.")
 
 

@@ -17,6 +17,7 @@ import runtime as rt
 from runtime import config, state
 from runtime.cluster.local import LocalCluster, NodeSpec
 from runtime.testing.wait import wait_for
+from runtime.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 pytestmark = pytest.mark.cluster
 
@@ -90,7 +91,9 @@ def test_task_goes_to_the_node_holding_its_large_input(three_nodes: LocalCluster
     big = make.remote()
     rt.wait([big], timeout=60)
     flag = tmp_path / "hold"
-    blockers = [where.remote(str(flag)) for _ in range(4)]  # the driver's node is busy
+    head = _node_ids(three_nodes)[0]
+    pinned = where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False))
+    blockers = [pinned.remote(str(flag)) for _ in range(4)]  # the driver's node is busy
     node, total = rt.get(consume.remote(big), timeout=60)
     flag.touch()
     rt.get(blockers, timeout=60)

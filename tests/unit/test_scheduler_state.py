@@ -265,3 +265,30 @@ def test_a_failed_node_is_skipped_until_its_next_row() -> None:
     view.update(row(B, {"CPU": 4, "GPU": 1}, heartbeat=2.0))  # news from B: worth another try
     again = attempts.next()
     assert isinstance(again, Placement) and again.node_id == B
+
+
+def test_a_large_cluster_scores_a_sample_plus_the_input_holders_and_still_finds_a_needle() -> None:
+    view = ClusterView(make_policy("locality", rng=random.Random(1)), max_candidates=8, rng=random.Random(2))
+    ids = [i.to_bytes(2, "big") * 8 for i in range(200)]
+    for node_id in ids:
+        view.update(row(node_id, {"CPU": 4}))
+    holder = ids[123]
+    step = PlacementAttempts(view, {"CPU": 1}, [InputLocation(b"o" * 20, 500 * MB, frozenset({holder}))]).next()
+    assert isinstance(step, Placement) and step.node_id == holder  # always among the candidates
+    gpu = ids[77]
+    view.update(row(gpu, {"CPU": 4, "GPU": 1}))
+    step = PlacementAttempts(view, {"GPU": 1}).next()
+    assert isinstance(step, Placement) and step.node_id == gpu  # found even outside the sample
+    with pytest.raises(ValueError, match="max_candidates"):
+        ClusterView(max_candidates=0)
+
+
+def test_the_homes_load_sent_with_a_spill_replaces_its_stale_row() -> None:
+    # A's last row says it is free; the load it spilled with says it is busy: B wins.
+    view = view_of(row(A, {"CPU": 4}), row(B, {"CPU": 4}, {"CPU": 1}, queue_length=0))
+    busy = common_pb2.NodeLoad(total={"CPU": 4}, available={"CPU": 0}, queue_length=6)
+    inputs = [InputLocation(b"o" * 20, 10 * MB, frozenset({A, B}))]
+    step = PlacementAttempts(view, {"CPU": 1}, inputs, home=A, home_load=busy).next()
+    assert isinstance(step, Placement) and step.node_id == B
+    node = view.node(A)
+    assert node is not None and (node.available, node.queue_length) == ({"CPU": 0.0}, 6)

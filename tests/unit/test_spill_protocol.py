@@ -246,7 +246,7 @@ class Harness:
                                               home_node_id=req.from_node_id, scheduler=f"gs-{r}",
                                               reason=req.reason)
         attempts = PlacementAttempts(self.views[r], dict(req.spec.resources), req.inputs,
-                                     home=req.from_node_id)
+                                     home=req.from_node_id, home_load=req.home_load)
         self._place(home, action, rest, r, attempts, forward)
 
     def _place(self, home: int, action: Spill, rest: list[int], r: int, attempts: PlacementAttempts,
