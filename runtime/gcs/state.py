@@ -263,9 +263,14 @@ class GcsState:
         Rows come from more than one node (the creator's writes PENDING, the node the
         actor was placed on writes the rest), so they may arrive out of order. A row is
         older when it has fewer restarts, or as many and an earlier state (PENDING and
-        RESTARTING before ALIVE before DEAD); DEAD is final.
+        RESTARTING before ALIVE before DEAD); DEAD is final. A row of a live actor written
+        by a node declared dead is refused too.
         """
         _require(row.actor_id, "actor_id")
+        if row.state != ActorState.DEAD and row.node_id:
+            node = self._node(row.node_id)
+            if node is not None and not node.alive:
+                return False  # written by a node already declared dead: another runs the actor now
         raw = self.get(keys.ACTORS_TABLE, row.actor_id)
         if raw is not None:
             old = gcs_pb2.ActorRow.FromString(raw)

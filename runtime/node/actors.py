@@ -149,7 +149,13 @@ class ActorTable:
     def _take_back(self, task: Task) -> None:
         """A call that waited for the actor elsewhere: the actor lives here now."""
         actor = self.actors.get(task.spec.actor_id)
-        if actor is None:
+        if actor is None or actor.host_node:
+            # The row saying so is older than what this node knows (the actor was placed
+            # elsewhere since): the call waits for the actor's next row.
+            self._remote.call(task)
+            return
+        if actor.state == ActorState.DEAD:  # it died here before the row saying so came
+            self._fail_call(task, actor.label, actor.death_cause)
             return
         task.phase = Phase.QUEUED
         actor.queue.append(task)
@@ -181,15 +187,21 @@ class ActorTable:
             actor.host_node = node_id
         self._remote.adopt(actor_id, calls, node_id)
 
-    def creation_reported(self, actor_id: bytes, failed: bool, summary: str) -> None:
-        """The creation of our actor ended on the node it was placed on (which writes its rows)."""
+    def creation_reported(self, actor_id: bytes, node_id: bytes, failed: bool) -> None:
+        """The creation of our actor ended on node ``node_id``, where a scheduler placed it
+        (which writes its rows). Its report may come before the scheduler's answer."""
         actor = self.actors.get(actor_id)
-        if actor is None or not actor.host_node:
+        if actor is None or actor.hosted_for:
+            return
+        if not actor.host_node and node_id not in (b"", self._node_id) and actor.state != ActorState.DEAD:
+            self.creation_placed(actor_id, node_id)
+        if not actor.host_node:
             return
         if failed:
-            self._objects.release_inputs(actor.creation)
-            actor.state, actor.death_cause = ActorState.DEAD, f"its constructor raised:\n{summary}"
-        elif actor.no_restart:  # killed while it was being placed
+            # Its constructor raised (that node writes a DEAD row, which ``row_seen``
+            # follows) or its process died (that node restarts it): the rows tell which.
+            return
+        if actor.no_restart:  # killed while it was being placed
             self._emit(KillRemoteActor(actor.host_node, actor_id, True))
 
     def unschedulable(self, actor_id: bytes, cause: str) -> None:
@@ -202,8 +214,14 @@ class ActorTable:
     def row_seen(self, row: gcs_pb2.ActorRow) -> None:
         """A row of the GCS ``actors`` table: the calls waiting for that actor here follow it;
         when it is ours and lives elsewhere, our record follows its state."""
-        self._remote.row(row)
         actor = self.actors.get(row.actor_id)
+        if actor is not None and self._placed_unheard(actor, row):
+            # A scheduler placed our creation on the row's node, and its answer (``spilled``)
+            # has not come yet, or came after the creation's report (unary RPCs, in no
+            # order) and was dropped: the row tells us where it lives. Before ``row`` below,
+            # so that a DEAD row fails the calls queued here.
+            self.creation_placed(row.actor_id, row.node_id)
+        self._remote.row(row)
         if actor is None or not actor.host_node or row.node_id == self._node_id:
             return
         actor.restarts, actor.pid = max(actor.restarts, row.num_restarts), row.pid
@@ -212,6 +230,16 @@ class ActorTable:
         if row.state == ActorState.DEAD and actor.state != ActorState.DEAD:
             self._objects.release_inputs(actor.creation)
             actor.state, actor.death_cause = ActorState.DEAD, row.death_cause
+
+    def _placed_unheard(self, actor: Actor, row: gcs_pb2.ActorRow) -> bool:
+        """True when ``row`` shows our actor, created here and not placed anywhere yet to our
+        knowledge, living (or dead) on another node: its creation went there."""
+        if (actor.host_node or actor.hosted_for or actor.worker_id or row.node_id == self._node_id
+                or actor.state == ActorState.DEAD or row.num_restarts < actor.restarts
+                or row.state not in (ActorState.ALIVE, ActorState.DEAD)):
+            return False
+        creation = self._host.task(actor.creation.task_id)
+        return creation is None or creation.phase == Phase.SPILLED
 
     def node_died(self, node_id: bytes) -> None:
         """Node ``node_id`` died: calls sent to actors there wait for their restart (or fail);
@@ -225,6 +253,10 @@ class ActorTable:
                 self._host_died(actor, node_id)
             elif actor.hosted_for == node_id and actor.options.get("lifetime") != Lifetime.DETACHED:
                 self.kill(actor.actor_id, True, f"its creator's node {_ids.short(node_id)} died")
+
+    def node_alive(self, node_id: bytes) -> None:
+        """Node ``node_id`` is alive (again): rows naming it are followed again."""
+        self._remote.dead_nodes.discard(node_id)
 
     def _host_died(self, actor: Actor, node_id: bytes) -> None:
         actor.host_node = b""
@@ -261,7 +293,9 @@ class ActorTable:
         objects = self._objects
         while actor.queue:
             task = actor.queue[0]
-            if task.cancelled:
+            if task.cancelled or self._host.task(task.spec.task_id) is not task:
+                # Cancelled, or over already: a call retried after its node died whose results
+                # came back from that node after all.
                 actor.queue.popleft()
                 continue
             if task.missing:

@@ -50,7 +50,7 @@ class PeerEvents(Protocol):
     """The state's events that answers from peers and the GCS become."""
 
     def spilled(self, task_id: bytes, node_id: bytes, scheduler: str, reason: SpillReason,
-                why: str = "") -> None: ...
+                why: str = "", attempt: int | None = None) -> None: ...
     def spill_failed(self, task_id: bytes) -> None: ...
     def unschedulable(self, task_id: bytes, why: str) -> None: ...
     def calls_delivered(self, actor_id: bytes, accepted: bool) -> None: ...
@@ -222,7 +222,8 @@ class Peers:
             self._apply(lambda s: s.unschedulable(task_id, why))
         else:
             node_id, scheduler, why = reply.node_id, reply.scheduler, reply.why
-            self._apply(lambda s: s.spilled(task_id, node_id, scheduler, action.reason, why))
+            attempt = action.request.spec.attempt
+            self._apply(lambda s: s.spilled(task_id, node_id, scheduler, action.reason, why, attempt))
 
     async def _pull(self, oid: bytes, node_id: bytes) -> None:
         address = self.addresses.get(node_id)

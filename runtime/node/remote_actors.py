@@ -48,12 +48,15 @@ class RemoteActor:
     sending: list[Task] = field(default_factory=list)  #: the batch in flight
     sent: dict[bytes, Task] = field(default_factory=dict)  #: forwarded, not answered (in order)
     kill: bool | None = None  #: a kill to pass on once located (its ``no_restart``)
+    #: A batch was given up (its node died) and its answer is still to come: no batch goes
+    #: out until it has, or it would be taken for that batch's (answers carry no batch id).
+    given_up: bool = False
 
 
 class RemoteActors:
     """The actors this node's callers call on other nodes (see the module docstring)."""
 
-    __slots__ = ("_emit", "_host", "_node_id", "_objects", "actors", "hand_back")
+    __slots__ = ("_emit", "_host", "_node_id", "_objects", "actors", "dead_nodes", "hand_back")
 
     def __init__(self, node_id: bytes, host: TaskHost, objects: ObjectTable,
                  emit: Callable[[Action], None]) -> None:
@@ -64,11 +67,14 @@ class RemoteActors:
         self.actors: dict[bytes, RemoteActor] = {}
         #: Where calls go when their actor turns out to live here (set by ``ActorTable``).
         self.hand_back: Callable[[Task], None] | None = None
+        #: Nodes declared dead (until one comes back): a late row naming one is not followed.
+        self.dead_nodes: set[bytes] = set()
 
     def has_calls(self, actor_id: bytes) -> bool:
-        """True while calls of ``actor_id`` wait here (a later call must queue behind them)."""
+        """True while calls of ``actor_id`` wait here, or are out on another node unanswered
+        (they come back here if that node dies): a later call must queue behind them."""
         actor = self.actors.get(actor_id)
-        return actor is not None and bool(actor.queue or actor.sending)
+        return actor is not None and bool(actor.queue or actor.sending or actor.sent)
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -107,13 +113,13 @@ class RemoteActors:
 
     def _pump(self, actor: RemoteActor) -> None:
         """Forward the calls at the head of the queue whose inputs are known, one batch at a time."""
-        if actor.sending or actor.state != ActorState.ALIVE or not actor.node_id:
+        if actor.sending or actor.given_up or actor.state != ActorState.ALIVE or not actor.node_id:
             return
         req = node_pb2.ForwardActorCallsRequest(actor_id=actor.actor_id)
         objects = self._objects
         while actor.queue and len(actor.sending) < _BATCH:
             task = actor.queue[0]
-            if task.cancelled:
+            if task.cancelled or not self._live(task):
                 actor.queue.popleft()
                 continue
             if task.missing:
@@ -130,11 +136,13 @@ class RemoteActors:
         """The batch in flight reached the actor's node (``accepted``), or that node does not
         hold the actor (any more): the calls wait for its next row."""
         actor = self.actors.get(actor_id)
-        if actor is None:
+        if actor is None or self._given_up_answered(actor):
             return
         batch, actor.sending = actor.sending, []
         if accepted:
             for task in batch:
+                if not self._live(task):
+                    continue  # its results came back before this answer (unary RPCs, in no order)
                 task.phase = Phase.SPILLED
                 actor.sent[task.spec.task_id] = task
                 ev = self._host.event(task, TaskState.SPILLED, detail=f"to node {_ids.short(actor.node_id)}, "
@@ -146,25 +154,35 @@ class RemoteActors:
             actor.node_id = b""  # wait for a row saying where it is
 
     def undelivered(self, actor_id: bytes) -> None:
-        """The batch in flight could not be sent (the node is unreachable): try again later
-        (the next row or the node's death decides)."""
+        """The batch in flight could not be sent, or its answer was lost (the I/O side has
+        paused already): send it again, in its place at the head (the actor's node ignores
+        calls it holds already); the next row or the node's death may send it elsewhere."""
         actor = self.actors.get(actor_id)
-        if actor is None:
+        if actor is None or self._given_up_answered(actor):
             return
         batch, actor.sending = actor.sending, []
         actor.queue.extendleft(reversed(batch))
+        self._pump(actor)
 
-    def retry(self, actor_id: bytes) -> None:
-        """Time to try forwarding again after ``undelivered``."""
-        actor = self.actors.get(actor_id)
-        if actor is not None:
-            self._pump(actor)
+    def _given_up_answered(self, actor: RemoteActor) -> bool:
+        """True when this answer is that of a batch given up (``node_died``): it is ignored,
+        and the next batch may go."""
+        if not actor.given_up:
+            return False
+        actor.given_up = False
+        self._pump(actor)
+        return True
 
     def call_done(self, task_id: bytes, actor_id: bytes) -> None:
         """A forwarded call's results came back (or it ended here: cancelled)."""
         actor = self.actors.get(actor_id)
         if actor is not None:
             actor.sent.pop(task_id, None)
+
+    def _live(self, task: Task) -> bool:
+        """False once ``task`` is over here (its results came back, or it was failed), though
+        it may still sit in a queue or a batch: it must not be sent, or retried, again."""
+        return self._host.task(task.spec.task_id) is task
 
     def _fail(self, task: Task, actor: RemoteActor, cause: str) -> None:
         self._host.fail(task, ActorDiedError(
@@ -175,6 +193,8 @@ class RemoteActors:
 
     def row(self, row: gcs_pb2.ActorRow) -> None:
         """A row of the GCS ``actors`` table: where an actor lives and in what state."""
+        if row.node_id in self.dead_nodes and row.state != ActorState.DEAD:
+            return  # written there before it died: a restart's row will follow
         actor = self.actors.get(row.actor_id)
         if actor is None:
             if row.node_id == self._node_id:
@@ -194,7 +214,8 @@ class RemoteActors:
             if row.state == ActorState.ALIVE and not actor.sending and self.hand_back is not None:
                 calls, actor.queue = list(actor.queue), deque()
                 for task in calls:
-                    self.hand_back(task)
+                    if self._live(task):
+                        self.hand_back(task)
             return
         actor.node_id = row.node_id
         if actor.kill is not None and actor.node_id:
@@ -211,32 +232,41 @@ class RemoteActors:
             actor.kill = no_restart
 
     def node_died(self, node_id: bytes) -> None:
-        """The node of some actors died: their unanswered calls are retried or fail."""
+        """The node of some actors died: their unanswered calls are retried or fail (all of
+        them when a row said the actor is dead: nothing will answer them now)."""
+        self.dead_nodes.add(node_id)
         for actor in self.actors.values():
             if actor.node_id != node_id:
                 continue
             actor.node_id = b""
-            actor.state = ActorState.RESTARTING  # until a row says otherwise
+            dead = actor.state == ActorState.DEAD
+            if not dead:
+                actor.state = ActorState.RESTARTING  # until a row says otherwise
             retried: list[Task] = []
             for task in [*actor.sent.values(), *actor.sending]:
                 spec = task.spec
-                if task.cancelled:
+                if task.cancelled or not self._live(task):
                     continue
-                if actor.max_task_retries < 0 or spec.attempt < actor.max_task_retries:
+                if not dead and (actor.max_task_retries < 0 or spec.attempt < actor.max_task_retries):
                     spec.attempt += 1
                     task.phase = Phase.QUEUED
                     retried.append(task)
+                elif dead:
+                    self._fail(task, actor, actor.death_cause or "it died")
                 else:
                     self._fail(task, actor, f"its node {_ids.short(node_id)} died while {spec.name}() ran "
                                             f"(max_task_retries={actor.max_task_retries} spent)")
             actor.sent.clear()
+            if actor.sending:
+                actor.given_up = True
             actor.sending = []
             actor.queue.extendleft(reversed(retried))
 
     def _dead(self, actor: RemoteActor) -> None:
         cause = actor.death_cause or "it died"
         for task in [*actor.sending, *actor.queue]:
-            self._fail(task, actor, cause)
+            if self._live(task):
+                self._fail(task, actor, cause)
         actor.sending = []
         actor.queue.clear()
 

@@ -27,31 +27,26 @@ node can hold waits here, *infeasible*, until a node or a scheduler appears.
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from runtime import _ids
 from runtime.exceptions import ActorUnschedulableError, NodeDiedError, TaskUnschedulableError
 from runtime.node.actions import Action, FreeRemote, ReportHome, Spill, SpillReason
 from runtime.node.actors import ActorTable
 from runtime.node.objects import ObjectTable
+from runtime.node.peer_loads import Peer, PeerLoads, rounds
 from runtime.node.resources import Resources
 from runtime.node.tasks import Phase, Task, TaskHost
 from runtime.protocol import common_pb2, node_pb2, scheduler_pb2
-from runtime.protocol.resources import fits, how_many_fit
+from runtime.protocol.resources import fits
 from runtime.protocol.states import TaskState
 
 _SPREAD, _AFFINITY = "SPREAD", "NODE_AFFINITY"
-#: More tasks than any node runs side by side (a bound for ``how_many_fit``).
-_MANY = 1 << 20
-#: Peers a spill decision looks at, at most (a random sample of them in a larger cluster).
-_SAMPLE = 16
-
-
-def _rounds(queue: int, need: Mapping[str, float], total: Mapping[str, float]) -> float:
-    """How many rounds of tasks like ``need`` a queue of ``queue`` is, on a node of ``total``."""
-    return queue / max(1, how_many_fit(need, total, _MANY))
+#: Actor calls forwarded here that a node remembers having run (a lost answer makes the
+#: caller's node send a batch again, seconds later at most).
+_ENDED_CALLS = 65536
 
 
 @dataclass(slots=True)
@@ -60,29 +55,13 @@ class Home:
     node_id: bytes
 
 
-@dataclass(slots=True)
-class Peer:
-    """Another node as its last heartbeat row showed it, plus the tasks spilled its way since."""
-
-    total: dict[str, float]
-    available: dict[str, float] = field(default_factory=dict)
-    queue: int = 0
-
-    def charge(self, need: Mapping[str, float]) -> None:
-        """Count a task spilled its way, until its next row tells the truth."""
-        if fits(need, self.available):
-            for k, v in need.items():
-                self.available[k] = self.available.get(k, 0.0) - v
-        else:
-            self.queue += 1
-
-
 class Spilling:
     """Where tasks go when they do not stay here, and tasks that came from elsewhere."""
 
-    __slots__ = ("_actors", "_emit", "_host", "_listed", "_node_id", "_objects", "_received", "_resources",
-                 "_spilled", "dead_peers", "forwarded", "has_schedulers", "infeasible", "max_actor_spills",
-                 "max_spills", "peers", "spill_threshold", "spilled_to", "waiting_creations")
+    __slots__ = ("_actors", "_emit", "_ended_calls", "_host", "_node_id",
+                 "_objects", "_received", "_resources", "_spilled", "dead_peers", "forwarded",
+                 "has_schedulers", "infeasible", "max_actor_spills", "max_spills", "peers",
+                 "spill_threshold", "spilled_to", "waiting_creations")
 
     def __init__(self, node_id: bytes, host: TaskHost, objects: ObjectTable, resources: Resources,
                  actors: ActorTable, emit: Callable[[Action], None], *, spill_threshold: int,
@@ -104,8 +83,9 @@ class Spilling:
         #: row shows room for them.
         self.waiting_creations: dict[bytes, Task] = {}
         #: Other live nodes, as their last rows showed them.
-        self.peers: dict[bytes, Peer] = {}
-        self._listed: list[bytes] | None = None  # their ids, for sampling
+        self.peers = PeerLoads()
+        #: Actor calls forwarded here that ended (the latest ``_ENDED_CALLS``).
+        self._ended_calls: OrderedDict[bytes, None] = OrderedDict()
         self.has_schedulers = False
         #: Tasks run here for another node: task id -> that node.
         self.forwarded: dict[bytes, Home] = {}
@@ -124,7 +104,7 @@ class Spilling:
     def fits_nowhere(self, need: Mapping[str, float]) -> bool:
         """True when neither this node nor any known peer could ever hold ``need``."""
         return (not self._resources.ever_fits(need)
-                and not any(fits(need, p.total) for p in self.peers.values()))
+                and not self.peers.any_fits(need))
 
     def park(self, task: Task) -> None:
         """Keep ``task`` aside until a node that fits it joins."""
@@ -168,10 +148,10 @@ class Spilling:
         if spec.actor_creation and not self._resources.can_run(need):
             # An actor holds its resources for life: waiting here may mean waiting forever,
             # so even one placed here moves on (within max_actor_spills) when a peer has room.
-            peer = self._peer_that_can_start(need)
+            peer = self.peers.can_start(need)
             if peer is None or spec.spill_count >= self.max_actor_spills:
                 return None
-            peer.charge(need)
+            self.peers.charge(peer, task)
             return SpillReason.ACTOR_BUSY
         if not first:
             return None  # placed here by a scheduler: no ping-pong of busy nodes
@@ -180,44 +160,17 @@ class Spilling:
         if self._resources.can_run(need):
             return None
         queued = self._host.queue_length()
-        if queued and _rounds(queued, need, self._resources.total) >= 1:
-            peer = self._peer_that_can_start(need)
+        if queued and rounds(queued, need, self._resources.total) >= 1:
+            peer = self.peers.can_start(need)
             if peer is not None:
-                peer.charge(need)
+                self.peers.charge(peer, task)
                 return SpillReason.PEER_HAS_ROOM
         if queued >= self.spill_threshold:
-            peer = self._less_busy_peer(need)
+            peer = self.peers.less_busy(need, self._host.queue_length(), self._resources.total)
             if peer is not None:
-                peer.charge(need)
+                self.peers.charge(peer, task)
                 return SpillReason.QUEUE_FULL
         return None
-
-    def _some_peers(self) -> Iterable[Peer]:
-        """The peers a decision looks at: all of them, or a random sample of ``_SAMPLE`` in a
-        large cluster (a decision's cost then stays flat as the cluster grows)."""
-        peers = self.peers
-        if len(peers) <= _SAMPLE:
-            return peers.values()
-        listed = self._listed
-        if listed is None:
-            listed = self._listed = list(peers)
-        return [peers[n] for n in random.sample(listed, _SAMPLE)]
-
-    def _peer_that_can_start(self, need: Mapping[str, float]) -> Peer | None:
-        return next((p for p in self._some_peers() if fits(need, p.available)), None)
-
-    def _less_busy_peer(self, need: Mapping[str, float]) -> Peer | None:
-        """The least busy peer that fits ``need``, when it is at least one round of such
-        tasks less busy than this node; else None."""
-        here = _rounds(self._host.queue_length(), need, self._resources.total)
-        best, best_rounds = None, here - 1.0
-        for peer in self._some_peers():
-            if not fits(need, peer.total):
-                continue
-            rounds = -1.0 if fits(need, peer.available) else _rounds(peer.queue, need, peer.total)
-            if rounds <= best_rounds:
-                best, best_rounds = peer, rounds
-        return best
 
     def spill(self, task: Task, reason: SpillReason) -> None:
         spec = task.spec
@@ -234,11 +187,13 @@ class Spilling:
         self._emit(Spill(spec.task_id, req, reason))
 
     def spilled(self, task_id: bytes, node_id: bytes, scheduler: str, reason: str,
-                why: str = "") -> None:
-        """A global scheduler placed our task on ``node_id`` (``why``: its reason)."""
+                why: str = "", attempt: int | None = None) -> None:
+        """A global scheduler placed attempt ``attempt`` of our task on ``node_id`` (``why``:
+        its reason)."""
+        self.peers.answered(task_id)
         task = self._host.task(task_id)
-        if task is None or task.phase != Phase.SPILLED:
-            return  # done already, or placed back here by a ForwardTask that came first
+        if task is None or task.phase != Phase.SPILLED or attempt not in (None, task.spec.attempt):
+            return  # done already, placed back here by a ForwardTask that came first, or an old attempt
         if node_id == self._node_id:
             self._place_back(task, scheduler, why)
             return
@@ -271,6 +226,7 @@ class Spilling:
 
     def unschedulable(self, task_id: bytes, why: str) -> None:
         """No node can ever take our spilled task: it fails (an actor's creation: the actor dies)."""
+        self.peers.answered(task_id)
         task = self._host.task(task_id)
         if task is None or task.phase != Phase.SPILLED:
             return
@@ -287,6 +243,7 @@ class Spilling:
 
     def spill_failed(self, task_id: bytes) -> None:
         """No global scheduler took the task: run it here if it can ever fit, else wait."""
+        self.peers.answered(task_id)
         task = self._host.task(task_id)
         if task is None or task.phase != Phase.SPILLED:
             return
@@ -312,9 +269,9 @@ class Spilling:
         new = node_id not in self.peers
         # Alive again (the GCS took it back): a task placed there from now on runs there.
         self.dead_peers.discard(node_id)
-        peer = self.peers[node_id] = Peer(dict(load.total), dict(load.available), load.queue_length)
+        self._actors.node_alive(node_id)
+        peer = self.peers.row(node_id, load)
         if new:
-            self._listed = None
             self._retry_infeasible()
         if self.waiting_creations and self.has_schedulers:
             self._move_creations(peer)
@@ -328,7 +285,7 @@ class Spilling:
                 continue
             if task.spec.spill_count < self.max_actor_spills and fits(task.resources, peer.available):
                 del self.waiting_creations[task_id]
-                peer.charge(task.resources)
+                self.peers.charge(peer, task)
                 self.spill(task, SpillReason.ACTOR_BUSY)  # its ready-queue entry is dropped lazily
 
     def set_schedulers(self, available: bool) -> None:
@@ -341,9 +298,7 @@ class Spilling:
         """Re-run the tasks we had sent there; calls of actors that lived there wait for
         the actor's restart, and actors we created that lived there restart or die; objects
         only it held are lost."""
-        self._actors.node_died(node_id)
-        self.peers.pop(node_id, None)
-        self._listed = None
+        self.peers.remove(node_id)
         self.dead_peers.add(node_id)
         host = self._host
         for task_id, where in list(self.spilled_to.items()):
@@ -354,7 +309,9 @@ class Spilling:
             if task is None:
                 continue
             spec = task.spec
-            if not task.cancelled and (spec.max_retries < 0 or spec.attempt < spec.max_retries):
+            if spec.actor_creation:  # the actor's restarts decide (``node_died`` below)
+                host.finish(task, [], TaskState.FAILED, f"node {_ids.short(node_id)} died")
+            elif not task.cancelled and (spec.max_retries < 0 or spec.attempt < spec.max_retries):
                 spec.attempt += 1
                 host.event(task, TaskState.RETRYING, detail=f"node {_ids.short(node_id)} died")
                 task.phase = Phase.WAITING
@@ -364,6 +321,7 @@ class Spilling:
                     f"{spec.name}() (task {_ids.short(task_id)}) was running on node "
                     f"{_ids.short(node_id)}, which died; max_retries={spec.max_retries} spent.",
                     task_id=task_id.hex()))
+        self._actors.node_died(node_id)
         for oid in self._objects.remote_on(node_id):
             host.store_object(self._objects.pull_lost(oid, f"node {_ids.short(node_id)} died"))
         self._objects.drop_holds(node_id)
@@ -374,10 +332,16 @@ class Spilling:
     def is_forwarded(self, task_id: bytes) -> bool:
         return task_id in self.forwarded
 
-    def task_over(self, task_id: bytes) -> Home | None:
+    def task_over(self, task_id: bytes, actor_call: bool = False) -> Home | None:
         """Task ``task_id`` ended: its home node when it ran here for another one."""
         self.infeasible.pop(task_id, None)
-        return self.forwarded.pop(task_id, None)
+        home = self.forwarded.pop(task_id, None)
+        if home is not None and actor_call:  # a batch sent again must not run it twice
+            ended = self._ended_calls
+            ended[task_id] = None
+            if len(ended) > _ENDED_CALLS:
+                ended.popitem(last=False)
+        return home
 
     def accept_forwarded(self, req: node_pb2.ForwardTaskRequest) -> None:
         """A scheduler placed a task here: it runs here for its home node."""
@@ -404,12 +368,14 @@ class Spilling:
     def accept_calls(self, req: node_pb2.ForwardActorCallsRequest) -> bool:
         """Calls of an actor from callers on another node, in their order: False (none
         taken) when the actor does not live here."""
-        if not self._actors.hosts(req.actor_id):
-            return False
+        sender = req.calls[0].home_node_id if req.calls else b""
+        if not self._actors.hosts(req.actor_id) or sender in self.dead_peers:
+            return False  # not here, or sent by a node declared dead (what it had is retried)
         host = self._host
         for call in req.calls:
-            if host.task(call.spec.task_id) is not None:
-                continue  # sent again after a lost answer: it is here already
+            task_id = call.spec.task_id
+            if host.task(task_id) is not None or task_id in self._ended_calls:
+                continue  # sent again after a lost answer: it is here already, or ran here
             self._actors.call(self._ingest(call))
         return True
 
@@ -452,7 +418,10 @@ class Spilling:
         self._emit(ReportHome(home.address, req))
 
     def remote_result(self, req: node_pb2.ReportResultsRequest) -> None:
-        """Results of a task we spilled came back from the node that ran it."""
+        """Results of a task we spilled came back from the node that ran it (not from a
+        node declared dead: what it ran was given to another node already)."""
+        if req.node_id and req.node_id in self.dead_peers:
+            return
         self.spilled_to.pop(req.task_id, None)
         host = self._host
         task = host.task(req.task_id)
@@ -479,4 +448,4 @@ class Spilling:
         host.finish(task, returns, TaskState.FAILED if req.failed else TaskState.FINISHED,
                     req.error_summary)
         if task.spec.actor_creation:
-            self._actors.creation_reported(task.spec.actor_id, req.failed, req.error_summary)
+            self._actors.creation_reported(task.spec.actor_id, req.node_id, req.failed)

@@ -305,7 +305,7 @@ class LocalScheduler:
                     del self.children[spec.parent_task_id]
         if spec.actor_id and not spec.actor_creation:
             self.remote_actors.call_done(task_id, spec.actor_id)
-        home = self.spill.task_over(task_id)
+        home = self.spill.task_over(task_id, bool(spec.actor_id) and not spec.actor_creation)
         if home is not None:
             self.spill.report_home(task, home, list(returns), state, detail)
             returns = ()

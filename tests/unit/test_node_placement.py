@@ -112,6 +112,25 @@ def test_a_busy_node_keeps_its_tasks_when_peers_are_busier() -> None:
     assert s.queue_length() == 6
 
 
+def test_spills_not_answered_yet_stay_charged_to_their_peer_across_its_rows() -> None:
+    s = Node()
+    s.peer(PEER, available=0, queue=0)
+    for i in range(10):
+        _submit(s, i)
+    first = _spills(s.take_actions())
+    assert len(first) == 3 and s.spill.peers[PEER].in_flight == 3
+    s.peer(PEER, available=0, queue=0)  # its next row cannot show the 3 still being placed
+    assert s.spill.peers[PEER].queue == 3
+    _submit(s, 10)
+    _submit(s, 11)
+    assert len(_spills(s.take_actions())) == 1  # without the charges kept, both would spill
+    for task_id, reason in first:
+        s.spilled(task_id, PEER, "gs-0", reason)
+    assert s.spill.peers[PEER].in_flight == 1
+    s.peer(PEER, available=0, queue=3)  # now its row shows them
+    assert s.spill.peers[PEER].queue == 4
+
+
 def test_a_placed_back_task_runs_here_and_never_spills_for_being_busy_again() -> None:
     s = Node()
     s.peer(PEER, available=1)
