@@ -212,6 +212,13 @@ class NodeManager:
         self.flush()
         return found
 
+    def remote_results(self, requests: list[node_pb2.ReportResultsRequest]) -> None:
+        """Many tasks of this node that ran on one peer finished (``ReportResultsBatch``)."""
+        state = self.state
+        for request in requests:
+            state.remote_result(request)
+        self.flush()
+
     def remote_result(self, request: node_pb2.ReportResultsRequest) -> None:
         """A task of this node that ran elsewhere finished (``ReportResults``)."""
         self.apply(lambda s: s.remote_result(request))

@@ -11,7 +11,6 @@ never sees the manager, only the services named in its constructor.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -32,6 +31,7 @@ from runtime.node.actions import (
     Spill,
     SpillReason,
 )
+from runtime.node.lanes import Lane
 from runtime.protocol import common_pb2, gcs_pb2, node_pb2, node_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from runtime.rpc.channel import connect
 from runtime.rpc.errors import translate
@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 NODE = "node manager"
 SCHEDULER = "global scheduler"
 
+#: Results sent home in one ``ReportResultsBatch`` at most.
+_REPORT_BATCH = 256
 #: Answers that trying again cannot change: a report that gets one is dropped.
 _REFUSED_FOR_GOOD = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED,
                                grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNIMPLEMENTED})
@@ -127,8 +129,10 @@ class Peers:
         self.dead_addresses: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._free: dict[bytes, list[bytes]] = {}
-        self._reporting: dict[str, asyncio.Semaphore] = {}
-        self._scheduling = asyncio.Semaphore(settings.max_spills_in_flight)
+        #: Results going home, per home address: sent in batches by a few workers.
+        self._reporting: dict[str, Lane[node_pb2.ReportResultsRequest]] = {}
+        #: Spills limited in number (not those only a scheduler can place).
+        self._scheduling: Lane[Spill] = Lane(self._spill_one, width=settings.max_spills_in_flight)
 
     @property
     def _retry_s(self) -> float:
@@ -139,21 +143,44 @@ class Peers:
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
 
+    async def drained(self) -> None:
+        """Wait until everything sent so far got its answer (for tests and shutdown)."""
+        while True:
+            lanes: list[Lane[Any]] = [self._scheduling, *self._reporting.values()]
+            if not self._tasks and not any(lane.busy for lane in lanes):
+                return
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            for lane in lanes:
+                await lane.drained()
+
     async def close(self) -> None:
         for t in list(self._tasks):
             t.cancel()
+        self._scheduling.cancel()
+        for lane in self._reporting.values():
+            lane.cancel()
         await self.channels.close()
 
     # ---- outlets of the dispatch table ---------------------------------------------
 
     def spill(self, action: Spill) -> None:
-        self._spawn(self._spill(action))
+        if action.reason.needs_scheduler:
+            self._spawn(self._spill(action))  # it may wait long for a scheduler: not in the lane
+        else:
+            self._scheduling.put(action)
 
     def pull(self, action: Pull) -> None:
         self._spawn(self._pull(action.object_id, action.node_id))
 
     def report_home(self, action: ReportHome) -> None:
-        self._spawn(self._report(action.address, action.request))
+        address = action.address
+        lane = self._reporting.get(address)
+        if lane is None:
+            async def report(reqs: list[node_pb2.ReportResultsRequest]) -> None:
+                await self._report(address, reqs)
+            lane = self._reporting[address] = Lane(report, width=self._settings.max_reports_in_flight,
+                                                   batch=_REPORT_BATCH)
+        lane.put(action.request)
 
     def free_remote(self, action: FreeRemote) -> None:
         first = action.node_id not in self._free
@@ -177,27 +204,26 @@ class Peers:
         here (``spill_failed``), or keep asking when it can never run here.
 
         Every call has a deadline: a call that never ends would keep its task SPILLED
-        forever. Spills for a full queue are at most ``max_spills_in_flight`` at once (a
-        burst of thousands overflows the replicas' gRPC backlog); spills of tasks that never
-        fit here are not limited, since a replica holds those until a node fits them.
+        forever. Spills for a busy node are at most ``max_spills_in_flight`` at once (the
+        ``_scheduling`` lane: a burst of thousands overflows the replicas' gRPC backlog);
+        those only a scheduler can place are not limited, since a replica may hold them until
+        a node fits them.
         """
         task_id, req = action.task_id, action.request
         req.home_address = self.address
         timeout = self._settings.rpc_timeout_s
-        limit = contextlib.nullcontext() if action.reason.needs_scheduler else self._scheduling
         while True:
             replicas = self._replicas_for(action.reason)
-            async with limit:
-                for address in replicas:
-                    rpc = _scheduler_rpc(self.channels.get(address))
-                    try:
-                        reply = await rpc.Schedule(req, metadata=self._md, timeout=timeout)
-                    except grpc.aio.AioRpcError as e:
-                        logger.info("task %s not placed by replica %s (%s); trying another",
-                                    _ids.short(task_id), address, translate(e, SCHEDULER, address))
-                        continue
-                    self._placed(action, reply)
-                    return
+            for address in replicas:
+                rpc = _scheduler_rpc(self.channels.get(address))
+                try:
+                    reply = await rpc.Schedule(req, metadata=self._md, timeout=timeout)
+                except grpc.aio.AioRpcError as e:
+                    logger.info("task %s not placed by replica %s (%s); trying another",
+                                _ids.short(task_id), address, translate(e, SCHEDULER, address))
+                    continue
+                self._placed(action, reply)
+                return
             if not action.reason.needs_scheduler:
                 self._apply(lambda s: s.spill_failed(task_id))
                 return
@@ -260,41 +286,44 @@ class Peers:
         data.nested_refs.extend(nested)
         self._apply(lambda s: s.pulled(data))
 
-    async def _report(self, address: str, req: node_pb2.ReportResultsRequest) -> None:
-        """Send a task's results to its home until it takes them, refuses them for good, or
-        is declared dead.
+    async def _spill_one(self, actions: list[Spill]) -> None:
+        for action in actions:
+            await self._spill(action)
 
-        The home keeps the task until this report arrives (nothing else tells it the task
+    async def _report(self, address: str, reqs: list[node_pb2.ReportResultsRequest]) -> None:
+        """Send tasks' results to their home (one ``ReportResultsBatch``) until it takes them,
+        refuses them for good, or is declared dead.
+
+        The home keeps a task until its report arrives (nothing else tells it the task
         ended), so a report is never dropped while the home lives: failures are retried
         with a backoff capped at ``report_backoff_max_s``, a warning after
         ``report_retries`` of them.
         """
-        req.node_address = self.address
+        for req in reqs:
+            req.node_address = self.address
+        batch = node_pb2.ReportResultsBatchRequest(reports=reqs)
         settings = self._settings
-        limit = self._reporting.get(address)
-        if limit is None:
-            limit = self._reporting[address] = asyncio.Semaphore(self._settings.max_reports_in_flight)
+        first = _ids.short(reqs[0].task_id)
         failures = 0
-        async with limit:
-            while address not in self.dead_addresses:
-                rpc = _node_rpc(self.channels.get(address))
-                try:
-                    await rpc.ReportResults(req, metadata=self._md, timeout=settings.rpc_timeout_s)
+        while address not in self.dead_addresses:
+            rpc = _node_rpc(self.channels.get(address))
+            try:
+                await rpc.ReportResultsBatch(batch, metadata=self._md, timeout=settings.rpc_timeout_s)
+                return
+            except grpc.aio.AioRpcError as e:
+                if e.code() in _REFUSED_FOR_GOOD:
+                    logger.warning("results of %d task(s) (%s, ...) not reported: their home refused "
+                                   "them: %s", len(reqs), first, translate(e, NODE, address))
                     return
-                except grpc.aio.AioRpcError as e:
-                    if e.code() in _REFUSED_FOR_GOOD:
-                        logger.warning("results of task %s not reported: its home refused them: %s",
-                                       _ids.short(req.task_id), translate(e, NODE, address))
-                        return
-                    failures += 1
-                    log = logger.warning if failures == settings.report_retries else logger.info
-                    log("reporting task %s to its home failed %d time(s), trying again: %s",
-                        _ids.short(req.task_id), failures, translate(e, NODE, address))
-                backoff = min(settings.report_backoff_s * 2 ** min(failures - 1, 16),
-                              settings.report_backoff_max_s)
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-        logger.warning("results of task %s not reported: its home at %s died",
-                       _ids.short(req.task_id), address)
+                failures += 1
+                log = logger.warning if failures == settings.report_retries else logger.info
+                log("reporting %d task(s) (%s, ...) to their home failed %d time(s), trying again: %s",
+                    len(reqs), first, failures, translate(e, NODE, address))
+            backoff = min(settings.report_backoff_s * 2 ** min(failures - 1, 16),
+                          settings.report_backoff_max_s)
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+        logger.warning("results of %d task(s) (%s, ...) not reported: their home at %s died",
+                       len(reqs), first, address)
 
     async def _send_frees(self, node_id: bytes) -> None:
         await asyncio.sleep(0)  # let a burst of frees gather

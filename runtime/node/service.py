@@ -57,6 +57,8 @@ class NodeCalls(Protocol):
 
     def remote_result(self, request: node_pb2.ReportResultsRequest) -> None: ...
 
+    def remote_results(self, requests: list[node_pb2.ReportResultsRequest]) -> None: ...
+
     def accept_calls(self, request: node_pb2.ForwardActorCallsRequest) -> bool: ...
 
     def kill_hosted_actor(self, actor_id: bytes, no_restart: bool) -> bool: ...
@@ -183,6 +185,15 @@ class NodeServicer(node_pb2_grpc.NodeManagerServicer):
         if len(request.actor_id) != 16:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "KillHostedActor needs a 16-byte actor_id")
         return node_pb2.KillActorReply(found=self.m.kill_hosted_actor(request.actor_id, request.no_restart))
+
+    async def ReportResultsBatch(self, request: node_pb2.ReportResultsBatchRequest,
+                                 context: _Ctx) -> node_pb2.ReportResultsReply:
+        for i, report in enumerate(request.reports):
+            if len(report.task_id) != 16:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"ReportResultsBatch: reports[{i}] needs a 16-byte task_id")
+        self.m.remote_results(list(request.reports))
+        return node_pb2.ReportResultsReply()
 
     async def ReportResults(self, request: node_pb2.ReportResultsRequest,
                             context: grpc.aio.ServicerContext[Any, Any]) -> node_pb2.ReportResultsReply:

@@ -252,6 +252,12 @@ class ReportResultsReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class ReportResultsBatchRequest(_message.Message):
+    __slots__ = ("reports",)
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    reports: _containers.RepeatedCompositeFieldContainer[ReportResultsRequest]
+    def __init__(self, reports: _Optional[_Iterable[_Union[ReportResultsRequest, _Mapping]]] = ...) -> None: ...
+
 class PullObjectRequest(_message.Message):
     __slots__ = ("object_id",)
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]

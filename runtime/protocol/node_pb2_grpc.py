@@ -55,6 +55,11 @@ class NodeManagerStub:
                 request_serializer=runtime_dot_protocol_dot_node__pb2.ReportResultsRequest.SerializeToString,
                 response_deserializer=runtime_dot_protocol_dot_node__pb2.ReportResultsReply.FromString,
                 _registered_method=True)
+        self.ReportResultsBatch = channel.unary_unary(
+                '/cellray.NodeManager/ReportResultsBatch',
+                request_serializer=runtime_dot_protocol_dot_node__pb2.ReportResultsBatchRequest.SerializeToString,
+                response_deserializer=runtime_dot_protocol_dot_node__pb2.ReportResultsReply.FromString,
+                _registered_method=True)
         self.PullObject = channel.unary_stream(
                 '/cellray.NodeManager/PullObject',
                 request_serializer=runtime_dot_protocol_dot_node__pb2.PullObjectRequest.SerializeToString,
@@ -128,6 +133,13 @@ class NodeManagerServicer:
 
     def ReportResults(self, request, context):
         """A forwarded task finished: its results (inline, or where they are stored) go home.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportResultsBatch(self, request, context):
+        """Many such reports at once (a node reporting a burst of results to one home).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -216,6 +228,11 @@ def add_NodeManagerServicer_to_server(servicer, server):
             'ReportResults': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportResults,
                     request_deserializer=runtime_dot_protocol_dot_node__pb2.ReportResultsRequest.FromString,
+                    response_serializer=runtime_dot_protocol_dot_node__pb2.ReportResultsReply.SerializeToString,
+            ),
+            'ReportResultsBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportResultsBatch,
+                    request_deserializer=runtime_dot_protocol_dot_node__pb2.ReportResultsBatchRequest.FromString,
                     response_serializer=runtime_dot_protocol_dot_node__pb2.ReportResultsReply.SerializeToString,
             ),
             'PullObject': grpc.unary_stream_rpc_method_handler(
@@ -371,6 +388,33 @@ class NodeManager:
             target,
             '/cellray.NodeManager/ReportResults',
             runtime_dot_protocol_dot_node__pb2.ReportResultsRequest.SerializeToString,
+            runtime_dot_protocol_dot_node__pb2.ReportResultsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportResultsBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cellray.NodeManager/ReportResultsBatch',
+            runtime_dot_protocol_dot_node__pb2.ReportResultsBatchRequest.SerializeToString,
             runtime_dot_protocol_dot_node__pb2.ReportResultsReply.FromString,
             options,
             channel_credentials,
