@@ -273,11 +273,14 @@ class ClusterView:
         return found
 
     def refresh(self, node_id: bytes, load: common_pb2.NodeLoad) -> None:
-        """Take ``load`` as ``node_id``'s present load (what it sent with a spill: fresher than
-        its last row), dropping the charges on it."""
+        """Merge ``load``, what ``node_id`` sent with a spill (fresher than its last row), into
+        its view, keeping the busier of the two for each figure: the row may be stale, and
+        the load cannot show the tasks placed back on it whose answers are on their way."""
         node = self._nodes.get(node_id)
-        if node is not None:
-            node.available, node.queue_length, node.charged = dict(load.available), load.queue_length, 0
+        if node is None:
+            return
+        node.available = {k: min(v, load.available.get(k, 0.0)) for k, v in node.available.items()}
+        node.queue_length = max(node.queue_length, load.queue_length)
 
     def refund(self, placement: Placement) -> None:
         """Undo ``placement``'s charge (the node refused the task), unless a newer row came since."""
@@ -317,8 +320,8 @@ class PlacementAttempts:
         The task's ``SchedulingStrategy`` (``kind`` empty or ``"DEFAULT"``: the view's
         policy; ``"SPREAD"``: the least loaded node; ``"NODE_AFFINITY"``: its node).
     home_load
-        The home's load when it spilled the task; it replaces the home's last row in the
-        view (a stale row would make a busy home look free, and the task come back to wait).
+        The home's load when it spilled the task; merged into the home's view (a stale row
+        would make a busy home look free, and the task come back to wait).
 
     Examples
     --------
