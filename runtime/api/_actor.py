@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from runtime import _ids
@@ -22,6 +23,24 @@ def method(*, num_returns: int = 1) -> Any:
         return fn
 
     return wrap
+
+
+def _signatures_of(cls: type, names: Iterable[str]) -> dict[str, inspect.Signature]:
+    """The call signature of each method (``self`` left out), for checks at the call site;
+    a method whose signature cannot be read is left out (and not checked)."""
+    sigs: dict[str, inspect.Signature] = {}
+    for name in names:
+        attr = inspect.getattr_static(cls, name, None)
+        func = attr.__func__ if isinstance(attr, (staticmethod, classmethod)) else attr
+        try:
+            sig = inspect.signature(func)
+        except (TypeError, ValueError):
+            continue
+        params = list(sig.parameters.values())
+        if not isinstance(attr, staticmethod) and params:
+            params = params[1:]  # self, or cls for a classmethod
+        sigs[name] = sig.replace(parameters=params)
+    return sigs
 
 
 def _methods_of(cls: type) -> dict[str, int]:
@@ -50,6 +69,7 @@ class ActorClass:
         self._options = _options.validate(dict(options), actor=True)
         self._export: tuple[bytes, bytes] | None = None
         self._methods = _methods_of(cls)
+        self._signatures = _signatures_of(cls, self._methods)
         self.__name__ = cls.__name__
         self.__qualname__ = cls.__qualname__
         self.__doc__ = cls.__doc__
@@ -87,6 +107,7 @@ class ActorClass:
         name = o.get("name")
         namespace = o.get("namespace") or DEFAULT_NAMESPACE
         handle = ActorHandle(actor_id, self.__name__, self._methods, name, namespace, cid)
+        handle._signatures = self._signatures
         op = node_pb2.ClientOp()
         spec = op.submit
         spec.task_id = _ids.new_id()
@@ -160,6 +181,9 @@ class ActorHandle:
         self._name = name
         self._namespace = namespace
         self._function_id = function_id
+        #: Method signatures, for checks at the call site; known to the handle its creator
+        #: got (a handle passed on or looked up by name does without).
+        self._signatures: dict[str, inspect.Signature] = {}
 
     def __getattr__(self, item: str) -> ActorMethod:
         methods = self.__dict__.get("_methods", {})
@@ -220,9 +244,19 @@ class ActorMethod:
         return ActorMethod(self._handle, self._name, options.get("num_returns", self._num_returns))
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        """Call the method on the actor; returns ObjectRef(s) at once."""
-        client = _context.current()
+        """Call the method on the actor; returns ObjectRef(s) at once.
+
+        Raises ``TypeError`` at once, submitting nothing, when the arguments do not fit the
+        method's signature (as a plain call would)."""
         h = self._handle
+        sig = h._signatures.get(self._name)
+        if sig is not None:
+            try:
+                sig.bind(*args, **kwargs)
+            except TypeError as e:
+                raise TypeError(f"{h._class_name}.{self._name}.remote(): {e}. "
+                                "Nothing was submitted.") from None
+        client = _context.current()
         op = node_pb2.ClientOp()
         spec = op.submit
         task_id = _ids.new_id()

@@ -205,6 +205,12 @@ def test_methods_return_refs_and_num_returns_is_honoured(cluster) -> None:
         c.nope  # noqa: B018
     with pytest.raises(ValueError, match="unknown option"):
         c.incr.options(num_cpus=1)
+    # Arguments that do not fit the method are refused at the call site, as for tasks.
+    with pytest.raises(TypeError, match=r"Counter\.double\.remote\(\): missing a required argument.*Nothing was submitted"):
+        c.double.remote()
+    with pytest.raises(TypeError, match=r"Counter\.incr\.remote\(\): too many"):
+        c.incr.remote(1, 2, 3)
+    assert rt.get(c.incr.remote(), timeout=30) == 7  # nothing of the refused calls ran
     rt.kill(c)
 
 
