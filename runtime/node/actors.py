@@ -45,6 +45,8 @@ class Actor:
     in_flight: dict[bytes, Task] = field(default_factory=dict)
     restarts: int = 0
     death_cause: str = ""
+    #: Its constructor's encoded error, when that is why it died.
+    death_error: bytes = b""
     no_restart: bool = False
     created: float = 0.0
     #: Its creator's record of an actor whose creation a scheduler placed on another node:
@@ -113,6 +115,7 @@ class ActorTable:
             return
         if res.failed:
             self._emit(KillWorker(w.worker_id))
+            actor.death_error = res.error
             self._dead(actor, f"its constructor raised:\n{res.error_summary}")
             return
         actor.state, actor.worker_id, actor.pid = ActorState.ALIVE, w.worker_id, w.pid
@@ -140,7 +143,7 @@ class ActorTable:
             return
         self._objects.await_inputs(task, want=True)
         if actor.state == ActorState.DEAD:
-            self._fail_call(task, actor.label, actor.death_cause)
+            self._fail_call(task, actor.label, actor.death_cause, actor.death_error)
             return
         task.phase = Phase.QUEUED
         actor.queue.append(task)
@@ -155,7 +158,7 @@ class ActorTable:
             self._remote.call(task)
             return
         if actor.state == ActorState.DEAD:  # it died here before the row saying so came
-            self._fail_call(task, actor.label, actor.death_cause)
+            self._fail_call(task, actor.label, actor.death_cause, actor.death_error)
             return
         task.phase = Phase.QUEUED
         actor.queue.append(task)
@@ -320,10 +323,10 @@ class ActorTable:
         if actor is not None:
             actor.in_flight.pop(task.spec.task_id, None)
 
-    def _fail_call(self, task: Task, label: str, cause: str) -> None:
+    def _fail_call(self, task: Task, label: str, cause: str, error: bytes = b"") -> None:
         err = ActorDiedError(
             f"The actor {label} is dead, so {task.spec.name}() cannot run: {cause}",
-            actor_id=task.spec.actor_id.hex(), cause_text=cause)
+            actor_id=task.spec.actor_id.hex(), cause_text=cause, cause_error=error)
         self._host.fail(task, err)
 
     # ---- death and restarts ----------------------------------------------------------
@@ -415,7 +418,7 @@ class ActorTable:
         actor.state = ActorState.DEAD
         actor.death_cause = cause
         while actor.queue:
-            self._fail_call(actor.queue.popleft(), actor.label, cause)
+            self._fail_call(actor.queue.popleft(), actor.label, cause, actor.death_error)
         self._row(actor)
         name = actor.options.get("name")
         if name:
@@ -436,7 +439,7 @@ class ActorTable:
             actor_id=actor.actor_id, class_name=o.get("class_name", ""), name=o.get("name") or "",
             namespace=o.get("namespace") or DEFAULT_NAMESPACE, state=actor.state, node_id=self._node_id,
             pid=actor.pid, num_restarts=actor.restarts, max_restarts=actor.max_restarts,
-            death_cause=actor.death_cause, job_id=actor.creation.job_id,
+            death_cause=actor.death_cause, death_error=actor.death_error, job_id=actor.creation.job_id,
             detached=o.get("lifetime") == Lifetime.DETACHED, owner_id=actor.creation.owner_id,
             start_time=actor.created, creation_spec=actor.creation.SerializeToString(),
             pending_calls=len(actor.queue) + len(actor.in_flight),

@@ -44,6 +44,7 @@ class RemoteActor:
     label: str = ""
     max_task_retries: int = 0
     death_cause: str = ""
+    death_error: bytes = b""  #: its constructor's encoded error, when that is why it died
     queue: deque[Task] = field(default_factory=deque)  #: not forwarded yet, in order
     sending: list[Task] = field(default_factory=list)  #: the batch in flight
     sent: dict[bytes, Task] = field(default_factory=dict)  #: forwarded, not answered (in order)
@@ -187,7 +188,7 @@ class RemoteActors:
     def _fail(self, task: Task, actor: RemoteActor, cause: str) -> None:
         self._host.fail(task, ActorDiedError(
             f"The actor {actor.label} is dead, so {task.spec.name}() cannot run: {cause}",
-            actor_id=actor.actor_id.hex(), cause_text=cause))
+            actor_id=actor.actor_id.hex(), cause_text=cause, cause_error=actor.death_error))
 
     # ---- where the actors are ----------------------------------------------------------
 
@@ -200,7 +201,7 @@ class RemoteActors:
             if row.node_id == self._node_id:
                 return  # it lives here
             actor = self._actor(row.actor_id)
-        actor.state, actor.death_cause = row.state, row.death_cause
+        actor.state, actor.death_cause, actor.death_error = row.state, row.death_cause, row.death_error
         named = f", name {row.name!r}" if row.name else ""
         actor.label = f"{row.class_name} (id {_ids.short(row.actor_id)}{named})"
         if row.creation_spec:

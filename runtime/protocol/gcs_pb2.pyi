@@ -100,7 +100,7 @@ class TaskRow(_message.Message):
     def __init__(self, task_id: _Optional[bytes] = ..., name: _Optional[str] = ..., job_id: _Optional[bytes] = ..., state: _Optional[str] = ..., node_id: _Optional[bytes] = ..., worker_pid: _Optional[int] = ..., submit_time: _Optional[float] = ..., start_time: _Optional[float] = ..., end_time: _Optional[float] = ..., detail: _Optional[str] = ..., attempt: _Optional[int] = ..., actor_id: _Optional[bytes] = ..., history: _Optional[_Iterable[_Union[_common_pb2.TaskEvent, _Mapping]]] = ...) -> None: ...
 
 class ActorRow(_message.Message):
-    __slots__ = ("actor_id", "class_name", "name", "namespace", "state", "node_id", "pid", "num_restarts", "max_restarts", "death_cause", "job_id", "detached", "owner_id", "start_time", "creation_spec", "pending_calls", "worker_id", "node_address")
+    __slots__ = ("actor_id", "class_name", "name", "namespace", "state", "node_id", "pid", "num_restarts", "max_restarts", "death_cause", "job_id", "detached", "owner_id", "start_time", "creation_spec", "pending_calls", "worker_id", "node_address", "death_error")
     ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +119,7 @@ class ActorRow(_message.Message):
     PENDING_CALLS_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    DEATH_ERROR_FIELD_NUMBER: _ClassVar[int]
     actor_id: bytes
     class_name: str
     name: str
@@ -137,7 +138,8 @@ class ActorRow(_message.Message):
     pending_calls: int
     worker_id: bytes
     node_address: str
-    def __init__(self, actor_id: _Optional[bytes] = ..., class_name: _Optional[str] = ..., name: _Optional[str] = ..., namespace: _Optional[str] = ..., state: _Optional[str] = ..., node_id: _Optional[bytes] = ..., pid: _Optional[int] = ..., num_restarts: _Optional[int] = ..., max_restarts: _Optional[int] = ..., death_cause: _Optional[str] = ..., job_id: _Optional[bytes] = ..., detached: _Optional[bool] = ..., owner_id: _Optional[bytes] = ..., start_time: _Optional[float] = ..., creation_spec: _Optional[bytes] = ..., pending_calls: _Optional[int] = ..., worker_id: _Optional[bytes] = ..., node_address: _Optional[str] = ...) -> None: ...
+    death_error: bytes
+    def __init__(self, actor_id: _Optional[bytes] = ..., class_name: _Optional[str] = ..., name: _Optional[str] = ..., namespace: _Optional[str] = ..., state: _Optional[str] = ..., node_id: _Optional[bytes] = ..., pid: _Optional[int] = ..., num_restarts: _Optional[int] = ..., max_restarts: _Optional[int] = ..., death_cause: _Optional[str] = ..., job_id: _Optional[bytes] = ..., detached: _Optional[bool] = ..., owner_id: _Optional[bytes] = ..., start_time: _Optional[float] = ..., creation_spec: _Optional[bytes] = ..., pending_calls: _Optional[int] = ..., worker_id: _Optional[bytes] = ..., node_address: _Optional[str] = ..., death_error: _Optional[bytes] = ...) -> None: ...
 
 class PlacementGroupRow(_message.Message):
     __slots__ = ("placement_group_id", "name", "namespace", "strategy", "bundles", "state", "job_id", "detached", "owner_id", "create_time", "why", "attempts", "ready_time", "infeasible")

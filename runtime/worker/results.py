@@ -117,6 +117,8 @@ def fail(client: CoreClient, res: node_pb2.TaskResult, spec: common_pb2.TaskSpec
                         node_id=client.node_id)
     res.failed = True
     res.retryable = retryable
+    if spec.actor_creation:  # no returns to hold it: the actor keeps it as the cause of its death
+        res.error = blob
     # A failed constructor's summary is the actor's death cause, shown on every call: keep
     # more of it, and always its end (the exception line) when it must be cut.
     res.error_summary = (shorten(summary, _DEATH_CAUSE_CHARS) if spec.actor_creation

@@ -673,6 +673,9 @@ def test_a_constructor_that_raises_fails_every_call_with_its_traceback(cluster, 
         assert f"line {line}, in __init__" in msg and "Traceback" in msg
         # The exception line is at the end of a long traceback: it must survive shortening.
         assert msg.rstrip().endswith("RuntimeError: the constructor could not open its database")
+        # The constructor's own exception is the cause, of the user's type.
+        cause = info.value.__cause__
+        assert isinstance(cause, RuntimeError) and "could not open its database" in str(cause)
     row = wait_row(b, lambda r: r.state == "DEAD", "DEAD")
     assert "could not open its database" in row.death_cause
 

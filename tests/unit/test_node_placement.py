@@ -286,6 +286,18 @@ def test_calls_fail_once_the_actor_is_dead() -> None:
     assert isinstance(_error(s.take_actions(), _call(2).task_id), ActorDiedError)
 
 
+def test_calls_of_a_remote_actor_whose_constructor_raised_carry_that_error_as_cause() -> None:
+    s = Node()
+    s.submit(DRIVER, _call(1))
+    s.take_actions()
+    boom = codec.serialize(ValueError("no database"), error=True).to_bytes()
+    s.actor_row(gcs_pb2.ActorRow(actor_id=ACTOR, class_name="Counter", state=ActorState.DEAD, node_id=PEER,
+                                 death_cause="its constructor raised: ValueError", death_error=boom))
+    err = _error(s.take_actions(), _call(1).task_id)
+    assert isinstance(err, ActorDiedError) and isinstance(err.__cause__, ValueError)
+    assert str(err.__cause__) == "no database"
+
+
 def test_killing_a_remote_actor_asks_its_node() -> None:
     s = Node()
     s.actor_row(_alive(PEER))
