@@ -105,15 +105,9 @@ class ClusterError(Exception):
     def __reduce__(self) -> Any:
         return (_rebuild, (type(self), self.message, self._fields))
 
-    def _rebuilt(self) -> None:
-        """Called where the error is unpickled (the caller's process): a hook for fields that
-        can only be decoded there."""
-
 
 def _rebuild(cls: type[ClusterError], message: str, fields: dict[str, Any]) -> ClusterError:
-    err = cls(message, **fields)
-    err._rebuilt()
-    return err
+    return cls(message, **fields)
 
 
 class TaskError(ClusterError):
@@ -228,20 +222,6 @@ class ActorDiedError(ClusterError):
     When its constructor raised, that exception (of the user's type, with its remote
     traceback) is this error's ``__cause__``.
     """
-
-    def _rebuilt(self) -> None:
-        blob = self._fields.get("cause_error")
-        if not blob:
-            return
-        from runtime.protocol import codec  # here: codec imports this module
-        try:
-            cause = codec.deserialize(blob)
-        except Exception:  # noqa: BLE001 - its class may not load here: the cause text stays
-            return
-        if isinstance(cause, TaskError):
-            cause = cause.as_instanceof_cause()  # of the user's type, as ``get`` raises it
-        if isinstance(cause, BaseException):
-            self.__cause__ = cause
 
 
 class TaskUnschedulableError(ClusterError):

@@ -112,6 +112,7 @@ class NodeManager:
         await self.gcs.register_node(self._node_row())
         for _ in range(prestart_workers):
             self.workers.start_worker(counted=False)
+        self.state.warm_workers = prestart_workers  # refilled when some of them die
         await self.peers.refresh_schedulers()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._heartbeat_loop()),

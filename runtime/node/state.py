@@ -35,7 +35,7 @@ from typing import Any
 
 from runtime import _ids
 from runtime.config import Settings
-from runtime.node.actions import Action, ForwardLog, KillWorker, ReportEvent, StopWorker
+from runtime.node.actions import Action, ForwardLog, KillWorker, ReportEvent, StartWorker, StopWorker
 from runtime.node.actors import ActorTable
 from runtime.node.bundles import BundleTable, waits_for_group
 from runtime.node.clients import ClientTable
@@ -68,6 +68,8 @@ class LocalScheduler:
         self.encode_error = encode_error
         self.clock = clock
         self._idle_worker_s = settings.idle_worker_s
+        #: Workers kept started even when idle (the node's prestarted pool), refilled when some die.
+        self.warm_workers = 0
         #: Decisions for the I/O side, drained after each event (``take_actions``).
         self._actions: list[Action] = []
         emit = self._emit = self._actions.append
@@ -190,6 +192,9 @@ class LocalScheduler:
             else:
                 self.fail(task, crashed_error(spec, w.pid, exit_code, self.node_id))
         self.ready.schedule()
+        for _ in range(self.workers.to_start(self.workers.shortfall(self.warm_workers))):
+            self._emit(StartWorker())  # the warm pool comes back to its size
+            self.workers.asked()
 
     def reap_idle(self) -> None:
         """Stop workers idle for ``idle_worker_s`` seconds, beyond one per CPU (those stay

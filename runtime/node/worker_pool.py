@@ -102,8 +102,11 @@ class WorkerPool:
         self._closing = False
 
     async def start(self, worker_id: bytes | None = None, env: dict[str, str] | None = None) -> bytes:
-        """Start one worker; returns its id at once (it connects back when ready)."""
+        """Start one worker; returns its id at once (it connects back when ready). Nothing
+        starts once ``stop_all`` began (a worker started then would outlive the node)."""
         worker_id = worker_id or _ids.new_id()
+        if self._closing:
+            return worker_id
         log_path = self.session_dir / "logs" / f"worker-{worker_id.hex()[:12]}.log"
         full_env = dict(os.environ)
         full_env["PYTHONUNBUFFERED"] = "1"

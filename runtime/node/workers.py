@@ -103,6 +103,12 @@ class WorkerTable:
         ``max_starting`` on their way at once."""
         return min(want, self.max_starting) - self.starting
 
+    def shortfall(self, target: int) -> int:
+        """Workers missing for ``target`` of them (actors not counted) to be alive or on
+        their way: the warm pool, after some died."""
+        alive = sum(1 for w in self.workers.values() if w.state != WorkerState.ACTOR)
+        return max(0, target - alive)
+
     def asked(self) -> None:
         """A StartWorker action went out: one more worker is on its way."""
         self.starting += 1

@@ -52,7 +52,7 @@ from typing import Any, Final
 
 import cloudpickle
 
-from runtime.exceptions import TaskError
+from runtime.exceptions import ActorDiedError, TaskError
 
 logger = logging.getLogger(__name__)
 
@@ -375,7 +375,30 @@ def deserialize(data: bytes | bytearray | memoryview) -> object:
         ``data`` is not a cellray object (bad magic), was written by another format
         version, or is shorter than its header says.
     """
-    _, nbuf, plen = _read_header(data)
+    flags, nbuf, plen = _read_header(data)
+    if flags & _FLAG_ERROR:
+        return _error(_load(data, nbuf, plen))
+    return _load(data, nbuf, plen)
+
+
+def _error(err: object) -> object:
+    """An error just loaded: an ``ActorDiedError`` whose actor's constructor raised gets that
+    exception (loaded here, where its class can be) as its ``__cause__``."""
+    if isinstance(err, ActorDiedError):
+        blob = getattr(err, "cause_error", b"")
+        if blob:
+            try:
+                cause = deserialize(blob)
+            except Exception:  # noqa: BLE001 - its class may not load here: the cause text stays
+                return err
+            if isinstance(cause, TaskError):
+                cause = cause.as_instanceof_cause()  # of the user's type, as ``get`` raises it
+            if isinstance(cause, BaseException):
+                err.__cause__ = cause
+    return err
+
+
+def _load(data: bytes | bytearray | memoryview, nbuf: int, plen: int) -> object:
     start = _HEADER_SIZE + nbuf * _ENTRY_SIZE
     end = start + plen
     if not nbuf and type(data) is bytes and plen <= _SMALL_PICKLE:
