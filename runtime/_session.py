@@ -8,13 +8,19 @@ Layout::
         processes.json   pids started by `cellray start` (for `cellray stop`)
         logs/            one log per process
         spill/           objects spilled from shared memory
+
+The token goes when the cluster stops (``remove_secrets``); the directories of clusters
+that are gone are pruned when a new session starts, the newest ``KEEP_SESSIONS`` kept for
+their logs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import secrets
+import shutil
 import time
 
 from runtime.exceptions import TokenFileError
@@ -34,7 +40,58 @@ def new_session_dir(root: pathlib.Path | None = None) -> pathlib.Path:
     tmp = root / f".latest_{os.getpid()}_{secrets.token_hex(2)}"
     tmp.symlink_to(path.name)
     os.replace(tmp, latest)
+    prune_sessions(root, keep=KEEP_SESSIONS)
     return path
+
+
+#: Session directories kept for their logs once their cluster is gone (the newest ones).
+KEEP_SESSIONS = 10
+
+
+def prune_sessions(root: pathlib.Path, keep: int) -> list[pathlib.Path]:
+    """Remove the session directories under ``root`` beyond the ``keep`` newest whose
+    cluster is gone (no process of theirs alive: the one that made the session, or one
+    recorded in its processes.json); the removed paths."""
+    sessions = sorted(root.glob("session_*_*"), key=lambda d: d.name, reverse=True)
+    removed = []
+    for d in sessions[keep:]:
+        if d.is_symlink() or not d.is_dir() or _in_use(d):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
+
+
+def _in_use(session_dir: pathlib.Path) -> bool:
+    pids: list[int] = []
+    parts = session_dir.name.split("_")
+    if len(parts) >= 5 and parts[3].isdigit():  # session_<date>_<time>_<pid>_<hex>
+        pids.append(int(parts[3]))
+    try:
+        recorded = json.loads((session_dir / "processes.json").read_text())
+    except (OSError, ValueError):
+        recorded = {}
+    if isinstance(recorded, dict):
+        for value in recorded.values():
+            for pid in value if isinstance(value, list) else [value]:
+                if isinstance(pid, int):
+                    pids.append(pid)
+    return any(_alive(pid) for pid in pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_secrets(session_dir: pathlib.Path) -> None:
+    """The cluster of ``session_dir`` stopped: remove its token (its logs stay)."""
+    (session_dir / "token").unlink(missing_ok=True)
 
 
 def write_token(session_dir: pathlib.Path) -> pathlib.Path:

@@ -236,6 +236,8 @@ class LocalCluster:
             scheduler.stop()
         if self.head is not None:
             self.head.stop()
+            if self.session_dir is not None:
+                _session.remove_secrets(self.session_dir)
 
     def __enter__(self) -> LocalCluster:
         return self.start()

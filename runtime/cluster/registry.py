@@ -34,6 +34,7 @@ from typing import Any
 
 import psutil
 
+from runtime import _session
 from runtime.cluster.process import stop_pid
 
 __all__ = [
@@ -272,4 +273,7 @@ def stop_detached(root: pathlib.Path, grace: float = 5.0) -> list[StoppedProcess
         by_session.setdefault(p.session_dir, set()).add(p.pid)
     for d, pids in by_session.items():
         forget(d, pids)
+    for p in stopped:
+        if p.role == "head":  # the cluster is gone: its token goes (its logs stay)
+            _session.remove_secrets(p.session_dir)
     return stopped

@@ -194,3 +194,39 @@ def test_stopping_a_cluster_removes_the_store_of_a_node_that_was_killed(tmp_path
     finally:
         cluster.stop()
     assert not shm_dir.exists()
+
+
+def test_idle_workers_that_die_are_replaced_up_to_the_warm_pool(tmp_path: pathlib.Path) -> None:
+    """Issue 12: idle workers killed left the pool empty until new work came."""
+    cluster = LocalCluster([NodeSpec(num_cpus=2)], session_root=tmp_path / "s").start()
+    try:
+        node = psutil.Process(cluster.nodes[0].pid)
+
+        def workers() -> set[int]:
+            found = set()
+            for p in node.children():
+                try:
+                    if p.status() != psutil.STATUS_ZOMBIE and "runtime.worker" in " ".join(p.cmdline()):
+                        found.add(p.pid)
+                except psutil.Error:  # exited meanwhile
+                    continue
+            return found
+
+        def two(excluding: set[int]) -> set[int] | None:
+            found = workers()
+            return found if len(found) == 2 and not found & excluding else None
+
+        first = wait_for(lambda: two(set()), timeout=30, what="the two prestarted workers")
+        for pid in first:
+            os.kill(pid, 9)
+        again = wait_for(lambda: two(first), timeout=30, what="two new workers in place of the killed ones")
+        rt.init(address=cluster.address, token_file=str(cluster.token_file))
+
+        @rt.remote
+        def pid() -> int:
+            return os.getpid()
+
+        assert rt.get(pid.remote(), timeout=30) in again
+    finally:
+        rt.shutdown()
+        cluster.stop()

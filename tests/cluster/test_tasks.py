@@ -666,33 +666,3 @@ def test_failed_task_state_reaches_the_gcs(cluster: rt.ClusterInfo, gcs: Any) ->
     row = wait_for(lambda: (r := gcs.task_row(ref)) is not None and r.state == "FAILED" and r,
                    what="the FAILED row in the GCS")
     assert "RuntimeError" in row.detail and "to the tasks table" in row.detail
-
-
-def test_idle_workers_that_die_are_replaced_up_to_the_warm_pool(tmp_path: pathlib.Path) -> None:
-    """Issue 12: idle workers killed left the pool empty until new work came."""
-    cluster = LocalCluster([NodeSpec(num_cpus=2)], session_root=tmp_path / "s").start()
-    try:
-        node = psutil.Process(cluster.nodes[0].pid)
-
-        def workers() -> set[int]:
-            return {p.pid for p in node.children() if "runtime.worker" in " ".join(p.cmdline())
-                    and p.status() != psutil.STATUS_ZOMBIE}
-
-        def two(excluding: set[int]) -> set[int] | None:
-            found = workers()
-            return found if len(found) == 2 and not found & excluding else None
-
-        first = wait_for(lambda: two(set()), timeout=30, what="the two prestarted workers")
-        for pid in first:
-            os.kill(pid, 9)
-        again = wait_for(lambda: two(first), timeout=30, what="two new workers in place of the killed ones")
-        rt.init(address=cluster.address, token_file=str(cluster.token_file))
-
-        @rt.remote
-        def pid() -> int:
-            return os.getpid()
-
-        assert rt.get(pid.remote(), timeout=30) in again
-    finally:
-        rt.shutdown()
-        cluster.stop()
