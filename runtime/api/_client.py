@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 #: The tasks running in this thread or coroutine, innermost last (empty in a driver).
 _running: contextvars.ContextVar[tuple[common_pb2.TaskSpec, ...]] = contextvars.ContextVar(
     "cellray_running_tasks", default=())
-#: Generated stub, untyped.
+#: The generated NodeManager client class (generated gRPC code carries no type hints).
 _NodeManagerStub: Any = node_pb2_grpc.NodeManagerStub
 _SERVER = "node manager"
 

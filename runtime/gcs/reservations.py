@@ -44,9 +44,9 @@ from runtime.config import Settings
 from runtime.gcs.placement import NodeRoom, Placed, plan
 from runtime.gcs.state import GcsState
 from runtime.protocol import bundles as bundle_names
-from runtime.protocol import common_pb2, gcs_pb2, node_pb2, node_pb2_grpc
+from runtime.protocol import common_pb2, gcs_pb2, node_pb2
 from runtime.protocol.states import PlacementGroupState
-from runtime.rpc.channel import connect, token_metadata
+from runtime.rpc.channel import NodeClients, token_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -73,19 +73,12 @@ class GrpcBundleNodes:
     def __init__(self, token: str, timeout: float = Settings.rpc_timeout_s) -> None:
         self._md = token_metadata(token)
         self._timeout = timeout
-        self._channels: dict[str, tuple[grpc.aio.Channel, Any]] = {}
-
-    def _stub(self, address: str) -> Any:
-        entry = self._channels.get(address)
-        if entry is None:
-            channel = connect(address)
-            entry = self._channels[address] = (channel, node_pb2_grpc.NodeManagerStub(channel))  # type: ignore[no-untyped-call]
-        return entry[1]
+        self._nodes = NodeClients()
 
     async def _call(self, verb: str, address: str, bundles: _Bundles) -> str:
         request = node_pb2.BundlesRequest(bundles=bundles)
         try:
-            reply: node_pb2.BundlesReply = await getattr(self._stub(address), verb)(
+            reply: node_pb2.BundlesReply = await getattr(self._nodes.get(address), verb)(
                 request, metadata=self._md, timeout=self._timeout)
         except grpc.aio.AioRpcError as err:
             return f"the node at {address} did not answer {verb} ({err.code().name}: {err.details()})"
@@ -101,9 +94,7 @@ class GrpcBundleNodes:
         return await self._call("ReleaseBundles", address, bundles)
 
     async def close(self) -> None:
-        channels, self._channels = self._channels, {}
-        for channel, _ in channels.values():
-            await channel.close(None)
+        await self._nodes.close()
 
 
 class PlacementManager:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
+from runtime.protocol import node_pb2_grpc
 from runtime.rpc.interceptors import TOKEN_KEY
 from runtime.rpc.server import MAX_MESSAGE, channel_options
 
@@ -19,3 +22,34 @@ def connect(address: str, *, max_message_bytes: int = MAX_MESSAGE) -> grpc.aio.C
     ``max_message_bytes`` is ``Settings.max_message_bytes`` (both ends should agree).
     """
     return grpc.aio.insecure_channel(address, options=channel_options(max_message_bytes))
+
+
+class NodeClients:
+    """One channel and ``NodeManager`` client per node address, opened on first use; shared
+    by the processes that call many nodes (global schedulers, the GCS's reservations)."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, tuple[grpc.aio.Channel, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def get(self, address: str) -> Any:
+        """The ``NodeManager`` client of ``address`` (the generated class is untyped)."""
+        entry = self._open.get(address)
+        if entry is None:
+            channel = connect(address)
+            entry = self._open[address] = (channel, node_pb2_grpc.NodeManagerStub(channel))  # type: ignore[no-untyped-call]
+        return entry[1]
+
+    async def drop(self, address: str) -> None:
+        """Close the channel of ``address`` (its node is likely gone)."""
+        entry = self._open.pop(address, None)
+        if entry is not None:
+            await entry[0].close(None)
+
+    async def close(self) -> None:
+        """Close every channel."""
+        entries, self._open = self._open, {}
+        for channel, _ in entries.values():
+            await channel.close(None)

@@ -28,8 +28,8 @@ import grpc
 
 from runtime._ids import short
 from runtime.exceptions import ConnectionLostError, InvalidRequestError
-from runtime.protocol import node_pb2, node_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
-from runtime.rpc.channel import connect, token_metadata
+from runtime.protocol import node_pb2, scheduler_pb2, scheduler_pb2_grpc
+from runtime.rpc.channel import NodeClients, token_metadata
 from runtime.rpc.errors import translate
 from runtime.scheduler.state import (
     ClusterView,
@@ -45,8 +45,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["SchedulerService", "SchedulerStatistics"]
 
 _Ctx = grpc.aio.ServicerContext[Any, Any]
-#: The generated rpc class (generated gRPC modules carry no type hints).
-_NodeManagerStub: Any = node_pb2_grpc.NodeManagerStub
 
 
 @dataclass(frozen=True)
@@ -80,7 +78,7 @@ class SchedulerService(scheduler_pb2_grpc.GlobalSchedulerServicer):
         self.name = name
         self.forward_timeout = forward_timeout
         self._metadata = token_metadata(token)
-        self._peers: dict[str, tuple[grpc.aio.Channel, Any]] = {}
+        self._nodes = NodeClients()
         self._changed = asyncio.Event()
         self._placed = self._refused = self._waiting = 0
 
@@ -94,13 +92,11 @@ class SchedulerService(scheduler_pb2_grpc.GlobalSchedulerServicer):
 
     def statistics(self) -> SchedulerStatistics:
         return SchedulerStatistics(self._placed, self._refused, self._waiting, len(self.view),
-                                   len(self._peers))
+                                   len(self._nodes))
 
     async def close(self) -> None:
         """Close the cached node channels."""
-        peers, self._peers = self._peers, {}
-        for channel, _ in peers.values():
-            await channel.close(None)
+        await self._nodes.close()
 
     async def Schedule(self, request: scheduler_pb2.ScheduleRequest,
                        context: _Ctx) -> scheduler_pb2.ScheduleReply:
@@ -161,7 +157,7 @@ class SchedulerService(scheduler_pb2_grpc.GlobalSchedulerServicer):
 
         Raises ``InvalidRequestError`` when the node rejects the task itself as malformed.
         """
-        rpc = self._rpc_client(placement.address)
+        rpc = self._nodes.get(placement.address)
         try:
             reply: node_pb2.ForwardTaskReply = await rpc.ForwardTask(
                 forward, metadata=self._metadata, timeout=self.forward_timeout)
@@ -170,18 +166,6 @@ class SchedulerService(scheduler_pb2_grpc.GlobalSchedulerServicer):
             if isinstance(failure, InvalidRequestError):
                 raise failure from err
             if isinstance(failure, ConnectionLostError):  # likely dead: do not keep its channel
-                await self._drop(placement.address)
+                await self._nodes.drop(placement.address)
             return f"{err.code().name}: {err.details()}"
         return None if reply.accepted else (reply.why_not or "refused without a reason")
-
-    def _rpc_client(self, address: str) -> Any:
-        entry = self._peers.get(address)
-        if entry is None:
-            channel = connect(address)
-            entry = self._peers[address] = (channel, _NodeManagerStub(channel))
-        return entry[1]
-
-    async def _drop(self, address: str) -> None:
-        entry = self._peers.pop(address, None)
-        if entry is not None:
-            await entry[0].close(None)
