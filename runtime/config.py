@@ -64,6 +64,18 @@ class Settings:
     #: Idle workers beyond one per CPU are stopped after this many seconds.
     idle_worker_s: float = 10.0
 
+    # ---- node: memory monitor (Ray's names) ----
+    #: Fraction of the machine's memory in use past which the node kills a worker: the
+    #: newest retriable task's first, actors last (``runtime/node/memory_monitor.py``).
+    memory_usage_threshold: float = 0.95
+    #: How often the node reads the machine's memory, in milliseconds (0 turns the monitor off).
+    memory_monitor_ms: int = 250
+    #: Times a task (with ``max_retries`` != 0) killed for memory runs again, counted apart
+    #: from ``max_retries``; -1: without end. Ray's default is -1 with a growing delay
+    #: between tries; the retries here start at once, so a task that always runs out of
+    #: memory fails after these.
+    task_oom_retries: int = 15
+
     # ---- objects ----
     #: Objects whose serialized size is below this many bytes travel inline in messages.
     inline_threshold: int = INLINE_THRESHOLD
@@ -172,11 +184,11 @@ _MINIMA: dict[str, int] = {
     "pull_chunk_bytes": 1024, "shm_read_limit_bytes": 0, "report_retries": 1,
     "max_reports_in_flight": 1, "max_spills_in_flight": 1,
     "max_message_bytes": 1024 * 1024, "function_cache_size": 1, "subscriber_queue_size": 1,
-    "cancelled_early_max": 1,
+    "cancelled_early_max": 1, "memory_monitor_ms": 0, "task_oom_retries": -1,
 }
 
 #: Fields that are fractions in (0, 1].
-_FRACTIONS = ("store_memory_fraction", "store_shm_fraction")
+_FRACTIONS = ("store_memory_fraction", "store_shm_fraction", "memory_usage_threshold")
 
 #: Fields that must be > 0.
 _POSITIVE = ("start_timeout_s", "idle_worker_s", "rpc_timeout_s", "stop_grace_s",

@@ -5,6 +5,7 @@
     ClusterError                      anything cellray raises on its own behalf
     ├── TaskError                     user code raised; also an instance of the original type
     ├── WorkerCrashedError            the worker running a task died and retries are spent
+    ├── OutOfMemoryError              the node's memory monitor killed the task's worker, retries spent
     ├── NodeDiedError                 the node holding a task or object died
     ├── ActorDiedError                an actor is dead (killed, constructor failed, restarts spent)
     ├── TaskCancelledError            the task was cancelled with ``cancel``
@@ -13,6 +14,7 @@
     │   ├── ObjectCorruptError        ... because its file is incomplete (a ``ValueError``)
     │   └── ObjectFileMissingError    ... because its file is gone (a ``FileNotFoundError``)
     ├── ObjectStoreFullError          an object does not fit in the node's object store
+    │   └── ObjectSpillError          ... because spilling to disk failed (unwritable, disk full)
     ├── ObjectStoreClosedError        the node's object store was closed (a ``RuntimeError``)
     ├── GetTimeoutError               ``get(timeout=...)`` expired (also a ``TimeoutError``)
     ├── ConnectionLostError           the cluster stopped answering (the peer's fault)
@@ -37,7 +39,7 @@
 
 Ray's names are aliases for code written against Ray: ``RayError``, ``RayTaskError``,
 ``RayActorError``, ``ObjectStoreFullError``, ``GetTimeoutError``, ``TaskCancelledError``,
-``WorkerCrashedError``, ``ObjectLostError``, ``OwnerDiedError``.
+``WorkerCrashedError``, ``ObjectLostError``, ``OwnerDiedError``, ``OutOfMemoryError``.
 
 Every exception keeps its data in attributes, builds its message in ``__str__`` and
 pickles (errors travel from workers to drivers).
@@ -72,8 +74,10 @@ __all__ = [
     "ObjectCorruptError",
     "ObjectFileMissingError",
     "ObjectLostError",
+    "ObjectSpillError",
     "ObjectStoreClosedError",
     "ObjectStoreFullError",
+    "OutOfMemoryError",
     "OwnerDiedError",
     "RayActorError",
     "RayError",
@@ -212,6 +216,16 @@ class WorkerCrashedError(ClusterError):
     """The worker process running a task died (crash, ``os._exit``, kill) and its retries are spent."""
 
 
+class OutOfMemoryError(ClusterError):
+    """The node's memory monitor killed the worker running a task, and its OOM retries are
+    spent (``task_oom_retries``, counted apart from ``max_retries``).
+
+    The machine's memory in use passed ``memory_usage_threshold``; the message gives the
+    node's memory used and total, the worker's pid and its RSS. Its fields: ``task_id``,
+    ``node_id``, ``pid``, ``memory_used``, ``memory_total``, ``threshold``, ``rss``.
+    """
+
+
 class NodeDiedError(ClusterError):
     """The node that held a task or object died."""
 
@@ -257,6 +271,16 @@ class ObjectFileMissingError(ObjectLostError, FileNotFoundError):
 
 class ObjectStoreFullError(ClusterError):
     """An object does not fit in the node's object store, even after spilling to disk."""
+
+
+class ObjectSpillError(ObjectStoreFullError):
+    """An object does not fit in the node's shared memory and spilling older objects to disk
+    to make room failed: the spill directory cannot be made or written, or its disk is full.
+
+    Only the new object is refused (its ``put`` raises, or its task fails with this error);
+    objects stored before stay readable. Attributes: ``object_id``, ``size``, ``used`` and
+    ``capacity`` (bytes), ``spill_dir``, ``reason`` (the OS error's text).
+    """
 
 
 class ObjectStoreClosedError(ClusterError, RuntimeError):

@@ -24,6 +24,7 @@ import os
 import platform
 import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -61,6 +62,8 @@ _running: contextvars.ContextVar[tuple[common_pb2.TaskSpec, ...]] = contextvars.
 #: The generated NodeManager client class (generated gRPC code carries no type hints).
 _NodeManagerStub: Any = node_pb2_grpc.NodeManagerStub
 _SERVER = "node manager"
+#: Waiting for the node to acknowledge a put never lends the CPU: the node answers at once.
+_ACK_HOST = DriverHost()
 
 T = TypeVar("T")
 LogHandler = Callable[[node_pb2.LogLines], None]
@@ -347,14 +350,36 @@ class CoreClient:
         data.shm_path = path
 
     def put_serialized(self, oid: bytes, s: codec.Serialized) -> None:
-        """Store a serialized value under ``oid`` (a new put) and tell the node."""
+        """Store a serialized value under ``oid`` (a new put) and tell the node.
+
+        A value in shared memory is acknowledged: this returns once the node has sealed it
+        (one round trip), so a put that returned is never lost, and raises the error the
+        node refused it with (``ObjectStoreFullError``; ``ObjectSpillError`` when spilling
+        older objects to disk failed). The caller holds an ObjectRef to ``oid``.
+        """
         self._check()
+        if s.nbytes > self.inline_threshold and threading.current_thread() is self._thread:
+            raise BlockingCallError(
+                "put() of a large value waits for the node and cannot run inside an output, "
+                "event or log handler (they run on cellray's IO thread); hand the work to "
+                "another thread instead")
         data = common_pb2.ObjectData()
         self.encode_object(data, oid, s, "Cannot put the object: it")
         op = node_pb2.ClientOp()
         op.put.CopyFrom(data)
-        self.objects.stored(data)
+        if not data.shm_path:
+            self.objects.stored(data)
+            self.send(op)
+            return
         self.send(op)
+        # Ask for it back: the node answers after sealing (the put goes first on the
+        # session) with its path, or with the error it stored in its place.
+        self.objects.wait([oid], 1, None, self._check, _ACK_HOST)
+        ack = self.objects.data(oid)
+        if ack is not None and ack.inline and codec.is_error(ack.inline):
+            err = codec.deserialize(ack.inline)
+            if isinstance(err, BaseException):
+                raise err
 
     def wait_ids(self, ids: Sequence[bytes], num_ready: int, timeout: float | None) -> list[bytes]:
         """Wait until ``num_ready`` of ``ids`` are here (or ``timeout``); return the ready ones."""
@@ -362,7 +387,12 @@ class CoreClient:
 
     def get_values(self, ids: Sequence[bytes], timeout: float | None) -> list[Any]:
         """The values of ``ids`` in order; raises the stored error of a failed task."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         ready = self.objects.wait(ids, len(ids), timeout, self._check, self.host)
+        if len(ready) == len(ids) and self.objects.elsewhere(ids):
+            # Ready on other nodes: wait again while this node pulls them.
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = self.objects.wait(ids, len(ids), left, self._check, self.host)
         if len(ready) < len(ids):
             missing = len(ids) - len(ready)
             raise GetTimeoutError(
@@ -373,7 +403,10 @@ class CoreClient:
     def value(self, oid: bytes) -> Any:
         objects = self.objects
         data = objects.data(oid)
-        if data is None:  # freed meanwhile by another thread dropping its ref: ask again
+        if data is None or not (data.inline or data.shm_path):
+            # Freed meanwhile by another thread dropping its ref, or ready on another node
+            # only: ask again (the node pulls it here).
+            objects.elsewhere([oid])
             self.wait_ids([oid], 1, None)
             data = objects.data(oid)
             assert data is not None

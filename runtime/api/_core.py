@@ -278,8 +278,10 @@ def put(value: Any) -> ObjectRef:
     """Store ``value`` in the cluster's object store and return a ref to it.
 
     Large values (numpy arrays above all) go to shared memory: ``get`` on the same node
-    returns a read-only view without copying. Raises ``ObjectStoreFullError`` when the
-    value is larger than the object store.
+    returns a read-only view without copying. Returns once the node has stored the value.
+    Raises ``ObjectStoreFullError`` when it cannot: the value is larger than the object
+    store, or it does not fit and spilling older objects to disk failed
+    (``ObjectSpillError``, naming the spill directory; objects stored before are kept).
     """
     client = _context.current()
     if isinstance(value, ObjectRef):

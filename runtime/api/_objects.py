@@ -56,11 +56,27 @@ class ObjectTable:
     # ---- data ----------------------------------------------------------------------
 
     def arrived(self, data: common_pb2.ObjectData) -> None:
-        """The node sent an object (kept only while a local ref wants it); no wake-up."""
+        """The node sent an object (kept only while a local ref wants it); no wake-up.
+
+        An object with neither bytes nor a path is ready on another node: it counts as ready
+        (``wait``), and reading it asks the node for it (``elsewhere``)."""
         oid = data.object_id
-        if oid in self._local_refs:
+        if oid in self._local_refs and (data.inline or data.shm_path or oid not in self._objects):
             self._objects[oid] = data
         self._requested.discard(oid)
+
+    def elsewhere(self, ids: Sequence[bytes]) -> list[bytes]:
+        """Those of ``ids`` known to be ready on another node only, now asked for again."""
+        objects = self._objects
+        with self.cv:
+            far = [i for i in dict.fromkeys(ids)
+                   if (d := objects.get(i)) is not None and not d.inline and not d.shm_path]
+            for oid in far:
+                del objects[oid]
+        if far:
+            self._requested.difference_update(far)
+            self.request(far)
+        return far
 
     def failed(self, object_id: bytes, error: bytes) -> None:
         """The node sent an object's error blob in place of its value; no wake-up."""

@@ -222,15 +222,27 @@ class LocalCluster:
             tmp.write_text(json.dumps(raw))
             os.replace(tmp, path)
 
+    def _shm_dirs(self) -> set[str]:
+        """The nodes' shared-memory directories: each node's first, and the one it has now
+        (a node that was fenced and rejoined as a new node wrote its ready file again)."""
+        dirs = {str(info.get("shm_dir") or "") for info in self.node_info}
+        for node in self.nodes:
+            try:
+                if node.ready_path is not None:
+                    dirs.add(str(json.loads(node.ready_path.read_text()).get("shm_dir") or ""))
+            except (OSError, ValueError):
+                continue
+        return dirs - {""}
+
     def stop(self) -> None:
         """Stop the nodes (each stops its workers), the global schedulers, then the head.
         Returns when all are gone."""
+        shm_dirs = self._shm_dirs()
         for node in reversed(self.nodes):
             node.stop()
         # A node that was killed could not remove its shared-memory directory: do it here.
-        for info in self.node_info:
-            shm_dir = info.get("shm_dir")
-            if shm_dir and shm_dir.startswith("/dev/shm/cellray-"):
+        for shm_dir in shm_dirs:
+            if shm_dir.startswith("/dev/shm/cellray-"):
                 shutil.rmtree(shm_dir, ignore_errors=True)
         for scheduler in reversed(self.schedulers):
             scheduler.stop()

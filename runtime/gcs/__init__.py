@@ -17,6 +17,10 @@ Layering, bottom up:
 ``placement`` and ``reservations``
     Placement groups: the pure planner (which node for each bundle, per strategy, or why
     not) and the ``PlacementManager`` that reserves bundles on nodes, two-phase.
+``fencing``
+    A node declared dead never comes back under its id: the GCS refuses its heartbeats
+    and registrations (``NodeDiedError``, sent as FAILED_PRECONDITION), and the node
+    rejoins under a new id with nothing running.
 ``keys``
     The keys of actor names and scheduler replicas in the ``kv`` table: built there only
     (the state builds them for the typed ``Actors`` and ``Schedulers`` calls).

@@ -11,6 +11,8 @@ UNAVAILABLE                 ``ConnectionLostError`` (names the address; is a clu
 UNAUTHENTICATED             ``UnauthenticatedError`` (a ``PermissionError``; pass token_file)
 INVALID_ARGUMENT            ``InvalidRequestError`` (a ``ValueError``)
 NOT_FOUND                   ``NotFoundError`` (a ``LookupError``)
+FAILED_PRECONDITION         ``NodeDiedError`` for a node the GCS declared dead (``heartbeat``,
+                            ``register_node``): it must rejoin under a new id
 RESOURCE_EXHAUSTED          ``ConnectionLostError`` (a subscriber fell behind; resubscribe)
 DEADLINE_EXCEEDED           ``RpcTimeoutError`` (a ``TimeoutError``)
 CANCELLED                   ``ClientClosedError`` when this client was closed during the call
@@ -104,13 +106,22 @@ class GcsClient:
     # ---- nodes and jobs ----
 
     async def register_node(self, row: gcs_pb2.NodeRow) -> int:
-        """Register (or revive) a node; return the GCS's number of shards."""
+        """Register a node; return the GCS's number of shards.
+
+        Raises ``NodeDiedError`` under the id of a node the GCS declared dead: such a node
+        must rejoin under a new id (``runtime.gcs.fencing``).
+        """
         req = gcs_pb2.RegisterNodeRequest(node=row)
         reply: gcs_pb2.RegisterNodeReply = await self._call(self._nodes.RegisterNode(req, **self._kw()))
         return reply.num_shards
 
     async def heartbeat(self, node_id: bytes, load: common_pb2.NodeLoad) -> bool:
-        """Report a node's load; False means the GCS holds it dead and it must re-register."""
+        """Report a node's load; False means the GCS does not know the node (it lost its
+        tables): register it again.
+
+        Raises ``NodeDiedError`` when the GCS declared the node dead: it is fenced, and must
+        rejoin under a new id with nothing running (``runtime.gcs.fencing``).
+        """
         req = gcs_pb2.HeartbeatRequest(node_id=node_id, load=load)
         reply: gcs_pb2.HeartbeatReply = await self._call(self._nodes.Heartbeat(req, **self._kw()))
         return reply.known

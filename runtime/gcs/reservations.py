@@ -118,9 +118,6 @@ class PlacementManager:
         self._background: set[asyncio.Task[Any]] = set()
         #: Groups whose last reservation failed: (failures in a row, loop time of the next try).
         self._backoff: dict[bytes, tuple[int, float]] = {}
-        #: Bundles placed again elsewhere because their node was declared dead, by that node:
-        #: released there should it come back (a node the GCS gave up on may re-register).
-        self._orphans: dict[bytes, list[common_pb2.Bundle]] = {}
 
     # ---- life ----------------------------------------------------------------------
 
@@ -210,9 +207,6 @@ class PlacementManager:
         """One pass: every group not fully placed (or with bundles on a dead node) is tried."""
         loop = asyncio.get_running_loop()
         alive = self._alive()  # read again after each attempt (nodes change meanwhile)
-        for node_id in [n for n in self._orphans if n in alive]:
-            orphans = self._orphans.pop(node_id)
-            await self._release_at({alive[node_id].address: orphans})
         for pg_id in [g.placement_group_id for g in self._state.placement_groups() if g.state != _REMOVED]:
             if self._backoff.get(pg_id, (0, 0.0))[1] > loop.time():
                 continue  # its last reservation failed: not again so soon
@@ -236,9 +230,7 @@ class PlacementManager:
         dead = sorted({short(b.node_id) for b in lost})
         row.why = (f"node {', '.join(dead)} holding bundle(s) {', '.join(str(b.index) for b in lost)} "
                    "died; placing them again")
-        for b in lost:
-            self._orphans.setdefault(b.node_id, []).append(common_pb2.Bundle(
-                placement_group_id=b.placement_group_id, index=b.index, resources=b.resources))
+        for b in lost:  # nothing to release there: a dead node is fenced and drops its bundles
             b.node_id = b""
         row.state = PlacementGroupState.RESCHEDULING
         self._put(row)

@@ -19,10 +19,11 @@ from typing import Any, TypeVar
 import grpc
 
 from runtime.config import Settings
-from runtime.exceptions import InvalidRequestError
+from runtime.exceptions import InvalidRequestError, NodeDiedError
 from runtime.gcs.reservations import BundleNodes, GrpcBundleNodes, PlacementManager
 from runtime.gcs.state import TABLES, Change, GcsState
 from runtime.protocol import gcs_pb2, gcs_pb2_grpc
+from runtime.rpc.errors import FENCED_NODE
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +177,9 @@ class GcsService:
 
 
 def _rpc(fn: Callable[[_S, _Req, _Ctx], Awaitable[_Rep]]) -> Callable[[_S, _Req, _Ctx], Awaitable[_Rep]]:
-    """Map ``InvalidRequestError`` to INVALID_ARGUMENT and publish the call's changes."""
+    """Map ``InvalidRequestError`` to INVALID_ARGUMENT and ``NodeDiedError`` (a call under the
+    id of a node declared dead, see ``fencing``) to FAILED_PRECONDITION with the trailer
+    ``FENCED_NODE``; publish the call's changes."""
 
     @functools.wraps(fn)
     async def wrapper(self: _S, request: _Req, context: _Ctx) -> _Rep:
@@ -185,6 +188,10 @@ def _rpc(fn: Callable[[_S, _Req, _Ctx], Awaitable[_Rep]]) -> Callable[[_S, _Req,
         except InvalidRequestError as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{fn.__name__}: {err}")
             raise  # abort() raises; this line only satisfies the type checker
+        except NodeDiedError as err:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{fn.__name__}: {err}",
+                                trailing_metadata=((FENCED_NODE, getattr(err, "node_id", "")),))
+            raise
         finally:
             self._gcs.commit()
 

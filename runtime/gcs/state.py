@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from runtime._ids import short
 from runtime.exceptions import InvalidRequestError
 from runtime.gcs import keys
+from runtime.gcs.fencing import refuse_dead
 from runtime.gcs.storage import InMemoryStorage, Storage
 from runtime.protocol import common_pb2, gcs_pb2
 from runtime.protocol.states import (
@@ -179,8 +180,9 @@ class GcsState:
     # ---- nodes ----
 
     def register_node(self, row: gcs_pb2.NodeRow) -> None:
-        """Add (or revive) a node: alive, with its start time and first heartbeat now."""
+        """Add a node (or one the GCS lost), alive now; ``NodeDiedError`` under a dead id (``fencing``)."""
         _require(row.node_id, "node_id")
+        refuse_dead(self._node(row.node_id))
         now = self._clock()
         node = gcs_pb2.NodeRow()
         node.CopyFrom(row)
@@ -190,9 +192,12 @@ class GcsState:
         self._write("nodes", node.node_id, node.SerializeToString())
 
     def heartbeat(self, node_id: bytes, load: common_pb2.NodeLoad) -> bool:
-        """Record a node's load; False when the node is unknown or dead (it must re-register)."""
+        """Record a node's load; False when the node is unknown (it must register again).
+
+        Raises ``NodeDiedError`` when it was declared dead: it must rejoin under a new id."""
         node = self._node(node_id)
-        if node is None or not node.alive:
+        refuse_dead(node)
+        if node is None:
             return False
         now = self._clock()
         node.load.CopyFrom(load)
@@ -202,10 +207,10 @@ class GcsState:
         return True
 
     def unregister_node(self, node_id: bytes, cause: str = "") -> gcs_pb2.NodeRow | None:
-        """Mark a node dead (its row stays, for the record); None when it is unknown."""
+        """Mark a node dead (its row stays, for good); None when unknown, a dead row unchanged."""
         node = self._node(node_id)
-        if node is None:
-            return None
+        if node is None or not node.alive:
+            return node
         return self._mark_dead(node, cause or "unregistered")
 
     def check_dead_nodes(self, timeout_s: float) -> list[gcs_pb2.NodeRow]:
@@ -474,7 +479,7 @@ class GcsState:
         return None if raw is None else gcs_pb2.NodeRow.FromString(raw)
 
     def _mark_dead(self, node: gcs_pb2.NodeRow, cause: str) -> gcs_pb2.NodeRow:
-        node.alive, node.death_cause = False, cause
+        node.alive, node.death_cause, node.death_time = False, cause, self._clock()
         self._last_seen.pop(node.node_id, None)
         self._write("nodes", node.node_id, node.SerializeToString())
         logger.warning("node %s (%s) is dead: %s", short(node.node_id), node.address, cause)

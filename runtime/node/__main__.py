@@ -11,6 +11,12 @@ Once serving and registered with the GCS, it writes the ready file (``{"port", "
 first); ``kill -USR1 <pid>`` writes a snapshot of the local scheduler to its log. Every
 tuning value comes from ``CELLRAY_*`` (``Settings``); start-up and stop are
 ``runtime._daemon``'s.
+
+A node the GCS declared dead (paused or cut off past the heartbeat timeout) is *fenced*
+(``runtime.gcs.fencing``): its manager stops every worker and drops what it held, and the
+process rejoins the cluster as a new node, with a new id, a new server (a new port unless
+``--port`` fixes it) and nothing running; the ready file is written again. Drivers that
+were connected to it lose their session with ``ConnectionLostError`` saying why.
 """
 
 from __future__ import annotations
@@ -81,32 +87,48 @@ def parse_resources(args: argparse.Namespace) -> dict[str, float]:
 
 
 async def serve(ctx: DaemonContext) -> None:
-    """Serve the node until a stop is requested (signal, parent gone, Shutdown RPC)."""
+    """Serve the node until a stop is requested (signal, parent gone, Shutdown RPC); a fenced
+    node rejoins as a new one (see the module docstring)."""
     args, settings = ctx.args, ctx.settings
-    node_id = _ids.new_id()
     resources = parse_resources(args)
     gpus = Gpus(declared=None if args.num_gpus is None else int(args.num_gpus))
     if gpus.count:
         resources["GPU"] = float(gpus.count)
     capacity = args.object_store_memory or default_store_capacity(settings)
-    servicer = NodeServicer()  # the manager needs the bound port, so it is attached below
-    _, port = await ctx.serve([(node_pb2_grpc.add_NodeManagerServicer_to_server, servicer)])
-    address = ctx.address(port)
-    manager = NodeManager(node_id=node_id, address=address, gcs_address=args.gcs_address,
-                          token=ctx.token, token_file=args.token_file, session_dir=ctx.session_dir,
-                          resources=resources, store_capacity=capacity, gpus=gpus, settings=settings)
-    servicer.attach(manager)
-    ctx.on_stop(manager.request_stop)
-    # `kill -USR1 <pid>` writes a snapshot of the scheduler's state to the node's log.
-    ctx.on_signal(signal.SIGUSR1, lambda: logger.warning("state: %s", manager.statistics()))
     prestart = args.prestart if args.prestart is not None else int(resources.get("CPU", 1))
-    await manager.start(prestart)
-    logger.info("node %s listening on %s with %s", node_id.hex()[:12], address, resources)
-    ctx.ready(port, node_id=node_id.hex(), shm_dir=str(manager.shm_dir))
-    await manager.stop_requested.wait()
-    logger.info("stopping")
-    await manager.stop()
-    await ctx.stop_servers()
+    current: list[NodeManager] = []  # the manager of this process's node now
+
+    def stop() -> None:
+        if current:
+            current[-1].request_stop()
+
+    def dump() -> None:  # `kill -USR1 <pid>` writes a snapshot of the scheduler's state to the log
+        if current:
+            logger.warning("state: %s", current[-1].statistics())
+
+    ctx.on_stop(stop)
+    ctx.on_signal(signal.SIGUSR1, dump)
+    while not ctx.stopping.is_set():
+        servicer = NodeServicer()  # the manager needs the bound port, so it is attached below
+        _, port = await ctx.serve([(node_pb2_grpc.add_NodeManagerServicer_to_server, servicer)])
+        node_id, address = _ids.new_id(), ctx.address(port)
+        manager = NodeManager(node_id=node_id, address=address, gcs_address=args.gcs_address,
+                              token=ctx.token, token_file=args.token_file, session_dir=ctx.session_dir,
+                              resources=resources, store_capacity=capacity, gpus=gpus, settings=settings)
+        servicer.attach(manager)
+        current[:] = [manager]
+        await manager.start(prestart)
+        logger.info("node %s listening on %s with %s", node_id.hex()[:12], address, resources)
+        ctx.ready(port, node_id=node_id.hex(), shm_dir=str(manager.shm_dir))
+        if ctx.stopping.is_set():  # asked to stop while starting
+            manager.request_stop()
+        await manager.stop_requested.wait()
+        logger.info("stopping" if manager.fenced is None else "stopping the fenced node")
+        await manager.stop()
+        await ctx.stop_servers()
+        if manager.fenced is None:
+            break
+        logger.warning("rejoining the cluster as a new node (node %s was fenced)", node_id.hex()[:12])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -156,6 +156,16 @@ class FreeRemote:
 
 
 @dataclass(frozen=True, slots=True)
+class CancelRemote:
+    """Cancel task ``task_id`` on node ``node_id``, where this node spilled it (``CancelTasks``)."""
+
+    node_id: bytes
+    task_id: bytes
+    force: bool
+    recursive: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ForwardCalls:
     """Forward a batch of calls to the node where their actor lives (``ForwardActorCalls``);
     the answer comes back as ``calls_delivered`` or ``calls_undelivered``."""
@@ -184,9 +194,10 @@ class ForwardLog:
 #: Every action the local scheduler can ask for.
 Action = (Send | StartWorker | KillWorker | StopWorker | ReportEvent | ObjectLocation | PutActor
           | ReleaseActorName | Spill | Pull | ReportHome | FreeRemote | ForwardCalls | KillRemoteActor
-          | ForwardLog)
+          | ForwardLog | CancelRemote)
 
 #: The action classes, for dispatch tables to check that they cover every kind.
 ACTION_TYPES: tuple[type, ...] = (Send, StartWorker, KillWorker, StopWorker, ReportEvent,
                                   ObjectLocation, PutActor, ReleaseActorName, Spill, Pull,
-                                  ReportHome, FreeRemote, ForwardCalls, KillRemoteActor, ForwardLog)
+                                  ReportHome, FreeRemote, ForwardCalls, KillRemoteActor, ForwardLog,
+                                  CancelRemote)

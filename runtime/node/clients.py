@@ -59,9 +59,13 @@ class ClientTable:
     # ---- references ----------------------------------------------------------------
 
     def hold(self, client_id: bytes, oids: Collection[bytes]) -> None:
-        """``client_id`` holds a new reference to each of ``oids`` (each counts in the object
-        table even when the client is not known here)."""
-        self._objects.incref_many(oids)
+        """``client_id`` holds a new reference to each of ``oids``, which it owns (each counts
+        in the object table even when the client is not known here)."""
+        objects = self._objects
+        objects.incref_many(oids)
+        owners = objects.owners
+        for oid in oids:
+            owners[oid] = client_id
         client = self.clients.get(client_id)
         if client is not None:
             held = client.held
@@ -97,6 +101,14 @@ class ClientTable:
         """Describe object ``oid`` (held here) to ``client_id``."""
         op = node_pb2.NodeOp()
         self._objects.fill(op.object, oid)
+        self._emit(Send(client_id, op))
+
+    def send_remote(self, client_id: bytes, oid: bytes, node_id: bytes, size: int) -> None:
+        """Tell ``client_id`` (its owner) that ``oid`` is ready on node ``node_id``: no data,
+        the client asks for it (and this node pulls it) when it reads the value."""
+        op = node_pb2.NodeOp()
+        data = op.object
+        data.object_id, data.node_id, data.size = oid, node_id, size
         self._emit(Send(client_id, op))
 
     def send_lost(self, client_id: bytes, oid: bytes) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from runtime.node.actions import (
     ACTION_TYPES,
     Action,
+    CancelRemote,
     ForwardCalls,
     ForwardLog,
     FreeRemote,
@@ -63,6 +64,7 @@ class PeerOutlet(Protocol):
     def forward_log(self, action: ForwardLog) -> None: ...
     def forward_calls(self, action: ForwardCalls) -> None: ...
     def kill_remote_actor(self, action: KillRemoteActor) -> None: ...
+    def cancel_remote(self, action: CancelRemote) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +137,10 @@ def _kill_remote_actor(o: Outlets, a: KillRemoteActor) -> None:
     o.peers.kill_remote_actor(a)
 
 
+def _cancel_remote(o: Outlets, a: CancelRemote) -> None:
+    o.peers.cancel_remote(a)
+
+
 Handler = Callable[[Outlets, Any], None]
 
 #: The handler of each action class.
@@ -143,7 +149,7 @@ TABLE: dict[type, Handler] = {
     ReportEvent: _report_event, ObjectLocation: _object_location, PutActor: _put_actor,
     ReleaseActorName: _release_actor_name, Spill: _spill, Pull: _pull, ReportHome: _report_home,
     FreeRemote: _free_remote, ForwardCalls: _forward_calls, KillRemoteActor: _kill_remote_actor,
-    ForwardLog: _forward_log,
+    ForwardLog: _forward_log, CancelRemote: _cancel_remote,
 }
 
 

@@ -12,6 +12,10 @@ The gRPC servicer (``service.py``) reaches the manager through one named method 
 ``object_chunks``, ``node_info``, ``prepare_bundles``, ``commit_bundles``,
 ``release_bundles``, ``request_stop``) and the Session calls (``hello``,
 ``handle``, ``disconnect``); the daemon reads ``statistics()``.
+
+A node the GCS declared dead is *fenced* (``fence``, see ``runtime.gcs.fencing``): it
+carries out nothing more, refuses every call, and stops; the daemon then starts a new
+manager, under a new id, in the same process.
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ from typing import Any
 import psutil
 
 from runtime import _ids, config
-from runtime.exceptions import InvalidRequestError, NotFoundError
+from runtime.exceptions import InvalidRequestError, NodeDiedError, NotFoundError
 from runtime.gcs.client import GcsClient
 from runtime.node.dispatch import Outlets, carry_out
 from runtime.node.gpus import Gpus
+from runtime.node.memory_monitor import read_memory, rss_of
 from runtime.node.peers import Peers
 from runtime.node.reporting import GcsReporter
 from runtime.node.sessions import Conn, Sessions, apply_ops, client_kind
@@ -88,7 +93,7 @@ class NodeManager:
         self.reporter = GcsReporter(self.gcs, node_id, address)
         self.peers = Peers(node_id=node_id, address=address, metadata=token_metadata(token),
                            settings=settings, gcs=self.gcs, path_for=self.store.path_for,
-                           apply=self.apply)
+                           apply=self.apply, declared_dead=self.fence)
         if pool is None:
             pool = WorkerPool(node_address=address, gcs_address=gcs_address, token_file=token_file,
                               session_dir=session_dir, node_id=node_id, on_exit=self.worker_exited,
@@ -100,6 +105,8 @@ class NodeManager:
         self._beats: set[asyncio.Task[None]] = set()
         self.stopped = asyncio.Event()
         self.stop_requested = asyncio.Event()
+        #: Why the GCS declared this node dead (it is fenced, see ``fence``), or None.
+        self.fenced: str | None = None
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -118,23 +125,46 @@ class NodeManager:
         self._tasks = [loop.create_task(self._heartbeat_loop()),
                        loop.create_task(self._event_loop()),
                        loop.create_task(self.peers.watch_cluster())]
+        if self.settings.memory_monitor_ms:
+            self._tasks.append(loop.create_task(self._memory_loop()))
 
     def request_stop(self) -> None:
         """Ask the process to stop (from a signal handler or the Shutdown RPC)."""
         self.stop_requested.set()
 
+    def fence(self, why: str) -> None:
+        """The GCS declared this node dead (``why``): it is fenced, and stops.
+
+        Its homes ran its tasks again elsewhere and its actors restart elsewhere, so nothing
+        it holds counts any more: from now on the state's decisions are dropped instead of
+        carried out, calls from peers are refused, and ``stop()`` ends the workers without
+        reporting anything under the dead id. The daemon then rejoins the cluster as a new
+        node (``runtime.node.__main__``). A stop already under way stays a stop.
+        """
+        if self.fenced is not None or self.stop_requested.is_set():
+            return
+        self.fenced = why
+        logger.warning("node %s is fenced: %s. Its workers stop and what it held is dropped; this "
+                       "process rejoins the cluster as a new node", _ids.short(self.node_id), why)
+        self.stop_requested.set()
+
     async def stop(self) -> None:
+        fenced = self.fenced is not None
+        self.stop_requested.set()  # a refused heartbeat from now on is the stop's, not a fence
         # A flush under way ends first (bounded): its calls are not cut off halfway.
-        if not await self.reporter.settle(self.settings.stop_grace_s):
+        if not fenced and not await self.reporter.settle(self.settings.stop_grace_s):
             logger.info("a GCS report still under way after %.1fs is cut off; it is sent again "
                         "below", self.settings.stop_grace_s)
         for t in self._tasks:
             t.cancel()
-        self.sessions.close_all()
+        self.sessions.close_all(None if self.fenced is None else (
+            f"{self.fenced}; what this session had there (tasks, objects) is gone: call "
+            "runtime.init() again to connect to a live node"))
         await self.workers.stop_all()
         try:
-            await self.reporter.flush()
-            await self.gcs.unregister_node(self.node_id, "stopped")
+            if not fenced:  # a fenced node reports nothing more under its dead id
+                await self.reporter.flush()
+                await self.gcs.unregister_node(self.node_id, "stopped")
         # The head may already be gone; stopping goes on regardless.
         except Exception as e:  # noqa: BLE001
             logger.info("could not unregister from the GCS: %s", e)
@@ -146,10 +176,11 @@ class NodeManager:
     # ---- the event cycle -----------------------------------------------------------
 
     def flush(self) -> None:
-        """Carry out every action the state has made, until it makes no more."""
+        """Carry out every action the state has made, until it makes no more (a fenced node's
+        actions are dropped)."""
         take = self.state.take_actions
         actions = take()
-        while actions:
+        while actions and self.fenced is None:
             carry_out(self.outlets, actions)
             actions = take()
 
@@ -196,25 +227,50 @@ class NodeManager:
 
     # ---- calls from peers (one per RPC of the servicer) ------------------------------
 
-    def accept_forwarded(self, request: node_pb2.ForwardTaskRequest) -> None:
-        """A peer placed one of its tasks here (``ForwardTask``)."""
-        self.apply(lambda s: s.accept_forwarded(request))
+    def _refusal(self, sender: bytes) -> str:
+        """Why a call of node ``sender`` (a task's home) is refused: this node or the sender
+        was declared dead; "" when it is taken."""
+        if self.fenced is not None:
+            return f"node {_ids.short(self.node_id)} was declared dead and takes no work under its id"
+        if sender in self.state.spill.dead_peers:
+            return f"the task's home, node {_ids.short(sender)}, was declared dead"
+        return ""
+
+    def accept_forwarded(self, request: node_pb2.ForwardTaskRequest) -> str:
+        """A peer placed one of its tasks here (``ForwardTask``): "" when taken, else why not."""
+        why_not = self._refusal(request.home_node_id)
+        if not why_not:
+            self.apply(lambda s: s.accept_forwarded(request))
+        return why_not
 
     def accept_calls(self, request: node_pb2.ForwardActorCallsRequest) -> bool:
         """Calls of an actor living here from callers on a peer (``ForwardActorCalls``):
-        False when it does not live here."""
+        False when it does not live here (or this node is fenced)."""
+        if self.fenced is not None:
+            return False
         accepted = self.state.accept_calls(request)
         self.flush()
         return accepted
 
     def kill_hosted_actor(self, actor_id: bytes, no_restart: bool) -> bool:
         """A peer asks to kill an actor living here (``KillHostedActor``): False when it does not."""
+        if self.fenced is not None:
+            return False
         found = self.state.kill_hosted_actor(actor_id, no_restart)
         self.flush()
         return found
 
+    def cancel_forwarded(self, cancels: list[node_pb2.CancelTask], home_node_id: bytes) -> None:
+        """A peer cancels tasks it spilled here (``CancelTasks``)."""
+        def cancel(s: LocalScheduler) -> None:
+            for c in cancels:
+                s.cancelling.cancel_forwarded(c.task_id, home_node_id, c.force, c.recursive)
+        self.apply(cancel)
+
     def remote_results(self, requests: list[node_pb2.ReportResultsRequest]) -> None:
         """Many tasks of this node that ran on one peer finished (``ReportResultsBatch``)."""
+        if self.fenced is not None:
+            return  # their owners' sessions are closed
         state = self.state
         for request in requests:
             state.remote_result(request)
@@ -222,11 +278,13 @@ class NodeManager:
 
     def remote_result(self, request: node_pb2.ReportResultsRequest) -> None:
         """A task of this node that ran elsewhere finished (``ReportResults``)."""
+        if self.fenced is not None:
+            return
         self.apply(lambda s: s.remote_result(request))
 
-    def release_remote_holds(self, object_ids: list[bytes]) -> None:
-        """A peer no longer needs the copies this node keeps for it (``FreeObjects``)."""
-        self.apply(lambda s: s.release_remote_holds(object_ids))
+    def release_remote_holds(self, object_ids: list[bytes], node_id: bytes | None) -> None:
+        """Peer ``node_id`` no longer needs the copies this node keeps for it (``FreeObjects``)."""
+        self.apply(lambda s: s.release_remote_holds(object_ids, node_id))
 
     def forward_logs(self, lines: node_pb2.LogLines) -> None:
         """Lines printed elsewhere by tasks of a driver of this node (``ForwardLogs``)."""
@@ -257,6 +315,8 @@ class NodeManager:
         async def beat() -> None:
             try:
                 await self.gcs.heartbeat(self.node_id, self.load())
+            except NodeDiedError as e:
+                self.fence(str(e))
             except Exception as e:  # noqa: BLE001 - the regular heartbeat follows anyway
                 logger.info("an extra heartbeat failed: %s", e)
         task = asyncio.get_running_loop().create_task(beat())
@@ -297,7 +357,7 @@ class NodeManager:
             raise NotFoundError(f"object {oid.hex()} is not held on node {_ids.short(self.node_id)}")
         if source.inline is not None:
             yield node_pb2.ObjectChunk(data=source.inline, total_size=len(source.inline),
-                                       nested_refs=source.nested)
+                                       nested_refs=source.nested, inline=True)
             return
         path = self.store.locate(oid)
         self.store.pin(oid)
@@ -327,8 +387,12 @@ class NodeManager:
                 known = await self.gcs.heartbeat(self.node_id, self.load())
                 await self.peers.refresh_schedulers()
                 if not known:
-                    logger.warning("the GCS had marked this node dead; registering again")
+                    logger.warning("the GCS at %s does not know this node (was it restarted without "
+                                   "its tables?); registering again", self.gcs_address)
                     await self.gcs.register_node(self._node_row())
+            except NodeDiedError as e:  # declared dead: this id is over (see ``fence``)
+                self.fence(str(e))
+                return
             # One failed beat must not end the loop: log, beat again.
             except Exception as e:  # noqa: BLE001
                 logger.warning("heartbeat to the GCS at %s failed: %s", self.gcs_address, e)
@@ -342,3 +406,16 @@ class NodeManager:
             # One failed batch must not end the loop: log, go on.
             except Exception as e:  # noqa: BLE001
                 logger.warning("reporting events to the GCS failed: %s", e)
+
+    async def _memory_loop(self) -> None:
+        """Read the machine's memory every ``memory_monitor_ms``: past the threshold the
+        state kills one worker (``memory_monitor.py``)."""
+        interval = self.settings.memory_monitor_ms / 1000.0
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.state.memory.check(read_memory(), rss_of)
+                self.flush()
+            # One failed check must not end the monitor: log, check again.
+            except Exception as e:  # noqa: BLE001
+                logger.warning("the memory monitor's check failed: %s", e)

@@ -19,13 +19,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from runtime import _ids
-from runtime.exceptions import ObjectLostError
 from runtime.node.actions import Action, FreeRemote, ObjectLocation, Pull
 from runtime.protocol import common_pb2
 
 if TYPE_CHECKING:
     from runtime.node.tasks import Task
+
+
+def _nothing(oid: bytes) -> None:
+    """The default of the table's hooks (``on_free``, ``rebuild``)."""
 
 
 class Store(Protocol):
@@ -73,7 +75,8 @@ class ObjectTable:
     """Objects held or known on this node, and who holds and waits for them."""
 
     __slots__ = ("_dep_waiters", "_emit", "_encode_error", "_get_waiters", "_node_id", "_refs",
-                 "_store", "objects", "pulling", "remote_holds", "remote_objects")
+                 "_store", "lost", "objects", "on_free", "owners", "pulling", "rebuild",
+                 "remote_holds", "remote_objects")
 
     def __init__(self, node_id: bytes, store: Store, encode_error: ErrorEncoder,
                  emit: Callable[[Action], None]) -> None:
@@ -92,6 +95,14 @@ class ObjectTable:
         self.pulling: set[bytes] = set()
         #: node id -> objects this node keeps for that node (results of its tasks).
         self.remote_holds: dict[bytes, Counter[bytes]] = {}
+        #: Objects made here for a client (task returns, puts): id -> the owner's client id.
+        self.owners: dict[bytes, bytes] = {}
+        #: Held objects whose every copy is gone, to rebuild when read: id -> why lost.
+        self.lost: dict[bytes, str] = {}
+        #: Called with an object's id when nothing holds it any more (lineage drops it).
+        self.on_free: Callable[[bytes], None] = _nothing
+        #: Called with a lost object's id when something wants it (lineage runs its task).
+        self.rebuild: Callable[[bytes], None] = _nothing
 
     def __contains__(self, oid: bytes) -> bool:
         return oid in self.objects
@@ -145,10 +156,12 @@ class ObjectTable:
     def describe_inputs(self, spec: common_pb2.TaskSpec, args: Any, inputs: Any = None) -> None:
         """Describe ``spec``'s arguments for another node: each one's data (inline) or where
         it is (node and size) appended to ``args`` (a repeated ``ObjectData``), and, when
-        ``inputs`` (a repeated ``InputLocation``) is given, its size and the nodes holding it."""
-        for oid in spec.arg_refs:
+        ``inputs`` (a repeated ``InputLocation``) is given, its size and the nodes holding it.
+        The refs inside the arguments are described after them (``args`` only)."""
+        nested = [oid for oid in spec.nested_refs if self.known(oid)]
+        for n, oid in enumerate([*spec.arg_refs, *nested]):
             data = args.add()
-            loc = inputs.add(object_id=oid) if inputs is not None else None
+            loc = inputs.add(object_id=oid) if inputs is not None and n < len(spec.arg_refs) else None
             if oid in self.objects:
                 self.fill(data, oid)
                 data.shm_path = ""  # paths mean nothing on another node
@@ -164,6 +177,42 @@ class ObjectTable:
                 if loc is not None:
                     loc.size = r.size
                     loc.node_ids.append(r.node_id)
+
+    def lend(self, node_id: bytes, spec: common_pb2.TaskSpec) -> None:
+        """``spec`` goes to run on node ``node_id``: the store objects it takes (arguments,
+        refs inside them) are kept here for that node until it frees them (it may keep
+        them after the task, e.g. an actor storing a ref it was passed). Once per object
+        and node: the node frees each remote object once."""
+        holds = self.remote_holds.get(node_id)
+        objects = self.objects
+        for oid in [*spec.arg_refs, *spec.nested_refs]:
+            obj = objects.get(oid)
+            if obj is not None and obj.inline is None and not (holds and holds.get(oid)):
+                self.hold_for(node_id, oid)
+                holds = self.remote_holds[node_id]
+
+    def describe_nested(self, home_node_id: bytes, returns: list[common_pb2.ObjectData],
+                        out: Any) -> None:
+        """Describe the objects inside ``returns`` (refs to objects a task put, say) for the
+        node ``home_node_id`` in ``out`` (a repeated ``ObjectData``): small ones with their
+        bytes, the others kept here for that node, or where they are."""
+        seen: set[bytes] = set()
+        for data in returns:
+            for oid in data.nested_refs:
+                if oid in seen:
+                    continue
+                seen.add(oid)
+                if oid in self.objects:
+                    d = out.add()
+                    self.fill(d, oid)
+                    d.nested_refs.extend(self.objects[oid].nested)
+                    if d.shm_path:
+                        d.shm_path = ""
+                        self.hold_for(home_node_id, oid)
+                elif oid in self.remote_objects:
+                    r = self.remote_objects[oid]
+                    d = out.add(object_id=oid, size=r.size, node_id=r.node_id)
+                    d.nested_refs.extend(r.nested)
 
     def remote_copy(self, oid: bytes) -> bytes:
         """Another node that keeps a copy of ``oid`` for us (b"" when none)."""
@@ -213,6 +262,8 @@ class ObjectTable:
             refs[oid] = left
             return
         refs.pop(oid, None)
+        self.owners.pop(oid, None)
+        self.on_free(oid)
         obj = self.objects.pop(oid, None)
         if obj is None:
             r = self.remote_objects.pop(oid, None)
@@ -226,6 +277,36 @@ class ObjectTable:
             self._emit(ObjectLocation(oid, obj.size, True))
         for nested in obj.nested:
             self.decref(nested)
+
+    def owned_by(self, client_id: bytes) -> list[bytes]:
+        """Objects owned by ``client_id`` that something still holds."""
+        held = self.held
+        return [oid for oid, owner in self.owners.items() if owner == client_id and held(oid)]
+
+    def drop_copies(self, oid: bytes) -> None:
+        """Free every copy of ``oid`` (here, and those kept or known on other nodes); its
+        holders keep their references, to whatever is stored for it next."""
+        self.owners.pop(oid, None)
+        self.lost.pop(oid, None)
+        obj = self.objects.pop(oid, None)
+        if obj is not None:
+            if obj.remote_copy:
+                self._emit(FreeRemote(obj.remote_copy, oid))
+            if obj.in_store:
+                self._store.free(oid)
+                self._emit(ObjectLocation(oid, obj.size, True))
+            for nested in obj.nested:
+                self.decref(nested)
+            return
+        r = self.remote_objects.pop(oid, None)
+        if r is not None and oid not in self.pulling:
+            self._emit(FreeRemote(r.node_id, oid))
+
+    def drop_if_unheld(self, oid: bytes) -> None:
+        """Forget ``oid`` (stored or known on another node) when nothing holds it."""
+        if self._refs.get(oid, 0) <= 0 and (oid in self.objects or oid in self.remote_objects):
+            self._refs[oid] = 1
+            self.decref(oid)
 
     def drop_unheld(self, data: common_pb2.ObjectData) -> bool:
         """True when nothing holds the object of ``data`` any more: it is not kept (its
@@ -282,6 +363,10 @@ class ObjectTable:
         if not once or client_id not in waiters:
             waiters.append(client_id)
 
+    def waiting_for(self, oid: bytes) -> list[Task]:
+        """The tasks waiting for ``oid`` as an input."""
+        return list(self._dep_waiters.get(oid, ()))
+
     def awaited(self, oid: bytes) -> bool:
         """True when a client or a task waits for ``oid``."""
         return oid in self._get_waiters or oid in self._dep_waiters
@@ -298,7 +383,11 @@ class ObjectTable:
     def want(self, oid: bytes) -> None:
         """Make sure a remote object is on its way here."""
         r = self.remote_objects.get(oid)
-        if r is None or oid in self.pulling:
+        if r is None:
+            if oid in self.lost:
+                self.rebuild(oid)
+            return
+        if oid in self.pulling:
             return
         self.pulling.add(oid)
         self._emit(Pull(oid, r.node_id))
@@ -321,15 +410,12 @@ class ObjectTable:
         if obj is not None and node_id:
             obj.remote_copy = node_id
 
-    def pull_lost(self, oid: bytes, why: str) -> common_pb2.ObjectData:
-        """A pull of ``oid`` failed: the object to store in its place (its error)."""
+    def forget_remote(self, oid: bytes) -> bytes:
+        """The copy of ``oid`` on another node is gone (its pull, if any, is over): the node
+        that held it (b"" when none was known)."""
         self.pulling.discard(oid)
         r = self.remote_objects.pop(oid, None)
-        where = _ids.short(r.node_id) if r is not None else "another node"
-        err = ObjectLostError(f"Object {oid.hex()} is lost: pulling it from node {where} failed "
-                              f"({why}). The node may have died.", object_id=oid.hex())
-        blob = self._encode_error(err)
-        return common_pb2.ObjectData(object_id=oid, inline=blob, size=len(blob))
+        return r.node_id if r is not None else b""
 
     def remote_on(self, node_id: bytes) -> list[bytes]:
         """Remote objects known to be on node ``node_id``."""
@@ -346,7 +432,8 @@ class ObjectTable:
         holds[oid] += 1
 
     def release_remote_holds(self, ids: list[bytes], node_id: bytes | None = None) -> None:
-        """Another node no longer needs objects we keep for it."""
+        """Node ``node_id`` no longer needs objects we keep for it (None: any node, for
+        senders that do not say who they are)."""
         for holds in ([self.remote_holds.get(node_id, Counter())] if node_id
                       else list(self.remote_holds.values())):
             for oid in ids:

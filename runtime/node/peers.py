@@ -21,7 +21,9 @@ import grpc
 
 from runtime import _ids
 from runtime.config import Settings
+from runtime.gcs.fencing import fenced_error
 from runtime.node.actions import (
+    CancelRemote,
     ForwardCalls,
     ForwardLog,
     FreeRemote,
@@ -111,8 +113,11 @@ class Peers:
 
     def __init__(self, *, node_id: bytes, address: str, metadata: tuple[tuple[str, str], ...],
                  settings: Settings, gcs: ClusterDirectory, path_for: Callable[[bytes], str],
-                 apply: Apply, channels: Channels | None = None) -> None:
+                 apply: Apply, channels: Channels | None = None,
+                 declared_dead: Callable[[str], None] | None = None) -> None:
         self.node_id = node_id
+        #: Called (with why) when the nodes table shows this very node dead: it is fenced.
+        self._declared_dead = declared_dead
         self.address = address
         self._md = metadata
         self._settings = settings
@@ -197,6 +202,9 @@ class Peers:
     def kill_remote_actor(self, action: KillRemoteActor) -> None:
         self._spawn(self._kill_remote_actor(action))
 
+    def cancel_remote(self, action: CancelRemote) -> None:
+        self._spawn(self._cancel_remote(action))
+
     # ---- the calls -----------------------------------------------------------------
 
     async def _spill(self, action: Spill) -> None:
@@ -260,29 +268,43 @@ class Peers:
         path = self._path_for(oid)
         rpc = _node_rpc(self.channels.get(address))
         size, nested = 0, []
+        inline: bytearray | None = None  # the source keeps it in memory: so do we
+        fd = -1
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
             try:
                 first = True
                 async for chunk in rpc.PullObject(node_pb2.PullObjectRequest(object_id=oid),
                                                   metadata=self._md):
                     if first:
                         size, nested, first = chunk.total_size, list(chunk.nested_refs), False
+                        if chunk.inline:
+                            inline = bytearray()
+                        else:
+                            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+                    if inline is not None:
+                        inline += chunk.data
+                        continue
                     view = memoryview(chunk.data)
                     while view:
                         view = view[os.write(fd, view):]
             finally:
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
         except (grpc.aio.AioRpcError, OSError) as e:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+            if fd >= 0:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
             err = translate(e, NODE, address) if isinstance(e, grpc.aio.AioRpcError) else e
             reason = str(err) or type(err).__name__
             self._apply(lambda s: s.pull_failed(oid, reason))
             return
-        data = common_pb2.ObjectData(object_id=oid, shm_path=path, size=size, node_id=self.node_id)
+        if inline is not None:
+            data = common_pb2.ObjectData(object_id=oid, inline=bytes(inline), size=len(inline),
+                                         node_id=self.node_id)
+        else:
+            data = common_pb2.ObjectData(object_id=oid, shm_path=path, size=size, node_id=self.node_id)
         data.nested_refs.extend(nested)
         self._apply(lambda s: s.pulled(data))
 
@@ -333,7 +355,8 @@ class Peers:
             return
         rpc = _node_rpc(self.channels.get(address))
         try:
-            await rpc.FreeObjects(node_pb2.FreeObjectsRequest(object_ids=ids), metadata=self._md,
+            await rpc.FreeObjects(node_pb2.FreeObjectsRequest(object_ids=ids, node_id=self.node_id),
+                                  metadata=self._md,
                                   timeout=self._settings.rpc_timeout_s)
         except grpc.aio.AioRpcError as e:
             logger.info("freeing %d objects failed: %s", len(ids), translate(e, NODE, address))
@@ -401,6 +424,19 @@ class Peers:
             logger.warning("killing actor %s on node %s failed: %s", _ids.short(action.actor_id),
                            _ids.short(action.node_id), translate(e, NODE, address))
 
+    async def _cancel_remote(self, action: CancelRemote) -> None:
+        address = self.addresses.get(action.node_id)
+        if address is None:
+            return  # gone: what it ran for us is over with it
+        rpc = _node_rpc(self.channels.get(address))
+        req = node_pb2.CancelTasksRequest(home_node_id=self.node_id)
+        req.tasks.add(task_id=action.task_id, force=action.force, recursive=action.recursive)
+        try:
+            await rpc.CancelTasks(req, metadata=self._md, timeout=self._settings.rpc_timeout_s)
+        except grpc.aio.AioRpcError as e:
+            logger.warning("cancelling task %s on node %s failed: %s", _ids.short(action.task_id),
+                           _ids.short(action.node_id), translate(e, NODE, address))
+
     # ---- keeping the view of the cluster current -------------------------------------
 
     async def watch_cluster(self) -> None:
@@ -423,9 +459,12 @@ class Peers:
             await asyncio.sleep(self._retry_s)
 
     def node_row(self, row: gcs_pb2.NodeRow) -> None:
-        """One row of the nodes table: a peer alive (with its totals) or dead."""
+        """One row of the nodes table: a peer alive (with its totals) or dead; this node's own
+        row dead means the GCS declared it dead (it woke from a pause): it is fenced."""
         node_id = row.node_id
         if node_id == self.node_id:
+            if not row.alive and self._declared_dead is not None:
+                self._declared_dead(str(fenced_error(row)))
             return
         if row.alive:
             self.addresses[node_id] = row.address

@@ -129,6 +129,7 @@ class RemoteActors:
             call = req.calls.add(home_node_id=self._node_id, reason="actor call")
             call.spec.CopyFrom(task.spec)
             objects.describe_inputs(task.spec, call.args)
+            objects.lend(actor.node_id, task.spec)
             actor.sending.append(task)
         if actor.sending:
             self._emit(ForwardCalls(actor.node_id, req))

@@ -53,7 +53,9 @@ class NodeCalls(Protocol):
         """A Session ended."""
         ...
 
-    def accept_forwarded(self, request: node_pb2.ForwardTaskRequest) -> None: ...
+    def accept_forwarded(self, request: node_pb2.ForwardTaskRequest) -> str | None:
+        """Take a task placed here: why not (a node declared dead), or ""/None when taken."""
+        ...
 
     def remote_result(self, request: node_pb2.ReportResultsRequest) -> None: ...
 
@@ -62,8 +64,9 @@ class NodeCalls(Protocol):
     def accept_calls(self, request: node_pb2.ForwardActorCallsRequest) -> bool: ...
 
     def kill_hosted_actor(self, actor_id: bytes, no_restart: bool) -> bool: ...
+    def cancel_forwarded(self, cancels: list[node_pb2.CancelTask], home_node_id: bytes) -> None: ...
 
-    def release_remote_holds(self, object_ids: list[bytes]) -> None: ...
+    def release_remote_holds(self, object_ids: list[bytes], node_id: bytes | None) -> None: ...
 
     def forward_logs(self, lines: node_pb2.LogLines) -> None: ...
 
@@ -135,6 +138,10 @@ class NodeServicer(node_pb2_grpc.NodeManagerServicer):
                     ops, conn.out = conn.out, []
                     yield node_pb2.NodeBatch(ops=ops)
                 if conn.closed:
+                    if conn.reason:  # the node was fenced: the client learns why
+                        reader.cancel()  # first: a read cut off by the abort is no error
+                        await asyncio.gather(reader, return_exceptions=True)
+                        await context.abort(grpc.StatusCode.UNAVAILABLE, conn.reason)
                     return
         finally:
             reader.cancel()
@@ -163,7 +170,9 @@ class NodeServicer(node_pb2_grpc.NodeManagerServicer):
         if len(request.spec.task_id) != 16 or not request.home_address:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "ForwardTask needs a task spec with a 16-byte id and a home_address")
-        self.m.accept_forwarded(request)
+        why_not = self.m.accept_forwarded(request)
+        if why_not:
+            return node_pb2.ForwardTaskReply(accepted=False, why_not=why_not)
         return node_pb2.ForwardTaskReply(accepted=True)
 
     async def ForwardActorCalls(self, request: node_pb2.ForwardActorCallsRequest,
@@ -185,6 +194,15 @@ class NodeServicer(node_pb2_grpc.NodeManagerServicer):
         if len(request.actor_id) != 16:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "KillHostedActor needs a 16-byte actor_id")
         return node_pb2.KillActorReply(found=self.m.kill_hosted_actor(request.actor_id, request.no_restart))
+
+    async def CancelTasks(self, request: node_pb2.CancelTasksRequest,
+                          context: _Ctx) -> node_pb2.CancelTasksReply:
+        for i, c in enumerate(request.tasks):
+            if len(c.task_id) != 16:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"CancelTasks: tasks[{i}] needs a 16-byte task_id")
+        self.m.cancel_forwarded(list(request.tasks), request.home_node_id)
+        return node_pb2.CancelTasksReply()
 
     async def ReportResultsBatch(self, request: node_pb2.ReportResultsBatchRequest,
                                  context: _Ctx) -> node_pb2.ReportResultsReply:
@@ -212,7 +230,7 @@ class NodeServicer(node_pb2_grpc.NodeManagerServicer):
 
     async def FreeObjects(self, request: node_pb2.FreeObjectsRequest,
                           context: grpc.aio.ServicerContext[Any, Any]) -> node_pb2.FreeObjectsReply:
-        self.m.release_remote_holds(list(request.object_ids))
+        self.m.release_remote_holds(list(request.object_ids), request.node_id or None)
         return node_pb2.FreeObjectsReply()
 
     async def ForwardLogs(self, request: node_pb2.LogLines,

@@ -35,22 +35,25 @@ def client_kind(text: str) -> ClientKind | None:
 class Conn:
     """One Session stream: the ops waiting to be written as the next batch."""
 
-    __slots__ = ("client_id", "closed", "out", "wake")
+    __slots__ = ("client_id", "closed", "out", "reason", "wake")
 
     def __init__(self) -> None:
         self.client_id = b""
         self.out: list[node_pb2.NodeOp] = []
         self.wake = asyncio.Event()
         self.closed = False
+        #: Why the node ended the stream, for the client (it ends with UNAVAILABLE); "": it just ends.
+        self.reason = ""
 
     def send(self, op: node_pb2.NodeOp) -> None:
         self.out.append(op)
         if len(self.out) == 1:
             self.wake.set()
 
-    def close(self) -> None:
-        """End the stream after the ops already queued are written."""
+    def close(self, reason: str = "") -> None:
+        """End the stream after the ops already queued are written (with ``reason``: as an error)."""
         self.closed = True
+        self.reason = self.reason or reason
         self.wake.set()
 
 
@@ -74,9 +77,10 @@ class Sessions:
         if conn is not None:
             conn.send(op)
 
-    def close_all(self) -> None:
+    def close_all(self, reason: str | None = None) -> None:
+        """End every stream; with ``reason`` (the node was fenced), as an error that says it."""
         for conn in self._conns.values():
-            conn.close()
+            conn.close(reason or "")
 
     def __len__(self) -> int:
         return len(self._conns)

@@ -58,7 +58,7 @@ class Home:
 class Spilling:
     """Where tasks go when they do not stay here, and tasks that came from elsewhere."""
 
-    __slots__ = ("_actors", "_emit", "_ended_calls", "_host", "_node_id",
+    __slots__ = ("_actors", "_emit", "_ended_calls", "_handed_back", "_host", "_node_id",
                  "_objects", "_received", "_resources", "_spilled", "dead_peers", "forwarded",
                  "has_schedulers", "infeasible", "max_actor_spills", "max_spills", "peers",
                  "spill_threshold", "spilled_to", "waiting_creations")
@@ -94,6 +94,9 @@ class Spilling:
         self.dead_peers: set[bytes] = set()
         #: Tasks no node can hold (yet).
         self.infeasible: dict[bytes, Task] = {}
+        #: Tasks that were to run here for another node, given back (their inputs were
+        #: lost here) and not yet reported: task id -> the lost inputs.
+        self._handed_back: dict[bytes, list[bytes]] = {}
 
     def counters(self) -> dict[str, int]:
         """This part's counters, for ``statistics()`` and the node's load."""
@@ -198,6 +201,7 @@ class Spilling:
             self._place_back(task, scheduler, why)
             return
         self.spilled_to[task_id] = node_id
+        self._objects.lend(node_id, task.spec)
         task.worker_id = b""
         detail = f"{reason}; placed on node {_ids.short(node_id)} by {scheduler}"
         if why:
@@ -265,10 +269,12 @@ class Spilling:
     # ---- the cluster around ----------------------------------------------------------
 
     def peer_alive(self, node_id: bytes, load: common_pb2.NodeLoad) -> None:
-        """A peer's row: alive, with its resources and queue (it replaces our guesses)."""
+        """A peer's row: alive, with its resources and queue (it replaces our guesses). A node
+        declared dead stays dead: the GCS fences its id (it rejoins under a new one), so a
+        row alive under it is stale and ignored."""
+        if node_id in self.dead_peers:
+            return
         new = node_id not in self.peers
-        # Alive again (the GCS took it back): a task placed there from now on runs there.
-        self.dead_peers.discard(node_id)
         self._actors.node_alive(node_id)
         peer = self.peers.row(node_id, load)
         if new:
@@ -321,9 +327,15 @@ class Spilling:
                     f"{spec.name}() (task {_ids.short(task_id)}) was running on node "
                     f"{_ids.short(node_id)}, which died; max_retries={spec.max_retries} spent.",
                     task_id=task_id.hex()))
+        for task_id, home in list(self.forwarded.items()):
+            task = host.task(task_id)
+            if home.node_id == node_id and task is not None and not task.spec.actor_id:
+                host.cancel(task_id, True, True)  # its owner went with its node
         self._actors.node_died(node_id)
+        why = f"node {_ids.short(node_id)}, which held it, died"
         for oid in self._objects.remote_on(node_id):
-            host.store_object(self._objects.pull_lost(oid, f"node {_ids.short(node_id)} died"))
+            self.hand_back(oid, why)
+            host.object_lost(oid, why, node_id)
         self._objects.drop_holds(node_id)
         host.schedule()
 
@@ -391,6 +403,10 @@ class Spilling:
         for data in req.args:
             oid = data.object_id
             if objects.known(oid):
+                if not data.inline and data.node_id == req.home_node_id and (
+                        oid in objects or objects.remote(oid).node_id != data.node_id):
+                    # The home keeps it for us (``lend``), but we need no copy of theirs.
+                    self._emit(FreeRemote(data.node_id, oid))
                 continue
             if data.inline:
                 host.store_object(data)
@@ -415,7 +431,21 @@ class Spilling:
                 out.nested_refs.extend(data.nested_refs)
             else:
                 out.CopyFrom(data)
+        objects.describe_nested(home.node_id, returns, req.nested)
+        lost = self._handed_back.pop(task.spec.task_id, None)
+        if lost:
+            req.lost_inputs.extend(lost)
         self._emit(ReportHome(home.address, req))
+
+    def hand_back(self, oid: bytes, why: str) -> None:
+        """Object ``oid`` is lost here (``why``): tasks that run here for another node and
+        wait for it go back to their home, which owns it and can rebuild it."""
+        host = self._host
+        for task in self._objects.waiting_for(oid):
+            task_id = task.spec.task_id
+            if task_id in self.forwarded and task_id not in self._handed_back:
+                self._handed_back[task_id] = list(task.missing)
+                host.finish(task, [], TaskState.FAILED, f"handed back to its home: {why}")
 
     def remote_result(self, req: node_pb2.ReportResultsRequest) -> None:
         """Results of a task we spilled came back from the node that ran it (not from a
@@ -430,22 +460,34 @@ class Spilling:
                 if not data.inline:
                     self._emit(FreeRemote(data.node_id, data.object_id))
             return
+        if req.lost_inputs:  # it did not run there: its inputs were lost on the way
+            host.inputs_lost(task, list(req.lost_inputs), req.node_id)
+            return
         objects = self._objects
+        fresh = [data for data in req.nested if not objects.known(data.object_id)]
+        for data in fresh:  # objects inside the returns: known here before the returns
+            if data.inline:
+                host.store_object(data)
+            else:
+                objects.add_remote(data.object_id, data.node_id, data.size, list(data.nested_refs))
         returns = []
         for data in req.returns:
             oid = data.object_id
             if data.inline:
                 returns.append(data)
             elif objects.held(oid):
+                # Left where it was made; pulled here when something here reads it.
                 objects.add_remote(oid, data.node_id, data.size, list(data.nested_refs))
-                owner = task.spec.owner_id
-                if host.has_client(owner):  # results always reach their owner: bring it here
-                    objects.wait_get(oid, owner, once=True)
                 if objects.awaited(oid):
                     objects.want(oid)
+                owner = task.spec.owner_id
+                if host.has_client(owner):
+                    host.ready_elsewhere(owner, oid, data.node_id, data.size)
             else:
                 self._emit(FreeRemote(data.node_id, oid))
         host.finish(task, returns, TaskState.FAILED if req.failed else TaskState.FINISHED,
                     req.error_summary)
+        for data in fresh:  # not inside a return kept here: not kept either
+            objects.drop_if_unheld(data.object_id)
         if task.spec.actor_creation:
             self._actors.creation_reported(task.spec.actor_id, req.node_id, req.failed)

@@ -38,15 +38,18 @@ from runtime.config import Settings
 from runtime.node.actions import Action, ForwardLog, KillWorker, ReportEvent, StartWorker, StopWorker
 from runtime.node.actors import ActorTable
 from runtime.node.bundles import BundleTable, waits_for_group
+from runtime.node.cancelling import Cancelling
 from runtime.node.clients import ClientTable
 from runtime.node.lending import Lending
+from runtime.node.lineage import Lineage
+from runtime.node.memory_monitor import MemoryMonitor
 from runtime.node.objects import ErrorEncoder, ObjectTable, PullSource, Store
 from runtime.node.ready import ReadyQueues
 from runtime.node.remote_actors import RemoteActors
 from runtime.node.resources import Resources
 from runtime.node.spill import Spilling
-from runtime.node.tasks import Phase, Task, cancelled_error, crashed_error, error_returns
-from runtime.node.workers import Worker, WorkerTable
+from runtime.node.tasks import Phase, Task, cancelled_error, crashed_error, error_returns, requeue
+from runtime.node.workers import WorkerTable
 from runtime.protocol import common_pb2, node_pb2
 from runtime.protocol.resources import describe
 from runtime.protocol.states import ClientKind, TaskState
@@ -97,6 +100,7 @@ class LocalScheduler:
         # Events the parts handle whole (their docstrings say what each one does).
         self.update_refs = self.clients.update_refs
         self.has_client = self.clients.__contains__
+        self.ready_elsewhere = self.clients.send_remote
         self.worker_starting = self.workers.started
         self.kill_actor = self.actors.kill
         self.spilled = self.spill.spilled
@@ -117,6 +121,13 @@ class LocalScheduler:
         self.schedule = self.ready.schedule
         self.can_run = self.resources.can_run
         self.bundles = BundleTable(self.resources, self.workers, self.actors, self)  # placement groups
+        self.lineage = Lineage(node_id, self, self.objects, encode_error)
+        self.cancelling = Cancelling(node_id, self, self.tasks, self.children, self.workers,
+                                     self.clients, self.objects, self.spill, encode_error, emit)
+        self.cancel = self.cancelling.cancel
+        self.objects.on_free, self.objects.rebuild = self.lineage.freed, self.lineage.rebuild
+        self.object_lost, self.inputs_lost = self.lineage.lost, self.lineage.inputs_lost
+        self.memory = MemoryMonitor(node_id, self, self.workers, emit, settings)  # kills past a threshold
 
     def take_actions(self) -> list[Action]:
         """The actions made since the last call, in order; the outbox is empty after."""
@@ -139,7 +150,11 @@ class LocalScheduler:
 
     def disconnect(self, client_id: bytes) -> None:
         """A client's session ended: the references it held are dropped; a driver's actors
-        die (unless detached); a worker's process is killed (its exit reports its tasks)."""
+        die (unless detached); a worker's process is killed (its exit reports its tasks).
+        What a driver, or a worker that was running a task, owned goes with it (see
+        ``cancelling.py``); an idle worker's objects and tasks outlive it."""
+        w = self.workers.of_client(client_id)
+        busy = w is not None and bool(w.frames)
         client = self.clients.disconnect(client_id)
         if client is None:
             return
@@ -148,6 +163,8 @@ class LocalScheduler:
         elif client.kind == ClientKind.WORKER:
             self.workers.disconnected(client_id)
             self._emit(KillWorker(client.worker_id))
+        if client.kind == ClientKind.DRIVER or busy:
+            self.cancelling.owner_died(client)
 
     # ---- workers -------------------------------------------------------------------
 
@@ -161,9 +178,7 @@ class LocalScheduler:
         for frame in w.queued:  # sent ahead, never started: simply queue them again
             task = self.tasks.get(frame.task_id)
             if task is not None and not task.cancelled:
-                self.unpin(task)
-                task.worker_id = b""
-                self.make_ready(task)
+                requeue(self, task)
             elif task is not None:
                 self.fail(task, cancelled_error(task.spec), TaskState.CANCELLED)
         for frame in reversed(w.frames):
@@ -182,13 +197,11 @@ class LocalScheduler:
                 self.actors.creation_worker_died(spec.actor_id, w, exit_code)
             elif task.cancelled:
                 self.fail(task, cancelled_error(task.spec), TaskState.CANCELLED)
+            elif self.memory.killed(w.worker_id):  # its OOM retries decide, apart from max_retries
+                self.memory.retry_or_fail(task)
             elif spec.max_retries < 0 or spec.attempt < spec.max_retries:
                 spec.attempt += 1
-                self.unpin(task)
-                self.event(task, TaskState.RETRYING,
-                           detail=f"worker pid {w.pid} died (exit code {exit_code})", worker_pid=w.pid)
-                task.worker_id = b""
-                self.make_ready(task)
+                requeue(self, task, f"worker pid {w.pid} died (exit code {exit_code})", w.pid)
             else:
                 self.fail(task, crashed_error(spec, w.pid, exit_code, self.node_id))
         self.ready.schedule()
@@ -235,19 +248,26 @@ class LocalScheduler:
                 self.clients.send_event(spec.owner_id, task_id, spec.name, TaskState.INFEASIBLE, msg)
             if self.spill.park_unplaceable(task):
                 return
-        objects.await_inputs(task, want=True)
+        # Inputs on other nodes are pulled only once the task is to run here (``make_ready``).
+        objects.await_inputs(task, want=True, remote_ok=True)
         if task.missing:
             return
         self.make_ready(task)
         self.ready.schedule()
 
     def make_ready(self, task: Task) -> None:
-        """Queue a task whose inputs are all here, or spill it to another node."""
+        """Queue a task whose inputs are all here or on other nodes, or spill it; one that
+        stays waits for its remote inputs to be pulled here first."""
         reason = self.spill.reason(task)
         if reason is not None:
             self.spill.spill(task, reason)
-        else:
-            self.ready.push(task)
+            return
+        if task.spec.arg_refs:
+            self.objects.await_inputs(task, want=True)
+            if task.missing:
+                task.phase = Phase.WAITING
+                return
+        self.ready.push(task)
 
     def result(self, client_id: bytes, res: node_pb2.TaskResult) -> None:
         workers = self.workers
@@ -323,11 +343,13 @@ class LocalScheduler:
             if owner is not None:
                 self.clients.send_object(owner, data.object_id)
         self.unpin(task)
-        objects.release_inputs(spec)
         if state == _FINISHED:
             self._finished += 1
+            if home is None and not spec.actor_id:
+                self.lineage.keep(spec)  # before its inputs go: it keeps their lineage
         else:
             self._failed += 1
+        objects.release_inputs(spec)
         self.event(task, state, detail=detail, worker_pid=worker_pid)
 
     def unpin(self, task: Task) -> None:
@@ -358,41 +380,6 @@ class LocalScheduler:
                     self.lending.waits_for(tid, w.worker_id)
             self.ready.run_inline(w, self.children)
         self.ready.schedule()
-
-    # ---- cancellation --------------------------------------------------------------
-
-    def cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
-        task = self.tasks.get(task_id)
-        if recursive:
-            for child in list(self.children.get(task_id, ())):
-                self.cancel(child, force, recursive)
-        if task is None:
-            return
-        if task.cancelled and not (force and task.phase == Phase.RUNNING and not task.force_cancelled):
-            return  # a repeated cancel; only an escalation to force=True goes on
-        task.cancelled = True
-        if task.phase == Phase.RUNNING:
-            w = self.workers.get(task.worker_id)
-            if w is None:
-                return
-            if self.workers.drop_ahead(w, task_id):
-                # Sent ahead, not started: the worker will skip it; it resolves now.
-                self._send_cancel(w, task_id)
-                self.fail(task, cancelled_error(task.spec), TaskState.CANCELLED)
-                return
-            if force:
-                task.force_cancelled = True
-                self._emit(KillWorker(w.worker_id))
-            else:
-                self._send_cancel(w, task_id)
-            return
-        self.fail(task, cancelled_error(task.spec), TaskState.CANCELLED)
-        self.ready.schedule()
-
-    def _send_cancel(self, w: Worker, task_id: bytes) -> None:
-        op = node_pb2.NodeOp()
-        op.cancel.task_id = task_id
-        self.clients.send(w.client_id, op)
 
     # ---- objects -------------------------------------------------------------------
 
@@ -439,8 +426,9 @@ class LocalScheduler:
             self.objects.set_remote_copy(oid, source)
 
     def pull_failed(self, oid: bytes, why: str) -> None:
-        """A pull of ``oid`` failed: the object becomes an ObjectLostError."""
-        self.store_object(self.objects.pull_lost(oid, why))
+        """A pull of ``oid`` failed: it is rebuilt, or becomes an ObjectLostError."""
+        if oid in self.objects.pulling:  # else known lost already (its node died)
+            self.lineage.lost(oid, f"pulling it failed: {why}")
 
     # ---- logs and events -----------------------------------------------------------
 

@@ -50,6 +50,8 @@ class Task:
     force_cancelled: bool = False
     #: Shared-memory arguments pinned while a worker reads them.
     pinned: list[bytes] = field(default_factory=list)
+    #: Times the memory monitor killed its worker here (counted apart from ``max_retries``).
+    oom_kills: int = 0
 
 
 def error_returns(spec: common_pb2.TaskSpec, blob: bytes) -> list[common_pb2.ObjectData]:
@@ -73,6 +75,16 @@ def crashed_error(spec: common_pb2.TaskSpec, pid: int, exit_code: int | None,
         f"{_ids.short(node_id)}. It was tried {spec.attempt + 1} time(s) "
         f"(max_retries={spec.max_retries}). Check the worker log in the session "
         f"directory's logs/ for a crash, or raise max_retries.")
+
+
+def requeue(host: TaskHost, task: Task, detail: str = "", worker_pid: int = 0) -> None:
+    """Queue ``task`` again after its worker died; ``detail`` (why it runs again) goes in a
+    RETRYING event, none for a task that never started there."""
+    host.unpin(task)
+    if detail:
+        host.event(task, TaskState.RETRYING, detail=detail, worker_pid=worker_pid)
+    task.worker_id = b""
+    host.make_ready(task)
 
 
 class TaskHost(Protocol):
@@ -126,4 +138,21 @@ class TaskHost(Protocol):
 
     def has_client(self, client_id: bytes) -> bool:
         """True when ``client_id`` is connected to this node."""
+        ...
+
+    def cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
+        """Cancel task ``task_id`` (``force``: kill its worker; ``recursive``: its children too)."""
+        ...
+
+    def inputs_lost(self, task: Task, lost: list[bytes], node_id: bytes) -> None:
+        """Our ``task`` did not run on node ``node_id``: its inputs ``lost`` were gone there."""
+        ...
+
+    def object_lost(self, oid: bytes, why: str, where: bytes = b"") -> None:
+        """Every copy of ``oid`` is gone (``where``: the node that held it): rebuild it from
+        its lineage when it is read, or make it its ObjectLostError."""
+        ...
+
+    def ready_elsewhere(self, client_id: bytes, oid: bytes, node_id: bytes, size: int) -> None:
+        """Tell ``client_id`` that ``oid`` (of ``size`` bytes) is ready on node ``node_id``."""
         ...

@@ -30,6 +30,9 @@ class Frame:
     lent: float = 0.0
     #: GPU indices reserved for the task (whole or a fraction of one GPU).
     gpu_ids: list[int] = field(default_factory=list)
+    #: When it was sent to its worker, as a count (larger is newer): the memory monitor
+    #: kills the worker of the newest task first.
+    order: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +66,8 @@ class Worker:
 class WorkerTable:
     """Every worker of the node, the idle ones, and how many are starting."""
 
-    __slots__ = ("_by_client", "_clock", "_running_on", "idle", "max_starting", "pipeline_depth",
-                 "starting", "workers")
+    __slots__ = ("_by_client", "_clock", "_running_on", "_sent", "idle", "max_starting",
+                 "pipeline_depth", "starting", "workers")
 
     def __init__(self, *, max_starting: int, pipeline_depth: int, clock: Callable[[], float]) -> None:
         self.workers: dict[bytes, Worker] = {}
@@ -80,6 +83,8 @@ class WorkerTable:
         self._running_on: dict[bytes, bytes] = {}
         #: client id of a connected worker's session -> the worker.
         self._by_client: dict[bytes, Worker] = {}
+        #: Frames made so far (each one's ``order``).
+        self._sent = 0
         self._clock = clock
 
     def get(self, worker_id: bytes) -> Worker | None:
@@ -196,14 +201,16 @@ class WorkerTable:
                gpu_ids: list[int]) -> Frame:
         """``w`` runs task ``task_id`` now, on ``resources`` (on top of its stack)."""
         w.state = _BUSY
-        frame = Frame(task_id, resources, gpu_ids=gpu_ids)
+        self._sent += 1
+        frame = Frame(task_id, resources, gpu_ids=gpu_ids, order=self._sent)
         w.frames.append(frame)
         self._running_on[task_id] = w.worker_id
         return frame
 
     def send_ahead(self, w: Worker, task_id: bytes) -> Frame:
         """Task ``task_id`` waits in busy ``w`` to start when its running task ends."""
-        frame = Frame(task_id, {})
+        self._sent += 1
+        frame = Frame(task_id, {}, order=self._sent)
         w.queued.append(frame)
         self._running_on[task_id] = w.worker_id
         return frame

@@ -6,7 +6,9 @@ ask the node to ``seal`` it; readers ask the node to ``locate`` an object and ma
 path they get back with ``shm.read_object``. The store never reads object contents: it
 accounts for sizes, keeps an LRU order, and when sealing would pass ``capacity`` it
 spills the least recently used unpinned objects to disk (copy, then unlink from shared
-memory). ``locate`` brings a spilled object back.
+memory). ``locate`` brings a spilled object back. A spill that fails (the directory
+cannot be made or written, the disk is full) changes nothing: the object stays in shared
+memory, and only the object that needed the room is refused (``ObjectSpillError``).
 
 Unlinking never pulls pages from under a reader that has the file mapped (POSIX), so
 spilling or freeing an object that is being read is safe; its memory only returns to
@@ -20,6 +22,7 @@ from its event loop thread and from executor threads alike.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pathlib
@@ -31,6 +34,7 @@ from typing import Any
 from runtime.exceptions import (
     ObjectCorruptError,
     ObjectFileMissingError,
+    ObjectSpillError,
     ObjectStoreClosedError,
     ObjectStoreFullError,
 )
@@ -84,7 +88,6 @@ class SharedMemoryStore:
         self._make_dir(self._shm_dir)
         self._shm_prefix = os.path.join(str(self._shm_dir), "")
         self._spill_prefix = os.path.join(str(self._spill_dir), "")
-        self._spill_dir_ready = False
         self._lock = threading.Lock()
         self._objects: dict[bytes, _Entry] = {}
         #: Unpinned objects in shared memory, least recently used first: spill victims.
@@ -128,6 +131,11 @@ class SharedMemoryStore:
         ObjectStoreFullError
             The object is larger than the store, or does not fit beside the pinned
             objects; the file is removed.
+        ObjectSpillError
+            Spilling older objects to make room failed (the spill directory cannot be
+            made or written, or its disk is full): an ``ObjectStoreFullError`` naming the
+            directory and the sizes. The file is removed; every object sealed before
+            stays where it was.
         """
         with self._lock:
             self._check_open()
@@ -161,7 +169,8 @@ class SharedMemoryStore:
         Raises
         ------
         ObjectStoreFullError
-            As for ``seal``, or the shared-memory file system itself is full.
+            As for ``seal`` (``ObjectSpillError`` too), or the shared-memory file system
+            itself is full.
         """
         with self._lock:
             self._check_open()
@@ -204,29 +213,40 @@ class SharedMemoryStore:
             while self._used + size > self._capacity:
                 self._spill_lru()
         except OSError as exc:
+            # Only the newcomer is refused: what failed to spill stays in shared memory.
             if path is not None:
                 _unlink(path)
-            raise ObjectStoreFullError(
-                f"Object {object_id.hex()[:12]} ({_fmt(size)}) does not fit in this node's "
-                f"object store and spilling to {self._spill_dir} failed: {exc}. Free disk "
-                f"space there or raise `object_store_memory`.",
-                object_id=object_id.hex(), size=size, capacity=self._capacity) from exc
+            logger.warning("refused object %s (%d bytes): spilling to %s failed: %s",
+                           object_id.hex(), size, self._spill_dir, exc)
+            raise self._spill_error(object_id, size, exc) from exc
+
+    def _spill_error(self, object_id: bytes, size: int, exc: OSError) -> ObjectSpillError:
+        spill_dir = str(self._spill_dir)
+        free = _free_bytes(spill_dir) if exc.errno == errno.ENOSPC else -1
+        on_disk = f" ({_fmt(free)} free there)" if free >= 0 else ""
+        return ObjectSpillError(
+            f"Cannot store object {object_id.hex()[:12]} ({_fmt(size)}): this node's object "
+            f"store holds {_fmt(self._used)} of its {_fmt(self._capacity)} and spilling older "
+            f"objects to {spill_dir} failed{on_disk}: {exc}. Objects stored before are kept. "
+            f"Make that directory writable or free space on its disk, raise "
+            f"`object_store_memory` in `runtime.init()`, or drop refs to objects you no "
+            f"longer need.", object_id=object_id.hex(), size=size, used=self._used,
+            capacity=self._capacity, spill_dir=spill_dir, reason=str(exc))
 
     # -- spilling ------------------------------------------------------------------------
 
     def _spill_lru(self) -> None:
-        """Move the least recently used unpinned object to disk."""
-        object_id, _ = self._lru.popitem(last=False)
+        """Move the least recently used unpinned object to disk.
+
+        On failure (OSError: the directory cannot be made or written, the disk is full)
+        nothing changed: the object is still in shared memory and still the first victim.
+        """
+        self._make_dir(self._spill_dir)  # a stat, each time: it may have been removed
+        object_id = next(iter(self._lru))
+        _copy(self.path_for(object_id), self._spill_path(object_id))
+        # Only a complete copy on disk lets the shared-memory one go.
+        del self._lru[object_id]
         entry = self._objects[object_id]
-        if not self._spill_dir_ready:
-            self._make_dir(self._spill_dir)
-            self._spill_dir_ready = True
-        try:
-            _copy(self.path_for(object_id), self._spill_path(object_id))
-        except OSError:
-            self._lru[object_id] = None
-            self._lru.move_to_end(object_id, last=False)  # still the first victim
-            raise
         _unlink(self.path_for(object_id))
         entry.in_shm = False
         self._used -= entry.size
@@ -449,6 +469,15 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def _free_bytes(path: str) -> int:
+    """Bytes free to us on the file system of ``path``; -1 when unknown."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return -1
+    return st.f_bavail * st.f_frsize
 
 
 def _fmt(n: int) -> str:

@@ -235,20 +235,24 @@ class ForwardTaskReply(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ..., why_not: _Optional[str] = ...) -> None: ...
 
 class ReportResultsRequest(_message.Message):
-    __slots__ = ("task_id", "returns", "failed", "error_summary", "node_id", "node_address")
+    __slots__ = ("task_id", "returns", "failed", "error_summary", "node_id", "node_address", "nested", "lost_inputs")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     RETURNS_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     ERROR_SUMMARY_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    NESTED_FIELD_NUMBER: _ClassVar[int]
+    LOST_INPUTS_FIELD_NUMBER: _ClassVar[int]
     task_id: bytes
     returns: _containers.RepeatedCompositeFieldContainer[_common_pb2.ObjectData]
     failed: bool
     error_summary: str
     node_id: bytes
     node_address: str
-    def __init__(self, task_id: _Optional[bytes] = ..., returns: _Optional[_Iterable[_Union[_common_pb2.ObjectData, _Mapping]]] = ..., failed: _Optional[bool] = ..., error_summary: _Optional[str] = ..., node_id: _Optional[bytes] = ..., node_address: _Optional[str] = ...) -> None: ...
+    nested: _containers.RepeatedCompositeFieldContainer[_common_pb2.ObjectData]
+    lost_inputs: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, task_id: _Optional[bytes] = ..., returns: _Optional[_Iterable[_Union[_common_pb2.ObjectData, _Mapping]]] = ..., failed: _Optional[bool] = ..., error_summary: _Optional[str] = ..., node_id: _Optional[bytes] = ..., node_address: _Optional[str] = ..., nested: _Optional[_Iterable[_Union[_common_pb2.ObjectData, _Mapping]]] = ..., lost_inputs: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ReportResultsReply(_message.Message):
     __slots__ = ()
@@ -267,24 +271,28 @@ class PullObjectRequest(_message.Message):
     def __init__(self, object_id: _Optional[bytes] = ...) -> None: ...
 
 class ObjectChunk(_message.Message):
-    __slots__ = ("data", "total_size", "nested_refs")
+    __slots__ = ("data", "total_size", "nested_refs", "inline")
     DATA_FIELD_NUMBER: _ClassVar[int]
     TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
     NESTED_REFS_FIELD_NUMBER: _ClassVar[int]
+    INLINE_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     total_size: int
     nested_refs: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, data: _Optional[bytes] = ..., total_size: _Optional[int] = ..., nested_refs: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    inline: bool
+    def __init__(self, data: _Optional[bytes] = ..., total_size: _Optional[int] = ..., nested_refs: _Optional[_Iterable[bytes]] = ..., inline: _Optional[bool] = ...) -> None: ...
 
 class ForwardLogsReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class FreeObjectsRequest(_message.Message):
-    __slots__ = ("object_ids",)
+    __slots__ = ("object_ids", "node_id")
     OBJECT_IDS_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
     object_ids: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, object_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    node_id: bytes
+    def __init__(self, object_ids: _Optional[_Iterable[bytes]] = ..., node_id: _Optional[bytes] = ...) -> None: ...
 
 class FreeObjectsReply(_message.Message):
     __slots__ = ()
@@ -311,6 +319,18 @@ class KillActorReply(_message.Message):
     FOUND_FIELD_NUMBER: _ClassVar[int]
     found: bool
     def __init__(self, found: _Optional[bool] = ...) -> None: ...
+
+class CancelTasksRequest(_message.Message):
+    __slots__ = ("tasks", "home_node_id")
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    HOME_NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[CancelTask]
+    home_node_id: bytes
+    def __init__(self, tasks: _Optional[_Iterable[_Union[CancelTask, _Mapping]]] = ..., home_node_id: _Optional[bytes] = ...) -> None: ...
+
+class CancelTasksReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class BundlesRequest(_message.Message):
     __slots__ = ("bundles",)

@@ -85,6 +85,11 @@ class NodeManagerStub:
                 request_serializer=runtime_dot_protocol_dot_node__pb2.KillActor.SerializeToString,
                 response_deserializer=runtime_dot_protocol_dot_node__pb2.KillActorReply.FromString,
                 _registered_method=True)
+        self.CancelTasks = channel.unary_unary(
+                '/cellray.NodeManager/CancelTasks',
+                request_serializer=runtime_dot_protocol_dot_node__pb2.CancelTasksRequest.SerializeToString,
+                response_deserializer=runtime_dot_protocol_dot_node__pb2.CancelTasksReply.FromString,
+                _registered_method=True)
         self.PrepareBundles = channel.unary_unary(
                 '/cellray.NodeManager/PrepareBundles',
                 request_serializer=runtime_dot_protocol_dot_node__pb2.BundlesRequest.SerializeToString,
@@ -180,6 +185,13 @@ class NodeManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelTasks(self, request, context):
+        """Cancel tasks the sending node (their home) spilled here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PrepareBundles(self, request, context):
         """Placement groups, two-phase: reserve bundles (all or none), then commit them (their
         resources appear under the bundle's names), or release them (cancel or remove).
@@ -259,6 +271,11 @@ def add_NodeManagerServicer_to_server(servicer, server):
                     servicer.KillHostedActor,
                     request_deserializer=runtime_dot_protocol_dot_node__pb2.KillActor.FromString,
                     response_serializer=runtime_dot_protocol_dot_node__pb2.KillActorReply.SerializeToString,
+            ),
+            'CancelTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelTasks,
+                    request_deserializer=runtime_dot_protocol_dot_node__pb2.CancelTasksRequest.FromString,
+                    response_serializer=runtime_dot_protocol_dot_node__pb2.CancelTasksReply.SerializeToString,
             ),
             'PrepareBundles': grpc.unary_unary_rpc_method_handler(
                     servicer.PrepareBundles,
@@ -551,6 +568,33 @@ class NodeManager:
             '/cellray.NodeManager/KillHostedActor',
             runtime_dot_protocol_dot_node__pb2.KillActor.SerializeToString,
             runtime_dot_protocol_dot_node__pb2.KillActorReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cellray.NodeManager/CancelTasks',
+            runtime_dot_protocol_dot_node__pb2.CancelTasksRequest.SerializeToString,
+            runtime_dot_protocol_dot_node__pb2.CancelTasksReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,6 +7,8 @@ exception class, from the tree in ``runtime.exceptions``, whichever server refus
     UNAVAILABLE          ConnectionLostError        (is a ConnectionError)
     UNAUTHENTICATED      UnauthenticatedError       (is a PermissionError)
     FAILED_PRECONDITION  IncompatibleVersionError   (is a RuntimeError)
+                         NodeDiedError              (with the trailer ``FENCED_NODE``: the GCS
+                                                     declared the calling node dead)
     INVALID_ARGUMENT     InvalidRequestError        (is a ValueError)
     NOT_FOUND            NotFoundError              (is a LookupError)
     DEADLINE_EXCEEDED    RpcTimeoutError            (is a TimeoutError)
@@ -32,12 +34,17 @@ from runtime.exceptions import (
     IncompatibleVersionError,
     InternalError,
     InvalidRequestError,
+    NodeDiedError,
     NotFoundError,
     RpcTimeoutError,
     UnauthenticatedError,
 )
 
 _T = TypeVar("_T")
+
+#: Trailing-metadata key of a FAILED_PRECONDITION that fences a node: the GCS declared the
+#: node (its id in hex is the value) dead, so it must rejoin under a new id.
+FENCED_NODE = "cellray-fenced-node"
 
 _HINTS = {
     "GCS": ("Is a cluster running? Start one with `cellray start --head` or `%cluster start`, "
@@ -68,6 +75,9 @@ def translate(err: grpc.aio.AioRpcError, server: str, address: str, *,
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return UnauthenticatedError(f"{where} refused the call: {details}", address=address)
     if code == grpc.StatusCode.FAILED_PRECONDITION:
+        fenced = _trailer(err, FENCED_NODE)
+        if fenced is not None:
+            return NodeDiedError(f"{where} refused this node: {details}", node_id=fenced, address=address)
         return IncompatibleVersionError(f"{where} refused this client: {details}", address=address)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidRequestError(f"{where} refused a malformed request: {details}",
@@ -79,6 +89,14 @@ def translate(err: grpc.aio.AioRpcError, server: str, address: str, *,
     return InternalError(
         f"{where} failed a call with {code.name}: {details}. This is a cellray bug; please "
         "report it with the logs in the session directory's logs/.", address=address)
+
+
+def _trailer(err: grpc.aio.AioRpcError, key: str) -> str | None:
+    """The value of ``key`` in the error's trailing metadata, or None."""
+    for k, v in err.trailing_metadata() or ():
+        if k == key:
+            return v if isinstance(v, str) else v.decode()
+    return None
 
 
 async def call(rpc: Awaitable[_T], server: str, address: str, *, closed: bool = False) -> _T:

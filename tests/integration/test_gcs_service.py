@@ -20,6 +20,7 @@ from runtime.exceptions import (
     ClientClosedError,
     ConnectionLostError,
     InvalidRequestError,
+    NodeDiedError,
     NotFoundError,
     UnauthenticatedError,
 )
@@ -29,6 +30,7 @@ from runtime.gcs.service import GcsService
 from runtime.gcs.state import GcsState
 from runtime.protocol import common_pb2, gcs_pb2, gcs_pb2_grpc
 from runtime.rpc.channel import connect, token_metadata
+from runtime.rpc.errors import FENCED_NODE
 from runtime.rpc.server import create_server
 from runtime.testing import async_wait_for
 
@@ -98,7 +100,8 @@ def test_register_heartbeat_unregister() -> None:
             row = gcs_pb2.NodeRow.FromString(await gcs.get_entry("nodes", node(1).node_id) or b"")
             assert row.alive and row.load.queue_length == 2
             await gcs.unregister_node(node(1).node_id, "drained")
-            assert not await gcs.heartbeat(node(1).node_id, common_pb2.NodeLoad())
+            with pytest.raises(NodeDiedError, match=r"\(drained\): it must rejoin under a new id"):
+                await gcs.heartbeat(node(1).node_id, common_pb2.NodeLoad())
             rows = await gcs.list_table("nodes")
             assert [gcs_pb2.NodeRow.FromString(v).death_cause for _, v in rows] == ["drained"]
             ping = await gcs.ping()
@@ -237,7 +240,50 @@ def test_dead_node_is_published_when_its_heartbeats_stop() -> None:
             clock.now += 5.0
             died = gcs_pb2.NodeRow.FromString((await sub.__anext__()).value)
             assert not died.alive and died.death_cause.startswith("no heartbeat for 5.0 s")
-            assert not await gcs.heartbeat(node(1).node_id, common_pb2.NodeLoad())
+            with pytest.raises(NodeDiedError):
+                await gcs.heartbeat(node(1).node_id, common_pb2.NodeLoad())
+            await sub.aclose()
+    run(body())
+
+
+def test_a_node_declared_dead_is_refused_under_its_id_with_failed_precondition() -> None:
+    """Issue 12: a node paused past the timeout woke up, re-registered under its old id and
+    got new work. Its heartbeat and its registration are refused for good; a new id joins."""
+    async def body() -> None:
+        clock = FakeClock()
+        async with started_gcs(clock, heartbeat_ms=5, node_timeout_ms=1000) as head:
+            gcs = head.client
+            sub = gcs.subscribe(["nodes"])
+            assert await read_snapshot(sub) == []
+            await gcs.register_node(node(1))
+            assert gcs_pb2.NodeRow.FromString((await sub.__anext__()).value).alive
+            clock.now += 5.0
+            died = gcs_pb2.NodeRow.FromString((await sub.__anext__()).value)
+            assert not died.alive and died.death_time == 1005.0
+            with pytest.raises(NodeDiedError, match=(
+                    rf"the GCS at {head.address} refused this node: Heartbeat: node 000000000000 "
+                    r"\(127.0.0.1:7001\) was declared dead at .*\(no heartbeat for 5.0 s .*\): "
+                    r"it must rejoin under a new id")) as info:
+                await gcs.heartbeat(node(1).node_id, common_pb2.NodeLoad())
+            assert info.value.node_id == node(1).node_id.hex()
+            with pytest.raises(NodeDiedError, match=r"RegisterNode: .* must rejoin under a new id"):
+                await gcs.register_node(node(1))
+            # The raw status, for clients in other languages: FAILED_PRECONDITION and a trailer.
+            channel = connect(head.address)
+            try:
+                with pytest.raises(grpc.aio.AioRpcError) as raw:
+                    await gcs_pb2_grpc.NodeInfoStub(channel).Heartbeat(
+                        gcs_pb2.HeartbeatRequest(node_id=node(1).node_id), metadata=token_metadata(TOKEN))
+            finally:
+                await channel.close()
+            assert raw.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert (FENCED_NODE, node(1).node_id.hex()) in list(raw.value.trailing_metadata() or ())
+            # Refusing wrote nothing: the row stays DEAD, and no change was published.
+            row = gcs_pb2.NodeRow.FromString(await gcs.get_entry("nodes", node(1).node_id) or b"")
+            assert row == died
+            await gcs.register_node(node(2))  # the same process, rejoining under a new id
+            assert await gcs.heartbeat(node(2).node_id, common_pb2.NodeLoad())
+            assert (await sub.__anext__()).key == node(2).node_id  # node 1's row never changed
             await sub.aclose()
     run(body())
 

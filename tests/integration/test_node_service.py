@@ -221,7 +221,7 @@ async def started_node(tmp_path: Path, cpus: float = 2.0) -> AsyncIterator[Node]
         if node is not None:
             for client in node.clients:
                 await client.close()
-        if manager is not None:
+        if manager is not None and not manager.stopped.is_set():
             await manager.stop()
         await node_server.stop(None)
         await gcs_service.close()
@@ -410,6 +410,43 @@ def test_actor_rows_and_released_names_reach_the_gcs_in_order(tmp_path: Path) ->
     run(main())
 
 
+def test_a_node_the_gcs_declared_dead_is_fenced_refuses_work_and_tells_its_drivers(tmp_path: Path) -> None:
+    """Issue 12, point 4: a node paused past the timeout must not carry on under its dead id."""
+    async def main() -> None:
+        async with started_node(tmp_path) as node:
+            manager = node.manager
+            driver = await node.driver()
+            cause = "no heartbeat for 9.0 s (timeout 5 s)"
+            node.gcs.unregister_node(manager.node_id, cause)  # as the GCS does while the node is paused
+            fenced = await async_wait_for(lambda: manager.fenced, what="the node to learn it died")
+            assert f"({cause}): it must rejoin under a new id" in fenced
+            assert manager.stop_requested.is_set()  # the daemon stops it, then rejoins as a new node
+            channel = connect(node.address)
+            try:
+                stub = NodeManagerStub(channel)
+                reply = await stub.ForwardTask(node_pb2.ForwardTaskRequest(
+                    spec=common_pb2.TaskSpec(task_id=_ids.new_id()), home_address="127.0.0.1:1",
+                    home_node_id=_ids.new_id()), metadata=MD)
+                assert not reply.accepted and "was declared dead and takes no work" in reply.why_not
+                actor = _ids.new_id()
+                calls = await stub.ForwardActorCalls(node_pb2.ForwardActorCallsRequest(
+                    actor_id=actor, calls=[node_pb2.ForwardTaskRequest(
+                        spec=common_pb2.TaskSpec(task_id=_ids.new_id(), actor_id=actor),
+                        home_address="127.0.0.1:1")]), metadata=MD)
+                assert not calls.accepted
+            finally:
+                await channel.close()
+            await manager.stop()
+            await driver.ended.wait()
+            assert driver.error is not None and driver.error.code() == grpc.StatusCode.UNAVAILABLE
+            assert "was declared dead" in (driver.error.details() or "")
+            assert "call runtime.init() again to connect to a live node" in (driver.error.details() or "")
+            # It reported nothing under its dead id: its row keeps the cause it died of.
+            row = gcs_pb2.NodeRow.FromString(node.gcs.get("nodes", manager.node_id) or b"")
+            assert not row.alive and row.death_cause == cause
+    run(main())
+
+
 def test_peers_follow_the_nodes_and_schedulers_in_the_gcs(tmp_path: Path) -> None:
     async def main() -> None:
         async with started_node(tmp_path) as node:
@@ -457,8 +494,11 @@ class RecordingNode:
     def remote_result(self, request: node_pb2.ReportResultsRequest) -> None:
         self.calls.append(("remote_result", request.task_id))
 
-    def release_remote_holds(self, object_ids: list[bytes]) -> None:
-        self.calls.append(("release_remote_holds", object_ids))
+    def release_remote_holds(self, object_ids: list[bytes], node_id: bytes | None) -> None:
+        self.calls.append(("release_remote_holds", (object_ids, node_id)))
+
+    def cancel_forwarded(self, cancels: list[node_pb2.CancelTask], home_node_id: bytes) -> None:
+        self.calls.append(("cancel_forwarded", ([c.task_id for c in cancels], home_node_id)))
 
     def forward_logs(self, lines: node_pb2.LogLines) -> None:
         self.calls.append(("forward_logs", list(lines.lines)))
@@ -492,7 +532,10 @@ def test_the_servicer_needs_only_the_named_calls_of_the_node() -> None:
             await stub.ForwardTask(node_pb2.ForwardTaskRequest(
                 spec=common_pb2.TaskSpec(task_id=task_id), home_address="127.0.0.1:1"), metadata=MD)
             await stub.ReportResults(node_pb2.ReportResultsRequest(task_id=task_id), metadata=MD)
-            await stub.FreeObjects(node_pb2.FreeObjectsRequest(object_ids=[b"o1", b"o2"]), metadata=MD)
+            await stub.FreeObjects(node_pb2.FreeObjectsRequest(object_ids=[b"o1", b"o2"], node_id=b"n" * 16),
+                                   metadata=MD)
+            await stub.CancelTasks(node_pb2.CancelTasksRequest(
+                tasks=[node_pb2.CancelTask(task_id=task_id, force=True)], home_node_id=b"h" * 16), metadata=MD)
             await stub.ForwardLogs(node_pb2.LogLines(lines=["printed"]), metadata=MD)
             assert (await stub.GetNodeInfo(node_pb2.GetNodeInfoRequest(), metadata=MD)).address == "here"
             chunks = [c async for c in stub.PullObject(node_pb2.PullObjectRequest(object_id=b"o1"),
@@ -512,8 +555,9 @@ def test_the_servicer_needs_only_the_named_calls_of_the_node() -> None:
             await channel.close()
             await server.stop(None)
         assert [name for name, _ in node.calls] == [
-            "accept_forwarded", "remote_result", "release_remote_holds", "forward_logs",
-            "node_info", "object_chunks", "hello", "handle", "request_stop", "disconnect"]
-        assert node.calls[2] == ("release_remote_holds", [b"o1", b"o2"])
-        assert node.calls[3] == ("forward_logs", ["printed"])
+            "accept_forwarded", "remote_result", "release_remote_holds", "cancel_forwarded",
+            "forward_logs", "node_info", "object_chunks", "hello", "handle", "request_stop", "disconnect"]
+        assert node.calls[2] == ("release_remote_holds", ([b"o1", b"o2"], b"n" * 16))
+        assert node.calls[3] == ("cancel_forwarded", ([task_id], b"h" * 16))
+        assert node.calls[4] == ("forward_logs", ["printed"])
     run(main())

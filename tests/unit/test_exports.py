@@ -29,7 +29,8 @@ EXCEPTIONS = {
     "InternalError", "RayError", "RayTaskError", "RayActorError",
     "ObjectCorruptError", "ObjectFileMissingError", "ActorNotFoundError", "FunctionNotFoundError",
     "ActorNameTakenError", "ClusterStartError", "ConfigError", "UnknownSettingError",
-    "TokenFileError", "TaskUnschedulableError", "ActorUnschedulableError",
+    "TokenFileError", "TaskUnschedulableError", "ActorUnschedulableError", "ObjectSpillError",
+    "OutOfMemoryError",
 }
 
 

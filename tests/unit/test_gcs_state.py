@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from runtime.exceptions import ClientClosedError
+from runtime.exceptions import ClientClosedError, NodeDiedError
 from runtime.gcs.state import Change, GcsState, InvalidRequestError, shard_of
 from runtime.gcs.storage import InMemoryStorage, Storage
 from runtime.protocol import common_pb2, gcs_pb2
@@ -189,16 +189,55 @@ def test_silent_nodes_are_marked_dead_by_the_clock(state: GcsState, clock: FakeC
     assert [n.node_id for n in dead] == [node_id(1)]
     assert dead[0].death_cause.startswith("no heartbeat for 11.0 s")
     assert [(c.table, c.key) for c in state.take_changes()] == [("nodes", node_id(1))]
-    assert not state.heartbeat(node_id(1), common_pb2.NodeLoad())  # dead: must re-register
+    assert dead[0].death_time == 1011.0
     assert state.check_dead_nodes(timeout_s=10) == []  # reported once
-    state.register_node(gcs_pb2.NodeRow(node_id=node_id(1)))
-    assert state.heartbeat(node_id(1), common_pb2.NodeLoad())
 
 
-def test_unregister_keeps_the_row_marked_dead(state: GcsState) -> None:
+def test_a_node_declared_dead_is_fenced_for_good(state: GcsState, clock: FakeClock) -> None:
+    """Issue 12: a node paused past the timeout woke up and took its old id back."""
+    state.register_node(gcs_pb2.NodeRow(node_id=node_id(1), address="10.0.0.5:7001"))
+    clock.advance(11)
+    [dead] = state.check_dead_nodes(timeout_s=10)
+    state.take_changes()
+    fenced = (r"node 000000000000 \(10.0.0.5:7001\) was declared dead at .*"
+              r"\(no heartbeat for 11.0 s \(timeout 10 s\)\): it must rejoin under a new id")
+    with pytest.raises(NodeDiedError, match=fenced) as info:
+        state.heartbeat(node_id(1), common_pb2.NodeLoad())
+    assert (info.value.node_id, info.value.address) == (node_id(1).hex(), "10.0.0.5:7001")
+    with pytest.raises(NodeDiedError, match="must rejoin under a new id"):
+        state.register_node(gcs_pb2.NodeRow(node_id=node_id(1), address="10.0.0.5:7001"))
+    clock.advance(100)
+    with pytest.raises(NodeDiedError):  # for good, not for a while
+        state.register_node(gcs_pb2.NodeRow(node_id=node_id(1)))
+    row = gcs_pb2.NodeRow.FromString(state.get("nodes", node_id(1)) or b"")
+    assert row == dead and not row.alive  # nothing was written: the row stays DEAD
+    assert state.take_changes() == []
+    state.register_node(gcs_pb2.NodeRow(node_id=node_id(2), address="10.0.0.5:7001"))  # its new id
+    assert state.heartbeat(node_id(2), common_pb2.NodeLoad())
+    assert not state.heartbeat(node_id(9), common_pb2.NodeLoad())  # unknown (a GCS without its tables)
+
+
+def test_dead_ids_stay_fenced_across_a_restart_on_the_same_storage(clock: FakeClock) -> None:
+    shards = [InMemoryStorage(), InMemoryStorage()]
+    first = GcsState(num_shards=2, storage_factory=iter(shards).__next__, clock=clock)
+    first.register_node(gcs_pb2.NodeRow(node_id=node_id(1)))
+    first.unregister_node(node_id(1), "drained")
+    again = GcsState(num_shards=2, storage_factory=iter(shards).__next__, clock=clock)
+    with pytest.raises(NodeDiedError, match=r"\(drained\): it must rejoin"):
+        again.heartbeat(node_id(1), common_pb2.NodeLoad())
+    with pytest.raises(NodeDiedError):
+        again.register_node(gcs_pb2.NodeRow(node_id=node_id(1)))
+
+
+def test_unregister_keeps_the_row_marked_dead(state: GcsState, clock: FakeClock) -> None:
     state.register_node(gcs_pb2.NodeRow(node_id=node_id(1)))
     row = state.unregister_node(node_id(1), "drained")
-    assert row is not None and (row.alive, row.death_cause) == (False, "drained")
+    assert row is not None and (row.alive, row.death_cause, row.death_time) == (False, "drained", 1000.0)
+    clock.advance(5)
+    state.take_changes()
+    again = state.unregister_node(node_id(1), "stopped")  # its first cause and time stay
+    assert again is not None and (again.death_cause, again.death_time) == ("drained", 1000.0)
+    assert state.take_changes() == []
     assert state.unregister_node(node_id(7)) is None
     assert state.check_dead_nodes(timeout_s=0) == []
 

@@ -194,3 +194,22 @@ def test_spills_for_a_full_queue_are_bounded_and_every_schedule_call_has_a_deadl
     _run(main())
     assert len(applied) == 3 * MAX_SPILLS_IN_FLIGHT + 1  # each placement fed to the state
     assert rpc.timeouts and all(t == SETTINGS.rpc_timeout_s for t in rpc.timeouts)
+
+
+def test_this_nodes_own_row_dead_fences_it_other_rows_do_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12 (fencing): a node woken from a pause reads its own row dead in the nodes table."""
+    applied: list[Callable[[Any], None]] = []
+    fenced: list[str] = []
+    monkeypatch.setattr(peers_module, "_node_rpc", lambda channel: FakeRpc())
+    peers = Peers(node_id=PEER, address="peer:1", metadata=(), settings=SETTINGS, gcs=None,  # type: ignore[arg-type]
+                  path_for=lambda oid: "/nowhere", apply=applied.append,
+                  channels=FakeChannels(), declared_dead=fenced.append)  # type: ignore[arg-type]
+    peers.node_row(gcs_pb2.NodeRow(node_id=PEER, address="peer:1", alive=True))
+    peers.node_row(gcs_pb2.NodeRow(node_id=HOME, address="home:1", alive=True))
+    peers.node_row(gcs_pb2.NodeRow(node_id=HOME, address="home:1", alive=False))
+    assert fenced == [] and len(applied) == 2  # its own row alive is not a peer; another's death is
+    peers.node_row(gcs_pb2.NodeRow(node_id=PEER, address="peer:1", alive=False,
+                                   death_cause="no heartbeat for 9.0 s (timeout 5 s)"))
+    assert fenced == [("node 505050505050 (peer:1) was declared dead (no heartbeat for 9.0 s "
+                       "(timeout 5 s)): it must rejoin under a new id")]
+    assert len(applied) == 2 and PEER not in peers.addresses

@@ -701,17 +701,23 @@ def test_a_dead_target_node_fails_spilled_tasks_whose_retries_are_spent() -> Non
     assert _tid(3) not in s.tasks and "RETRYING" not in _events(s, _tid(3))
 
 
-def test_a_node_that_comes_back_is_no_longer_taken_for_dead() -> None:
+def test_a_node_declared_dead_stays_dead_even_if_a_row_says_it_is_alive() -> None:
+    """Issue 12 (fencing): a dead id never comes back; the process rejoins under a new one."""
     s = _spilling_node()
     _fill_queue(s)
-    s.peer_died(PEER)
-    s.peer_alive(PEER, common_pb2.NodeLoad(total={"CPU": 8.0}, available={"CPU": 8.0}))
     _submit(s, 3, cpu=0.5, max_retries=1)
-    s.outbox.clear()
     s.spilled(_tid(3), PEER, "sched-1", SpillReason.QUEUE_FULL)
+    s.outbox.clear()
+    s.peer_died(PEER)
     task = s.tasks[_tid(3)]
-    assert s.spill.spilled_to == {_tid(3): PEER} and task.spec.attempt == 0
-    assert "RETRYING" not in _events(s, _tid(3))
+    assert s.spill.spilled_to == {} and task.spec.attempt == 1  # runs again here
+    assert "RETRYING" in _events(s, _tid(3))
+    s.peer_alive(PEER, common_pb2.NodeLoad(total={"CPU": 8.0}, available={"CPU": 8.0}))  # stale
+    assert PEER in s.spill.dead_peers and PEER not in s.spill.peers
+    s.remote_result(node_pb2.ReportResultsRequest(task_id=_tid(3), node_id=PEER))  # what it still sends
+    assert _tid(3) in s.tasks and "FINISHED" not in _events(s, _tid(3))
+    s.spilled(_tid(3), PEER, "sched-2", SpillReason.QUEUE_FULL)  # a late placement there
+    assert s.spill.spilled_to == {} and task.spec.attempt == 1
 
 
 def test_a_spilled_task_placed_back_home_runs_as_a_local_task() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import pickle
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -11,7 +12,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 
-from runtime.exceptions import ObjectStoreFullError
+from runtime.exceptions import ObjectSpillError, ObjectStoreFullError
 from runtime.object_store import SharedMemoryStore, read_object, shm, write_object
 from runtime.protocol.codec import serialize
 
@@ -322,3 +323,107 @@ def test_close_keeps_directories_it_did_not_create(
 def test_capacity_must_be_positive(shm_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
     with pytest.raises(ValueError, match="positive"):
         SharedMemoryStore(shm_dir, tmp_path, 0)
+
+
+# ---- spilling that fails -------------------------------------------------------------
+
+
+@pytest.fixture
+def store_spilling_to(shm_dir: pathlib.Path) -> Iterator[Callable[[pathlib.Path], SharedMemoryStore]]:
+    """``store_spilling_to(dir)``: a store of three 1 MB objects whose spill directory is ``dir``."""
+    stores: list[SharedMemoryStore] = []
+
+    def make(spill_dir: pathlib.Path) -> SharedMemoryStore:
+        stores.append(SharedMemoryStore(shm_dir, spill_dir, 3 * MB + 4096))
+        return stores[-1]
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+def _unusable_spill_dir(tmp_path: pathlib.Path, how: str) -> pathlib.Path:
+    if how == "under a regular file":  # mkdir fails, whoever runs the test (root too)
+        (tmp_path / "file").write_text("not a directory")
+        return tmp_path / "file" / "spill"
+    if os.geteuid() == 0:
+        pytest.skip("root writes into a read-only directory")
+    spill = tmp_path / "read-only"
+    spill.mkdir(mode=0o500)
+    return spill
+
+
+def _assert_kept(store: SharedMemoryStore, ids: range) -> None:
+    """Every object of ``ids`` reads back value by value."""
+    for i in ids:
+        assert np.array_equal(read_object(store.locate(oid(i))), blob(i)), f"object {i} changed"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("how", ["under a regular file", "read-only"])
+def test_a_failed_spill_refuses_only_the_new_object(
+        store_spilling_to: Callable[[pathlib.Path], SharedMemoryStore],
+        tmp_path: pathlib.Path, how: str) -> None:
+    spill = _unusable_spill_dir(tmp_path, how)
+    store = store_spilling_to(spill)
+    sizes = [produce(store, oid(i), blob(i)) for i in range(3)]
+    s = serialize(blob(3))
+    path = store.path_for(oid(3))
+    write_object(path, s)
+    with pytest.raises(ObjectSpillError) as info:
+        store.seal(oid(3), s.nbytes)
+    err = info.value
+    assert isinstance(err, ObjectStoreFullError)
+    message = str(err)
+    assert str(spill) in message and "Objects stored before are kept" in message
+    assert f"({s.nbytes} bytes)" in message and f"({sum(sizes)} bytes)" in message
+    assert f"({store.capacity} bytes)" in message and "object_store_memory" in message
+    assert (err.spill_dir, err.size, err.used) == (str(spill), s.nbytes, sum(sizes))  # type: ignore[attr-defined]
+    assert str(pickle.loads(pickle.dumps(err))) == message  # it travels to the driver
+    # The newcomer is gone; everything sealed before is still in shared memory.
+    assert not os.path.exists(path) and not store.contains(oid(3))
+    assert store.used == sum(sizes) and store.stats()["spills"] == 0
+    _assert_kept(store, range(3))
+    with pytest.raises(ObjectSpillError, match="spilling older objects"):
+        store.put(oid(3), s)
+    assert not os.path.exists(path)
+    # The would-be victim is still a normal object: pinned, unpinned, freed.
+    store.pin(oid(0))
+    store.unpin(oid(0))
+    store.free(oid(0))
+    assert store.num_objects == 2
+
+
+def test_spilling_works_again_once_the_directory_is_usable(
+        store_spilling_to: Callable[[pathlib.Path], SharedMemoryStore],
+        tmp_path: pathlib.Path) -> None:
+    spill = _unusable_spill_dir(tmp_path, "under a regular file")
+    store = store_spilling_to(spill)
+    for i in range(3):
+        produce(store, oid(i), blob(i))
+    with pytest.raises(ObjectSpillError):
+        store.put(oid(3), serialize(blob(3)))
+    (tmp_path / "file").unlink()
+    store.put(oid(3), serialize(blob(3)))
+    assert (spill / oid(0).hex()).exists(), "0 was the least recently used: the first victim"
+    _assert_kept(store, range(4))
+
+
+def test_a_full_disk_keeps_what_it_could_not_spill(
+        store_spilling_to: Callable[[pathlib.Path], SharedMemoryStore],
+        tmp_path: pathlib.Path) -> None:
+    spill = tmp_path / "spill"
+    store = store_spilling_to(spill)
+    for i in range(3):
+        produce(store, oid(i), blob(i))
+    # A 2 MB newcomer needs two victims: 0 spills, then the disk is "full" for 1. The
+    # store copies to "<spill file>.<pid>.tmp" first; that name leads to /dev/full here,
+    # which fails every write with the kernel's own ENOSPC.
+    spill.mkdir()
+    os.symlink("/dev/full", f"{spill / oid(1).hex()}.{os.getpid()}.tmp")
+    with pytest.raises(ObjectSpillError, match="No space left on device") as info:
+        store.put(oid(3), serialize(blob(3, 2 * MB)))
+    assert str(spill) in str(info.value) and "free there" in str(info.value)
+    assert store.stats()["spills"] == 1 and store.spilled_bytes == store.size_of(oid(0))
+    assert sorted(os.listdir(spill)) == [oid(0).hex()], "a partial copy was left behind"
+    assert not store.contains(oid(3))
+    _assert_kept(store, range(3))  # 0 from disk (restored), 1 and 2 from shared memory

@@ -117,3 +117,19 @@ def test_stream_yields_items_then_translates_the_failure() -> None:
     with pytest.raises(ex.ConnectionLostError, match="fell behind"):
         asyncio.run(collect(got))
     assert got == [1, 2]
+
+
+def test_failed_precondition_with_the_fenced_trailer_is_node_died_naming_the_node() -> None:
+    """Issue 12 (fencing): the GCS refuses a node it declared dead; the node must learn it is
+    fenced, not that its versions differ."""
+    err = grpc.aio.AioRpcError(grpc.StatusCode.FAILED_PRECONDITION, grpc.aio.Metadata(),
+                               grpc.aio.Metadata((errors.FENCED_NODE, "ab" * 16)),
+                               details="Heartbeat: node abababababab was declared dead: it must rejoin")
+    out = errors.translate(err, "GCS", ADDRESS)
+    assert type(out) is ex.NodeDiedError
+    assert out.node_id == "ab" * 16 and out.address == ADDRESS
+    assert str(out) == (f"the GCS at {ADDRESS} refused this node: Heartbeat: node abababababab was "
+                        "declared dead: it must rejoin")
+    other = grpc.aio.Metadata(("cellray-something-else", "x"))
+    plain = grpc.aio.AioRpcError(grpc.StatusCode.FAILED_PRECONDITION, grpc.aio.Metadata(), other)
+    assert type(errors.translate(plain, "GCS", ADDRESS)) is ex.IncompatibleVersionError

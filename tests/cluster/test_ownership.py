@@ -1,0 +1,133 @@
+"""When an owner dies, what it owned goes with it (issue 12, point 3). Real processes: a
+driver in a subprocess is killed with SIGKILL while its task runs and a detached actor
+borrows its object; on one node, and with the task and the actor on other nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+
+import pytest
+
+import runtime as rt
+from runtime import config, state
+from runtime.cluster.local import LocalCluster, NodeSpec
+from runtime.testing.wait import wait_for
+from runtime.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+pytestmark = pytest.mark.cluster
+
+FAST = config.load(heartbeat_ms=100, node_timeout_ms=1500)
+
+DRIVER = """
+import json, os, sys, time
+import numpy as np
+import runtime as rt
+from runtime.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+out, address, token_file, flag, node = sys.argv[1:6]
+rt.init(address=address, token_file=token_file)
+
+@rt.remote(max_retries=0)
+def spin(flag):
+    while not os.path.exists(flag):
+        time.sleep(0.01)
+    return "done"
+
+if node:
+    spin = spin.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+keeper = rt.get_actor("keeper", namespace="own")
+ref = rt.put(np.ones(2**17))
+rt.get(keeper.keep.remote([ref]), timeout=60)
+running = spin.remote(flag)
+json.dump({"oid": ref.hex(), "task": running.hex()[:32], "pid": os.getpid()}, open(out + ".part", "w"))
+os.rename(out + ".part", out)
+time.sleep(3600)
+"""
+
+
+@rt.remote
+class Keeper:
+    """Borrows a driver's object (a ref inside a list is not resolved on the way in)."""
+
+    def keep(self, refs: list[rt.ObjectRef]) -> None:
+        self.refs = refs
+
+    def read(self) -> float:
+        return float(rt.get(self.refs[0], timeout=60).sum())
+
+
+def _shm_files(oid: str) -> list[pathlib.Path]:
+    return list(pathlib.Path("/dev/shm").glob(f"cellray-*/{oid}"))
+
+
+@pytest.fixture
+def start_cluster(tmp_path: pathlib.Path) -> Iterator[Callable[[int], LocalCluster]]:
+    clusters: list[LocalCluster] = []
+
+    def start(nodes: int) -> LocalCluster:
+        cluster = LocalCluster([NodeSpec(num_cpus=2) for _ in range(nodes)], settings=FAST,
+                               session_root=tmp_path / "s").start()
+        clusters.append(cluster)
+        rt.init(address=cluster.address, token_file=str(cluster.token_file))
+        return cluster
+
+    try:
+        yield start
+    finally:
+        rt.shutdown()
+        for c in clusters:
+            c.stop()
+
+
+@pytest.mark.parametrize("nodes", [1, 3])
+def test_a_killed_driver_takes_its_running_task_and_its_borrowed_object_with_it(
+        nodes: int, start_cluster: Callable[[int], LocalCluster], tmp_path: pathlib.Path,
+        subprocess_env: Callable[..., dict[str, str]]) -> None:
+    cluster = start_cluster(nodes)
+    ids = [info["node_id"] for info in cluster.node_info]
+    elsewhere = ids[-1] if nodes > 1 else ""  # the task and the actor on another node
+    keeper = Keeper.options(name="keeper", namespace="own", lifetime="detached", num_cpus=0,
+                            scheduling_strategy=NodeAffinitySchedulingStrategy(ids[-1], soft=False)
+                            ).remote()
+    out, flag = tmp_path / "out.json", tmp_path / "never"
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    proc = subprocess.Popen([sys.executable, str(script), str(out), cluster.address,
+                             str(cluster.token_file), str(flag), elsewhere], env=subprocess_env())
+    try:
+        wait_for(out.exists, timeout=60, what="the driver ready")
+        info = json.loads(out.read_text())
+        wait_for(lambda: (t := state.get_task(info["task"])) is not None and t.state == "RUNNING",
+                 timeout=30, what="its task running")
+        assert _shm_files(info["oid"])  # the object is in shared memory
+        total = rt.cluster_resources()["CPU"]
+        wait_for(lambda: rt.available_resources().get("CPU", 0.0) == total - 1,
+                 timeout=30, what="its task's CPU taken (as the nodes' rows report it)")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    # Its task is cancelled and its CPU free again, without the flag it waits for.
+    wait_for(lambda: (t := state.get_task(info["task"])) is not None and t.state == "CANCELLED",
+             timeout=30, what="the dead driver's task cancelled")
+    wait_for(lambda: rt.available_resources().get("CPU", 0.0) == total,
+             timeout=30, what="its worker's CPU free")
+    assert not flag.exists()
+    # The borrower learns that the owner died, and who it was; the bytes are gone.
+    with pytest.raises(rt.exceptions.OwnerDiedError) as err:
+        rt.get(keeper.read.remote(), timeout=60)
+    assert info["oid"] in str(err.value) and f"driver pid {info['pid']}" in str(err.value)
+    wait_for(lambda: not _shm_files(info["oid"]), timeout=30, what="the object freed from shared memory")
+    # The detached actor itself lives on.
+    assert rt.get(keeper.keep.remote([]), timeout=60) is None
+    rt.kill(keeper)
+    assert not os.path.exists(flag)
