@@ -414,12 +414,15 @@ class CoreClient:
             try:
                 return read_object(data.shm_path)
             except FileNotFoundError:
-                # Spilled or moved since we learned the path: ask the node for it again.
+                # Spilled or moved since we learned the path, or freed (its owner died): ask
+                # the node for it again.
                 objects.forget(oid)
                 self.wait_ids([oid], 1, None)
                 again = objects.data(oid)
                 assert again is not None
-                return read_object(again.shm_path)
+                if again.shm_path:
+                    return read_object(again.shm_path)
+                data = again
         blob = data.inline
         if codec.is_error(blob):
             err = codec.deserialize(blob)

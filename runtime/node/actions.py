@@ -166,6 +166,15 @@ class CancelRemote:
 
 
 @dataclass(frozen=True, slots=True)
+class DropPulled:
+    """Node ``node_id`` pulled a copy of ``data.object_id`` from here: it must drop it and
+    keep ``data`` (an error, inline) in its place (``DropObjects``)."""
+
+    node_id: bytes
+    data: common_pb2.ObjectData
+
+
+@dataclass(frozen=True, slots=True)
 class ForwardCalls:
     """Forward a batch of calls to the node where their actor lives (``ForwardActorCalls``);
     the answer comes back as ``calls_delivered`` or ``calls_undelivered``."""
@@ -194,10 +203,10 @@ class ForwardLog:
 #: Every action the local scheduler can ask for.
 Action = (Send | StartWorker | KillWorker | StopWorker | ReportEvent | ObjectLocation | PutActor
           | ReleaseActorName | Spill | Pull | ReportHome | FreeRemote | ForwardCalls | KillRemoteActor
-          | ForwardLog | CancelRemote)
+          | ForwardLog | CancelRemote | DropPulled)
 
 #: The action classes, for dispatch tables to check that they cover every kind.
 ACTION_TYPES: tuple[type, ...] = (Send, StartWorker, KillWorker, StopWorker, ReportEvent,
                                   ObjectLocation, PutActor, ReleaseActorName, Spill, Pull,
                                   ReportHome, FreeRemote, ForwardCalls, KillRemoteActor, ForwardLog,
-                                  CancelRemote)
+                                  CancelRemote, DropPulled)

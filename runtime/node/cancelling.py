@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from runtime import _ids
 from runtime.exceptions import OwnerDiedError
-from runtime.node.actions import Action, CancelRemote, KillWorker
+from runtime.node.actions import Action, CancelRemote, DropPulled, KillWorker
 from runtime.node.clients import Client, ClientTable
 from runtime.node.objects import ErrorEncoder, ObjectTable
 from runtime.node.spill import Spilling
@@ -113,6 +113,19 @@ class Cancelling:
                 "and an object goes with its owner. Pass values (not refs) to work that must "
                 "outlive the process that made them, or make them in a detached actor.",
                 object_id=oid.hex())
-            self._objects.drop_copies(oid)
             blob = self._encode_error(err)
-            self._host.store_object(common_pb2.ObjectData(object_id=oid, inline=blob, size=len(blob)))
+            data = common_pb2.ObjectData(object_id=oid, inline=blob, size=len(blob))
+            for node_id in self._objects.pulled_by.pop(oid, ()):
+                self._emit(DropPulled(node_id, data))
+            self._objects.drop_copies(oid)
+            self._host.store_object(data)
+
+    def drop_pulled(self, objects: list[common_pb2.ObjectData], node_id: bytes) -> None:
+        """Node ``node_id``, where these objects were pulled from, says their owner died:
+        the copies go, and what holds them here reads the error given from now on."""
+        for data in objects:
+            oid = data.object_id
+            if self._objects.known(oid):
+                self._objects.drop_copies(oid)
+                if self._objects.held(oid):
+                    self._host.store_object(data)

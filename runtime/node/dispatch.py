@@ -18,6 +18,7 @@ from runtime.node.actions import (
     ACTION_TYPES,
     Action,
     CancelRemote,
+    DropPulled,
     ForwardCalls,
     ForwardLog,
     FreeRemote,
@@ -65,6 +66,7 @@ class PeerOutlet(Protocol):
     def forward_calls(self, action: ForwardCalls) -> None: ...
     def kill_remote_actor(self, action: KillRemoteActor) -> None: ...
     def cancel_remote(self, action: CancelRemote) -> None: ...
+    def drop_pulled(self, action: DropPulled) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +143,10 @@ def _cancel_remote(o: Outlets, a: CancelRemote) -> None:
     o.peers.cancel_remote(a)
 
 
+def _drop_pulled(o: Outlets, a: DropPulled) -> None:
+    o.peers.drop_pulled(a)
+
+
 Handler = Callable[[Outlets, Any], None]
 
 #: The handler of each action class.
@@ -149,7 +155,7 @@ TABLE: dict[type, Handler] = {
     ReportEvent: _report_event, ObjectLocation: _object_location, PutActor: _put_actor,
     ReleaseActorName: _release_actor_name, Spill: _spill, Pull: _pull, ReportHome: _report_home,
     FreeRemote: _free_remote, ForwardCalls: _forward_calls, KillRemoteActor: _kill_remote_actor,
-    ForwardLog: _forward_log, CancelRemote: _cancel_remote,
+    ForwardLog: _forward_log, CancelRemote: _cancel_remote, DropPulled: _drop_pulled,
 }
 
 

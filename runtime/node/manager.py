@@ -267,6 +267,10 @@ class NodeManager:
                 s.cancelling.cancel_forwarded(c.task_id, home_node_id, c.force, c.recursive)
         self.apply(cancel)
 
+    def drop_pulled(self, objects: list[common_pb2.ObjectData], node_id: bytes) -> None:
+        """Copies pulled from peer ``node_id`` must go (``DropObjects``): their owner died."""
+        self.apply(lambda s: s.cancelling.drop_pulled(objects, node_id))
+
     def remote_results(self, requests: list[node_pb2.ReportResultsRequest]) -> None:
         """Many tasks of this node that ran on one peer finished (``ReportResultsBatch``)."""
         if self.fenced is not None:
@@ -347,12 +351,15 @@ class NodeManager:
         reply.load.CopyFrom(self.load())
         return reply
 
-    async def object_chunks(self, oid: bytes) -> AsyncIterator[node_pb2.ObjectChunk]:
-        """The bytes of object ``oid`` for a peer that pulls it, in chunks.
+    async def object_chunks(self, oid: bytes, puller: bytes = b"") -> AsyncIterator[node_pb2.ObjectChunk]:
+        """The bytes of object ``oid`` for peer ``puller`` (remembered: told if the object's
+        owner dies), in chunks.
 
         Raises ``NotFoundError`` when this node does not hold it.
         """
         source = self.state.pull_source(oid)
+        if source is not None and puller:
+            self.state.objects.pulled(oid, puller)
         if source is None:
             raise NotFoundError(f"object {oid.hex()} is not held on node {_ids.short(self.node_id)}")
         if source.inline is not None:

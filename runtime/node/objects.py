@@ -75,8 +75,8 @@ class ObjectTable:
     """Objects held or known on this node, and who holds and waits for them."""
 
     __slots__ = ("_dep_waiters", "_emit", "_encode_error", "_get_waiters", "_node_id", "_refs",
-                 "_store", "lost", "objects", "on_free", "owners", "pulling", "rebuild",
-                 "remote_holds", "remote_objects")
+                 "_store", "lost", "objects", "on_free", "owners", "pulled_by", "pulling",
+                 "rebuild", "remote_holds", "remote_objects")
 
     def __init__(self, node_id: bytes, store: Store, encode_error: ErrorEncoder,
                  emit: Callable[[Action], None]) -> None:
@@ -97,6 +97,8 @@ class ObjectTable:
         self.remote_holds: dict[bytes, Counter[bytes]] = {}
         #: Objects made here for a client (task returns, puts): id -> the owner's client id.
         self.owners: dict[bytes, bytes] = {}
+        #: Owned objects other nodes pulled a copy of: id -> those nodes.
+        self.pulled_by: dict[bytes, set[bytes]] = {}
         #: Held objects whose every copy is gone, to rebuild when read: id -> why lost.
         self.lost: dict[bytes, str] = {}
         #: Called with an object's id when nothing holds it any more (lineage drops it).
@@ -262,7 +264,8 @@ class ObjectTable:
             refs[oid] = left
             return
         refs.pop(oid, None)
-        self.owners.pop(oid, None)
+        if self.owners.pop(oid, None) is not None:
+            self.pulled_by.pop(oid, None)
         self.on_free(oid)
         obj = self.objects.pop(oid, None)
         if obj is None:
@@ -277,6 +280,11 @@ class ObjectTable:
             self._emit(ObjectLocation(oid, obj.size, True))
         for nested in obj.nested:
             self.decref(nested)
+
+    def pulled(self, oid: bytes, node_id: bytes) -> None:
+        """Node ``node_id`` pulls a copy of ``oid`` (remembered for objects owned here)."""
+        if oid in self.owners:
+            self.pulled_by.setdefault(oid, set()).add(node_id)
 
     def owned_by(self, client_id: bytes) -> list[bytes]:
         """Objects owned by ``client_id`` that something still holds."""

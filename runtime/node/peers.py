@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import Any, Protocol
@@ -24,6 +23,7 @@ from runtime.config import Settings
 from runtime.gcs.fencing import fenced_error
 from runtime.node.actions import (
     CancelRemote,
+    DropPulled,
     ForwardCalls,
     ForwardLog,
     FreeRemote,
@@ -34,6 +34,7 @@ from runtime.node.actions import (
     SpillReason,
 )
 from runtime.node.lanes import Lane
+from runtime.node.pulls import fetch_object
 from runtime.protocol import common_pb2, gcs_pb2, node_pb2, node_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 from runtime.rpc.channel import connect
 from runtime.rpc.errors import translate
@@ -205,6 +206,9 @@ class Peers:
     def cancel_remote(self, action: CancelRemote) -> None:
         self._spawn(self._cancel_remote(action))
 
+    def drop_pulled(self, action: DropPulled) -> None:
+        self._spawn(self._drop_pulled(action))
+
     # ---- the calls -----------------------------------------------------------------
 
     async def _spill(self, action: Spill) -> None:
@@ -265,47 +269,14 @@ class Peers:
             why = f"node {_ids.short(node_id)} is not known or not alive"
             self._apply(lambda s: s.pull_failed(oid, why))
             return
-        path = self._path_for(oid)
-        rpc = _node_rpc(self.channels.get(address))
-        size, nested = 0, []
-        inline: bytearray | None = None  # the source keeps it in memory: so do we
-        fd = -1
         try:
-            try:
-                first = True
-                async for chunk in rpc.PullObject(node_pb2.PullObjectRequest(object_id=oid),
-                                                  metadata=self._md):
-                    if first:
-                        size, nested, first = chunk.total_size, list(chunk.nested_refs), False
-                        if chunk.inline:
-                            inline = bytearray()
-                        else:
-                            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-                    if inline is not None:
-                        inline += chunk.data
-                        continue
-                    view = memoryview(chunk.data)
-                    while view:
-                        view = view[os.write(fd, view):]
-            finally:
-                if fd >= 0:
-                    os.close(fd)
+            data = await fetch_object(_node_rpc(self.channels.get(address)), oid, self._path_for(oid),
+                                      self.node_id, self._md)
         except (grpc.aio.AioRpcError, OSError) as e:
-            if fd >= 0:
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
             err = translate(e, NODE, address) if isinstance(e, grpc.aio.AioRpcError) else e
             reason = str(err) or type(err).__name__
             self._apply(lambda s: s.pull_failed(oid, reason))
             return
-        if inline is not None:
-            data = common_pb2.ObjectData(object_id=oid, inline=bytes(inline), size=len(inline),
-                                         node_id=self.node_id)
-        else:
-            data = common_pb2.ObjectData(object_id=oid, shm_path=path, size=size, node_id=self.node_id)
-        data.nested_refs.extend(nested)
         self._apply(lambda s: s.pulled(data))
 
     async def _spill_one(self, actions: list[Spill]) -> None:
@@ -435,6 +406,18 @@ class Peers:
             await rpc.CancelTasks(req, metadata=self._md, timeout=self._settings.rpc_timeout_s)
         except grpc.aio.AioRpcError as e:
             logger.warning("cancelling task %s on node %s failed: %s", _ids.short(action.task_id),
+                           _ids.short(action.node_id), translate(e, NODE, address))
+
+    async def _drop_pulled(self, action: DropPulled) -> None:
+        address = self.addresses.get(action.node_id)
+        if address is None:
+            return  # gone, and its copies with it
+        rpc = _node_rpc(self.channels.get(address))
+        req = node_pb2.DropObjectsRequest(objects=[action.data], node_id=self.node_id)
+        try:
+            await rpc.DropObjects(req, metadata=self._md, timeout=self._settings.rpc_timeout_s)
+        except grpc.aio.AioRpcError as e:
+            logger.warning("dropping object %s on node %s failed: %s", _ids.short(action.data.object_id),
                            _ids.short(action.node_id), translate(e, NODE, address))
 
     # ---- keeping the view of the cluster current -------------------------------------

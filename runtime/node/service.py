@@ -65,12 +65,13 @@ class NodeCalls(Protocol):
 
     def kill_hosted_actor(self, actor_id: bytes, no_restart: bool) -> bool: ...
     def cancel_forwarded(self, cancels: list[node_pb2.CancelTask], home_node_id: bytes) -> None: ...
+    def drop_pulled(self, objects: list[common_pb2.ObjectData], node_id: bytes) -> None: ...
 
     def release_remote_holds(self, object_ids: list[bytes], node_id: bytes | None) -> None: ...
 
     def forward_logs(self, lines: node_pb2.LogLines) -> None: ...
 
-    def object_chunks(self, oid: bytes) -> AsyncIterator[node_pb2.ObjectChunk]:
+    def object_chunks(self, oid: bytes, puller: bytes) -> AsyncIterator[node_pb2.ObjectChunk]:
         """The object's bytes in chunks; raises ``NotFoundError`` when it is not held here."""
         ...
 
@@ -204,6 +205,16 @@ class NodeServicer(node_pb2_grpc.NodeManagerServicer):
         self.m.cancel_forwarded(list(request.tasks), request.home_node_id)
         return node_pb2.CancelTasksReply()
 
+    async def DropObjects(self, request: node_pb2.DropObjectsRequest,
+                          context: _Ctx) -> node_pb2.DropObjectsReply:
+        for i, data in enumerate(request.objects):
+            if len(data.object_id) != 20 or not data.inline:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"DropObjects: objects[{i}] needs a 20-byte object_id and "
+                                    "its new inline value")
+        self.m.drop_pulled(list(request.objects), request.node_id)
+        return node_pb2.DropObjectsReply()
+
     async def ReportResultsBatch(self, request: node_pb2.ReportResultsBatchRequest,
                                  context: _Ctx) -> node_pb2.ReportResultsReply:
         for i, report in enumerate(request.reports):
@@ -223,7 +234,7 @@ class NodeServicer(node_pb2_grpc.NodeManagerServicer):
     async def PullObject(self, request: node_pb2.PullObjectRequest,
                          context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[node_pb2.ObjectChunk]:
         try:
-            async for chunk in self.m.object_chunks(request.object_id):
+            async for chunk in self.m.object_chunks(request.object_id, request.node_id):
                 yield chunk
         except NotFoundError as e:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(e))

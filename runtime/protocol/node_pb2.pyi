@@ -265,10 +265,12 @@ class ReportResultsBatchRequest(_message.Message):
     def __init__(self, reports: _Optional[_Iterable[_Union[ReportResultsRequest, _Mapping]]] = ...) -> None: ...
 
 class PullObjectRequest(_message.Message):
-    __slots__ = ("object_id",)
+    __slots__ = ("object_id", "node_id")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
     object_id: bytes
-    def __init__(self, object_id: _Optional[bytes] = ...) -> None: ...
+    node_id: bytes
+    def __init__(self, object_id: _Optional[bytes] = ..., node_id: _Optional[bytes] = ...) -> None: ...
 
 class ObjectChunk(_message.Message):
     __slots__ = ("data", "total_size", "nested_refs", "inline")
@@ -329,6 +331,18 @@ class CancelTasksRequest(_message.Message):
     def __init__(self, tasks: _Optional[_Iterable[_Union[CancelTask, _Mapping]]] = ..., home_node_id: _Optional[bytes] = ...) -> None: ...
 
 class CancelTasksReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DropObjectsRequest(_message.Message):
+    __slots__ = ("objects", "node_id")
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    objects: _containers.RepeatedCompositeFieldContainer[_common_pb2.ObjectData]
+    node_id: bytes
+    def __init__(self, objects: _Optional[_Iterable[_Union[_common_pb2.ObjectData, _Mapping]]] = ..., node_id: _Optional[bytes] = ...) -> None: ...
+
+class DropObjectsReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 

@@ -90,6 +90,11 @@ class NodeManagerStub:
                 request_serializer=runtime_dot_protocol_dot_node__pb2.CancelTasksRequest.SerializeToString,
                 response_deserializer=runtime_dot_protocol_dot_node__pb2.CancelTasksReply.FromString,
                 _registered_method=True)
+        self.DropObjects = channel.unary_unary(
+                '/cellray.NodeManager/DropObjects',
+                request_serializer=runtime_dot_protocol_dot_node__pb2.DropObjectsRequest.SerializeToString,
+                response_deserializer=runtime_dot_protocol_dot_node__pb2.DropObjectsReply.FromString,
+                _registered_method=True)
         self.PrepareBundles = channel.unary_unary(
                 '/cellray.NodeManager/PrepareBundles',
                 request_serializer=runtime_dot_protocol_dot_node__pb2.BundlesRequest.SerializeToString,
@@ -192,6 +197,13 @@ class NodeManagerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DropObjects(self, request, context):
+        """Copies pulled from the sending node must go: each object's new value is given (an error).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PrepareBundles(self, request, context):
         """Placement groups, two-phase: reserve bundles (all or none), then commit them (their
         resources appear under the bundle's names), or release them (cancel or remove).
@@ -276,6 +288,11 @@ def add_NodeManagerServicer_to_server(servicer, server):
                     servicer.CancelTasks,
                     request_deserializer=runtime_dot_protocol_dot_node__pb2.CancelTasksRequest.FromString,
                     response_serializer=runtime_dot_protocol_dot_node__pb2.CancelTasksReply.SerializeToString,
+            ),
+            'DropObjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropObjects,
+                    request_deserializer=runtime_dot_protocol_dot_node__pb2.DropObjectsRequest.FromString,
+                    response_serializer=runtime_dot_protocol_dot_node__pb2.DropObjectsReply.SerializeToString,
             ),
             'PrepareBundles': grpc.unary_unary_rpc_method_handler(
                     servicer.PrepareBundles,
@@ -595,6 +612,33 @@ class NodeManager:
             '/cellray.NodeManager/CancelTasks',
             runtime_dot_protocol_dot_node__pb2.CancelTasksRequest.SerializeToString,
             runtime_dot_protocol_dot_node__pb2.CancelTasksReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropObjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cellray.NodeManager/DropObjects',
+            runtime_dot_protocol_dot_node__pb2.DropObjectsRequest.SerializeToString,
+            runtime_dot_protocol_dot_node__pb2.DropObjectsReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -105,7 +105,9 @@ def test_a_killed_driver_takes_its_running_task_and_its_borrowed_object_with_it(
         info = json.loads(out.read_text())
         wait_for(lambda: (t := state.get_task(info["task"])) is not None and t.state == "RUNNING",
                  timeout=30, what="its task running")
-        assert _shm_files(info["oid"])  # the object is in shared memory
+        # The borrower reads it (on another node: it pulls a copy there).
+        assert rt.get(keeper.read.remote(), timeout=60) == 2**17
+        assert len(_shm_files(info["oid"])) == nodes if nodes == 1 else 2
         total = rt.cluster_resources()["CPU"]
         wait_for(lambda: rt.available_resources().get("CPU", 0.0) == total - 1,
                  timeout=30, what="its task's CPU taken (as the nodes' rows report it)")
@@ -131,3 +133,42 @@ def test_a_killed_driver_takes_its_running_task_and_its_borrowed_object_with_it(
     assert rt.get(keeper.keep.remote([]), timeout=60) is None
     rt.kill(keeper)
     assert not os.path.exists(flag)
+
+
+@rt.remote(max_retries=0)
+def spin_child(flag: str) -> str:
+    import time as _time
+    while not os.path.exists(flag):
+        _time.sleep(0.01)
+    return "done"
+
+
+@rt.remote(max_retries=0)
+def parent(flag: str, pid_file: str) -> str:
+    import time as _time
+    child = spin_child.remote(flag)
+    pathlib.Path(pid_file).write_text(f"{os.getpid()} {child.hex()[:32]}")
+    while not os.path.exists(flag):  # not in get: the child runs in a worker of its own
+        _time.sleep(0.01)
+    return rt.get(child)
+
+
+def test_a_worker_that_dies_takes_the_tasks_it_submitted_with_it(
+        start_cluster: Callable[[int], LocalCluster], tmp_path: pathlib.Path) -> None:
+    start_cluster(1)
+    flag, pid_file = tmp_path / "never", tmp_path / "pid"
+    ref = parent.remote(str(flag), str(pid_file))
+    wait_for(pid_file.exists, timeout=60, what="the parent task running")
+    pid, child = pid_file.read_text().split()
+    wait_for(lambda: (t := state.get_task(child)) is not None and t.state == "RUNNING",
+             timeout=30, what="the child running")
+    os.kill(int(pid), signal.SIGKILL)
+    with pytest.raises(rt.exceptions.WorkerCrashedError):
+        rt.get(ref, timeout=60)
+    # The child's owner (the parent's worker) died: the child is cancelled, its CPU freed.
+    wait_for(lambda: (t := state.get_task(child)) is not None and t.state == "CANCELLED",
+             timeout=30, what="the orphaned child cancelled")
+    total = rt.cluster_resources()["CPU"]
+    wait_for(lambda: rt.available_resources().get("CPU", 0.0) == total, timeout=30,
+             what="every CPU free")
+    assert not flag.exists()

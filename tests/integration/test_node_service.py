@@ -503,8 +503,8 @@ class RecordingNode:
     def forward_logs(self, lines: node_pb2.LogLines) -> None:
         self.calls.append(("forward_logs", list(lines.lines)))
 
-    async def object_chunks(self, oid: bytes) -> AsyncIterator[node_pb2.ObjectChunk]:
-        self.calls.append(("object_chunks", oid))
+    async def object_chunks(self, oid: bytes, puller: bytes) -> AsyncIterator[node_pb2.ObjectChunk]:
+        self.calls.append(("object_chunks", (oid, puller)))
         yield node_pb2.ObjectChunk(data=b"abc", total_size=3)
 
     def node_info(self) -> node_pb2.GetNodeInfoReply:

@@ -1,5 +1,6 @@
-"""Lineage in the node's pure state: what a home node keeps, what it re-runs when a copy is
-lost, and what it drops. Driven by method calls on LocalScheduler; no sockets, no sleeps."""
+"""Lineage and ownership in the node's pure state: what a home node keeps, what it re-runs
+when a copy is lost, what it drops, and what goes when an owner dies. Driven by method calls
+on LocalScheduler; no sockets, no sleeps."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from typing import Any
 
 from runtime import _ids
 from runtime.config import Settings
-from runtime.exceptions import ObjectLostError
-from runtime.node.actions import FreeRemote, ReportEvent, ReportHome, Send, Spill
+from runtime.exceptions import ObjectLostError, OwnerDiedError
+from runtime.node.actions import CancelRemote, DropPulled, FreeRemote, ReportEvent, ReportHome, Send, Spill
 from runtime.node.state import LocalScheduler
 from runtime.protocol import codec, common_pb2, node_pb2
 
@@ -169,3 +170,32 @@ def test_a_task_handed_back_runs_again_after_its_lost_input_is_rebuilt() -> None
     events = [(a.event.task_id, a.event.state) for a in s.take_actions() if isinstance(a, ReportEvent)]
     assert (_tid(1), "RETRYING") in events and (_tid(0), "RETRYING") in events
     assert s.tasks[_tid(1)].missing == {_ret(0)} and s.tasks[_tid(1)].spec.attempt == 1
+
+
+def test_a_dead_drivers_spilled_task_is_cancelled_where_it_runs_and_its_borrowed_object_dropped() -> None:
+    s = _node()
+    borrower = b"B" * 16
+    s.connect(borrower, "driver", 2)
+    put = _ids.object_id(b"p" * 16, 0)
+    s.put(DRIVER, common_pb2.ObjectData(object_id=put, shm_path="/shm/p", size=5000))
+    s.update_refs(borrower, [put], [])  # another driver borrows it
+    s.objects.pulled(put, PEER)  # and PEER pulled a copy
+    spec = common_pb2.TaskSpec(task_id=_tid(1), name="f1", num_returns=1, owner_id=DRIVER)
+    spec.resources["CPU"] = 1.0
+    spec.strategy.kind, spec.strategy.node_id = "NODE_AFFINITY", PEER
+    s.submit(DRIVER, spec)
+    s.spilled(_tid(1), PEER, "gs-0", "AFFINITY")
+    s.take_actions()
+    s.disconnect(DRIVER)
+    actions = s.take_actions()
+    assert [(a.node_id, a.task_id, a.force) for a in actions if isinstance(a, CancelRemote)] == [
+        (PEER, _tid(1), True)]
+    assert _tid(1) not in s.tasks
+    [drop] = [a for a in actions if isinstance(a, DropPulled)]
+    assert drop.node_id == PEER and drop.data.object_id == put
+    assert isinstance(codec.deserialize(drop.data.inline), OwnerDiedError)
+    s.get(borrower, [put])
+    [blob] = [a.op.object.inline for a in s.take_actions()
+              if isinstance(a, Send) and a.op.WhichOneof("op") == "object"]
+    err = codec.deserialize(blob)
+    assert isinstance(err, OwnerDiedError) and "driver pid 1" in str(err)
