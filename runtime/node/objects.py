@@ -267,6 +267,11 @@ class ObjectTable:
         if self.owners.pop(oid, None) is not None:
             self.pulled_by.pop(oid, None)
         self.on_free(oid)
+        self._discard(oid)
+
+    def _discard(self, oid: bytes) -> None:
+        """Free the copy of ``oid`` held here (and what it contains), or forget the one
+        known on another node; either way, a node keeping it for us is told to drop it."""
         obj = self.objects.pop(oid, None)
         if obj is None:
             r = self.remote_objects.pop(oid, None)
@@ -296,19 +301,7 @@ class ObjectTable:
         holders keep their references, to whatever is stored for it next."""
         self.owners.pop(oid, None)
         self.lost.pop(oid, None)
-        obj = self.objects.pop(oid, None)
-        if obj is not None:
-            if obj.remote_copy:
-                self._emit(FreeRemote(obj.remote_copy, oid))
-            if obj.in_store:
-                self._store.free(oid)
-                self._emit(ObjectLocation(oid, obj.size, True))
-            for nested in obj.nested:
-                self.decref(nested)
-            return
-        r = self.remote_objects.pop(oid, None)
-        if r is not None and oid not in self.pulling:
-            self._emit(FreeRemote(r.node_id, oid))
+        self._discard(oid)
 
     def drop_if_unheld(self, oid: bytes) -> None:
         """Forget ``oid`` (stored or known on another node) when nothing holds it."""

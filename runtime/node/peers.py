@@ -381,44 +381,38 @@ class Peers:
         if row is not None:
             self.actor_row(row)
 
-    async def _kill_remote_actor(self, action: KillRemoteActor) -> None:
-        address = self.addresses.get(action.node_id)
+    async def _tell(self, node_id: bytes, what: str,
+                    call: Callable[[Any], Coroutine[Any, Any, Any]]) -> None:
+        """Make ``call`` (given the stub) to node ``node_id`` about ``what``; a node not
+        known (gone) or a failed call is only logged: these calls have no answer to wait for."""
+        address = self.addresses.get(node_id)
         if address is None:
-            logger.info("cannot kill actor %s: its node %s is not known", _ids.short(action.actor_id),
-                        _ids.short(action.node_id))
+            logger.info("cannot reach node %s (%s): it is not known", _ids.short(node_id), what)
             return
-        rpc = _node_rpc(self.channels.get(address))
         try:
-            req = node_pb2.KillActor(actor_id=action.actor_id, no_restart=action.no_restart)
-            await rpc.KillHostedActor(req, metadata=self._md, timeout=self._settings.rpc_timeout_s)
+            await call(_node_rpc(self.channels.get(address)))
         except grpc.aio.AioRpcError as e:
-            logger.warning("killing actor %s on node %s failed: %s", _ids.short(action.actor_id),
-                           _ids.short(action.node_id), translate(e, NODE, address))
+            logger.warning("%s on node %s failed: %s", what, _ids.short(node_id),
+                           translate(e, NODE, address))
+
+    async def _kill_remote_actor(self, action: KillRemoteActor) -> None:
+        req = node_pb2.KillActor(actor_id=action.actor_id, no_restart=action.no_restart)
+        await self._tell(action.node_id, f"killing actor {_ids.short(action.actor_id)}",
+                         lambda rpc: rpc.KillHostedActor(req, metadata=self._md,
+                                                         timeout=self._settings.rpc_timeout_s))
 
     async def _cancel_remote(self, action: CancelRemote) -> None:
-        address = self.addresses.get(action.node_id)
-        if address is None:
-            return  # gone: what it ran for us is over with it
-        rpc = _node_rpc(self.channels.get(address))
         req = node_pb2.CancelTasksRequest(home_node_id=self.node_id)
         req.tasks.add(task_id=action.task_id, force=action.force, recursive=action.recursive)
-        try:
-            await rpc.CancelTasks(req, metadata=self._md, timeout=self._settings.rpc_timeout_s)
-        except grpc.aio.AioRpcError as e:
-            logger.warning("cancelling task %s on node %s failed: %s", _ids.short(action.task_id),
-                           _ids.short(action.node_id), translate(e, NODE, address))
+        await self._tell(action.node_id, f"cancelling task {_ids.short(action.task_id)}",
+                         lambda rpc: rpc.CancelTasks(req, metadata=self._md,
+                                                     timeout=self._settings.rpc_timeout_s))
 
     async def _drop_pulled(self, action: DropPulled) -> None:
-        address = self.addresses.get(action.node_id)
-        if address is None:
-            return  # gone, and its copies with it
-        rpc = _node_rpc(self.channels.get(address))
         req = node_pb2.DropObjectsRequest(objects=[action.data], node_id=self.node_id)
-        try:
-            await rpc.DropObjects(req, metadata=self._md, timeout=self._settings.rpc_timeout_s)
-        except grpc.aio.AioRpcError as e:
-            logger.warning("dropping object %s on node %s failed: %s", _ids.short(action.data.object_id),
-                           _ids.short(action.node_id), translate(e, NODE, address))
+        await self._tell(action.node_id, f"dropping object {_ids.short(action.data.object_id)}",
+                         lambda rpc: rpc.DropObjects(req, metadata=self._md,
+                                                     timeout=self._settings.rpc_timeout_s))
 
     # ---- keeping the view of the cluster current -------------------------------------
 
