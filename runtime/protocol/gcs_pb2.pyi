@@ -548,14 +548,18 @@ class PingRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PingReply(_message.Message):
-    __slots__ = ("session_dir", "pid", "num_shards")
+    __slots__ = ("session_dir", "pid", "num_shards", "cluster_id", "storage")
     SESSION_DIR_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     NUM_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_FIELD_NUMBER: _ClassVar[int]
     session_dir: str
     pid: int
     num_shards: int
-    def __init__(self, session_dir: _Optional[str] = ..., pid: _Optional[int] = ..., num_shards: _Optional[int] = ...) -> None: ...
+    cluster_id: str
+    storage: str
+    def __init__(self, session_dir: _Optional[str] = ..., pid: _Optional[int] = ..., num_shards: _Optional[int] = ..., cluster_id: _Optional[str] = ..., storage: _Optional[str] = ...) -> None: ...
 
 class AdminShutdownRequest(_message.Message):
     __slots__ = ()
