@@ -5,6 +5,8 @@ scheduling strategies.
   resources across nodes, all or nothing; ``PlacementGroup.ready()`` / ``.wait()`` wait for
   it; ``remove_placement_group``, ``get_placement_group(name)``, ``placement_group_table()``
   and ``get_current_placement_group()`` complete the set.
+- ``ActorPool(actors)``: spread work over a set of actors (``map``, ``map_unordered``,
+  ``submit``/``get_next``...); ``queue.Queue``: a FIFO queue shared by tasks and actors.
 - ``scheduling_strategies``: ``PlacementGroupSchedulingStrategy`` (run in a group's bundle)
   and ``NodeAffinitySchedulingStrategy`` (run on one node), for ``scheduling_strategy=``.
 
@@ -20,7 +22,8 @@ Examples
 
 from __future__ import annotations
 
-from runtime.util import scheduling_strategies
+from runtime.util import queue, scheduling_strategies
+from runtime.util.actor_pool import ActorPool
 from runtime.util.placement_group import (
     PlacementGroup,
     get_current_placement_group,
@@ -31,11 +34,13 @@ from runtime.util.placement_group import (
 )
 
 __all__ = [
+    "ActorPool",
     "PlacementGroup",
     "get_current_placement_group",
     "get_placement_group",
     "placement_group",
     "placement_group_table",
+    "queue",
     "remove_placement_group",
     "scheduling_strategies",
 ]

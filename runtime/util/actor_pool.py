@@ -1,0 +1,186 @@
+"""``ActorPool``: spread work over a fixed set of actors, as Ray's ``ray.util.ActorPool``.
+
+Each submitted value goes to an idle actor through a function ``fn(actor, value)`` that
+returns an ObjectRef (e.g. ``lambda a, v: a.work.remote(v)``); when every actor is busy,
+values wait in the pool and go out as actors come back. Results come back in submission
+order (``get_next``, ``map``) or as they finish (``get_next_unordered``, ``map_unordered``).
+An actor comes back to the pool when its result is taken.
+
+Examples
+--------
+>>> import runtime as rt
+>>> from runtime.util import ActorPool
+>>> @rt.remote
+... class Doubler:
+...     def double(self, x):
+...         return 2 * x
+>>> pool = ActorPool([Doubler.remote(), Doubler.remote()])        # doctest: +SKIP
+>>> list(pool.map(lambda a, v: a.double.remote(v), [1, 2, 3, 4]))  # doctest: +SKIP
+[2, 4, 6, 8]
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import runtime as rt
+
+__all__ = ["ActorPool"]
+
+#: ``fn(actor, value)``: start the work of ``value`` on ``actor``, return its ObjectRef.
+Submit = Callable[[Any, Any], Any]
+
+
+def _first(ref: Any) -> Any:
+    """The ref to wait on for ``fn``'s answer: itself, or the first of several returns."""
+    return ref[0] if isinstance(ref, (list, tuple)) else ref
+
+
+class ActorPool:
+    """A pool of actors that work through submitted values (see the module docstring).
+
+    Parameters
+    ----------
+    actors
+        The actors to use (handles). More can be added later with ``push``.
+    """
+
+    def __init__(self, actors: Iterable[Any]) -> None:
+        self._idle: list[Any] = list(actors)
+        #: In flight, by submission number: (ref, actor).
+        self._running: dict[int, tuple[Any, Any]] = {}
+        #: Values waiting for an idle actor, oldest first.
+        self._waiting: deque[tuple[Submit, Any]] = deque()
+        self._submitted = 0  # submission numbers given out
+        self._returned = 0  # the next number get_next returns
+        self._unordered = False  # get_next_unordered was used since the last map
+
+    # ---- submitting ----------------------------------------------------------------
+
+    def submit(self, fn: Submit, value: Any) -> None:
+        """Run ``fn(actor, value)`` on an idle actor, or when one is free.
+
+        Examples
+        --------
+        >>> pool.submit(lambda a, v: a.double.remote(v), 1)   # doctest: +SKIP
+        >>> pool.get_next()                                     # doctest: +SKIP
+        2
+        """
+        if not self._idle:
+            self._waiting.append((fn, value))
+            return
+        actor = self._idle.pop()
+        self._running[self._submitted] = (fn(actor, value), actor)
+        self._submitted += 1
+
+    def map(self, fn: Submit, values: Iterable[Any]) -> Iterator[Any]:
+        """Apply ``fn`` to each of ``values`` across the pool; yield results in order.
+
+        Results of earlier submissions not taken yet are discarded first, as in Ray.
+        """
+        self._drain()
+        for value in values:
+            self.submit(fn, value)
+        return self._results(self.get_next)
+
+    def map_unordered(self, fn: Submit, values: Iterable[Any]) -> Iterator[Any]:
+        """Like ``map``, yielding each result as soon as it is ready."""
+        self._drain()
+        for value in values:
+            self.submit(fn, value)
+        return self._results(self.get_next_unordered)
+
+    def _results(self, take: Callable[[], Any]) -> Iterator[Any]:
+        while self.has_next():
+            yield take()
+
+    def _drain(self) -> None:
+        """Take (and drop) every result still owed, so a new map starts clean."""
+        while self.has_next():
+            try:
+                self.get_next_unordered()
+            except Exception:  # noqa: BLE001 - an old submission's error is not the new map's
+                pass
+        self._unordered = False
+
+    # ---- taking results ------------------------------------------------------------
+
+    def has_next(self) -> bool:
+        """True while a submitted value's result has not been taken."""
+        return bool(self._running)
+
+    def get_next(self, timeout: float | None = None, ignore_if_timedout: bool = False) -> Any:
+        """The result of the oldest submission not taken yet (blocks for it).
+
+        Raises ``StopIteration`` when nothing is owed, ``TimeoutError`` when ``timeout``
+        seconds pass first (with ``ignore_if_timedout`` that submission is then dropped,
+        its actor back in the pool), and whatever the work raised.
+        """
+        if not self.has_next():
+            raise StopIteration("No more results to get: submit work first.")
+        if self._unordered:
+            raise ValueError("get_next() cannot be mixed with get_next_unordered() in one run; "
+                             "start a new one with map() or take the rest unordered.")
+        index = self._returned
+        ref, _ = self._running[index]
+        if timeout is not None:
+            ready, _ = rt.wait([_first(ref)], num_returns=1, timeout=timeout)
+            if not ready:
+                if not ignore_if_timedout:
+                    raise TimeoutError(f"Timed out after {timeout} s waiting for result {index}.")
+                self._take(index)
+                raise TimeoutError(f"Timed out after {timeout} s waiting for result {index}; "
+                                   "it was dropped and its actor returned to the pool.")
+        self._take(index)
+        return rt.get(ref)
+
+    def get_next_unordered(self, timeout: float | None = None, ignore_if_timedout: bool = False) -> Any:
+        """The result of any submission that is ready (blocks for the first).
+
+        Raises like ``get_next``; with ``ignore_if_timedout`` nothing is dropped (there is no
+        one submission to drop), the timeout is raised all the same.
+        """
+        if not self.has_next():
+            raise StopIteration("No more results to get: submit work first.")
+        by_ref = {_first(ref).hex(): i for i, (ref, _) in self._running.items()}
+        ready, _ = rt.wait([_first(ref) for ref, _ in self._running.values()], num_returns=1,
+                           timeout=timeout)
+        if not ready:
+            raise TimeoutError(f"Timed out after {timeout} s waiting for any result.")
+        index = by_ref[ready[0].hex()]
+        ref, _ = self._running[index]
+        self._take(index)
+        self._unordered = True
+        return rt.get(ref)
+
+    def _take(self, index: int) -> None:
+        """Submission ``index`` is taken: its actor is free again (and may start a waiting one)."""
+        _, actor = self._running.pop(index)
+        self._returned = max(self._returned, index + 1)
+        self._give_back(actor)
+
+    def _give_back(self, actor: Any) -> None:
+        self._idle.append(actor)
+        if self._waiting:
+            self.submit(*self._waiting.popleft())
+
+    # ---- the actors ----------------------------------------------------------------
+
+    def has_free(self) -> bool:
+        """True when an actor is idle and no value waits for one."""
+        return bool(self._idle) and not self._waiting
+
+    def pop_idle(self) -> Any | None:
+        """Take an idle actor out of the pool (None when none is free)."""
+        return self._idle.pop() if self.has_free() else None
+
+    def push(self, actor: Any) -> None:
+        """Add ``actor`` to the pool (it starts a waiting value, if any).
+
+        Raises ``ValueError`` when it is in the pool already.
+        """
+        if any(a is actor for a in self._idle) or any(a is actor for _, a in self._running.values()):
+            raise ValueError("This actor already belongs to the pool.")
+        self._give_back(actor)
