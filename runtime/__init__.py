@@ -41,6 +41,7 @@ from runtime.api._core import (
 )
 from runtime.api._object_ref import ObjectRef
 from runtime.api._remote_function import RemoteFunction
+from runtime.state._timeline import timeline
 
 __all__ = [
     "ActorClass",
@@ -66,6 +67,7 @@ __all__ = [
     "remote",
     "shutdown",
     "state",
+    "timeline",
     "wait",
 ]
 

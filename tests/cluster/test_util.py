@@ -123,3 +123,29 @@ def test_the_async_forms_work_from_an_event_loop(cluster: rt.ClusterInfo) -> Non
 
     assert asyncio.run(roundtrip()) == 42
     q.shutdown()
+
+
+@rt.remote
+def traced(x: int) -> int:
+    return x + 1
+
+
+def test_timeline_writes_a_chrome_trace_of_the_tasks_that_ran(cluster: rt.ClusterInfo, tmp_path) -> None:
+    import json
+
+    from runtime import state
+    from runtime.testing.wait import wait_for
+
+    refs = [traced.remote(i) for i in range(5)]
+    assert rt.get(refs, timeout=60) == [1, 2, 3, 4, 5]
+    ids = {r.hex()[:32] for r in refs}
+    # Task events reach the GCS in batches: wait until all five are there.
+    wait_for(lambda: ids <= {t.task_id for t in state.list_tasks(name="traced", state="FINISHED")},
+             timeout=30, what="the tasks' rows")
+    out = tmp_path / "trace.json"
+    assert rt.timeline(str(out)) is None
+    events = json.loads(out.read_text())
+    bars = [e for e in events if e["ph"] == "X" and e["args"]["task_id"] in ids]
+    assert len(bars) == 5 and all(e["name"] == "traced" and e["dur"] >= 0 and e["tid"] > 0 for e in bars)
+    assert any(e["ph"] == "M" and e["name"] == "process_name" for e in events)
+    assert len([e for e in rt.timeline() or [] if e["ph"] == "X" and e["args"]["task_id"] in ids]) == 5

@@ -16,7 +16,7 @@ PUBLIC = {
     "ActorClass", "ActorHandle", "ClusterInfo", "ObjectRef", "RemoteFunction", "RuntimeContext",
     "available_resources", "cancel", "cluster_resources", "exceptions", "get", "get_actor",
     "get_gpu_ids", "get_runtime_context", "init", "is_initialized", "kill", "method", "nodes",
-    "put", "remote", "shutdown", "state", "wait",
+    "put", "remote", "shutdown", "state", "timeline", "wait",
 }
 
 EXCEPTIONS = {
