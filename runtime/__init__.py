@@ -25,13 +25,11 @@ from runtime import exceptions, state
 from runtime.api._actor import ActorClass, ActorHandle, get_actor, kill, method
 from runtime.api._core import (
     ClusterInfo,
-    RuntimeContext,
     available_resources,
     cancel,
     cluster_resources,
     get,
     get_gpu_ids,
-    get_runtime_context,
     init,
     is_initialized,
     nodes,
@@ -41,6 +39,7 @@ from runtime.api._core import (
 )
 from runtime.api._object_ref import ObjectRef
 from runtime.api._remote_function import RemoteFunction
+from runtime.api._runtime_context import RuntimeContext, get_runtime_context
 from runtime.state._timeline import timeline
 
 __all__ = [

@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import pathlib
 import socket
 import threading
 from collections.abc import Sequence
@@ -389,38 +388,6 @@ def available_resources() -> dict[str, float]:
     return {k: v for k, v in total.items() if v > 0}
 
 
-class RuntimeContext:
-    """Where the calling code runs: job, task, node (``get_runtime_context()``)."""
-
-    def __init__(self, client: CoreClient) -> None:
-        self._client = client
-
-    def get_job_id(self) -> str:
-        """Hex id of the job (driver) the current task belongs to."""
-        stack = self._client.task_stack
-        return (stack[-1].job_id if stack else self._client.job_id).hex()
-
-    def get_task_id(self) -> str | None:
-        """Hex id of the running task; None in a driver."""
-        stack = self._client.task_stack
-        return stack[-1].task_id.hex() if stack else None
-
-    def get_node_id(self) -> str:
-        """Hex id of the node this process is on."""
-        return self._client.node_id.hex()
-
-    def get_worker_id(self) -> str:
-        """Hex id of this process's client."""
-        return (self._client.host.worker_id or self._client.client_id).hex()
-
-    @property
-    def session_dir(self) -> pathlib.Path:
-        return pathlib.Path(self._client.session_dir)
-
-
-def get_runtime_context() -> RuntimeContext:
-    """Facts about where the caller runs: ``get_job_id()``, ``get_task_id()``, ``get_node_id()``."""
-    return RuntimeContext(_context.current())
 
 
 def get_gpu_ids() -> list[int]:

@@ -61,6 +61,14 @@ class Host(Protocol):
         """GPU indices reserved for the task or actor running in the caller."""
         ...
 
+    def is_cancelled(self, task_id: bytes) -> bool:
+        """Whether a cancel of task ``task_id``, running here, was asked."""
+        ...
+
+    def actor_restarts(self) -> int:
+        """How many times the actor of this process was restarted (0: none, or no actor)."""
+        ...
+
     def on_broken(self, error: BaseException) -> None:
         """The session to the node broke (``error`` says how); the client raises it next."""
         ...
@@ -96,6 +104,12 @@ class DriverHost:
 
     def gpu_ids(self) -> list[int]:
         return []
+
+    def is_cancelled(self, task_id: bytes) -> bool:
+        return False
+
+    def actor_restarts(self) -> int:
+        return 0
 
     def on_broken(self, error: BaseException) -> None:
         logger.debug("session to the node broke: %s", error)

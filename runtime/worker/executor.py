@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import os
 import threading
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -28,6 +29,8 @@ from runtime.worker.output import flush_task_output
 if TYPE_CHECKING:
     from runtime.api._client import CoreClient
 
+#: Cancels remembered for ``RuntimeContext.is_canceled`` (the latest ones).
+_CANCELS_KEPT = 1024
 
 def _set_visible_gpus(ids: list[int]) -> str | None:
     """Point CUDA_VISIBLE_DEVICES at ``ids``; return the previous value to restore."""
@@ -54,6 +57,10 @@ class Executor:
         self.cancels = Cancels(cancelled_early_max)
         #: Set when this worker becomes an actor.
         self.actor: ActorRuntime | None = None
+        #: How many times this worker's actor was restarted before (its creation's attempt).
+        self._restarts = 0
+        #: Tasks whose cancel was asked here, the latest few (``is_cancelled``).
+        self._cancel_asked: OrderedDict[bytes, None] = OrderedDict()
 
     # ---- entry points --------------------------------------------------------------
 
@@ -66,9 +73,25 @@ class Executor:
 
     def cancel(self, cancel: node_pb2.CancelTask) -> None:
         """The node asks to cancel a task here (called on the IO thread)."""
+        asked = self._cancel_asked
+        asked[cancel.task_id] = None
+        if len(asked) > _CANCELS_KEPT:
+            asked.popitem(last=False)
         if self.actor is not None and self.actor.cancel(cancel.task_id):
             return
         self.cancels.request(cancel.task_id)
+
+    def is_cancelled(self, task_id: bytes) -> bool:
+        """Whether a cancel of ``task_id`` was asked while it ran here."""
+        return task_id in self._cancel_asked
+
+    @property
+    def actor_restarts(self) -> int:
+        """How many times this worker's actor was restarted (0 when it is no actor)."""
+        stack = self._client.task_stack
+        if self.actor is None and stack and stack[-1].actor_creation:
+            return stack[-1].attempt  # in the constructor
+        return self._restarts
 
     def current_gpu_ids(self) -> list[int]:
         """GPU indices reserved for the task or actor running in the caller."""
@@ -204,5 +227,6 @@ class Executor:
             results.encode_return(client, res.returns.add(), _ids.object_id(spec.task_id, i), v, spec)
 
     def _become_actor(self, spec: common_pb2.TaskSpec, instance: Any) -> None:
+        self._restarts = spec.attempt
         self.actor = ActorRuntime.create(spec, instance, self._gpu_ids.pop(spec.task_id, []),
                                          self.run_one, self.run_one_async)

@@ -69,5 +69,11 @@ class WorkerHost:
     def gpu_ids(self) -> list[int]:
         return self._executor.current_gpu_ids()
 
+    def is_cancelled(self, task_id: bytes) -> bool:
+        return self._executor.is_cancelled(task_id)
+
+    def actor_restarts(self) -> int:
+        return self._executor.actor_restarts
+
     def on_broken(self, error: BaseException) -> None:
         os._exit(1)  # a worker without its node has nothing to do
