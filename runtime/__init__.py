@@ -105,4 +105,7 @@ def remote(*args: _Any, **options: _Any) -> _Any:
     if args:
         raise TypeError("@remote takes either no arguments (@remote) or only keyword options, "
                         "e.g. @remote(num_cpus=2)")
+    if not options:
+        raise TypeError("@remote() with empty parentheses is not allowed (as in Ray): write "
+                        "@remote without parentheses, or give options, e.g. @remote(num_cpus=2)")
     return lambda obj: _make_remote(obj, options)

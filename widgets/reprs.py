@@ -132,7 +132,10 @@ def cluster_info_html(info: rt.ClusterInfo) -> str:
             total[k] = total.get(k, 0.0) + v
         for k, v in n.resources_available.items():
             free[k] = free.get(k, 0.0) + v
-    resources = ", ".join(f"{k} {total[k] - free.get(k, 0.0):g}/{total[k]:g}" for k in sorted(total))
+    def amount(k: str, v: float) -> str:
+        return format_bytes(v) if k == "memory" else f"{v:g}"
+    resources = ", ".join(f"{k} {amount(k, total[k] - free.get(k, 0.0))}/{amount(k, total[k])}"
+                          for k in sorted(total))
     store = sum(n.store_used for n in alive), sum(n.store_capacity for n in alive)
     rows.append(f"{len(alive)} of {len(nodes)} nodes alive · in use: {_e(resources) or 'nothing'} · "
                 f"object store {format_bytes(store[0])}/{format_bytes(store[1])}")

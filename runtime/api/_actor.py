@@ -79,6 +79,20 @@ class ActorClass:
         raise TypeError(f"Actors cannot be instantiated directly. Instead of '{self.__name__}()', "
                         f"use '{self.__name__}.remote()'.")
 
+    def __getattr__(self, name: str) -> Any:
+        """The class's own attributes (``Cls.LIMIT``), as on the plain class; methods are
+        called on a handle."""
+        cls = self.__dict__.get("_cls")
+        if cls is None or name.startswith("__"):
+            raise AttributeError(name)
+        if name in self.__dict__.get("_methods", {}):
+            raise AttributeError(f"{self.__name__}.{name} is an actor method: create the actor with "
+                                 f"{self.__name__}.remote(), then call handle.{name}.remote(...).")
+        try:
+            return getattr(cls, name)
+        except AttributeError:
+            raise AttributeError(f"actor class {self.__name__!r} has no attribute {name!r}") from None
+
     def options(self, **options: Any) -> ActorClass:
         """A copy of this actor class with ``options`` changed for the next creation."""
         new = ActorClass.__new__(ActorClass)

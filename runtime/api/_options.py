@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import pickle
+import warnings
 from typing import Any
 
 from runtime.api import _strategy
@@ -51,8 +53,9 @@ def validate(options: dict[str, Any], *, actor: bool = False) -> dict[str, Any]:
         if not isinstance(res, dict):
             raise TypeError(f"option resources must be a dict of name -> amount, got {res!r}")
         for k, v in res.items():
-            if k in ("CPU", "GPU"):
-                raise ValueError("use num_cpus and num_gpus instead of 'CPU' and 'GPU' in resources")
+            if k in ("CPU", "GPU", "memory"):
+                raise ValueError("use num_cpus, num_gpus and memory instead of 'CPU', 'GPU' and "
+                                 "'memory' in resources")
             if not isinstance(k, str):
                 raise TypeError(f"resource names must be strings, got {k!r}")
             _number(f"resources[{k!r}]", v)
@@ -90,6 +93,9 @@ def resources_of(options: dict[str, Any], default_cpus: float) -> dict[str, floa
     gpus = options.get("num_gpus")
     if gpus:
         res["GPU"] = float(gpus)
+    memory = options.get("memory")
+    if memory:
+        res["memory"] = float(memory)  # bytes, as in Ray: nodes offer their RAM less the store
     for k, v in (options.get("resources") or {}).items():
         if v:
             res[k] = float(v)
@@ -99,9 +105,71 @@ def resources_of(options: dict[str, Any], default_cpus: float) -> dict[str, floa
 def export(obj: Any, what: str, hint: str = "") -> tuple[bytes, bytes]:
     """Pickle a function or class by value for export: ``(pickled, content id)``.
 
-    Raises ``TypeError`` naming ``what`` when it cannot be pickled.
+    Raises ``TypeError`` naming ``what`` when it cannot be pickled, and ``ValueError`` when
+    it is over ``EXPORT_LIMIT`` bytes (it captures a large object; the error names it); warns
+    above ``EXPORT_WARN``.
     """
     try:
-        return codec.serialize_function(obj)
+        pickled = codec.serialize_function(obj)
     except (pickle.PicklingError, TypeError, AttributeError) as e:
         raise TypeError(f"{what} cannot be sent to the cluster: pickling it failed ({e}).{hint}") from e
+    size = len(pickled[0])
+    if size > EXPORT_WARN:
+        name, captured = _largest_capture(obj)
+        culprit = (f"; the largest thing it captures is {name!r} ({captured / 2**20:.1f} MiB)"
+                   if name else "")
+        msg = (f"{what} pickles to {size / 2**20:.1f} MiB{culprit}. A function or class is sent "
+               "to every worker that runs it: pass large values as arguments (or rt.put them "
+               "and pass the ref) instead of capturing them.")
+        if size > EXPORT_LIMIT:
+            raise ValueError(f"{msg} The limit is {EXPORT_LIMIT // 2**20} MiB.")
+        warnings.warn(msg, stacklevel=4)
+    return pickled
+
+
+#: The most a function or class may pickle to (as Ray's FUNCTION_SIZE_ERROR_THRESHOLD).
+EXPORT_LIMIT = 100 * 2**20
+#: Above this, exporting warns.
+EXPORT_WARN = 10 * 2**20
+
+
+def _largest_capture(obj: Any) -> tuple[str, int]:
+    """The name and pickled size of the largest value ``obj`` captures: its closure cells
+    and the globals its code names (for a class, those of its methods and its attributes)."""
+    found: dict[str, Any] = {}
+
+    def scan(fn: Any) -> None:
+        code = getattr(fn, "__code__", None)
+        if code is None:
+            return
+        for var, cell in zip(code.co_freevars, getattr(fn, "__closure__", None) or (), strict=False):
+            try:
+                found[var] = cell.cell_contents
+            except ValueError:  # an empty cell
+                pass
+        names = set(code.co_names)
+        for const in code.co_consts:
+            if hasattr(const, "co_names"):
+                names.update(const.co_names)
+        env = getattr(fn, "__globals__", {})
+        found.update({n: env[n] for n in names if n in env})
+
+    if isinstance(obj, type):
+        for key, value in vars(obj).items():
+            if callable(value):
+                scan(value)
+            elif not key.startswith("__"):
+                found[f"{obj.__name__}.{key}"] = value
+    else:
+        scan(obj)
+    best, best_size = "", 0
+    for name, value in found.items():
+        if inspect.ismodule(value) or callable(value):
+            continue
+        try:
+            size = len(codec.serialize_function(value)[0])
+        except Exception:  # noqa: BLE001 - what cannot be measured is not the culprit named
+            continue
+        if size > best_size:
+            best, best_size = name, size
+    return best, best_size

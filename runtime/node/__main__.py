@@ -95,6 +95,9 @@ async def serve(ctx: DaemonContext) -> None:
     if gpus.count:
         resources["GPU"] = float(gpus.count)
     capacity = args.object_store_memory or default_store_capacity(settings)
+    # Ray's "memory" resource: what tasks may ask for with memory=, in bytes (the RAM the
+    # object store leaves), unless --resources says otherwise.
+    resources.setdefault("memory", float(max(psutil.virtual_memory().total - capacity, 0)))
     prestart = args.prestart if args.prestart is not None else int(resources.get("CPU", 1))
     current: list[NodeManager] = []  # the manager of this process's node now
 

@@ -281,6 +281,8 @@ class LocalScheduler:
             self.ready.schedule()
             return
         if task is not None and task.spec.actor_id:
+            if res.actor_exit:
+                self.actors.kill(task.spec.actor_id, True, f"{task.spec.name}() called exit_actor()")
             self.actors.call_done(task)
             self.finish(task, res.returns, _FAILED if res.failed else _FINISHED,
                         res.error_summary[:200], pid)

@@ -129,20 +129,22 @@ class KillActor(_message.Message):
     def __init__(self, actor_id: _Optional[bytes] = ..., no_restart: _Optional[bool] = ...) -> None: ...
 
 class TaskResult(_message.Message):
-    __slots__ = ("task_id", "returns", "failed", "retryable", "error_summary", "error")
+    __slots__ = ("task_id", "returns", "failed", "retryable", "error_summary", "error", "actor_exit")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     RETURNS_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     RETRYABLE_FIELD_NUMBER: _ClassVar[int]
     ERROR_SUMMARY_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_EXIT_FIELD_NUMBER: _ClassVar[int]
     task_id: bytes
     returns: _containers.RepeatedCompositeFieldContainer[_common_pb2.ObjectData]
     failed: bool
     retryable: bool
     error_summary: str
     error: bytes
-    def __init__(self, task_id: _Optional[bytes] = ..., returns: _Optional[_Iterable[_Union[_common_pb2.ObjectData, _Mapping]]] = ..., failed: _Optional[bool] = ..., retryable: _Optional[bool] = ..., error_summary: _Optional[str] = ..., error: _Optional[bytes] = ...) -> None: ...
+    actor_exit: bool
+    def __init__(self, task_id: _Optional[bytes] = ..., returns: _Optional[_Iterable[_Union[_common_pb2.ObjectData, _Mapping]]] = ..., failed: _Optional[bool] = ..., retryable: _Optional[bool] = ..., error_summary: _Optional[str] = ..., error: _Optional[bytes] = ..., actor_exit: _Optional[bool] = ...) -> None: ...
 
 class LogLines(_message.Message):
     __slots__ = ("task_id", "name", "pid", "stderr", "lines", "owner_id", "origin")

@@ -40,4 +40,6 @@ def how_many_fit(need: Mapping[str, float], available: Mapping[str, float], limi
 
 def describe(resources: Mapping[str, float]) -> str:
     """``{CPU: 1, GPU: 0.5}``: a resource set as error messages show it."""
-    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(resources.items())) + "}"
+    def amount(k: str, v: float) -> str:
+        return f"{v / 2**30:.1f} GiB" if k == "memory" else f"{v:g}"
+    return "{" + ", ".join(f"{k}: {amount(k, v)}" for k, v in sorted(resources.items())) + "}"

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from runtime import _ids
+from runtime.actor import ActorExit
 from runtime.api import _args
-from runtime.exceptions import FunctionNotFoundError
-from runtime.protocol import common_pb2, node_pb2
+from runtime.exceptions import ActorDiedError, FunctionNotFoundError
+from runtime.protocol import codec, common_pb2, node_pb2
 from runtime.worker import results
 from runtime.worker.actor import ActorRuntime
 from runtime.worker.cancels import Cancels
@@ -31,6 +32,18 @@ if TYPE_CHECKING:
 
 #: Cancels remembered for ``RuntimeContext.is_canceled`` (the latest ones).
 _CANCELS_KEPT = 1024
+
+def _method(instance: Any, name: str) -> Any:
+    """Method ``name`` of ``instance``, looked up on its class first: an instance attribute of
+    the same name does not hide it (as in Ray)."""
+    cls = type(instance)
+    try:
+        attr = inspect.getattr_static(cls, name)
+    except AttributeError:
+        return getattr(instance, name)  # made by __getattr__ or the like
+    get = getattr(attr, "__get__", None)
+    return get(instance, cls) if get is not None else attr
+
 
 def _set_visible_gpus(ids: list[int]) -> str | None:
     """Point CUDA_VISIBLE_DEVICES at ``ids``; return the previous value to restore."""
@@ -57,6 +70,8 @@ class Executor:
         self.cancels = Cancels(cancelled_early_max)
         #: Set when this worker becomes an actor.
         self.actor: ActorRuntime | None = None
+        #: Set when the actor called exit_actor(): it runs no more calls (the node ends it).
+        self.exiting = False
         #: How many times this worker's actor was restarted before (its creation's attempt).
         self._restarts = 0
         #: Tasks whose cancel was asked here, the latest few (``is_cancelled``).
@@ -66,6 +81,8 @@ class Executor:
 
     def dispatch(self, ex: node_pb2.ExecuteTask) -> None:
         """Run a task the worker's main loop took: an actor call as the actor runs them."""
+        if self.exiting:
+            return  # the actor ended itself; the node fails what it had sent
         if self.actor is not None and ex.spec.actor_id and not ex.spec.actor_creation:
             self.actor.submit(ex)
         else:
@@ -140,6 +157,8 @@ class Executor:
                 if not cancels.was_requested(spec.task_id):
                     raise
                 raise results.cancelled(spec) from None
+        except ActorExit:
+            self._actor_exit(res, spec)
         except Exception as e:  # noqa: BLE001 - whatever user code raises becomes the task's error
             results.failed(client, res, spec, e)
         finally:
@@ -175,12 +194,26 @@ class Executor:
             self._finish(res, spec, value)
         except asyncio.CancelledError:
             results.failed(client, res, spec, results.cancelled(spec))
+        except ActorExit:
+            self._actor_exit(res, spec)
         except Exception as e:  # noqa: BLE001 - whatever user code raises becomes the task's error
             results.failed(client, res, spec, e)
         finally:
             client.pop_task(token)
         client.send(op)
         del value
+
+    def _actor_exit(self, res: node_pb2.TaskResult, spec: common_pb2.TaskSpec) -> None:
+        """``spec``'s method called exit_actor(): it fails with ActorDiedError, and the node,
+        told by ``actor_exit``, ends the actor without a restart."""
+        self.exiting = True
+        name = spec.name.split(".", 1)[0]
+        err = ActorDiedError(f"The actor {name} (id {_ids.short(spec.actor_id)}) exited: "
+                             f"{spec.name}() called exit_actor(). It is not restarted.",
+                             actor_id=spec.actor_id.hex())
+        blob = codec.serialize(err, error=True).to_bytes()
+        results.fail(self._client, res, spec, blob, str(err), False)
+        res.actor_exit = True
 
     # ---- steps ---------------------------------------------------------------------
 
@@ -212,7 +245,7 @@ class Executor:
         spec = ex.spec
         if spec.actor_id and not spec.actor_creation:
             assert self.actor is not None, "an actor call reached a worker that is not an actor"
-            fn = getattr(self.actor.instance, spec.method)
+            fn = _method(self.actor.instance, spec.method)
         else:
             fn = self.load_function(spec.function_id, spec.name)
         args, kwargs = _args.decode(spec.args, [results.arg_value(d) for d in ex.args])

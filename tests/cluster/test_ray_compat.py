@@ -1,0 +1,113 @@
+"""Behaviour Ray's own tests expect of tasks and actors (issue 14, points 6 and 7): the
+``@remote()`` form, class attributes, methods shadowed by attributes, ``exit_actor``, the
+``memory`` resource, and functions that capture too much."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import runtime as rt
+from runtime import state
+from runtime.actor import exit_actor
+from runtime.testing.wait import wait_for
+
+pytestmark = pytest.mark.cluster
+
+
+def test_remote_with_empty_parentheses_is_an_error() -> None:
+    with pytest.raises(TypeError, match="empty parentheses"):
+        @rt.remote()
+        def f() -> int:
+            return 1
+
+
+@rt.remote(max_restarts=2)
+class Shadowed:
+    LIMIT = 7
+
+    def __init__(self) -> None:
+        self.value = "an attribute"  # the same name as a method below
+
+    def value(self) -> str:  # type: ignore[no-redef]
+        return "the method"
+
+    def stop(self) -> None:
+        exit_actor()
+
+    def ping(self) -> str:
+        return "pong"
+
+
+def test_class_attributes_are_read_through_the_actor_class() -> None:
+    assert Shadowed.LIMIT == 7
+    with pytest.raises(AttributeError, match="actor method"):
+        Shadowed.ping  # noqa: B018 - the access is the test
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        Shadowed.nope  # noqa: B018
+
+
+def test_a_method_is_called_even_when_an_attribute_has_its_name(cluster: rt.ClusterInfo) -> None:
+    a = Shadowed.remote()
+    assert rt.get(a.value.remote(), timeout=60) == "the method"
+    rt.kill(a)
+
+
+def test_exit_actor_ends_the_actor_for_good(cluster: rt.ClusterInfo) -> None:
+    a = Shadowed.remote()
+    assert rt.get(a.ping.remote(), timeout=60) == "pong"
+    with pytest.raises(rt.exceptions.ActorDiedError, match="exit_actor"):
+        rt.get(a.stop.remote(), timeout=60)
+    wait_for(lambda: any(r.state == "DEAD" for r in state.list_actors() if r.actor_id == a._actor_id.hex()),
+             timeout=30, what="the actor dead")
+    [row] = [r for r in state.list_actors() if r.actor_id == a._actor_id.hex()]
+    assert row.num_restarts == 0  # max_restarts=2, yet not restarted
+    with pytest.raises(rt.exceptions.ActorDiedError, match="exit_actor"):
+        rt.get(a.ping.remote(), timeout=60)
+
+
+def test_exit_actor_outside_an_actor_is_a_type_error(cluster: rt.ClusterInfo) -> None:
+    with pytest.raises(TypeError, match="actor's method"):
+        exit_actor()
+
+    @rt.remote
+    def in_a_task() -> None:
+        exit_actor()
+
+    with pytest.raises(TypeError, match="actor's method"):
+        rt.get(in_a_task.remote(), timeout=60)
+
+
+def test_memory_is_a_resource_tasks_ask_for(cluster: rt.ClusterInfo) -> None:
+    total = rt.cluster_resources()["memory"]
+    assert total > 2**30
+
+    @rt.remote(memory=2**30)
+    def small() -> str:
+        return "ran"
+
+    assert rt.get(small.remote(), timeout=60) == "ran"
+    too_much = small.options(memory=2 * total).remote()
+    wait_for(lambda: (t := state.get_task(too_much)) is not None and t.state == "INFEASIBLE",
+             timeout=30, what="the task infeasible")
+    rt.cancel(too_much)
+
+
+BIG = np.ones(110 * 2**20 // 8)
+MEDIUM = np.ones(12 * 2**20 // 8)
+
+
+def test_a_function_capturing_over_100_mib_is_refused_naming_the_capture(cluster: rt.ClusterInfo) -> None:
+    @rt.remote
+    def total() -> float:
+        return float(BIG.sum())
+
+    with pytest.raises(ValueError, match="'BIG'"):
+        total.remote()
+
+    @rt.remote
+    def medium() -> float:
+        return float(MEDIUM.sum())
+
+    with pytest.warns(UserWarning, match="'MEDIUM'"):
+        assert rt.get(medium.remote(), timeout=60) == MEDIUM.size
