@@ -91,7 +91,8 @@ async def serve(ctx: DaemonContext) -> None:
     node rejoins as a new one (see the module docstring)."""
     args, settings = ctx.args, ctx.settings
     resources = parse_resources(args)
-    gpus = Gpus(declared=None if args.num_gpus is None else int(args.num_gpus))
+    gpus = Gpus(declared=None if args.num_gpus is None else int(args.num_gpus),
+                visible=os.environ.get("CUDA_VISIBLE_DEVICES"))
     if gpus.count:
         resources["GPU"] = float(gpus.count)
     capacity = args.object_store_memory or default_store_capacity(settings)
@@ -118,6 +119,7 @@ async def serve(ctx: DaemonContext) -> None:
         manager = NodeManager(node_id=node_id, address=address, gcs_address=args.gcs_address,
                               token=ctx.token, token_file=args.token_file, session_dir=ctx.session_dir,
                               resources=resources, store_capacity=capacity, gpus=gpus, settings=settings)
+        manager.state.resources.gpu_ids = list(gpus.ids)
         servicer.attach(manager)
         current[:] = [manager]
         await manager.start(prestart)

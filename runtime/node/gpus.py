@@ -19,20 +19,28 @@ logger = logging.getLogger(__name__)
 class Gpus:
     """The node's GPUs: found once at start, sampled for every heartbeat."""
 
-    def __init__(self, nvml: ModuleType | Any | None = None, declared: int | None = None) -> None:
-        """``nvml``: the pynvml module (imported when None); ``declared``: logical GPU count.
+    def __init__(self, nvml: ModuleType | Any | None = None, declared: int | None = None,
+                 visible: str | None = None) -> None:
+        """``nvml``: the pynvml module (imported when None); ``declared``: logical GPU count;
+        ``visible``: the ``CUDA_VISIBLE_DEVICES`` the node was started with (None: none set).
 
         When ``declared`` is given the node has exactly that many GPUs: real ones (with live
-        figures) for the indices NVML knows, logical ones beyond.
+        figures) for the indices NVML knows, logical ones beyond. When ``visible`` lists
+        devices, only those are the node's, under their own ids (``ids``): a task given the
+        node's first GPU sees ``CUDA_VISIBLE_DEVICES`` and ``get_gpu_ids()`` name that id, as
+        in Ray.
         """
         self._nvml: Any = nvml
         self._handles: list[Any] = []
         self._names: list[str] = []
         self._totals: list[int] = []
         self._warned = False
-        self._init()
-        found = len(self._handles)
+        shown = _parse_visible(visible)
+        self._init(shown)
+        found = len(self._handles) if shown is None else min(len(shown), len(self._handles) or len(shown))
         self.count = found if declared is None else int(declared)
+        #: The id of each of the node's GPUs (``CUDA_VISIBLE_DEVICES`` names these).
+        self.ids: list[int] = _ids_for(shown, self.count)
 
     def _warn(self, what: str, err: BaseException) -> None:
         if not self._warned:
@@ -40,7 +48,7 @@ class Gpus:
             logger.warning("NVML %s failed (%s: %s); this node reports no GPU figures",
                            what, type(err).__name__, err)
 
-    def _init(self) -> None:
+    def _init(self, shown: list[int] | None) -> None:
         nvml = self._nvml
         if nvml is None:
             try:
@@ -51,7 +59,7 @@ class Gpus:
         try:
             nvml.nvmlInit()
             n = nvml.nvmlDeviceGetCount()
-            for i in range(n):
+            for i in (range(n) if shown is None else [i for i in shown if i < n]):
                 h = nvml.nvmlDeviceGetHandleByIndex(i)
                 name = nvml.nvmlDeviceGetName(h)
                 self._names.append(name.decode() if isinstance(name, bytes) else str(name))
@@ -69,7 +77,7 @@ class Gpus:
         """One GpuInfo per GPU: live utilization and memory for real ones."""
         out = []
         for i in range(self.count):
-            info = common_pb2.GpuInfo(index=i)
+            info = common_pb2.GpuInfo(index=self.ids[i])
             if i < len(self._handles):
                 info.name, info.memory_total = self._names[i], self._totals[i]
                 try:
@@ -83,3 +91,26 @@ class Gpus:
                 info.name = "logical GPU"
             out.append(info)
         return out
+
+
+def _parse_visible(value: str | None) -> list[int] | None:
+    """The device ids of a ``CUDA_VISIBLE_DEVICES`` value; None when unset or not a list of
+    numbers (UUIDs, which only CUDA resolves: every GPU is then the node's)."""
+    if value is None or not value.strip():
+        return None if value is None else []
+    try:
+        return [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        logger.info("CUDA_VISIBLE_DEVICES=%r is not a list of indices; using every GPU found", value)
+        return None
+
+
+def _ids_for(shown: list[int] | None, count: int) -> list[int]:
+    """``count`` GPU ids: the visible ones first, then the next free numbers."""
+    ids = list(shown or [])[:count]
+    n = max(ids, default=-1) + 1
+    while len(ids) < count:
+        if n not in ids:
+            ids.append(n)
+        n += 1
+    return ids

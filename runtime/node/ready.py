@@ -112,21 +112,27 @@ class ReadyQueues:
 
     def _worker_for(self, task: Task) -> Worker | None:
         spec = task.spec
+        kind = "gpu" if task.resources.get("GPU") else "cpu"
         w = self._lending.inline_host(spec.task_id, spec.parent_task_id)
-        return w if w is not None else self._workers.pop_idle()
+        if w is not None and w.kind in ("", kind):
+            return w
+        return self._workers.pop_idle(kind)
 
     def run_inline(self, w: Worker, children: Mapping[bytes, set[bytes]]) -> None:
         """Give a blocked worker a ready task of its own (see ``lending.py``)."""
         get = self._task
         for tid in self._lending.inline_candidates(w, children):
             task = get(tid)
-            if task is not None and task.phase == _READY and self._resources.can_run(task.resources):
+            if (task is not None and task.phase == _READY and self._resources.can_run(task.resources)
+                    and w.kind in ("", "gpu" if task.resources.get("GPU") else "cpu")):
                 self.dispatch(task, w)
                 return
 
     def dispatch(self, task: Task, worker: Worker, ahead: bool = False) -> None:
         """Send ``task`` to ``worker`` (``ahead``: to start after its running task)."""
         spec = task.spec
+        if not worker.kind:
+            worker.kind = "gpu" if task.resources.get("GPU") else "cpu"
         if ahead:  # resources come from the task before it on that worker
             frame = self._workers.send_ahead(worker, spec.task_id)
         else:
@@ -137,7 +143,8 @@ class ReadyQueues:
         op = node_pb2.NodeOp()
         ex = op.execute
         ex.spec.CopyFrom(spec)
-        ex.gpu_ids.extend(frame.gpu_ids)
+        names = self._resources.gpu_ids
+        ex.gpu_ids.extend(names[i] if i < len(names) else i for i in frame.gpu_ids)
         fill = self._objects.fill
         for oid in spec.arg_refs:
             if fill(ex.args.add(), oid, pin=True):

@@ -19,7 +19,7 @@ _GROUP_GPU = "GPU_group_"
 class Resources:
     """Totals, available amounts and per-GPU free fractions of one node."""
 
-    __slots__ = ("available", "bundle_gpus", "gpu_free", "group_gpu_use", "total")
+    __slots__ = ("available", "bundle_gpus", "gpu_free", "gpu_ids", "group_gpu_use", "total")
 
     def __init__(self, total: Mapping[str, float]) -> None:
         #: Total resources of this node.
@@ -28,6 +28,9 @@ class Resources:
         self.available: dict[str, float] = dict(total)
         #: Free fraction of each GPU, by index: fractions pack onto the lowest index first.
         self.gpu_free: list[float] = [1.0] * int(total.get("GPU", 0))
+        #: The id of the GPU at each index, as tasks see it (``CUDA_VISIBLE_DEVICES``): the
+        #: node's visible devices (``Gpus.ids``), else the indices themselves.
+        self.gpu_ids: list[int] = list(range(len(self.gpu_free)))
         #: The GPU indices behind each GPU name of a committed bundle (``GPU_group_0_<pg>``,
         #: ``GPU_group_<pg>``): a task asking for that name gets them.
         self.bundle_gpus: dict[str, list[int]] = {}

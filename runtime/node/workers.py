@@ -61,6 +61,10 @@ class Worker:
     queued: deque[Frame] = field(default_factory=deque)
     #: When it last became idle (for reaping surplus idle workers).
     idle_since: float = 0.0
+    #: What it ran: "" nothing yet, "cpu" tasks without GPUs, "gpu" tasks with GPUs. A
+    #: worker runs one kind only (a GPU task in a worker that ran CPU work would find its
+    #: CUDA state wrong; as Ray's pool keeps them apart).
+    kind: str = ""
 
 
 class WorkerTable:
@@ -171,12 +175,16 @@ class WorkerTable:
         w.idle_since = self._clock()
         self.idle.append(w)
 
-    def pop_idle(self) -> Worker | None:
-        """The most recently used idle worker, taken off the idle list."""
+    def pop_idle(self, kind: str = "") -> Worker | None:
+        """The most recently used idle worker that may run work of ``kind`` ("cpu" or
+        "gpu": one that ran the same kind, or nothing yet), taken off the idle list."""
         idle = self.idle
-        while idle:
-            w = idle.pop()
-            if w.state == _IDLE:
+        while idle and idle[-1].state != _IDLE:
+            idle.pop()  # no longer idle: dropped lazily
+        for i in range(len(idle) - 1, -1, -1):
+            w = idle[i]
+            if w.state == _IDLE and (not kind or w.kind in ("", kind)):
+                del idle[i]
                 return w
         return None
 

@@ -66,3 +66,19 @@ def test_gpu_request_over_one_must_be_whole(cluster: None) -> None:
     with pytest.raises(ValueError, match="whole number"):
         rt.remote(num_gpus=1.5)(lambda: None)
 
+
+
+def test_a_gpu_task_never_runs_in_a_worker_that_ran_cpu_work(cluster: None) -> None:
+    @rt.remote
+    def cpu_pid() -> int:
+        return os.getpid()
+
+    @rt.remote(num_gpus=1)
+    def gpu_pid() -> int:
+        return os.getpid()
+
+    cpu = set(rt.get([cpu_pid.remote() for _ in range(8)], timeout=60))
+    gpu = set(rt.get([gpu_pid.remote() for _ in range(4)], timeout=60))
+    assert not cpu & gpu
+    # And the other way: CPU work does not go to the workers that ran GPU work.
+    assert not set(rt.get([cpu_pid.remote() for _ in range(8)], timeout=60)) & gpu
