@@ -287,23 +287,27 @@ class ActorTable:
         return True
 
     def _pump(self, actor: Actor) -> None:
-        """Send the calls at the head of the queue whose inputs are ready."""
+        """Send the queued calls whose inputs are ready. Order is per caller: a call waiting
+        for its inputs holds back the later calls of its caller only."""
         if actor.state != ActorState.ALIVE:
             return
         w = self._workers.get(actor.worker_id)
         if w is None:
             return
         objects = self._objects
-        while actor.queue:
-            task = actor.queue[0]
+        queue = actor.queue
+        held: list[Task] = []  # calls that wait, and the later calls of their callers
+        waiting: set[bytes] = set()  # those callers
+        while queue:
+            task = queue.popleft()
             if task.cancelled or self._host.task(task.spec.task_id) is not task:
                 # Cancelled, or over already: a call retried after its node died whose results
                 # came back from that node after all.
-                actor.queue.popleft()
                 continue
-            if task.missing:
-                return
-            actor.queue.popleft()
+            if task.missing or task.spec.owner_id in waiting:
+                waiting.add(task.spec.owner_id)
+                held.append(task)
+                continue
             task.phase = Phase.RUNNING
             task.worker_id = w.worker_id
             actor.in_flight[task.spec.task_id] = task
@@ -317,6 +321,7 @@ class ActorTable:
                     task.pinned.append(oid)
             self._emit(Send(w.client_id, op))
             self._host.event(task, TaskState.RUNNING, worker_pid=w.pid)
+        queue.extend(held)
 
     def call_done(self, task: Task) -> None:
         actor = self.actors.get(task.spec.actor_id)
@@ -432,6 +437,16 @@ class ActorTable:
                 self.kill(actor.actor_id, True, f"its owner (pid {pid}) exited")
 
     # ---- the GCS row ---------------------------------------------------------------
+
+    def resend_rows(self) -> int:
+        """Write again the rows of the actors alive in a process here, for a GCS back from an
+        outage that may have lost the last ones; return how many. (Others write a row at their
+        next transition; a pending creation may be placed elsewhere, whose row must win.)"""
+        alive = [a for a in self.actors.values()
+                 if a.state == ActorState.ALIVE and a.worker_id and not a.host_node]
+        for actor in alive:
+            self._row(actor)
+        return len(alive)
 
     def _row(self, actor: Actor) -> None:
         o = actor.options

@@ -113,9 +113,10 @@ class ReadyQueues:
     def _worker_for(self, task: Task) -> Worker | None:
         spec = task.spec
         kind = "gpu" if task.resources.get("GPU") else "cpu"
-        w = self._lending.inline_host(spec.task_id, spec.parent_task_id)
-        if w is not None and w.kind in ("", kind):
-            return w
+        if not spec.actor_creation:  # an actor needs a process of its own, never a nested run
+            w = self._lending.inline_host(spec.task_id, spec.parent_task_id)
+            if w is not None and w.kind in ("", kind):
+                return w
         return self._workers.pop_idle(kind)
 
     def run_inline(self, w: Worker, children: Mapping[bytes, set[bytes]]) -> None:
@@ -124,6 +125,7 @@ class ReadyQueues:
         for tid in self._lending.inline_candidates(w, children):
             task = get(tid)
             if (task is not None and task.phase == _READY and self._resources.can_run(task.resources)
+                    and not task.spec.actor_creation
                     and w.kind in ("", "gpu" if task.resources.get("GPU") else "cpu")):
                 self.dispatch(task, w)
                 return

@@ -113,24 +113,29 @@ class RemoteActors:
             self._pump(actor)
 
     def _pump(self, actor: RemoteActor) -> None:
-        """Forward the calls at the head of the queue whose inputs are known, one batch at a time."""
+        """Forward the queued calls whose inputs are known, one batch at a time. Order is per
+        caller: a call waiting for its inputs holds back the later calls of its caller only."""
         if actor.sending or actor.given_up or actor.state != ActorState.ALIVE or not actor.node_id:
             return
         req = node_pb2.ForwardActorCallsRequest(actor_id=actor.actor_id)
         objects = self._objects
-        while actor.queue and len(actor.sending) < _BATCH:
-            task = actor.queue[0]
+        queue = actor.queue
+        held: list[Task] = []  # calls that wait, and the later calls of their callers
+        waiting: set[bytes] = set()
+        while queue and len(actor.sending) < _BATCH:
+            task = queue.popleft()
             if task.cancelled or not self._live(task):
-                actor.queue.popleft()
                 continue
-            if task.missing:
-                break
-            actor.queue.popleft()
+            if task.missing or task.spec.owner_id in waiting:
+                waiting.add(task.spec.owner_id)
+                held.append(task)
+                continue
             call = req.calls.add(home_node_id=self._node_id, reason="actor call")
             call.spec.CopyFrom(task.spec)
             objects.describe_inputs(task.spec, call.args)
             objects.lend(actor.node_id, task.spec)
             actor.sending.append(task)
+        queue.extendleft(reversed(held))
         if actor.sending:
             self._emit(ForwardCalls(actor.node_id, req))
 

@@ -111,3 +111,61 @@ def test_a_function_capturing_over_100_mib_is_refused_naming_the_capture(cluster
 
     with pytest.warns(UserWarning, match="'MEDIUM'"):
         assert rt.get(medium.remote(), timeout=60) == MEDIUM.size
+
+
+@rt.remote
+class Echo:
+    def echo(self, x: object) -> object:
+        return x
+
+    def ping(self) -> str:
+        return "pong"
+
+
+@rt.remote
+def wait_for_flag(flag: str) -> int:
+    import os
+    import time
+    while not os.path.exists(flag):
+        time.sleep(0.01)
+    return 1
+
+
+@rt.remote
+def call_ping(actor: object) -> str:
+    return rt.get(actor.ping.remote(), timeout=60)  # type: ignore[attr-defined]
+
+
+def test_a_call_waiting_on_its_input_does_not_hold_back_other_callers(cluster: rt.ClusterInfo,
+                                                                     tmp_path) -> None:
+    flag = tmp_path / "go"
+    e = Echo.remote()
+    waiting = e.echo.remote(wait_for_flag.remote(str(flag)))  # the driver's call waits
+    # Another caller (a task) is not held back by it: without the fix this never returns
+    # while the flag is missing.
+    assert rt.get(call_ping.remote(e), timeout=60) == "pong"
+    assert not flag.exists()
+    flag.touch()
+    assert rt.get(waiting, timeout=60) == 1
+    rt.kill(e)
+
+
+@rt.remote
+def make_and_call() -> str:
+    return rt.get(Echo.remote().ping.remote(), timeout=60)
+
+
+@rt.remote
+class Maker:
+    def make_and_call(self) -> str:
+        return rt.get(Echo.remote().ping.remote(), timeout=60)
+
+
+def test_actors_created_inside_tasks_and_actors_always_work(cluster: rt.ClusterInfo) -> None:
+    # More creating tasks than CPUs: each blocks in get while its actor starts. An actor's
+    # creation must never run nested in such a blocked worker (it would deadlock there).
+    for _ in range(3):
+        maker = Maker.remote()
+        refs = [make_and_call.remote() for _ in range(8)] + [maker.make_and_call.remote()]
+        assert rt.get(refs, timeout=120) == ["pong"] * 9
+        rt.kill(maker)
