@@ -107,7 +107,7 @@ class ActorClass:
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
         """Create the actor; returns its handle at once (the constructor runs remotely)."""
-        client = _context.current()
+        client = _context.connected()
         o = self._options
         try:
             inspect.signature(self._cls).bind(*args, **kwargs)
@@ -270,7 +270,7 @@ class ActorMethod:
             except TypeError as e:
                 raise TypeError(f"{h._class_name}.{self._name}.remote(): {e}. "
                                 "Nothing was submitted.") from None
-        client = _context.current()
+        client = _context.connected()
         op = node_pb2.ClientOp()
         spec = op.submit
         task_id = _ids.new_id()
@@ -292,7 +292,7 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"get_actor() needs a non-empty actor name, got {name!r}")
-    client = _context.current()
+    client = _context.connected()
     namespace = namespace or DEFAULT_NAMESPACE
     assert client.gcs is not None
     raw = client.run(client.gcs.lookup_actor_name(namespace, name), client.settings.rpc_timeout_s)
@@ -311,7 +311,7 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     """
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"kill() expects an ActorHandle, got {type(actor).__name__}")
-    client = _context.current()
+    client = _context.connected()
     op = node_pb2.ClientOp()
     op.kill_actor.actor_id = actor._actor_id
     op.kill_actor.no_restart = no_restart

@@ -25,6 +25,19 @@ def current() -> CoreClient:
     return _current
 
 
+#: Starts (or attaches to) a cluster when none is connected: ``init`` as Ray's calls do on
+#: first use. Set by ``runtime.api._core``.
+auto_init: Callable[[], Any] | None = None
+
+
+def connected() -> CoreClient:
+    """The connected client; when there is none, a cluster is started (or attached to) first,
+    as Ray's ``put``, ``.remote()``, ``get_actor``... do."""
+    if _current is None and auto_init is not None:
+        auto_init()
+    return current()
+
+
 def peek() -> CoreClient | None:
     return _current
 

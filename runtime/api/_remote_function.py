@@ -79,7 +79,7 @@ class RemoteFunction(Generic[P, R]):
 
     def remote(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         """Submit a task; return its ObjectRef(s) at once."""
-        client = _context.current()
+        client = _context.connected()
         if self._signature is None:
             try:
                 self._signature = inspect.signature(self._fn)

@@ -96,4 +96,4 @@ class RuntimeContext:
 def get_runtime_context() -> RuntimeContext:
     """Facts about where the caller runs: ``get_job_id()``, ``get_task_id()``,
     ``get_actor_id()``, ``get_node_id()``, ``get_assigned_resources()``, ``is_canceled()``..."""
-    return RuntimeContext(_context.current())
+    return RuntimeContext(_context.connected())
