@@ -128,6 +128,9 @@ cluster = _stack(
              help="start: GPUs per node (default: the GPUs NVML finds)"),
     argument("--resources", type=resources_json, default=None, metavar="JSON",
              help='start: custom resources per node, e.g. \'{"accel": 2}\''),
+    argument("--gcs-storage", type=unquote, default=None, metavar="URL",
+             help="start: where the GCS keeps its tables: sqlite (default), "
+                  "sqlite:///PATH.db, redis://HOST:PORT[,HOST:PORT] or memory"),
     argument("--token-file", type=unquote, default=None, metavar="F",
              help="attach: the cluster's token file (found automatically on this machine)"),
 )

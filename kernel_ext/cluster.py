@@ -13,6 +13,7 @@ from IPython.core.error import UsageError
 import runtime as rt
 from kernel_ext.display import ClusterView
 from runtime import state
+from runtime.state import format_bytes
 
 START_HINT = ("Start one with `%cluster start --cpus 4`, or attach to a running one with "
               "`%cluster attach HOST:PORT --token-file FILE`.")
@@ -35,14 +36,15 @@ def current() -> rt.ClusterInfo | None:
 
 
 def start(*, nodes: int | None, cpus: float | None, gpus: float | None,
-          resources: dict[str, float] | None) -> Connected:
-    """Start a local cluster, or keep the one this kernel is connected to."""
+          resources: dict[str, float] | None, gcs_storage: str | None = None) -> Connected:
+    """Start a local cluster (its GCS's tables in ``gcs_storage``), or keep the one this
+    kernel is connected to."""
     info = current()
     if info is not None:
         return Connected(info, reused=True)
     try:
         info = rt.init(num_nodes=nodes or 1, num_cpus=cpus, num_gpus=gpus, resources=resources,
-                       log_to_driver=False)
+                       gcs_storage=gcs_storage, log_to_driver=False)
     except (ValueError, TypeError, rt.exceptions.ClusterError) as e:
         # Bad options, or a cluster process that died at start (ClusterStartError, whose
         # message holds the end of its log): the message says what to fix.
@@ -83,6 +85,7 @@ def view() -> ClusterView:
 def describe(info: rt.ClusterInfo) -> str:
     """One line: where the cluster is and what it offers."""
     total = rt.cluster_resources()
-    offers = ", ".join(f"{k} {v:g}" for k, v in sorted(total.items())) or "no resources"
+    offers = ", ".join(f"{k} {format_bytes(v)}" if k == "memory" else f"{k} {v:g}"
+                       for k, v in sorted(total.items())) or "no resources"
     nodes = sum(1 for n in rt.nodes() if n["Alive"])
     return f"{info.address} ({nodes} node{'s' if nodes != 1 else ''}; {offers})"

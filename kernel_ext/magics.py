@@ -65,8 +65,10 @@ class CellrayMagics(Magics):
     def cluster(self, line: str = "") -> None:
         """Start, attach to, show or stop the cluster this kernel uses.
 
-        ``%cluster start [--nodes N] [--cpus C] [--gpus G] [--resources JSON]`` starts a
-        local cluster (or reuses the one this kernel is connected to).
+        ``%cluster start [--nodes N] [--cpus C] [--gpus G] [--resources JSON] [--gcs-storage URL]``
+        starts a local cluster (or reuses the one this kernel is connected to); its GCS keeps
+        its tables in ``--gcs-storage`` (default ``sqlite``, a file in the session directory),
+        and is restarted from them if it dies.
         ``%cluster attach ADDRESS [--token-file F]`` connects to a running cluster.
         ``%cluster status`` (or just ``%cluster``) shows its nodes, resources and load.
         ``%cluster dashboard`` shows the live dashboard (nodes, futures, actors, spillover).
@@ -77,7 +79,7 @@ class CellrayMagics(Magics):
         _check_cluster_args(action, args)
         if action == "start":
             done = cluster.start(nodes=args.nodes, cpus=args.cpus, gpus=args.gpus,
-                                 resources=args.resources)
+                                 resources=args.resources, gcs_storage=args.gcs_storage)
             self._connected(done.reused)
             if done.reused:
                 print(f"A cluster is already connected: {cluster.describe(done.info)}; reusing it. "
@@ -308,14 +310,15 @@ def _connection() -> str | None:
 def _check_cluster_args(action: str, args: Any) -> None:
     """Options that make no sense for ``action`` are a usage error, not silently ignored."""
     given = {"--nodes": args.nodes, "--cpus": args.cpus, "--gpus": args.gpus,
-             "--resources": args.resources, "--token-file": args.token_file}
-    allowed = {"start": {"--nodes", "--cpus", "--gpus", "--resources"},
+             "--resources": args.resources, "--gcs-storage": args.gcs_storage,
+             "--token-file": args.token_file}
+    allowed = {"start": {"--nodes", "--cpus", "--gpus", "--resources", "--gcs-storage"},
                "attach": {"--token-file"}}.get(action, set())
     extra = [k for k, v in given.items() if v is not None and k not in allowed]
     if extra:
         raise UsageError(f"%cluster {action} does not take {', '.join(extra)}. "
                          "Usage: %cluster start [--nodes N] [--cpus C] [--gpus G] [--resources JSON] "
-                         "| attach ADDRESS [--token-file F] | status | stop")
+                         "[--gcs-storage URL] | attach ADDRESS [--token-file F] | status | stop")
     if action == "attach" and not args.address:
         raise UsageError("%cluster attach needs the cluster's address, e.g. `%cluster attach "
                          "127.0.0.1:6380 --token-file /tmp/cellray/session_latest/token`.")

@@ -37,6 +37,7 @@ from runtime.api._core import (
     shutdown,
     wait,
 )
+from runtime.api._generator import ObjectRefGenerator
 from runtime.api._object_ref import ObjectRef
 from runtime.api._remote_function import RemoteFunction
 from runtime.api._runtime_context import RuntimeContext, get_runtime_context
@@ -47,6 +48,7 @@ __all__ = [
     "ActorHandle",
     "ClusterInfo",
     "ObjectRef",
+    "ObjectRefGenerator",
     "RemoteFunction",
     "RuntimeContext",
     "available_resources",

@@ -4,10 +4,16 @@
 
     cellray start --head [--port 6380] [--host 127.0.0.1] [--cpus N] [--gpus N] [--global-schedulers R]
                   [--resources '{"sim": 4}'] [--object-store-memory BYTES] [--num-nodes N]
+                  [--gcs-storage sqlite | sqlite:///PATH.db | redis://H:P,H:P | memory] [--redis-shards N]
     cellray start --address HOST:PORT [--token-file F] [--cpus N] [--gpus N] [--resources JSON]
     cellray status [--address HOST:PORT] [--token-file F]
     cellray stop
     cellray bench [ARGS...]
+
+The head keeps its tables where ``--gcs-storage`` says (default: SQLite in the session
+directory), or in ``--redis-shards N`` local Redis servers it starts and owns; its GCS is
+restarted from them, on the same address, when it dies. ``cellray status`` shows the
+storage and the restarts.
 
 This module only parses and prints; ``runtime.cluster.commands`` does the work. Exit
 codes: 0 success, 1 the command failed (the message says why), 2 bad input.
@@ -28,6 +34,7 @@ from typing import NoReturn
 from runtime.cluster import commands
 from runtime.cluster.local import NodeSpec
 from runtime.cluster.status import format_status
+from runtime.gcs.storage_url import ACCEPTED, storage_problem
 
 __all__ = ["main"]
 
@@ -96,6 +103,13 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _storage(text: str) -> str:
+    problem = storage_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{problem}, got {text!r}")
+    return text.strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``cellray`` parser with its subcommands."""
     from runtime import __version__
@@ -128,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="node managers to start (default 1)")
     start.add_argument("--global-schedulers", type=_positive_int, default=None, metavar="R",
                        help="(--head) global scheduler replicas (default 2)")
+    start.add_argument("--gcs-storage", type=_storage, default=None, metavar="URL",
+                       help=f"(--head) where the GCS keeps its tables: {ACCEPTED} "
+                            "(default sqlite: gcs.db in the session directory)")
+    start.add_argument("--redis-shards", type=_positive_int, default=None, metavar="N",
+                       help="(--head) start N local redis-server processes and keep the GCS's "
+                            "shards in them (needs redis-server on the PATH)")
     start.set_defaults(func=_cmd_start, parser=start)
 
     status = sub.add_parser("status", help="show the nodes, resources and jobs of a cluster")
@@ -152,12 +172,22 @@ def _cmd_start(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error("start needs --head (a new cluster) or --address HOST:PORT (add a node)")
     if args.address and args.port is not None:
         parser.error("--port is for --head; a node added with --address picks a free port")
+    for flag in ("gcs_storage", "redis_shards"):
+        if args.address and getattr(args, flag) is not None:
+            parser.error(f"--{flag.replace('_', '-')} is for --head; the head chose its storage "
+                         "when it started (`cellray status` shows it)")
+    if args.gcs_storage is not None and args.redis_shards is not None:
+        parser.error("--redis-shards starts Redis servers for the GCS's tables, so it does not go "
+                     "with --gcs-storage; to use Redis servers that run already, pass "
+                     "--gcs-storage redis://HOST:PORT,HOST:PORT")
     spec = NodeSpec(num_cpus=args.cpus, num_gpus=args.gpus, resources=args.resources,
                     object_store_memory=args.object_store_memory)
     if args.head:
         cluster = commands.start_head(spec, num_nodes=args.num_nodes, host=args.host, port=args.port,
-                                      global_schedulers=args.global_schedulers)
-        _print_started(cluster.address, cluster.session_dir, cluster.token_file, len(cluster.nodes))
+                                      global_schedulers=args.global_schedulers,
+                                      gcs_storage=args.gcs_storage, redis_shards=args.redis_shards)
+        _print_started(cluster.address, cluster.session_dir, cluster.token_file, len(cluster.nodes),
+                       cluster.storage)
         return 0
     got = commands.add_nodes(args.address, spec, count=args.num_nodes,
                              token_file=args.token_file, host=args.host)
@@ -169,10 +199,14 @@ def _cmd_start(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     return 0
 
 
-def _print_started(address: str, session_dir: object, token_file: object, nodes: int) -> None:
+def _print_started(address: str, session_dir: object, token_file: object, nodes: int,
+                   storage: str) -> None:
+    lost = ("; a GCS restart loses every table: pass --gcs-storage sqlite to keep them"
+            if storage == "memory" else "")
     print(f"Started a cellray cluster: head (GCS) at {address}, {nodes} node(s).\n"
           f"  session dir: {session_dir}\n"
           f"  token file:  {token_file}\n"
+          f"  storage:     {storage or 'unknown'} (the head restarts the GCS from it when it dies{lost})\n"
           f"\nAttach a driver (a script or a notebook):\n"
           f"    import runtime as rt\n"
           f"    rt.init(address=\"{address}\", token_file=\"{token_file}\")\n"
@@ -203,7 +237,8 @@ def _cmd_stop(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print("Nothing to stop: no process started by `cellray start` is running on this machine.")
         return 0
     for p in stopped:
-        what = {"head": "head (GCS)", "scheduler": "global scheduler"}.get(p.role, "node manager")
+        what = {"head": "head (GCS)", "scheduler": "global scheduler",
+                "supervisor": "head supervisor"}.get(p.role, "node manager")
         print(f"stopped {what} pid {p.pid} of the cluster at {p.address or '?'} ({p.session_dir.name})")
     print(f"Stopped {len(stopped)} process(es).")
     return 0

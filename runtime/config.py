@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from runtime.exceptions import ConfigError, UnknownSettingError
+from runtime.gcs.storage_url import storage_problem
 
 #: The environment prefix of every setting.
 ENV_PREFIX = "CELLRAY_"
@@ -46,6 +47,23 @@ class Settings:
     global_schedulers: int = 2
     #: Host the cluster's servers bind to.
     host: str = "127.0.0.1"
+
+    # ---- GCS storage (runtime/gcs/storage_open.py) ----
+    #: Where the GCS keeps its tables: ``memory`` (gone when the GCS stops), ``sqlite`` (the
+    #: file gcs.db in the session directory), ``sqlite:///abs/path.db``, or
+    #: ``redis://host:port,host:port`` (shard i on server i mod n).
+    gcs_storage: str = "sqlite"
+    #: Local redis-server processes the GCS starts and owns, its tables in them (0: none; > 0
+    #: takes the place of the default ``sqlite``).
+    redis_shards: int = 0
+    #: Batch window of the persistent backends, in milliseconds: writes are saved in one
+    #: transaction per window, and a GCS killed loses at most the writes of the last one.
+    gcs_storage_flush_ms: int = 5
+    #: A batch is saved at once, before its window ends, when this many rows wait.
+    gcs_storage_batch_rows: int = 5000
+    #: Seconds the GCS's storage may stay unreachable (Redis down) before the GCS exits; also
+    #: how long a GCS waits for a database still locked by one that is stopping.
+    gcs_storage_timeout_s: float = 30.0
 
     # ---- node: local scheduling ----
     #: Local queue length over which tasks that cannot start now spill (0: twice the CPUs, min 4).
@@ -109,6 +127,16 @@ class Settings:
     function_cache_size: int = 1024
     #: Changes queued for one slow GCS subscriber before it is dropped.
     subscriber_queue_size: int = 10_000
+    #: Seconds a call that needs the GCS waits for it to come back during a GCS outage
+    #: (exporting a new function, creating an actor, looking up a name, a node joining)
+    #: before it fails with ``ConnectionLostError``; work that does not need the GCS goes
+    #: on meanwhile. Counted from the call's first failure.
+    gcs_outage_timeout_s: float = 20.0
+    #: First wait between two tries to reach a GCS that went away, in seconds (doubled
+    #: after each failed try, with jitter) ...
+    gcs_retry_s: float = 0.05
+    #: ... up to this many seconds.
+    gcs_retry_max_s: float = 1.0
 
     # ---- daemons ----
     #: Seconds a stopping server lets in-flight calls finish.
@@ -162,6 +190,11 @@ class Settings:
                     f"setting {name} (env {env_name(name)}) must be more than {other} ({floor}) "
                     f"{why}, got {value!r}; raise {env_name(name)} or lower {env_name(other)}",
                     setting=name)
+        if self.redis_shards > 0 and self.gcs_storage != "sqlite":
+            raise ConfigError(
+                f"setting redis_shards (env {env_name('redis_shards')}) = {self.redis_shards} stores the GCS "
+                f"in local Redis servers, so gcs_storage (env {env_name('gcs_storage')}) must be left at its "
+                f"default, got {self.gcs_storage!r}; set one of the two", setting="redis_shards")
         return self
 
     def override(self, **values: Any) -> Settings:
@@ -178,6 +211,7 @@ class Settings:
 #: Smallest accepted value of integer fields.
 _MINIMA: dict[str, int] = {
     "heartbeat_ms": 10, "node_timeout_ms": 50, "gcs_shards": 1, "event_flush_ms": 1,
+    "redis_shards": 0, "gcs_storage_flush_ms": 0, "gcs_storage_batch_rows": 1,
     "spill_threshold": 0, "global_schedulers": 0, "max_spills": 0, "max_actor_spills": 0,
     "placement_candidates": 1, "pipeline_depth": 1, "max_inline_depth": 1, "max_starting_workers": 0,
     "inline_threshold": 0,
@@ -193,14 +227,17 @@ _FRACTIONS = ("store_memory_fraction", "store_shm_fraction", "memory_usage_thres
 #: Fields that must be > 0.
 _POSITIVE = ("start_timeout_s", "idle_worker_s", "rpc_timeout_s", "stop_grace_s",
              "worker_stop_grace_s", "report_backoff_s", "report_backoff_max_s",
-             "deregister_timeout_s", "parent_check_s",
+             "deregister_timeout_s", "parent_check_s", "gcs_outage_timeout_s", "gcs_retry_s",
+             "gcs_retry_max_s",
              "task_time_s", "bandwidth",
-             "query_timeout_s", "function_timeout_s", "close_timeout_s", "probe_timeout_s")
+             "query_timeout_s", "function_timeout_s", "close_timeout_s", "probe_timeout_s",
+             "gcs_storage_timeout_s")
 
 #: Rules between fields: (field, the field it must be more than, why).
 _MORE_THAN: tuple[tuple[str, str, str], ...] = (
     ("node_timeout_ms", "heartbeat_ms",
      "(a live node would be declared dead between two heartbeats)"),
+    ("gcs_retry_max_s", "gcs_retry_s", "(the waits between tries to reach the GCS grow up to it)"),
 )
 
 #: The names of all settings, in declaration order.
@@ -228,7 +265,9 @@ def requirement(name: str, value: object) -> str | None:
     """
     kind = kind_of(name)
     if kind is str:
-        return None if isinstance(value, str) else "must be a string"
+        if not isinstance(value, str):
+            return "must be a string"
+        return storage_problem(value) if name == "gcs_storage" else None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "must be an integer" if kind is int else "must be a number"
     if kind is int and not isinstance(value, int):

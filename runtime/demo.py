@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import numpy as np
 
 import runtime as rt
+from runtime.protocol.resources import describe
 
 
 @rt.remote
@@ -109,8 +110,8 @@ def _error() -> None:
 
 def _resources() -> None:
     with _section("cluster resources"):
-        print(f"   total:     {rt.cluster_resources()}")
-        print(f"   available: {rt.available_resources()} (as of the latest heartbeats)")
+        print(f"   total:     {describe(rt.cluster_resources())}")
+        print(f"   available: {describe(rt.available_resources())} (as of the latest heartbeats)")
         for node in rt.nodes():
             print(f"   node {node['NodeID'][:12]} at {node['NodeManagerAddress']}:"
                   f"{node['NodeManagerPort']}, alive={node['Alive']}")

@@ -12,6 +12,10 @@ How it moves, and why it never blocks the kernel:
   the widgets' traits inside ``hold_sync()``, then waits ``interval`` seconds before it
   looks again: a burst of thousands of changes becomes one update, at most
   1/``interval`` updates a second. Traits whose value did not change send nothing.
+- **Head.** The refresher also asks for the head's storage backend and restart counts
+  (``runtime.state.get_head``) once the subscription is synced, after every resync (a GCS
+  restart) and every ``_HEAD_REFRESH_S`` seconds, with a short deadline; the header shows
+  them.
 - **Ownership.** The subscription holds only the feed; the refresher holds the feed,
   the subscription and a *weak* reference to the widget. Nothing global keeps a
   dashboard alive. ``close()`` stops the refresher, closes the subscription and closes
@@ -22,6 +26,7 @@ How it moves, and why it never blocks the kernel:
 from __future__ import annotations
 
 import contextlib
+import html
 import logging
 import threading
 import time
@@ -51,6 +56,10 @@ logger = logging.getLogger(__name__)
 TABLES = ("nodes", "tasks", "actors", "events", "placement_groups")
 #: Longest the refresher waits without a change before it redraws (the chart's clock).
 _IDLE_REDRAW_S = 1.0
+#: How often the refresher asks for the head's storage and restarts (also after each resync).
+_HEAD_REFRESH_S = 10.0
+#: The deadline of that question: a GCS that is away must not hold the drawing up long.
+_HEAD_TIMEOUT_S = 2.0
 #: Changes that may queue for the feed (the subscription then stops reading until the feed
 #: catches up). The feed only merges, so this is headroom for a burst, e.g. the first
 #: snapshot of a large tasks table.
@@ -76,9 +85,20 @@ class _Feed:
             return self.model.view(time.time())
 
 
+def _head_summary() -> str | None:
+    """``storage sqlite:///... · GCS restarts 0``, or None when the GCS does not answer now."""
+    try:
+        return state.get_head(timeout=_HEAD_TIMEOUT_S).summary()
+    except Exception as e:  # noqa: BLE001 - the GCS may be away: keep what was shown
+        logger.debug("the dashboard could not read the head's state: %s", e)
+        return None
+
+
 def _refresh_loop(ref: weakref.ReferenceType[Dashboard], feed: _Feed, sub: state.Subscription,
                   stop: threading.Event, interval: float) -> None:
     """The refresher thread: redraw on change, at most every ``interval`` seconds."""
+    head: str | None = None
+    head_asked, head_resets = float("-inf"), -1
     try:
         while not stop.is_set():
             feed.dirty.wait(_IDLE_REDRAW_S)
@@ -86,9 +106,15 @@ def _refresh_loop(ref: weakref.ReferenceType[Dashboard], feed: _Feed, sub: state
                 return
             live = sub.active  # False once the subscription ended (runtime.shutdown())
             view = feed.view()
+            resets = feed.model.resets
+            if live and view.synced and (resets != head_resets
+                                         or time.monotonic() - head_asked > _HEAD_REFRESH_S):
+                head_asked, head_resets = time.monotonic(), resets
+                head = _head_summary() or head
             dash = ref()
             if dash is None:  # collected without close(): nothing left to draw
                 return
+            dash._head = head
             dash._draw(view, "live" if live else "stopped: the cluster connection was shut down")
             del dash
             if not live:
@@ -156,6 +182,8 @@ class Dashboard(w.VBox):
         model = ClusterModel(window_s=window, bucket_s=bucket, max_rows=max_rows)
         self._closed = False
         self._draws = 0
+        #: The head's storage and restarts, as the refresher last read them.
+        self._head: str | None = None
         self._header = w.HTML()
         self._style = w.HTML(STYLE, layout=w.Layout(display="none"))
         self.nodes = NodesPanel()
@@ -187,8 +215,10 @@ class Dashboard(w.VBox):
     def _set_header(self, status: str) -> None:
         self.set_trait("status", status)
         colour = "#16a34a" if status == "live" else "#6b7280"
+        head = (f" · <span style='color:#6b7280'>{html.escape(self._head)}</span>"
+                if self._head else "")
         self._header.value = (f"<b>cellray</b> cluster dashboard · "
-                              f"<span style='color:{colour}'>{status}</span>")
+                              f"<span style='color:{colour}'>{status}</span>{head}")
 
     def _draw(self, view: DashboardView, status: str) -> None:
         with contextlib.ExitStack() as held:
@@ -226,11 +256,13 @@ class Dashboard(w.VBox):
             return {"synced": m.synced, "version": m.version, "resets": m.resets,
                     "counts": dict(m.counts), "nodes": len(m.nodes), "tasks": len(m.tasks),
                     "actors": len(m.actors), "draws": self._draws, "status": self.status,
-                    "refresher_alive": self._thread.is_alive(), "subscribed": self._sub.active}
+                    "refresher_alive": self._thread.is_alive(), "subscribed": self._sub.active,
+                    "head": self._head}
 
     def summary(self) -> str:
         """The plain-text picture: what a terminal or a CI log shows instead of the widget."""
-        return f"cellray dashboard ({self.status})\n" + self.view().summary()
+        head = f"\nHead: {self._head}" if self._head else ""
+        return f"cellray dashboard ({self.status})\n" + self.view().summary() + head
 
     def close(self) -> None:
         """Stop updating, unsubscribe, and close every widget of the dashboard (idempotent)."""
@@ -251,7 +283,7 @@ class Dashboard(w.VBox):
     # ---- fallbacks for terminals, logs and static renderers ----
 
     def _repr_html_(self) -> str:
-        return snapshot_html(self.view(), self.status)
+        return snapshot_html(self.view(), f"{self.status} · {self._head}" if self._head else self.status)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         bundle = super()._repr_mimebundle_(**kwargs) or {}

@@ -69,8 +69,15 @@ def _safe(render: Callable[[Any], str]) -> Callable[[Any], str | None]:
     return formatter
 
 
+def _connected() -> None:
+    """Raise when no cluster is connected: a repr must never start one (rt.wait would)."""
+    if not rt.is_initialized():
+        raise RuntimeError("not connected")
+
+
 def object_ref_html(ref: rt.ObjectRef) -> str:
     """HTML for an ObjectRef: ready or not, and the state of the task that produces it."""
+    _connected()
     ready, _ = rt.wait([ref], num_returns=1, timeout=0, fetch_local=False)
     readiness = _state("ready") if ready else "<i>not ready</i>"
     task = state.get_task(ref)

@@ -9,9 +9,10 @@ from typing import Any
 
 from runtime import _ids
 from runtime.api import _args, _context, _options
+from runtime.api._generator import ObjectRefGenerator
 from runtime.exceptions import ActorNameTakenError, ActorNotFoundError
 from runtime.protocol import node_pb2
-from runtime.protocol.states import DEFAULT_NAMESPACE, ActorState
+from runtime.protocol.states import ActorState
 
 
 def method(*, num_returns: int = 1) -> Any:
@@ -43,16 +44,17 @@ def _signatures_of(cls: type, names: Iterable[str]) -> dict[str, inspect.Signatu
     return sigs
 
 
-def _methods_of(cls: type) -> dict[str, int]:
-    """Public methods of an actor class and their num_returns."""
-    meta: dict[str, int] = {}
+def _methods_of(cls: type) -> dict[str, int | str]:
+    """Public methods of an actor class and their num_returns ("streaming" for generators)."""
+    meta: dict[str, int | str] = {}
     for name in dir(cls):
         if name.startswith("__") and name != "__call__":
             continue
         attr = getattr(cls, name, None)
         # Plain and static methods are functions here; a classmethod is a bound method.
         if inspect.isfunction(attr) or inspect.ismethoddescriptor(attr) or inspect.ismethod(attr):
-            meta[name] = getattr(attr, "__cellray_num_returns__", 1)
+            gen = inspect.isgeneratorfunction(attr) or inspect.isasyncgenfunction(attr)
+            meta[name] = getattr(attr, "__cellray_num_returns__", "streaming" if gen else 1)
     return meta
 
 
@@ -119,7 +121,7 @@ class ActorClass:
         client.export_function(cid, self.__name__, pickled)
         actor_id = _ids.new_id()
         name = o.get("name")
-        namespace = o.get("namespace") or DEFAULT_NAMESPACE
+        namespace = o.get("namespace") or _context.namespace_of(client)
         handle = ActorHandle(actor_id, self.__name__, self._methods, name, namespace, cid)
         handle._signatures = self._signatures
         op = node_pb2.ClientOp()
@@ -140,6 +142,7 @@ class ActorClass:
         }).encode()
         spec.resources.update(_options.resources_of(o, 0.0))
         client.stamp(spec, o.get("scheduling_strategy"))
+        spec.namespace = _context.namespace_of(client)
         # Arguments first: one that cannot be sent must not leave a name behind that no
         # actor will ever release.
         keep = _args.encode(client, spec, self.__name__, args, kwargs)
@@ -187,7 +190,7 @@ class ActorHandle:
     they were submitted.
     """
 
-    def __init__(self, actor_id: bytes, class_name: str, methods: dict[str, int],
+    def __init__(self, actor_id: bytes, class_name: str, methods: dict[str, int | str],
                  name: str | None, namespace: str, function_id: bytes) -> None:
         self._actor_id = actor_id
         self._class_name = class_name
@@ -239,7 +242,7 @@ class ActorHandle:
 class ActorMethod:
     """One method of an actor: ``.remote(*args)``, ``.options(num_returns=...)``."""
 
-    def __init__(self, handle: ActorHandle, name: str, num_returns: int) -> None:
+    def __init__(self, handle: ActorHandle, name: str, num_returns: int | str) -> None:
         self._handle = handle
         self._name = name
         self._num_returns = num_returns
@@ -281,19 +284,22 @@ class ActorMethod:
         spec.owner_id = client.client_id
         spec.actor_id = h._actor_id
         spec.method = self._name
-        spec.num_returns = self._num_returns
-        return _args.submit(client, op, spec.name, args, kwargs)
+        streaming = self._num_returns == "streaming"
+        spec.num_returns, spec.streaming = 0 if streaming else int(self._num_returns), streaming
+        refs = _args.submit(client, op, spec.name, args, kwargs)
+        return ObjectRefGenerator(client, task_id) if streaming else refs
 
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
-    """The handle of the live actor named ``name`` (in ``namespace``, default "default").
+    """The handle of the live actor named ``name``, in ``namespace`` (default: the caller's
+    job's namespace, ``init(namespace=...)``, or an anonymous one of its own).
 
     Raises ``ActorNotFoundError`` (a ``ValueError``, as in Ray) when no such actor exists.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"get_actor() needs a non-empty actor name, got {name!r}")
     client = _context.connected()
-    namespace = namespace or DEFAULT_NAMESPACE
+    namespace = namespace or _context.namespace_of(client)
     assert client.gcs is not None
     raw = client.run(client.gcs.lookup_actor_name(namespace, name), client.settings.rpc_timeout_s)
     if not raw:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 
 from runtime import _ids
+from runtime.api import _context
 from runtime.api._object_ref import ObjectRef
 from runtime.protocol import codec, common_pb2, node_pb2
 
@@ -110,6 +111,8 @@ def submit(client: CoreClient, op: node_pb2.ClientOp, name: str, args: tuple[Any
     one ObjectRef, a list of them (``num_returns > 1``), or None (``num_returns == 0``)."""
     spec = op.submit
     client.stamp(spec, strategy)
+    if not spec.actor_id:  # an actor's calls run in its creator's job's namespace
+        spec.namespace = _context.namespace_of(client)
     keep = encode(client, spec, name, args, kwargs)  # alive until the submit is queued
     n = spec.num_returns
     refs = [ObjectRef(_ids.object_id(spec.task_id, i)) for i in range(1, n + 1)]

@@ -13,12 +13,14 @@ What a worker process does differently (run the tasks it is sent, nested ones wh
 task waits, lend its CPU, cancel, GPU ids, exit when its node goes) sits behind the
 :class:`~runtime.api._host.Host` it installs with ``install_host``; a driver keeps the
 default :class:`~runtime.api._host.DriverHost`.
+Through a GCS outage the session goes on; what needs the GCS waits for it (``_gcs_link``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import copy
 import logging
 import os
 import platform
@@ -33,7 +35,8 @@ import cloudpickle
 import grpc
 
 from runtime import _ids, config
-from runtime.api import _strategy
+from runtime.api import _stamp
+from runtime.api._gcs_link import Exports, connect_gcs, recheck_cluster, timed_out
 from runtime.api._host import DriverHost, Host
 from runtime.api._objects import ObjectTable
 from runtime.api._outbox import Outbox
@@ -44,7 +47,6 @@ from runtime.exceptions import (
     GetTimeoutError,
     InternalError,
     ObjectStoreFullError,
-    RpcTimeoutError,
     TaskError,
 )
 from runtime.gcs.client import GcsClient
@@ -82,6 +84,8 @@ class CoreClient:
         self.gcs_address = gcs_address
         self.token = token
         self.job_id = job_id
+        #: The job's namespace (a driver's, from ``init``); workers take their task's.
+        self.namespace = ""
         self.client_id = _ids.new_id()
         self.node_id = b""
         self.shm_dir = ""
@@ -96,7 +100,7 @@ class CoreClient:
         self._thread = threading.Thread(target=self._run_loop, name="cellray-io", daemon=True)
         self._outbox = Outbox(self._loop)
         self.objects = ObjectTable(self._outbox)
-        self._exported: set[bytes] = set()
+        self._exported = Exports()
         self.log_handlers: list[LogHandler] = []
         self.event_handlers: list[Callable[[common_pb2.TaskEvent], None]] = []
         #: Called at each submission from a driver; its string tags the task tree (a cell).
@@ -143,7 +147,13 @@ class CoreClient:
 
     async def _init_loop_state(self) -> None:
         self._outbox.attach()
-        self.gcs = GcsClient.from_settings(self.gcs_address, self.token, self.settings)
+        self.gcs = connect_gcs(self.gcs_address, self.token, self.settings,
+                               driver=self.host.kind == "driver", on_new_cluster=self._cluster_gone)
+
+    def _cluster_gone(self, err: ConnectionLostError) -> None:
+        """The GCS came back as another cluster (``err`` says so): this connection is over."""
+        self._broken = self._broken if self.closed else err
+        self.objects.wake()
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -167,11 +177,8 @@ class CoreClient:
         except TimeoutError:
             if not fut.cancel():  # it finished meanwhile, or raised a TimeoutError of its own
                 return fut.result(0)
-            raise RpcTimeoutError(
-                f"{what} did not finish within {timeout:g} s and was cancelled: the cluster at "
-                f"{self.node_address or self.gcs_address} is overloaded or unreachable. Retry; if "
-                "it is only slow, raise CELLRAY_RPC_TIMEOUT_S (or the other *_TIMEOUT_S settings).",
-                timeout=timeout) from None
+            raise timed_out(what, timeout or 0.0, self.gcs, self.node_address or self.gcs_address,
+                            self.session_dir) from None
 
     async def open_session(self) -> None:
         """Open the Session stream to ``node_address`` and read the node's Welcome."""
@@ -201,6 +208,15 @@ class CoreClient:
 
         async def _close() -> None:
             if hasattr(self, "_call"):
+                # What is queued goes first; the node then ends the stream (the reader sees
+                # its end). A node that does not answer in time is cut off.
+                self._outbox.close()
+                reader = getattr(self, "_reader", None)
+                if reader is not None:
+                    try:
+                        await asyncio.wait_for(asyncio.shield(reader), self.settings.close_timeout_s / 2)
+                    except Exception:  # noqa: BLE001 - timed out or broken: cut it off below
+                        pass
                 self._call.cancel()
                 await self._channel.close()
             if self.gcs is not None:
@@ -228,6 +244,8 @@ class CoreClient:
         if self.closed:
             raise ClientClosedError("This cluster connection was shut down. Call runtime.init() again.")
         if self._broken is not None:
+            if getattr(self._broken, "cluster_restarted", False):
+                raise copy.copy(self._broken)  # says it all; a fresh instance for each raise
             raise ConnectionLostError(
                 f"Lost the connection to the node manager at {self.node_address}: "
                 f"{self._broken}. The cluster may have stopped; see the logs in "
@@ -261,6 +279,8 @@ class CoreClient:
                     f"the node manager at {self.node_address} closed the session",
                     address=self.node_address)
         finally:
+            if self._broken is not None and self.host.kind == "driver" and self.gcs is not None:
+                await recheck_cluster(self.gcs, self.settings.probe_timeout_s)  # then _cluster_gone says
             self.objects.wake()
             if self._broken is not None:
                 self.host.on_broken(self._broken)
@@ -388,7 +408,10 @@ class CoreClient:
     def get_values(self, ids: Sequence[bytes], timeout: float | None) -> list[Any]:
         """The values of ``ids`` in order; raises the stored error of a failed task."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        ready = self.objects.wait(ids, len(ids), timeout, self._check, self.host)
+        ready = self.objects.wait(ids, len(ids), timeout, self._check, self.host, fail_fast=True)
+        failed = self.objects.failed_one(ready) if len(ready) < len(ids) else None
+        if failed is not None:
+            self.value(failed)  # raises the first error known, without waiting for the rest
         if len(ready) == len(ids) and self.objects.elsewhere(ids):
             # Ready on other nodes: wait again while this node pulls them.
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -438,35 +461,20 @@ class CoreClient:
 
     def export_function(self, function_id: bytes, name: str, pickled: bytes) -> None:
         """Export a function or class to the GCS once per client (content-addressed)."""
-        if function_id in self._exported:
+        assert self.gcs is not None
+        if not self._exported.needed(self.gcs, function_id):
             return
         row = gcs_pb2.FunctionRow(function_id=function_id, name=name, pickled=pickled,
                                   job_id=self.job_id)
-        assert self.gcs is not None
-        self.run(self.gcs.export_function(row), self.settings.function_timeout_s)
-        self._exported.add(function_id)
+        self.run(self.gcs.export_function(row),  # after waiting out a GCS outage, maybe
+                 self.settings.function_timeout_s + self.settings.gcs_outage_timeout_s)
+        self._exported.done(function_id)
 
     def stamp(self, spec: common_pb2.TaskSpec, strategy: Any = None) -> None:
         """Fill where a new task comes from (parent task, root driver, origin tag) and where
         it may run (``strategy``, checked already; a method call of an actor takes none)."""
-        stack = self.task_stack
-        if not spec.actor_id or spec.actor_creation:
-            _strategy.apply(spec, strategy, stack[-1] if stack else None)
-        if stack:
-            parent = stack[-1]
-            spec.parent_task_id = parent.task_id
-            spec.driver_id = parent.driver_id
-            spec.driver_address = parent.driver_address
-            spec.origin = parent.origin
-        else:
-            spec.driver_id = self.client_id
-            spec.driver_address = self.node_address
-            provider = self.origin_provider
-            if provider is not None:
-                try:
-                    spec.origin = provider()
-                except Exception:  # a user's provider must not fail the submit
-                    logger.exception("origin provider failed")
+        _stamp.stamp(spec, strategy, self.task_stack, self.client_id, self.node_address,
+                     self.origin_provider)
 
     def submit(self, op: node_pb2.ClientOp) -> None:
         """Send a task; its results will be pushed here (this client owns them)."""

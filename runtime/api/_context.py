@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from runtime.exceptions import NotInitializedError
+from runtime.protocol.states import DEFAULT_NAMESPACE
 
 if TYPE_CHECKING:
     from runtime.api._client import CoreClient
@@ -36,6 +37,14 @@ def connected() -> CoreClient:
     if _current is None and auto_init is not None:
         auto_init()
     return current()
+
+
+def namespace_of(client: CoreClient) -> str:
+    """The namespace the caller runs in: its task's (inherited from the job that submitted
+    it), in an actor its creator's job's (set when the worker became the actor), or the
+    driver's own."""
+    stack = client.task_stack
+    return (stack[-1].namespace if stack and stack[-1].namespace else client.namespace) or DEFAULT_NAMESPACE
 
 
 def peek() -> CoreClient | None:

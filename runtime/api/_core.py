@@ -6,7 +6,9 @@ import atexit
 import logging
 import os
 import socket
+import sys
 import threading
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, overload
@@ -69,7 +71,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
          num_gpus: float | None = None, resources: dict[str, float] | None = None,
          object_store_memory: int | None = None, token_file: str | None = None,
          ignore_reinit_error: bool = False, num_nodes: int = 1,
-         log_to_driver: bool = True, _settings: config.Settings | None = None) -> ClusterInfo:
+         log_to_driver: bool = True, gcs_storage: str | None = None,
+         namespace: str | None = None, _settings: config.Settings | None = None) -> ClusterInfo:
     """Start a local cluster, or attach to a running one, and connect this process to it.
 
     Parameters
@@ -87,6 +90,17 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         Return the current connection instead of raising when already initialized.
     num_nodes : int
         Node managers to start for a local cluster.
+    gcs_storage : str, optional
+        Where the new local cluster's GCS keeps its tables: ``"sqlite"`` (a file in the
+        session directory, the default), ``"sqlite:///abs/path.db"``, ``"redis://host:port,..."``
+        (one shard per Redis server) or ``"memory"`` (lost when the GCS dies). The head
+        restarts a GCS that dies, from this storage, on the same address; with
+        ``"memory"`` that is a new, empty cluster. ``runtime.state.get_head()`` shows it.
+        Only when starting a cluster: one being attached to chose its storage already.
+    namespace : str, optional
+        The namespace of this job: named actors it creates live in it, and ``get_actor``
+        looks there by default. None: an anonymous namespace of its own, as in Ray (other
+        jobs reach its named actors only with ``namespace=`` given explicitly).
 
     Raises
     ------
@@ -100,7 +114,9 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     TokenFileError
         When ``token_file`` does not exist; a ``FileNotFoundError``.
     ConfigError
-        When a ``CELLRAY_*`` variable does not parse or is out of range; a ``ValueError``.
+        When a ``CELLRAY_*`` variable does not parse or is out of range, or ``gcs_storage``
+        is not one of the forms above; a ``ValueError``. ``gcs_storage`` together with
+        ``address`` raises a ``ValueError`` too.
     ClusterStartError
         When a process of the new local cluster dies or stays silent at start (its log's
         end is in the message); a ``RuntimeError``.
@@ -109,6 +125,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     --------
     >>> import runtime as rt
     >>> rt.init(num_cpus=2)            # doctest: +SKIP
+    >>> rt.init(num_cpus=4, gcs_storage="sqlite:///var/lib/cellray/gcs.db")  # doctest: +SKIP
     """
     global _cluster, _info
     if is_initialized():
@@ -125,12 +142,17 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
             raise ValueError(f"num_nodes must be >= 1, got {num_nodes}")
         spec = NodeSpec(num_cpus=num_cpus, num_gpus=num_gpus, resources=dict(resources or {}),
                         object_store_memory=object_store_memory)
-        cluster = LocalCluster([spec] * num_nodes, settings=settings).start()
+        cluster = LocalCluster([spec] * num_nodes, settings=settings, gcs_storage=gcs_storage).start()
         _cluster, started = cluster, True
         address = cluster.address
         assert cluster.token_file is not None
         token_file = str(cluster.token_file)
     else:
+        if gcs_storage is not None:
+            raise ValueError(f"gcs_storage={gcs_storage!r} applies to a cluster that init() starts; "
+                             f"the cluster at {address} chose its storage when it started "
+                             "(runtime.state.get_head().storage shows it). Drop gcs_storage, or "
+                             "call init() without an address to start a new cluster.")
         if address == "auto":
             latest = _session.latest_session_dir()
             if latest is None or not (latest / "address").exists():
@@ -154,6 +176,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         raise
     if log_to_driver:
         client.log_handlers.append(_print_log)
+    client.namespace = namespace or str(uuid.uuid4())
     _context.set_current(client)
     _info = ClusterInfo(address=address, session_dir=client.session_dir,
                         token_file=str(token_file), node_id=client.node_id.hex(),
@@ -224,6 +247,25 @@ def shutdown() -> None:
 atexit.register(shutdown)
 
 
+def _auto_init() -> None:
+    """The first call that needs a cluster made without ``init`` (``put``, ``.remote()``...):
+    connect as Ray does, to ``CELLRAY_ADDRESS``, else to a cluster running on this machine
+    (``cellray start``), else a new local one; say so in one line."""
+    if os.environ.get("CELLRAY_ADDRESS"):
+        info = init()
+    else:
+        try:
+            info = init(address="auto")
+        except (ConnectionError, PermissionError, FileNotFoundError):
+            info = init()  # none running here (or only the remains of one that stopped)
+    how = "started a new local cluster" if info.started_here else "connected to the cluster"
+    print(f"cellray: runtime.init() was not called, so this call {how} at {info.address} "
+          f"(runtime.shutdown() stops it).", file=sys.stderr)
+
+
+_context.auto_init = _auto_init
+
+
 def _ids_of(refs: Sequence[Any], fn: str) -> list[bytes]:
     ids = []
     for r in refs:
@@ -252,7 +294,7 @@ def get(object_refs: Any, *, timeout: float | None = None) -> Any:
     >>> rt.get(f.remote(1))                     # doctest: +SKIP
     >>> rt.get([f.remote(i) for i in range(3)]) # doctest: +SKIP
     """
-    client = _context.current()
+    client = _context.connected()
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
     if isinstance(object_refs, ObjectRef):
@@ -282,7 +324,7 @@ def put(value: Any) -> ObjectRef:
     store, or it does not fit and spilling older objects to disk failed
     (``ObjectSpillError``, naming the spill directory; objects stored before are kept).
     """
-    client = _context.current()
+    client = _context.connected()
     if isinstance(value, ObjectRef):
         raise TypeError("put() of an ObjectRef is not allowed: pass the ref itself instead")
     s = codec.serialize(value)
@@ -306,7 +348,7 @@ def wait(object_refs: list[ObjectRef], *, num_returns: int = 1, timeout: float |
     ValueError
         ``num_returns`` is not in 1..len(object_refs), refs repeat, or ``timeout`` < 0.
     """
-    client = _context.current()
+    client = _context.connected()
     if isinstance(object_refs, ObjectRef):
         raise TypeError("wait() expects a list of ObjectRefs, got a single ObjectRef; "
                         "use wait([ref])")
@@ -339,7 +381,7 @@ def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True
     """
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"cancel() expects an ObjectRef, got {type(object_ref).__name__}")
-    _context.current().cancel(object_ref._id[:16], force, recursive)
+    _context.connected().cancel(object_ref._id[:16], force, recursive)
 
 
 def _list(table: str) -> list[bytes]:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from runtime.api._host import Host
 from runtime.api._outbox import Outbox
-from runtime.protocol import common_pb2, node_pb2
+from runtime.protocol import codec, common_pb2, node_pb2
 
 
 class ObjectTable:
@@ -119,9 +119,21 @@ class ObjectTable:
 
     # ---- waiting -------------------------------------------------------------------
 
+    def failed_one(self, ids: Iterable[bytes]) -> bytes | None:
+        """The first of ``ids`` here whose value is an error (a failed task), or None."""
+        objects = self._objects
+        for oid in ids:
+            d = objects.get(oid)
+            if d is not None and d.inline and codec.is_error(d.inline):
+                return oid
+        return None
+
     def wait(self, ids: Sequence[bytes], num_ready: int, timeout: float | None,
-             check: Callable[[], None], host: Host) -> list[bytes]:
+             check: Callable[[], None], host: Host, fail_fast: bool = False) -> list[bytes]:
         """Wait until ``num_ready`` of ``ids`` are here (or ``timeout``); return the ready ones.
+
+        ``fail_fast``: return as soon as one that arrived holds an error (``get`` raises it
+        without waiting for the rest, as Ray's does).
 
         ``check`` raises when the session is closed or broken. A host that lends while
         waiting (a worker's task without a deadline) tells the node the task blocks and
@@ -133,7 +145,7 @@ class ObjectTable:
         # Only the ids still missing are looked at again on each wake-up.
         missing = [i for i in unique if i not in objects]
         need = min(num_ready, len(unique))
-        if len(unique) - len(missing) >= need:
+        if len(unique) - len(missing) >= need or (fail_fast and self.failed_one(unique)):
             return [i for i in ids if i in objects]
         self.request(missing)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -142,8 +154,9 @@ class ObjectTable:
         try:
             with cv:
                 while True:
+                    arrived = [i for i in missing if i in objects] if fail_fast else ()
                     missing = [i for i in missing if i not in objects]
-                    if len(unique) - len(missing) >= need:
+                    if len(unique) - len(missing) >= need or (arrived and self.failed_one(arrived)):
                         return [i for i in ids if i in objects]
                     check()
                     if host.lends_while_waiting(deadline is not None):

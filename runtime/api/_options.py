@@ -15,7 +15,8 @@ from runtime.protocol.states import Lifetime
 LIFETIMES: tuple[str, ...] = tuple(member.value for member in Lifetime)
 
 TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "num_returns", "max_retries",
-                "retry_exceptions", "name", "memory", "scheduling_strategy", "runtime_env"}
+                "retry_exceptions", "name", "memory", "scheduling_strategy", "runtime_env",
+                "max_calls"}
 ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "max_restarts", "max_task_retries",
                  "max_concurrency", "name", "namespace", "lifetime", "get_if_exists", "memory",
                  "scheduling_strategy", "runtime_env"}
@@ -59,8 +60,10 @@ def validate(options: dict[str, Any], *, actor: bool = False) -> dict[str, Any]:
             if not isinstance(k, str):
                 raise TypeError(f"resource names must be strings, got {k!r}")
             _number(f"resources[{k!r}]", v)
-    if options.get("num_returns") is not None:
+    if options.get("num_returns") not in (None, "streaming"):
         _number("num_returns", options["num_returns"], integer=True)
+    if options.get("max_calls") is not None:
+        _number("max_calls", options["max_calls"], integer=True)
     for key in ("max_retries", "max_restarts", "max_task_retries"):
         if options.get(key) is not None:
             _number(key, options[key], integer=True, allow_neg_one=True)

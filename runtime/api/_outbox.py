@@ -27,6 +27,7 @@ class Outbox:
         self._ref_op: node_pb2.ClientOp | None = None
         self._wake_pending = False
         self._wake: asyncio.Event | None = None
+        self._closing = False
 
     def attach(self) -> None:
         """Create the wake-up event; call on the IO loop before ``batches``."""
@@ -63,6 +64,13 @@ class Outbox:
                 self._loop.call_soon_threadsafe(self._wake_set)
         return op.refs
 
+    def close(self) -> None:
+        """No more ops: ``batches`` sends what is queued, then ends the stream, so the node
+        gets everything sent before a ``shutdown`` (a named actor's creation, say)."""
+        with self._lock:
+            self._closing = True
+        self._loop.call_soon_threadsafe(self._wake_set)
+
     def _wake_set(self) -> None:
         assert self._wake is not None
         self._wake.set()
@@ -79,5 +87,8 @@ class Outbox:
                 ops, self._out = self._out, []
                 self._ref_op = None
                 self._wake_pending = False
+                closing = self._closing
             if ops:
                 yield node_pb2.ClientBatch(ops=ops)
+            if closing:
+                return

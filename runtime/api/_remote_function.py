@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from runtime import _ids
 from runtime.api import _args, _context, _options
+from runtime.api._generator import ObjectRefGenerator
 from runtime.protocol import codec, common_pb2, node_pb2
 
 if TYPE_CHECKING:
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
-DEFAULTS: dict[str, Any] = {"num_cpus": 1, "num_returns": 1, "max_retries": 3,
+DEFAULTS: dict[str, Any] = {"num_cpus": 1, "num_returns": None, "max_retries": 3,
                             "retry_exceptions": False}
 
 
@@ -66,10 +67,16 @@ class RemoteFunction(Generic[P, R]):
             pickled, fid = self._exported()
             client.export_function(fid, self._name, pickled)
             o = self._options
+            returns = o["num_returns"]
+            if returns is None:  # as Ray: a generator streams its items, a function returns one
+                gen = inspect.isgeneratorfunction(self._fn) or inspect.isasyncgenfunction(self._fn)
+                returns = "streaming" if gen else 1
             t = common_pb2.TaskSpec(function_id=fid, name=self._name, job_id=client.job_id,
-                                    num_returns=o["num_returns"], max_retries=o["max_retries"],
-                                    owner_id=client.client_id)
+                                    num_returns=0 if returns == "streaming" else returns,
+                                    streaming=returns == "streaming",
+                                    max_retries=o["max_retries"], owner_id=client.client_id)
             t.resources.update(_options.resources_of(o, 1.0))
+            t.max_calls = o.get("max_calls") or 0
             re = o["retry_exceptions"]
             t.retry_exceptions = bool(re)
             if isinstance(re, (list, tuple)):
@@ -96,7 +103,8 @@ class RemoteFunction(Generic[P, R]):
         spec.CopyFrom(template)
         task_id = _ids.new_id()
         spec.task_id = task_id
-        return _args.submit(client, op, self._name, args, kwargs, self._options.get("scheduling_strategy"))
+        refs = _args.submit(client, op, self._name, args, kwargs, self._options.get("scheduling_strategy"))
+        return ObjectRefGenerator(client, task_id) if spec.streaming else refs
 
     def __repr__(self) -> str:
         return f"<RemoteFunction {self._name}>"

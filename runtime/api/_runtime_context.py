@@ -6,7 +6,6 @@ import pathlib
 from typing import TYPE_CHECKING
 
 from runtime.api import _context
-from runtime.protocol.states import DEFAULT_NAMESPACE
 
 if TYPE_CHECKING:
     from runtime.api._client import CoreClient
@@ -62,7 +61,7 @@ class RuntimeContext:
     @property
     def namespace(self) -> str:
         """The namespace of this job: named actors are looked up in it by default."""
-        return getattr(self._client, "namespace", None) or DEFAULT_NAMESPACE
+        return _context.namespace_of(self._client)
 
     def get_assigned_resources(self) -> dict[str, float]:
         """The resources the running task or actor holds (``{"CPU": 1.0, "GPU": 1.0}``);

@@ -7,19 +7,24 @@ says what failed and what to do next; ``runtime.cli`` prints it and exits with c
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pathlib
 import socket
+import time
 from dataclasses import dataclass
 
 from runtime import _session, config
 from runtime.cluster import registry, status
 from runtime.cluster.local import LocalCluster, NodeSpec
 from runtime.cluster.process import ProcessStartError
+from runtime.cluster.restarts import RestartCounts
+from runtime.cluster.supervision import read_status
 from runtime.exceptions import ClusterError
 
 __all__ = [
     "DEFAULT_PORT",
+    "RESTART_WAIT_S",
     "Attached",
     "CommandError",
     "add_nodes",
@@ -33,6 +38,8 @@ __all__ = [
 
 #: The head's port when ``--port`` is not given (Ray uses 6379; one up, so both can run).
 DEFAULT_PORT = 6380
+#: Seconds ``cluster_status`` waits for a GCS that its head is restarting.
+RESTART_WAIT_S = 15.0
 
 
 class CommandError(Exception):
@@ -64,10 +71,14 @@ def _settings() -> config.Settings:
 
 
 def start_head(spec: NodeSpec, *, num_nodes: int = 1, host: str = "127.0.0.1",
-               port: int | None = None, global_schedulers: int | None = None) -> LocalCluster:
+               port: int | None = None, global_schedulers: int | None = None,
+               gcs_storage: str | None = None, redis_shards: int | None = None) -> LocalCluster:
     """Start a detached cluster (GCS and ``num_nodes`` nodes); it runs until ``stop_all``.
 
     ``port`` None means ``DEFAULT_PORT``, which must be free; 0 picks any free port.
+    ``gcs_storage`` and ``redis_shards`` choose where the GCS keeps its tables (None: the
+    settings', by default SQLite in the session directory); the head process restarts
+    the GCS from them when it dies.
     """
     if port is None:
         if not port_free(host, DEFAULT_PORT):
@@ -79,8 +90,12 @@ def start_head(spec: NodeSpec, *, num_nodes: int = 1, host: str = "127.0.0.1",
     elif port != 0 and not port_free(host, port):
         raise CommandError(f"port {port} on {host} is in use; pass another --port, or "
                            "--port 0 to pick a free one.")
-    cluster = LocalCluster([spec] * num_nodes, host=host, port=port, settings=_settings(),
-                           detach=True, global_schedulers=global_schedulers)
+    try:
+        cluster = LocalCluster([spec] * num_nodes, host=host, port=port, settings=_settings(),
+                               detach=True, global_schedulers=global_schedulers,
+                               gcs_storage=gcs_storage, redis_shards=redis_shards)
+    except ValueError as err:  # ConfigError: a storage URL or shard count that cannot work
+        raise CommandError(str(err)) from err
     try:
         return cluster.start()  # stops what it started when it fails
     except ProcessStartError as err:
@@ -185,14 +200,50 @@ def resolve_address(address: str | None) -> str:
 
 
 def cluster_status(address: str | None, token_file: str | None = None) -> status.ClusterStatus:
-    """The status of the cluster at ``address`` (see ``resolve_address``)."""
+    """The status of the cluster at ``address`` (see ``resolve_address``).
+
+    When the GCS does not answer and its head runs on this machine, a head that is
+    restarting it is given ``RESTART_WAIT_S`` seconds; a head that no longer restarts it
+    is named in the message, with why.
+    """
     address = resolve_address(address)
-    path, _ = _token_file(address, token_file)
+    path, session = _token_file(address, token_file)
     try:
         token = _session.read_token(path)
     except OSError as err:
         raise CommandError(f"could not read the token file {path}: {err}") from err
-    return _check_head(address, token)
+    deadline = time.monotonic() + RESTART_WAIT_S
+    while True:
+        try:
+            return _check_head(address, token)
+        except CommandError as err:
+            if time.monotonic() > deadline or not _restarting(session):
+                raise CommandError(f"{err}{_head_report(session)}") from err
+        time.sleep(0.1)
+
+
+def _restarting(session: pathlib.Path | None) -> bool:
+    """True while the session's head supervisor runs and still restarts the GCS."""
+    rec = registry.read(session) if session is not None else None
+    if session is None or rec is None or rec.supervisor is None:
+        return False
+    report = read_status(session) or {}
+    return (not RestartCounts.decode(json.dumps(report).encode()).not_restarted.get("gcs")
+            and registry.is_cluster_process(rec.supervisor, session, "supervisor"))
+
+
+def _head_report(session: pathlib.Path | None) -> str:
+    """What the session's supervisor reported about a GCS it no longer restarts ("" if nothing)."""
+    report = read_status(session) if session is not None else None
+    if report is None:
+        return ""
+    why = RestartCounts.decode(json.dumps(report).encode()).not_restarted.get("gcs")
+    if why is None:
+        return ""
+    assert session is not None
+    return (f"\nThe head no longer restarts the GCS: {why}. Its log: {session / 'logs' / 'gcs.log'}. "
+            "Fix the cause, then `cellray stop` and `cellray start --head` (with the same "
+            "--gcs-storage to keep the tables).")
 
 
 def stop_all() -> list[registry.StoppedProcess]:

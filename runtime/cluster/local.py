@@ -14,7 +14,10 @@ from typing import Any
 
 from runtime import _session, config
 from runtime.cluster import registry
-from runtime.cluster.process import ProcessHandle
+from runtime.cluster.head import Head, HeadOptions
+from runtime.cluster.process import ProcessHandle, stop_pid
+from runtime.cluster.restarts import RestartCounts, RestartPolicy
+from runtime.cluster.supervision import LOG_FILE, Supervisor, read_status
 from runtime.exceptions import ConfigError
 
 
@@ -36,31 +39,45 @@ class LocalCluster:
     process does. ``detach=True`` (``cellray start``): they outlive it until ``cellray stop``.
     The pids go to the session's processes.json (see ``runtime.cluster.registry``).
 
+    The head supervises its GCS and replicas (``runtime.cluster.supervision``): a GCS
+    that dies is started again on the same address with the same storage, a replica
+    under the same name. Without ``detach`` a thread of this process supervises them;
+    with it, a head process (``python -m runtime.gcs.supervisor``) starts and supervises
+    them and outlives this one. ``restarts`` counts the restarts so far.
+
+    ``gcs_storage`` is where the GCS keeps its tables: ``"sqlite"`` (SQLite in the session
+    directory, the default), ``"sqlite:///path/gcs.db"``, ``"redis://h:p,h:p"`` (one shard
+    per Redis server) or ``"memory"`` (forgets everything when it dies); ``redis_shards``
+    makes the GCS start and own that many local ``redis-server`` processes. None leaves
+    each to its setting (``CELLRAY_GCS_STORAGE``, ``CELLRAY_REDIS_SHARDS``); a bad value
+    raises ``ConfigError`` here, before anything starts.
+
     ``LocalCluster.attach(address, ...)`` makes one for a head that is already running,
     to add node managers to it (``cellray start --address``).
 
     ``global_schedulers`` replicas (``gs-0``, ``gs-1``, ...; default
-    ``settings.global_schedulers``, 2) start right after the head and stop after the nodes,
-    before the head; they also exit on their own once the head is gone (``--head-pid``),
-    which is how a detached cluster's replicas stop with ``cellray stop``. Their pids go to
-    processes.json under ``"schedulers"``.
+    ``settings.global_schedulers``, 2) start right after the GCS and stop after the nodes,
+    before the GCS. Their pids go to processes.json under ``"schedulers"``.
     """
 
     def __init__(self, nodes: list[NodeSpec] | None = None, *, host: str = "127.0.0.1",
                  port: int = 0, settings: config.Settings | None = None,
                  session_root: pathlib.Path | None = None, detach: bool = False,
-                 env: dict[str, str] | None = None, global_schedulers: int | None = None) -> None:
+                 env: dict[str, str] | None = None, global_schedulers: int | None = None,
+                 gcs_storage: str | None = None, redis_shards: int | None = None,
+                 restart_policy: RestartPolicy | None = None) -> None:
         self.node_specs = nodes if nodes is not None else [NodeSpec()]
         self.host = host
         self.port = port
-        self.settings = settings or config.load()
+        self.settings = (settings or config.load()).override(gcs_storage=gcs_storage,
+                                                             redis_shards=redis_shards)
         self.session_root = session_root
         self.detach = detach
         self.env = env
+        self.restart_policy = restart_policy
         self.session_dir: pathlib.Path | None = None
         self.token_file: pathlib.Path | None = None
         self.address = ""
-        self.head: ProcessHandle | None = None
         self.nodes: list[ProcessHandle] = []
         self.node_info: list[dict[str, Any]] = []
         self.global_schedulers = (self.settings.global_schedulers if global_schedulers is None
@@ -69,8 +86,55 @@ class LocalCluster:
             raise ConfigError(f"global_schedulers must be >= 0, got {self.global_schedulers}; "
                               "pass 0 for a cluster without global schedulers",
                               setting="global_schedulers")
-        self.schedulers: list[ProcessHandle] = []
-        self.scheduler_info: list[dict[str, Any]] = []
+        #: The GCS and replicas when they run from this process (not detached).
+        self._head: Head | None = None
+        self._supervision: Supervisor | None = None
+        #: The head process of a detached cluster, and its ready file's info.
+        self.supervisor: ProcessHandle | None = None
+        self.supervisor_info: dict[str, Any] = {}
+
+    # ---- the head's processes ----
+
+    @property
+    def head(self) -> ProcessHandle | None:
+        """The GCS's handle when it runs from this process (the running one, after restarts)."""
+        return self._head.gcs if self._head is not None else None
+
+    @property
+    def schedulers(self) -> list[ProcessHandle]:
+        """The replicas' handles when they run from this process (the running ones)."""
+        return list(self._head.schedulers.values()) if self._head is not None else []
+
+    @property
+    def scheduler_info(self) -> list[dict[str, Any]]:
+        """The replicas' ready files (``name``, ``pid``, ``address``), in name order."""
+        if self._head is None:
+            return list(self.supervisor_info.get("schedulers", []))
+        return [self._head.scheduler_info[n] for n in self._head.schedulers
+                if n in self._head.scheduler_info]
+
+    @property
+    def gcs_pid(self) -> int | None:
+        """The pid of the GCS running now (it changes when the GCS is restarted)."""
+        if self._head is not None:
+            return self._head.gcs.pid if self._head.gcs is not None else None
+        rec = registry.read(self.session_dir) if self.session_dir is not None else None
+        return rec.head if rec is not None else None
+
+    @property
+    def storage(self) -> str:
+        """Where the GCS keeps its tables, as it says (``"sqlite:///.../gcs.db"``, ``"memory"``)."""
+        info = self._head.gcs_info if self._head is not None else self.supervisor_info
+        return str(info.get("storage", ""))
+
+    @property
+    def restarts(self) -> RestartCounts:
+        """How many times the head restarted the GCS and each replica so far."""
+        if self._supervision is not None:
+            counts = self._supervision.counts
+            return RestartCounts(counts.gcs, dict(counts.schedulers), dict(counts.not_restarted))
+        status = read_status(self.session_dir) if self.session_dir is not None else None
+        return RestartCounts.decode(json.dumps(status).encode() if status else None)
 
     def _env(self) -> dict[str, str]:
         """The children's environment: ``env`` (default ours) with every setting as ``CELLRAY_*``.
@@ -114,45 +178,63 @@ class LocalCluster:
         return cluster
 
     def start(self) -> LocalCluster:
-        """Start the head, the global schedulers, then the nodes; return when every process answers."""
+        """Start the head (GCS and replicas), then the nodes; return when every process answers."""
         self.session_dir = _session.new_session_dir(self.session_root)
         self.token_file = _session.write_token(self.session_dir)
-        logs = self.session_dir / "logs"
+        if self.detach:  # detached processes run in /: every path they get is absolute
+            self.session_dir, self.token_file = self.session_dir.resolve(), self.token_file.resolve()
         try:
-            self.head = ProcessHandle(
-                "gcs", "runtime.gcs",
-                ["--host", self.host, "--port", str(self.port),
-                 "--num-shards", str(self.settings.gcs_shards),
-                 "--heartbeat-ms", str(self.settings.heartbeat_ms),
-                 "--node-timeout-ms", str(self.settings.node_timeout_ms), *self._common()],
-                logs / "gcs.log", self.session_dir / "gcs.ready", env=self._env(),
-                detach=self.detach)
-            info = self.head.wait_ready(self.settings.start_timeout_s)
-            self.address = f"{self.host}:{info['port']}"
-            self._start_schedulers()
+            if self.detach:
+                self._start_head_process()
+            else:
+                self._start_head()
             for spec in self.node_specs:
                 self.add_node(spec)
-            # Waited for last so that their start overlaps the nodes'; nodes look for
-            # replicas in the GCS at start and on every heartbeat.
-            self.scheduler_info = [s.wait_ready(self.settings.start_timeout_s) for s in self.schedulers]
+            if self._head is not None:
+                # Waited for last so that their start overlaps the nodes'; nodes look for
+                # replicas in the GCS at start and on every heartbeat.
+                self._head.wait_schedulers()
+                assert self.token_file is not None
+                self._supervision = Supervisor(self._head, _session.read_token(self.token_file),
+                                               policy=self.restart_policy).start()
         except BaseException:
             self.stop()
             raise
         self._record()
         return self
 
-    def _start_schedulers(self) -> None:
-        """Start the global scheduler replicas (``start`` waits for them after the nodes)."""
-        assert self.session_dir is not None and self.head is not None
-        for i in range(self.global_schedulers):
-            name = f"gs-{i}"
-            self.schedulers.append(ProcessHandle(
-                name, "runtime.scheduler",
-                ["--gcs-address", self.address, "--host", self.host, "--name", name,
-                 "--head-pid", str(self.head.pid), *self._common()],
-                self.session_dir / "logs" / f"{name}.log", self.session_dir / f"{name}.ready",
-                env=self._env(), detach=self.detach))
-        self._record()
+    def _head_options(self) -> HeadOptions:
+        assert self.session_dir is not None and self.token_file is not None
+        return HeadOptions(session_dir=self.session_dir, token_file=self.token_file,
+                           settings=self.settings, host=self.host, port=self.port,
+                           global_schedulers=self.global_schedulers, env=self.env, detach=False,
+                           parent_pid=os.getpid())
+
+    def _start_head(self) -> None:
+        """Start the GCS and the replicas from this process (``start`` waits for the replicas)."""
+        self._head = Head(self._head_options())
+        self._head.start_gcs()
+        self.address = self._head.address
+        self._head.start_schedulers()
+
+    def _start_head_process(self) -> None:
+        """Start the detached head process, which starts the GCS and the replicas; wait for it."""
+        assert self.session_dir is not None and self.token_file is not None
+        args = ["--session-dir", str(self.session_dir), "--token-file", str(self.token_file),
+                "--host", self.host, "--port", str(self.port),
+                "--global-schedulers", str(self.global_schedulers),
+                "--gcs-storage", self.settings.gcs_storage]
+        if self.settings.redis_shards:
+            args += ["--redis-shards", str(self.settings.redis_shards)]
+        self.supervisor = ProcessHandle(
+            "supervisor", "runtime.gcs.supervisor", args, self.session_dir / "logs" / LOG_FILE,
+            self.session_dir / "supervisor.ready", env=self._env(), detach=True)
+        # Recorded before waiting: an interrupted starter must not lose a detached pid.
+        registry.record_head(self.session_dir, gcs=None, schedulers=None,
+                             supervisor=self.supervisor.pid, detached=True)
+        # It waits for the GCS, then for the replicas, each within start_timeout_s.
+        self.supervisor_info = self.supervisor.wait_ready(2 * self.settings.start_timeout_s)
+        self.address = str(self.supervisor_info["address"])
 
     def add_node(self, spec: NodeSpec, wait: bool = True) -> ProcessHandle:
         """Start one more node manager joined to this cluster's head."""
@@ -198,29 +280,11 @@ class LocalCluster:
             return f"node-{i}"
 
     def _record(self) -> None:
+        """Add the nodes to processes.json (the head records its own processes)."""
         if self.session_dir is None:
             return
-        registry.record(self.session_dir, head=self.head.pid if self.head else None,
-                        nodes=[n.pid for n in self.nodes], detached=self.detach)
-        if self.schedulers:
-            self._record_schedulers()
-
-    def _record_schedulers(self) -> None:
-        """Add ``"schedulers": [pids]`` to processes.json, under the registry's lock.
-
-        ``registry.record`` rewrites the file with the keys it knows, so this runs after it.
-        """
-        assert self.session_dir is not None
-        path = self.session_dir / registry.PROCESSES_FILE
-        with registry._locked(self.session_dir):
-            try:
-                raw = json.loads(path.read_text())
-            except (OSError, ValueError):
-                raw = {}
-            raw["schedulers"] = [s.pid for s in self.schedulers]
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(raw))
-            os.replace(tmp, path)
+        registry.record(self.session_dir, head=None, nodes=[n.pid for n in self.nodes],
+                        detached=self.detach)
 
     def _shm_dirs(self) -> set[str]:
         """The nodes' shared-memory directories: each node's first, and the one it has now
@@ -235,8 +299,11 @@ class LocalCluster:
         return dirs - {""}
 
     def stop(self) -> None:
-        """Stop the nodes (each stops its workers), the global schedulers, then the head.
-        Returns when all are gone."""
+        """Stop the supervision (so nothing is restarted meanwhile), the nodes (each stops its
+        workers), the global schedulers, then the GCS. Returns when all are gone."""
+        if self._supervision is not None:
+            self._supervision.stop()
+            self._supervision = None
         shm_dirs = self._shm_dirs()
         for node in reversed(self.nodes):
             node.stop()
@@ -244,12 +311,25 @@ class LocalCluster:
         for shm_dir in shm_dirs:
             if shm_dir.startswith("/dev/shm/cellray-"):
                 shutil.rmtree(shm_dir, ignore_errors=True)
-        for scheduler in reversed(self.schedulers):
-            scheduler.stop()
-        if self.head is not None:
-            self.head.stop()
-            if self.session_dir is not None:
-                _session.remove_secrets(self.session_dir)
+        if self.supervisor is not None:
+            # It stops its replicas and GCS; any left (it was killed) are stopped by pid.
+            self.supervisor.stop(grace=3 * self.settings.stop_grace_s + 10.0)
+            self._stop_recorded_head()
+        if self._head is not None:
+            self._head.stop()
+        if (self._head is not None or self.supervisor is not None) and self.session_dir is not None:
+            _session.remove_secrets(self.session_dir)
+
+    def _stop_recorded_head(self) -> None:
+        """Stop the replicas and the GCS recorded in processes.json that still run."""
+        assert self.session_dir is not None
+        rec = registry.read(self.session_dir)
+        if rec is None:
+            return
+        for role, pids in (("scheduler", rec.schedulers), ("head", [rec.head] if rec.head else [])):
+            for pid in pids:
+                if registry.is_cluster_process(pid, self.session_dir, role):
+                    stop_pid(pid)
 
     def __enter__(self) -> LocalCluster:
         return self.start()
@@ -259,5 +339,5 @@ class LocalCluster:
 
     def __repr__(self) -> str:
         return (f"<LocalCluster address={self.address or '-'} nodes={len(self.nodes)} "
-                f"schedulers={len(self.schedulers)} "
+                f"schedulers={self.global_schedulers} gcs_restarts={self.restarts.gcs} "
                 f"session={self.session_dir}>")

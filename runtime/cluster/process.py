@@ -58,14 +58,23 @@ class ProcessHandle:
             )
         self.pid = self.popen.pid
 
+    def poll_ready(self) -> dict[str, Any] | None:
+        """The ready file's contents once the child wrote it, else None (never blocks)."""
+        assert self.ready_path is not None
+        try:
+            info: dict[str, Any] = json.loads(self.ready_path.read_text())
+        except FileNotFoundError:
+            return None
+        return info
+
     def wait_ready(self, timeout: float = 30.0) -> dict[str, Any]:
         """Block until the ready file appears; raise ``ClusterStartError`` if the child dies or times out."""
         assert self.ready_path is not None
         deadline = time.monotonic() + timeout
         delay = 0.002
         while True:
-            if self.ready_path.exists():
-                info: dict[str, Any] = json.loads(self.ready_path.read_text())
+            info = self.poll_ready()
+            if info is not None:
                 return info
             code = self.popen.poll()
             if code is not None:
@@ -85,6 +94,11 @@ class ProcessHandle:
 
     def alive(self) -> bool:
         return self.popen.poll() is None
+
+    def request_stop(self) -> None:
+        """SIGTERM the process group without waiting (``stop`` then waits for it)."""
+        if self.popen.poll() is None:
+            _signal_group(self.pid, signal.SIGTERM)
 
     def stop(self, grace: float = 5.0) -> int | None:
         """SIGTERM the process group, wait ``grace`` seconds, then SIGKILL; return the exit code."""

@@ -2,21 +2,26 @@
 
 Every ``LocalCluster`` records the pids it starts in its session directory::
 
-    {"head": 4120, "schedulers": [4121], "nodes": [4122, 4170], "detached": [4120, 4122, 4170]}
+    {"head": 4120, "schedulers": [4121], "nodes": [4122, 4170], "supervisor": 4119,
+     "detached": [4119, 4120, 4122, 4170]}
 
 ``head`` is the GCS process (None for a session that only holds nodes joined to a head
-elsewhere), ``schedulers`` the global scheduler replicas, ``nodes`` the node managers, and
-``detached`` the pids that outlive the process that started them (``cellray start``):
-``cellray stop`` stops those, and the schedulers of a detached head. Processes of
-``rt.init()`` clusters are not detached; they exit with their driver. Keys this module
-does not know are kept as they are.
+elsewhere; the GCS running now, after a restart), ``schedulers`` the global scheduler
+replicas (those running now), ``nodes`` the node managers, ``supervisor`` the head process
+of a detached cluster that restarts the GCS and the replicas when they die
+(``python -m runtime.gcs.supervisor``; absent for ``rt.init()`` clusters, whose driver
+supervises them), and ``detached`` the pids that outlive the process that started them
+(``cellray start``): ``cellray stop`` stops those, and the schedulers of a detached head.
+Processes of ``rt.init()`` clusters are not detached; they exit with their driver. Keys
+this module does not know are kept as they are.
 
 Several processes may add nodes to one session at once (``cellray start --address``
 twice), so every update is a read-merge-write under an ``flock`` on ``processes.lock``.
 
 Before anything signals a recorded pid it checks that the pid still is a cluster process
-of that session (its command line runs ``runtime.gcs`` or ``runtime.node`` with
-``--session-dir`` naming the session): a pid may have been reused since it was recorded.
+of that session (its command line runs ``runtime.gcs``, ``runtime.gcs.supervisor``,
+``runtime.scheduler`` or ``runtime.node`` with ``--session-dir`` naming the session): a
+pid may have been reused since it was recorded.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ __all__ = [
     "is_cluster_process",
     "read",
     "record",
+    "record_head",
     "running_heads",
     "running_nodes_only",
     "sessions",
@@ -55,9 +61,11 @@ __all__ = [
 PROCESSES_FILE = "processes.json"
 _LOCK_FILE = "processes.lock"
 #: Command-line markers of the daemons a session records, by role.
-_MODULES = {"head": "runtime.gcs", "scheduler": "runtime.scheduler", "node": "runtime.node"}
-#: The order ``stop_detached`` stops them in.
-_STOP_ORDER = ("node", "scheduler", "head")
+_MODULES = {"head": "runtime.gcs", "scheduler": "runtime.scheduler", "node": "runtime.node",
+            "supervisor": "runtime.gcs.supervisor"}
+#: The order ``stop_detached`` stops them in: the supervisor before what it supervises, so
+#: that nothing is restarted during a stop (it stops its replicas and GCS itself).
+_STOP_ORDER = ("node", "supervisor", "scheduler", "head")
 
 
 @dataclass
@@ -72,19 +80,22 @@ class Recorded:
     detached: list[int] = field(default_factory=list)
     #: pids of the global scheduler replicas.
     schedulers: list[int] = field(default_factory=list)
+    #: pid of the detached head's supervisor, or None.
+    supervisor: int | None = None
     #: Keys of the file that this module does not know, kept as they were.
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
+        supervisor = {} if self.supervisor is None else {"supervisor": self.supervisor}
         return json.dumps({**self.extra, "head": self.head, "schedulers": self.schedulers,
-                           "nodes": self.nodes, "detached": self.detached})
+                           "nodes": self.nodes, "detached": self.detached, **supervisor})
 
 
 @dataclass(frozen=True)
 class StoppedProcess:
     """One process that ``stop_detached`` stopped."""
 
-    #: "head", "scheduler" or "node".
+    #: "head", "supervisor", "scheduler" or "node".
     role: str
     pid: int
     session_dir: pathlib.Path
@@ -114,10 +125,11 @@ def read(session_dir: pathlib.Path) -> Recorded | None:
         value = raw.get(key)
         return [p for p in value if isinstance(p, int)] if isinstance(value, list) else []
 
-    head = raw.get("head")
-    known = ("head", "nodes", "detached", "schedulers")
+    head, supervisor = raw.get("head"), raw.get("supervisor")
+    known = ("head", "nodes", "detached", "schedulers", "supervisor")
     return Recorded(head=head if isinstance(head, int) else None, nodes=pids("nodes"),
                     detached=pids("detached"), schedulers=pids("schedulers"),
+                    supervisor=supervisor if isinstance(supervisor, int) else None,
                     extra={k: v for k, v in raw.items() if k not in known})
 
 
@@ -146,6 +158,25 @@ def record(session_dir: pathlib.Path, *, head: int | None, nodes: list[int], det
         _write(session_dir, rec)
 
 
+def record_head(session_dir: pathlib.Path, *, gcs: int | None, schedulers: Sequence[int] | None,
+                supervisor: int | None, detached: bool) -> None:
+    """Set the head's pids running now: the GCS, the replicas (replacing the recorded ones:
+    a restarted replica has a new pid) and the supervisor; None keeps what is recorded.
+    With ``detached`` they are also marked detached."""
+    with _locked(session_dir):
+        rec = read(session_dir) or Recorded()
+        if gcs is not None:
+            rec.head = gcs
+        if supervisor is not None:
+            rec.supervisor = supervisor
+        if schedulers is not None:
+            rec.schedulers = list(schedulers)
+        if detached:
+            ours = [p for p in (supervisor, gcs) if p is not None] + list(schedulers or ())
+            rec.detached += [p for p in ours if p not in rec.detached]
+        _write(session_dir, rec)
+
+
 def forget(session_dir: pathlib.Path, pids: set[int]) -> None:
     """Drop ``pids`` from the session's detached list (they were stopped)."""
     with _locked(session_dir):
@@ -163,7 +194,8 @@ def _same_dir(a: str, b: pathlib.Path) -> bool:
 
 
 def is_cluster_process(pid: int, session_dir: pathlib.Path, role: str) -> bool:
-    """True if ``pid`` is a live ``role`` ("head", "scheduler", "node") process of ``session_dir``."""
+    """True if ``pid`` is a live ``role`` ("head", "supervisor", "scheduler", "node") process
+    of ``session_dir``."""
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
@@ -202,11 +234,15 @@ def _address(session_dir: pathlib.Path) -> str:
 
 
 def running_heads(root: pathlib.Path) -> list[tuple[pathlib.Path, str]]:
-    """``(session_dir, address)`` of each session whose head process runs here, newest first."""
+    """``(session_dir, address)`` of each session whose head runs here, newest first: its
+    GCS, or its supervisor (which is restarting the GCS)."""
     out = []
     for d in sessions(root):
         rec = read(d)
-        if rec is not None and rec.head is not None and is_cluster_process(rec.head, d, "head"):
+        if rec is None:
+            continue
+        if ((rec.head is not None and is_cluster_process(rec.head, d, "head"))
+                or (rec.supervisor is not None and is_cluster_process(rec.supervisor, d, "supervisor"))):
             address = _address(d)
             if address:
                 out.append((d, address))
@@ -240,6 +276,8 @@ def _detached_targets(d: pathlib.Path, rec: Recorded) -> list[StoppedProcess]:
     roles.update(dict.fromkeys(rec.schedulers, "scheduler"))
     if rec.head is not None:
         roles[rec.head] = "head"
+    if rec.supervisor is not None:
+        roles[rec.supervisor] = "supervisor"
     pids = list(rec.detached)
     if rec.head is not None and rec.head in rec.detached:
         pids += [p for p in rec.schedulers if p not in pids]
@@ -249,10 +287,13 @@ def _detached_targets(d: pathlib.Path, rec: Recorded) -> list[StoppedProcess]:
 
 
 def stop_detached(root: pathlib.Path, grace: float = 5.0) -> list[StoppedProcess]:
-    """Stop every detached process recorded under ``root``: nodes, then schedulers, then heads.
+    """Stop every detached process recorded under ``root``: nodes, then supervisors, then
+    schedulers, then heads.
 
     Each phase stops its processes in parallel (SIGTERM to the process group, ``grace``
-    seconds, then SIGKILL), and returns when they are gone. Returns what was stopped.
+    seconds, then SIGKILL), and returns when they are gone. A supervisor stops its own
+    replicas and GCS; those the later phases find gone count as stopped all the same.
+    Returns what was running and is stopped.
     """
     targets: dict[str, list[StoppedProcess]] = {role: [] for role in _STOP_ORDER}
     for d in sessions(root):
@@ -260,14 +301,21 @@ def stop_detached(root: pathlib.Path, grace: float = 5.0) -> list[StoppedProcess
         if rec is not None:
             for target in _detached_targets(d, rec):
                 targets[target.role].append(target)
+
+    def stop(p: StoppedProcess) -> None:
+        # Checked again: a process a supervisor stopped may have left its pid to another.
+        if is_cluster_process(p.pid, p.session_dir, p.role):
+            # A supervisor stops its replicas and GCS before it exits: give it their time too.
+            stop_pid(p.pid, grace * 3 if p.role == "supervisor" else grace)
+
     stopped: list[StoppedProcess] = []
     for role in _STOP_ORDER:
         phase = targets[role]
         if not phase:
             continue
         with ThreadPoolExecutor(max_workers=min(len(phase), 16)) as pool:
-            results = list(pool.map(lambda p: stop_pid(p.pid, grace), phase))
-        stopped += [p for p, was_running in zip(phase, results, strict=True) if was_running]
+            list(pool.map(stop, phase))
+        stopped += phase  # each was running when the stop began, and is gone now
     by_session: dict[pathlib.Path, set[int]] = {}
     for p in stopped:
         by_session.setdefault(p.session_dir, set()).add(p.pid)

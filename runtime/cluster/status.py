@@ -1,9 +1,11 @@
 """A cluster's state as ``cellray status`` shows it: read from the GCS, drawn as a table.
 
-``fetch`` asks the GCS (one ping and two table reads); ``format_status`` is pure, so the
+``fetch`` asks the GCS (one ping and a few table reads); ``format_status`` is pure, so the
 table is tested without a cluster::
 
     cluster 127.0.0.1:6380  (GCS pid 4120, 4 shards, session /tmp/cellray/session_...)
+    storage: sqlite:///tmp/cellray/session_.../gcs.db (cluster id 12fe42591709); GCS restarts: 1
+    nodes: 1 alive
     node          address          alive  resources (free/total)  queue  object store        workers
     3f2a9c01d2e4  127.0.0.1:40211  yes    CPU 2/2                 0      0 B / 1.2 GiB       2
     jobs: 3 (1 running)
@@ -14,12 +16,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from runtime.cluster.restarts import RESTARTS_KEY, RestartCounts
 from runtime.gcs.client import GcsClient
 from runtime.protocol import gcs_pb2
 from runtime.protocol.bundles import is_bundle_resource
 from runtime.state import format_bytes
 
-__all__ = ["ClusterStatus", "NodeStatus", "fetch", "format_bytes", "format_status"]
+__all__ = ["ClusterStatus", "NodeStatus", "fetch", "format_bytes", "format_head", "format_status"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,13 @@ class ClusterStatus:
     jobs_running: int
     #: Placement groups by state (``{"CREATED": 2, "PENDING": 1}``), removed ones left out.
     placement_groups: dict[str, int] = field(default_factory=dict)
+    #: Where the GCS keeps its tables: "memory", "sqlite:///path", "redis://h:p,h:p"
+    #: ("" from a GCS too old to say).
+    storage: str = ""
+    #: The cluster's id (the same after a GCS restart from durable storage).
+    cluster_id: str = ""
+    #: What the head restarted so far, and what it no longer restarts.
+    restarts: RestartCounts = field(default_factory=RestartCounts)
 
 
 def _node(row: gcs_pb2.NodeRow) -> NodeStatus:
@@ -75,6 +85,7 @@ async def fetch(address: str, token: str, timeout: float = 5.0) -> ClusterStatus
     """
     async with GcsClient(address, token, timeout=timeout) as gcs:
         ping = await gcs.ping()
+        restarts = RestartCounts.decode(await gcs.get_entry("kv", RESTARTS_KEY))
         nodes = [_node(gcs_pb2.NodeRow.FromString(v)) for _, v in await gcs.list_table("nodes")]
         jobs = [gcs_pb2.JobRow.FromString(v) for _, v in await gcs.list_table("jobs")]
         groups: dict[str, int] = {}
@@ -85,7 +96,8 @@ async def fetch(address: str, token: str, timeout: float = 5.0) -> ClusterStatus
     nodes.sort(key=lambda n: (not n.alive, n.start_time, n.node_id))
     return ClusterStatus(address=address, session_dir=ping.session_dir, gcs_pid=ping.pid,
                          num_shards=ping.num_shards, nodes=nodes, jobs_total=len(jobs),
-                         jobs_running=sum(1 for j in jobs if j.alive), placement_groups=groups)
+                         jobs_running=sum(1 for j in jobs if j.alive), placement_groups=groups,
+                         storage=ping.storage, cluster_id=ping.cluster_id, restarts=restarts)
 
 
 
@@ -98,7 +110,9 @@ def _resources(node: NodeStatus) -> str:
     # CPU and GPU first, then custom resources by name; not those of placement-group bundles.
     names = sorted((k for k in node.total if not is_bundle_resource(k)),
                    key=lambda k: ({"CPU": 0, "GPU": 1}.get(k, 2), k))
-    return ", ".join(f"{k} {_num(node.available.get(k, 0.0))}/{_num(node.total[k])}"
+    def amount(k: str, v: float) -> str:
+        return format_bytes(int(v)) if k == "memory" else _num(v)
+    return ", ".join(f"{k} {amount(k, node.available.get(k, 0.0))}/{amount(k, node.total[k])}"
                      for k in names) or "-"
 
 
@@ -107,12 +121,27 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in [header, *rows]]
 
 
+def format_head(status: ClusterStatus) -> list[str]:
+    """The storage line (backend, cluster id, restarts), and one line per process the head
+    no longer restarts."""
+    r = status.restarts
+    cluster = f" (cluster id {status.cluster_id[:12]})" if status.cluster_id else ""
+    line = f"storage: {status.storage or 'unknown'}{cluster}; GCS restarts: {r.gcs}"
+    if r.schedulers:
+        line += "; global scheduler restarts: " + ", ".join(
+            f"{name} {n}" for name, n in sorted(r.schedulers.items()))
+    return [line] + [f"not restarted: {'the GCS' if name == 'gcs' else name}: {why}"
+                     for name, why in sorted(r.not_restarted.items())]
+
+
 def format_status(status: ClusterStatus) -> str:
-    """The status as text: a header line, one row per node (live ones first), the jobs."""
+    """The status as text: a header line, the storage, one row per node (live ones first),
+    the jobs."""
     live = sum(1 for n in status.nodes if n.alive)
     dead = len(status.nodes) - live
     lines = [(f"cluster {status.address}  (GCS pid {status.gcs_pid}, {status.num_shards} shards, "
               f"session {status.session_dir})"),
+             *format_head(status),
              f"nodes: {live} alive" + (f", {dead} dead" if dead else "")]
     rows = []
     for n in status.nodes:

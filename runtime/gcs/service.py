@@ -22,10 +22,14 @@ from runtime.config import Settings
 from runtime.exceptions import InvalidRequestError, NodeDiedError
 from runtime.gcs.reservations import BundleNodes, GrpcBundleNodes, PlacementManager
 from runtime.gcs.state import TABLES, Change, GcsState
+from runtime.gcs.storage import StorageError
 from runtime.protocol import gcs_pb2, gcs_pb2_grpc
 from runtime.rpc.errors import FENCED_NODE
 
 logger = logging.getLogger(__name__)
+
+#: How long a write a client relies on waits to be saved before it is answered anyway.
+_SAVE_WAIT_S = 1.0
 
 __all__ = ["GcsService", "Publisher"]
 
@@ -116,6 +120,10 @@ class GcsService:
     token, bundle_nodes
         How the placement groups' bundles are reserved on nodes: over gRPC with the cluster
         ``token`` (default), or through ``bundle_nodes`` (tests pass fakes).
+    cluster_id, storage
+        Reported by ``Admin.Ping``: the id kept in the storage (``storage_open``; the GCS
+        process always passes it) and the backend's description. Without an id (services
+        built in-process by tests) clients cannot tell a restarted GCS from the one before.
 
     ``shutdown_requested`` is set by ``Admin.Shutdown``; the process owning the server
     waits on it, then calls ``close()`` and stops the server.
@@ -124,9 +132,13 @@ class GcsService:
     def __init__(self, state: GcsState, *, session_dir: str = "",
                  heartbeat_ms: int = Settings.heartbeat_ms, node_timeout_ms: int = Settings.node_timeout_ms,
                  queue_size: int = Settings.subscriber_queue_size, token: str = "",
-                 bundle_nodes: BundleNodes | None = None) -> None:
+                 bundle_nodes: BundleNodes | None = None, cluster_id: str = "",
+                 storage: str = "memory", flush: Callable[[float], None] | None = None) -> None:
         self.state = state
+        #: Saves every write so far (a persistent backend's write-behind), or None.
+        self._flush = flush
         self.session_dir = session_dir
+        self.cluster_id, self.storage = cluster_id, storage
         self.heartbeat_ms, self.node_timeout_ms = heartbeat_ms, node_timeout_ms
         self.publisher = Publisher(queue_size)
         self.shutdown_requested = asyncio.Event()
@@ -143,6 +155,21 @@ class GcsService:
                 (gcs_pb2_grpc.add_SchedulersServicer_to_server, _Schedulers(self)),
                 (gcs_pb2_grpc.add_PlacementGroupsServicer_to_server, _PlacementGroups(self)),
                 (gcs_pb2_grpc.add_AdminServicer_to_server, _Admin(self))]
+
+    async def saved(self) -> None:
+        """Return once every write so far is in the storage: called before answering a
+        write that a client relies on and would not send again (a function export, a job, an
+        actor's name or row, a kv entry), so a GCS killed right after still has it. Task
+        events and object locations stay write-behind: their senders report them again."""
+        if self._flush is None:
+            return
+        try:
+            await asyncio.to_thread(self._flush, _SAVE_WAIT_S)
+        except StorageError as err:
+            # The storage is away (a Redis restarting): the write stays queued and is saved
+            # when it is back; the call is not held up for it (only a GCS killed meanwhile
+            # would lose it).
+            logger.info("answering before the write is saved: %s", err)
 
     def commit(self) -> None:
         """Publish the changes the state recorded since the last commit; a change of the nodes
@@ -177,9 +204,10 @@ class GcsService:
 
 
 def _rpc(fn: Callable[[_S, _Req, _Ctx], Awaitable[_Rep]]) -> Callable[[_S, _Req, _Ctx], Awaitable[_Rep]]:
-    """Map ``InvalidRequestError`` to INVALID_ARGUMENT and ``NodeDiedError`` (a call under the
+    """Map ``InvalidRequestError`` to INVALID_ARGUMENT, ``NodeDiedError`` (a call under the
     id of a node declared dead, see ``fencing``) to FAILED_PRECONDITION with the trailer
-    ``FENCED_NODE``; publish the call's changes."""
+    ``FENCED_NODE``, and ``StorageError`` (a write the storage refuses: disk full) to
+    UNAVAILABLE; publish the call's changes."""
 
     @functools.wraps(fn)
     async def wrapper(self: _S, request: _Req, context: _Ctx) -> _Rep:
@@ -191,6 +219,9 @@ def _rpc(fn: Callable[[_S, _Req, _Ctx], Awaitable[_Rep]]) -> Callable[[_S, _Req,
         except NodeDiedError as err:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{fn.__name__}: {err}",
                                 trailing_metadata=((FENCED_NODE, getattr(err, "node_id", "")),))
+            raise
+        except StorageError as err:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{fn.__name__}: {err}")
             raise
         finally:
             self._gcs.commit()
@@ -209,6 +240,7 @@ class _NodeInfo(_Servicer, gcs_pb2_grpc.NodeInfoServicer):
     async def RegisterNode(self, request: gcs_pb2.RegisterNodeRequest,
                            context: _Ctx) -> gcs_pb2.RegisterNodeReply:
         self._state.register_node(request.node)
+        await self._gcs.saved()
         return gcs_pb2.RegisterNodeReply(num_shards=self._state.num_shards)
 
     @_rpc
@@ -226,7 +258,9 @@ class _Jobs(_Servicer, gcs_pb2_grpc.JobsServicer):
     @_rpc
     async def RegisterJob(self, request: gcs_pb2.RegisterJobRequest,
                           context: _Ctx) -> gcs_pb2.RegisterJobReply:
-        return gcs_pb2.RegisterJobReply(job_id=self._state.register_job(request.job))
+        job_id = self._state.register_job(request.job)
+        await self._gcs.saved()
+        return gcs_pb2.RegisterJobReply(job_id=job_id)
 
     @_rpc
     async def FinishJob(self, request: gcs_pb2.FinishJobRequest, context: _Ctx) -> gcs_pb2.FinishJobReply:
@@ -242,7 +276,10 @@ class _Functions(_Servicer, gcs_pb2_grpc.FunctionsServicer):
     @_rpc
     async def ExportFunction(self, request: gcs_pb2.ExportFunctionRequest,
                              context: _Ctx) -> gcs_pb2.ExportFunctionReply:
-        return gcs_pb2.ExportFunctionReply(existed=self._state.export_function(request.function))
+        existed = self._state.export_function(request.function)
+        if not existed:
+            await self._gcs.saved()
+        return gcs_pb2.ExportFunctionReply(existed=existed)
 
     @_rpc
     async def GetFunction(self, request: gcs_pb2.GetFunctionRequest,
@@ -273,6 +310,8 @@ class _Tables(_Servicer, gcs_pb2_grpc.TablesServicer):
     @_rpc
     async def Put(self, request: gcs_pb2.PutRequest, context: _Ctx) -> gcs_pb2.PutReply:
         written, existing = self._state.put(request.table, request.key, request.value, request.only_if_absent)
+        if written:
+            await self._gcs.saved()
         return gcs_pb2.PutReply(written=written, existing=existing)
 
     async def Subscribe(self, request: gcs_pb2.SubscribeRequest,
@@ -305,6 +344,7 @@ class _Actors(_Servicer, gcs_pb2_grpc.ActorsServicer):
     @_rpc
     async def PutActor(self, request: gcs_pb2.PutActorRequest, context: _Ctx) -> gcs_pb2.PutActorReply:
         self._state.put_actor(request.actor)
+        await self._gcs.saved()
         return gcs_pb2.PutActorReply()
 
     @_rpc
@@ -316,6 +356,8 @@ class _Actors(_Servicer, gcs_pb2_grpc.ActorsServicer):
     async def ClaimActorName(self, request: gcs_pb2.ClaimActorNameRequest,
                              context: _Ctx) -> gcs_pb2.ClaimActorNameReply:
         claimed, existing = self._state.claim_actor_name(request.namespace, request.name, request.value)
+        if claimed:
+            await self._gcs.saved()
         return gcs_pb2.ClaimActorNameReply(claimed=claimed, existing=existing)
 
     @_rpc
@@ -354,7 +396,9 @@ class _PlacementGroups(_Servicer, gcs_pb2_grpc.PlacementGroupsServicer):
     @_rpc
     async def CreatePlacementGroup(self, request: gcs_pb2.CreatePlacementGroupRequest,
                                    context: _Ctx) -> gcs_pb2.CreatePlacementGroupReply:
-        return gcs_pb2.CreatePlacementGroupReply(placement_group_id=self._gcs.placement.create(request.group))
+        group_id = self._gcs.placement.create(request.group)
+        await self._gcs.saved()
+        return gcs_pb2.CreatePlacementGroupReply(placement_group_id=group_id)
 
     @_rpc
     async def RemovePlacementGroup(self, request: gcs_pb2.RemovePlacementGroupRequest,
@@ -387,7 +431,8 @@ class _Admin(_Servicer, gcs_pb2_grpc.AdminServicer):
     @_rpc
     async def Ping(self, request: gcs_pb2.PingRequest, context: _Ctx) -> gcs_pb2.PingReply:
         return gcs_pb2.PingReply(session_dir=self._gcs.session_dir, pid=os.getpid(),
-                                 num_shards=self._state.num_shards)
+                                 num_shards=self._state.num_shards, cluster_id=self._gcs.cluster_id,
+                                 storage=self._gcs.storage)
 
     @_rpc
     async def Shutdown(self, request: gcs_pb2.AdminShutdownRequest,

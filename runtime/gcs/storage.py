@@ -1,23 +1,50 @@
 """Where GCS tables live: a small synchronous ``Storage`` protocol and its in-memory backend.
 
 The GCS state owns one ``Storage`` per shard and talks to it only through this protocol,
-so a persistent backend (SQLite for a head that survives a restart, Redis for one that
-survives losing its disk) is a new class here and nothing else changes. Calls are
+so a persistent backend is one more class and nothing else changes. Calls are
 synchronous and short: the GCS runs them on its event loop between awaits, which is what
 makes a snapshot and the changes after it consistent.
+
+The backends::
+
+    InMemoryStorage          this module: tests, and a GCS that may forget (``memory``)
+    BufferedStore.shard(i)   storage_buffer: every row in memory, writes saved in batches to
+      ├─ SqliteSink          storage_sqlite: one WAL database file (``sqlite``, the default)
+      └─ RedisSink           storage_redis: one Redis server per shard (``redis://h:p,h:p``)
+    LocalRedisServers        redis_servers: the redis-server processes a GCS starts and owns
+    open_storage             storage_open: the ``gcs_storage`` setting -> the shards' storages
+
+Errors: ``StorageError`` (a write the backend refused: disk full), with
+``StorageUnavailableError`` under it (the backend cannot be reached: Redis down).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from runtime.exceptions import ClientClosedError
+from runtime.exceptions import ClientClosedError, ClusterError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["InMemoryStorage", "Storage"]
+__all__ = ["InMemoryStorage", "Storage", "StorageError", "StorageUnavailableError"]
+
+
+class StorageError(ClusterError, RuntimeError):
+    """The GCS storage backend failed: a write it refused (disk full, out of memory).
+
+    ``kind`` names the failure for logging once per kind (``SQLITE_FULL``, ``OOM``);
+    ``backend`` is the backend's description (``sqlite:///path``).
+    """
+
+    def __init__(self, message: str = "", *, kind: str = "", backend: str = "", **fields: Any) -> None:
+        super().__init__(message, kind=kind, backend=backend, **fields)
+        self.kind, self.backend = kind, backend
+
+
+class StorageUnavailableError(StorageError, ConnectionError):
+    """The GCS storage backend cannot be reached (a Redis server is down or restarting)."""
 
 
 @runtime_checkable

@@ -16,6 +16,15 @@ The gRPC servicer (``service.py``) reaches the manager through one named method 
 A node the GCS declared dead is *fenced* (``fence``, see ``runtime.gcs.fencing``): it
 carries out nothing more, refuses every call, and stops; the daemon then starts a new
 manager, under a new id, in the same process.
+
+Through a GCS outage the node goes on: its tasks and actors run, its clients' tasks are
+scheduled here (or spilled through the global schedulers, which survive the outage too),
+and what it writes to the GCS waits in the reporter. Its GCS calls wait for the GCS to come
+back (``runtime.gcs.client``); once it is back, the heartbeat loop tells it again what it
+must know (``_resync``: the node's row if the GCS lost it, under the same id, the rows of
+the actors living here, the objects held here). A GCS that came back as a new cluster (it
+restarted without persistent storage) makes the node leave (``cluster_restarted``): it
+stops, and its process exits.
 """
 
 from __future__ import annotations
@@ -33,8 +42,9 @@ from typing import Any
 import psutil
 
 from runtime import _ids, config
-from runtime.exceptions import InvalidRequestError, NodeDiedError, NotFoundError
+from runtime.exceptions import ConnectionLostError, InvalidRequestError, NodeDiedError, NotFoundError
 from runtime.gcs.client import GcsClient
+from runtime.node.actions import ObjectLocation
 from runtime.node.dispatch import Outlets, carry_out
 from runtime.node.gpus import Gpus
 from runtime.node.memory_monitor import read_memory, rss_of
@@ -88,7 +98,8 @@ class NodeManager:
         self.store = SharedMemoryStore(self.shm_dir, session_dir / "spill" / node_id.hex()[:8],
                                        store_capacity)
         self.state = LocalScheduler(node_id, resources, self.store, _encode_error, settings=settings)
-        self.gcs = GcsClient.from_settings(gcs_address, token, settings)
+        self.gcs = GcsClient.from_settings(gcs_address, token, settings, wait_for_first_contact=True,
+                                           on_new_cluster=self.cluster_restarted)
         self.sessions = Sessions()
         self.reporter = GcsReporter(self.gcs, node_id, address)
         self.peers = Peers(node_id=node_id, address=address, metadata=token_metadata(token),
@@ -107,6 +118,10 @@ class NodeManager:
         self.stop_requested = asyncio.Event()
         #: Why the GCS declared this node dead (it is fenced, see ``fence``), or None.
         self.fenced: str | None = None
+        #: Why this node left its cluster (its GCS came back as a new one), or None.
+        self.left: str | None = None
+        #: ``gcs.link.connections`` when the GCS last heard everything from this node.
+        self._told = 0
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -117,6 +132,7 @@ class NodeManager:
 
     async def start(self, prestart_workers: int) -> None:
         await self.gcs.register_node(self._node_row())
+        self._told = self.gcs.link.connections
         for _ in range(prestart_workers):
             self.workers.start_worker(counted=False)
         self.state.warm_workers = prestart_workers  # refilled when some of them die
@@ -148,23 +164,38 @@ class NodeManager:
                        "process rejoins the cluster as a new node", _ids.short(self.node_id), why)
         self.stop_requested.set()
 
+    def cluster_restarted(self, err: ConnectionLostError) -> None:
+        """The GCS came back as a new cluster (``err`` says so): this node belongs to the old
+        one, whose tasks, actors and objects are gone with its tables. It stops, reports
+        nothing to the new cluster, and its process exits (one line in the log says why)."""
+        if self.left is not None or self.fenced is not None or self.stop_requested.is_set():
+            return
+        self.left = str(err)
+        logger.error("node %s leaves: its GCS at %s restarted without persistent storage and is now "
+                     "another cluster (id %s); this node, its workers and what they held belonged "
+                     "to the old one. Give the head durable storage (`--gcs-storage sqlite`) to keep "
+                     "a cluster through GCS restarts", _ids.short(self.node_id), self.gcs_address,
+                     str(getattr(err, "new_cluster_id", "?"))[:12])
+        self.stop_requested.set()
+
     async def stop(self) -> None:
-        fenced = self.fenced is not None
+        quiet = self.fenced is not None or self.left is not None  # nothing to report, or nobody to
         self.stop_requested.set()  # a refused heartbeat from now on is the stop's, not a fence
         # A flush under way ends first (bounded): its calls are not cut off halfway.
-        if not fenced and not await self.reporter.settle(self.settings.stop_grace_s):
+        if not quiet and not await self.reporter.settle(self.settings.stop_grace_s):
             logger.info("a GCS report still under way after %.1fs is cut off; it is sent again "
                         "below", self.settings.stop_grace_s)
-        for t in self._tasks:
+        for t in (*self._tasks, *self._beats):
             t.cancel()
-        self.sessions.close_all(None if self.fenced is None else (
-            f"{self.fenced}; what this session had there (tasks, objects) is gone: call "
+        why = self.fenced or self.left
+        self.sessions.close_all(None if why is None else (
+            f"{why}; what this session had there (tasks, objects) is gone: call "
             "runtime.init() again to connect to a live node"))
         await self.workers.stop_all()
+        self.gcs.link.waits = False  # a stop does not wait for a GCS that is away
         try:
-            if not fenced:  # a fenced node reports nothing more under its dead id
-                await self.reporter.flush()
-                await self.gcs.unregister_node(self.node_id, "stopped")
+            if not quiet:  # a fenced node reports nothing more under its dead id
+                await asyncio.wait_for(self._last_report(), self.settings.close_timeout_s)
         # The head may already be gone; stopping goes on regardless.
         except Exception as e:  # noqa: BLE001
             logger.info("could not unregister from the GCS: %s", e)
@@ -172,6 +203,10 @@ class NodeManager:
         await self.peers.close()
         self.store.close()
         self.stopped.set()
+
+    async def _last_report(self) -> None:
+        await self.reporter.flush()
+        await self.gcs.unregister_node(self.node_id, "stopped")
 
     # ---- the event cycle -----------------------------------------------------------
 
@@ -386,6 +421,8 @@ class NodeManager:
     # ---- background loops ----------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
+        """Beat every ``heartbeat_ms``; through a GCS outage a beat waits for the GCS (the
+        client logs the outage), and the first beat after it tells the GCS everything again."""
         interval = self.settings.heartbeat_ms / 1000.0
         while True:
             await asyncio.sleep(interval)
@@ -393,16 +430,40 @@ class NodeManager:
                 self.apply(lambda s: s.reap_idle())
                 known = await self.gcs.heartbeat(self.node_id, self.load())
                 await self.peers.refresh_schedulers()
-                if not known:
-                    logger.warning("the GCS at %s does not know this node (was it restarted without "
-                                   "its tables?); registering again", self.gcs_address)
-                    await self.gcs.register_node(self._node_row())
+                if not known or self.gcs.link.connections != self._told:
+                    await self._resync(known)
             except NodeDiedError as e:  # declared dead: this id is over (see ``fence``)
                 self.fence(str(e))
                 return
+            except ConnectionLostError as e:  # the GCS is away (or another cluster: we leave)
+                if self.left is not None:
+                    return
+                logger.info("heartbeat to the GCS at %s failed: %s", self.gcs_address, e)
             # One failed beat must not end the loop: log, beat again.
             except Exception as e:  # noqa: BLE001
                 logger.warning("heartbeat to the GCS at %s failed: %s", self.gcs_address, e)
+
+    async def _resync(self, known: bool) -> None:
+        """The GCS is back after losing the connection (it restarted, from its storage):
+        tell it again what it must know, in case it lost the last writes before it died.
+
+        Its row under the same id when it does not know this node (the tasks here keep
+        their home), the rows of the actors living here, and the objects held in the store;
+        task events and writes made during the outage wait in the reporter already.
+        """
+        told = self.gcs.link.connections
+        if not known:
+            logger.warning("the GCS at %s does not know this node (was it restarted without its "
+                           "tables?); registering again as %s", self.gcs_address, _ids.short(self.node_id))
+            await self.gcs.register_node(self._node_row())
+        held = [(oid, obj.size) for oid, obj in self.state.objects.objects.items() if obj.in_store]
+        for oid, size in held:
+            self.reporter.object_location(ObjectLocation(oid, size, False))
+        actors: list[int] = []
+        self.apply(lambda s: actors.append(s.actors.resend_rows()))
+        self._told = told
+        logger.info("told the GCS at %s again about this node: %d actor row(s), %d object location(s)",
+                    self.gcs_address, actors[0] if actors else 0, len(held))
 
     async def _event_loop(self) -> None:
         interval = self.settings.event_flush_ms / 1000.0
@@ -410,9 +471,12 @@ class NodeManager:
             await asyncio.sleep(interval)
             try:
                 await self.reporter.flush()
-            # One failed batch must not end the loop: log, go on.
+            # One failed batch must not end the loop: log, go on (an outage is the client's to log).
             except Exception as e:  # noqa: BLE001
-                logger.warning("reporting events to the GCS failed: %s", e)
+                if self.left is not None:
+                    return  # nothing goes to another cluster's GCS
+                log = logger.info if isinstance(e, ConnectionLostError) else logger.warning
+                log("reporting events to the GCS failed: %s", e)
 
     async def _memory_loop(self) -> None:
         """Read the machine's memory every ``memory_monitor_ms``: past the threshold the

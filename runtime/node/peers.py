@@ -20,6 +20,7 @@ import grpc
 
 from runtime import _ids
 from runtime.config import Settings
+from runtime.exceptions import ConnectionLostError
 from runtime.gcs.fencing import fenced_error
 from runtime.node.actions import (
     CancelRemote,
@@ -418,10 +419,19 @@ class Peers:
 
     async def watch_cluster(self) -> None:
         """Follow the GCS nodes and actors tables: peers joining, their loads, their deaths;
-        where actors live."""
+        where actors live.
+
+        Through a GCS outage the view keeps its last picture (peers stay reachable, their
+        deaths are learned once the GCS is back and declares them); a new subscription
+        (which waits for the GCS to come back) starts from a fresh snapshot, after a short
+        backoff. A GCS that came back as another cluster ends the watch (the node leaves).
+        """
+        backoff = self._retry_s
         while True:
             try:
                 async for msg in self._gcs.subscribe(["nodes", "actors"]):
+                    if msg.snapshot_done:
+                        backoff = self._retry_s  # healthy again
                     if not msg.value:
                         continue
                     if msg.table == "nodes":
@@ -430,10 +440,15 @@ class Peers:
                         self.actor_row(gcs_pb2.ActorRow.FromString(msg.value))
             except asyncio.CancelledError:
                 raise
+            except ConnectionLostError as e:
+                if getattr(e, "cluster_restarted", False):
+                    return  # the manager heard of it (``on_new_cluster``) and stops the node
+                logger.info("node table subscription ended (%s); subscribing again", e)
             # The watch must outlive any failure (GCS gone, a bad row): log, resubscribe.
             except Exception as e:  # noqa: BLE001
                 logger.info("node table subscription ended (%s); subscribing again", e)
-            await asyncio.sleep(self._retry_s)
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, max(self._retry_s, self._settings.gcs_retry_max_s))
 
     def node_row(self, row: gcs_pb2.NodeRow) -> None:
         """One row of the nodes table: a peer alive (with its totals) or dead; this node's own

@@ -115,9 +115,25 @@ class ReadyQueues:
         kind = "gpu" if task.resources.get("GPU") else "cpu"
         if not spec.actor_creation:  # an actor needs a process of its own, never a nested run
             w = self._lending.inline_host(spec.task_id, spec.parent_task_id)
-            if w is not None and w.kind in ("", kind):
+            if w is not None and w.kind in ("", kind) and not w.retiring:
                 return w
         return self._workers.pop_idle(kind)
+
+    def blocked(self, w: Worker, state: node_pb2.BlockedState,
+                children: Mapping[bytes, set[bytes]]) -> None:
+        """``w`` blocks in a wait (or runs again): it lends its CPUs, and may run what it
+        waits for, nested (``lending.py``)."""
+        newly = self._lending.set_blocked(w, state.task_id, state.blocked)
+        if newly is None:
+            return  # it runs nothing
+        if newly:
+            for oid in state.waiting_on:
+                tid = oid[:16]  # the task that makes it
+                t = self._task(tid)
+                if t is not None and t.phase in (_READY, Phase.WAITING):
+                    self._lending.waits_for(tid, w.worker_id)
+            self.run_inline(w, children)
+        self.schedule()
 
     def run_inline(self, w: Worker, children: Mapping[bytes, set[bytes]]) -> None:
         """Give a blocked worker a ready task of its own (see ``lending.py``)."""
@@ -135,6 +151,8 @@ class ReadyQueues:
         spec = task.spec
         if not worker.kind:
             worker.kind = "gpu" if task.resources.get("GPU") else "cpu"
+        if spec.max_calls:
+            self._workers.count_call(worker, spec.function_id, spec.max_calls)
         if ahead:  # resources come from the task before it on that worker
             frame = self._workers.send_ahead(worker, spec.task_id)
         else:

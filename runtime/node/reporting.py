@@ -11,6 +11,11 @@ place, so the next ``flush()`` sends them again, in the same order. Only a write
 refuses as invalid (``InvalidRequestError``: it would be refused every time) is dropped,
 with an error in the log. One flush runs at a time; ``settle()`` waits for the one under
 way, so that a stopping node can let it end before cancelling the loop that runs it.
+
+Through a GCS outage the writes wait here, in order, and go once the GCS is back (its
+client waits for it; a flush that gives up leaves them for the next). Task events, which
+only describe tasks, are capped at ``max_events``: past it the oldest are dropped, with one
+warning per outage; object locations and actor writes are never dropped.
 """
 
 from __future__ import annotations
@@ -52,10 +57,16 @@ class _Write:
 class GcsReporter:
     """Collects the state's GCS actions; ``flush()`` sends what has accumulated."""
 
-    def __init__(self, gcs: GcsWriter, node_id: bytes, node_address: str) -> None:
+    def __init__(self, gcs: GcsWriter, node_id: bytes, node_address: str, *,
+                 max_events: int = 100_000) -> None:
+        if max_events < 1:
+            raise ValueError(f"max_events must be >= 1, got {max_events}")
         self._gcs = gcs
         self._node_id = node_id
         self._node_address = node_address
+        self._max_events = max_events
+        #: Task events dropped since the last batch that went through (the GCS was away).
+        self.dropped_events = 0
         self._events: list[common_pb2.TaskEvent] = []
         self._objects: list[gcs_pb2.ObjectLocationUpdate] = []
         self._writes: deque[_Write] = deque()
@@ -64,7 +75,19 @@ class GcsReporter:
     # ---- outlets of the dispatch table ----
 
     def report_event(self, action: ReportEvent) -> None:
-        self._events.append(action.event)
+        events = self._events
+        events.append(action.event)
+        if len(events) > self._max_events:
+            self._drop_events(len(events) - self._max_events + self._max_events // 10)
+
+    def _drop_events(self, n: int) -> None:
+        """Drop the ``n`` oldest task events (a tenth of the cap at once, not one by one)."""
+        if not self.dropped_events:
+            logger.warning("more than %d task events wait for the GCS, which is unreachable; the "
+                           "oldest are dropped (their tasks run on; only their history is lost)",
+                           self._max_events)
+        del self._events[:n]
+        self.dropped_events += n
 
     def object_location(self, action: ObjectLocation) -> None:
         self._objects.append(gcs_pb2.ObjectLocationUpdate(
@@ -135,6 +158,10 @@ class GcsReporter:
         objects, self._objects = self._objects, []
         try:
             await self._gcs.report_events(events, objects)
+            if self.dropped_events:
+                logger.warning("the GCS is back; %d task events made while it was away were dropped",
+                               self.dropped_events)
+                self.dropped_events = 0
         except InvalidRequestError as e:
             logger.error("the GCS refused a batch of %d task events and %d object locations; "
                          "it is dropped: %s", len(events), len(objects), e)
@@ -142,4 +169,6 @@ class GcsReporter:
             # Failed or cancelled: the batch goes back in front of what came meanwhile.
             self._events[:0] = events
             self._objects[:0] = objects
+            if len(self._events) > self._max_events:
+                self._drop_events(len(self._events) - self._max_events)
             raise

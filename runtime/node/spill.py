@@ -417,10 +417,11 @@ class Spilling:
         return task
 
     def report_home(self, task: Task, home: Home, returns: list[common_pb2.ObjectData],
-                    state: TaskState, detail: str) -> None:
+                    state: TaskState, detail: str, stream_index: int = 0) -> None:
         req = node_pb2.ReportResultsRequest(task_id=task.spec.task_id,
                                             failed=state != TaskState.FINISHED,
-                                            error_summary=detail, node_id=self._node_id)
+                                            error_summary=detail, node_id=self._node_id,
+                                            stream_index=stream_index, owner_id=task.spec.owner_id)
         objects = self._objects
         for data in returns:
             out = req.returns.add()
@@ -451,6 +452,9 @@ class Spilling:
         """Results of a task we spilled came back from the node that ran it (not from a
         node declared dead: what it ran was given to another node already)."""
         if req.node_id and req.node_id in self.dead_peers:
+            return
+        if req.stream_index:  # one item of a streaming task: it goes on there
+            self._host.stream_item_home(req)
             return
         self.spilled_to.pop(req.task_id, None)
         host = self._host

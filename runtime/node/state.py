@@ -48,6 +48,7 @@ from runtime.node.ready import ReadyQueues
 from runtime.node.remote_actors import RemoteActors
 from runtime.node.resources import Resources
 from runtime.node.spill import Spilling
+from runtime.node.streams import Streams
 from runtime.node.tasks import Phase, Task, cancelled_error, crashed_error, error_returns, requeue
 from runtime.node.workers import WorkerTable
 from runtime.protocol import common_pb2, node_pb2
@@ -73,6 +74,8 @@ class LocalScheduler:
         self._idle_worker_s = settings.idle_worker_s
         #: Workers kept started even when idle (the node's prestarted pool), refilled when some die.
         self.warm_workers = 0
+        #: Clients of workers that died running a task, before their session's end was seen.
+        self._died_busy: set[bytes] = set()
         #: Decisions for the I/O side, drained after each event (``take_actions``).
         self._actions: list[Action] = []
         emit = self._emit = self._actions.append
@@ -127,6 +130,8 @@ class LocalScheduler:
         self.cancel = self.cancelling.cancel
         self.objects.on_free, self.objects.rebuild = self.lineage.freed, self.lineage.rebuild
         self.object_lost, self.inputs_lost = self.lineage.lost, self.lineage.inputs_lost
+        self.streams = Streams(self, self.clients, self.objects, self.spill)
+        self.stream_item_home = self.streams.item_home
         self.memory = MemoryMonitor(node_id, self, self.workers, emit, settings)  # kills past a threshold
 
     def take_actions(self) -> list[Action]:
@@ -154,7 +159,8 @@ class LocalScheduler:
         What a driver, or a worker that was running a task, owned goes with it (see
         ``cancelling.py``); an idle worker's objects and tasks outlive it."""
         w = self.workers.of_client(client_id)
-        busy = w is not None and bool(w.frames)
+        busy = (w is not None and bool(w.frames)) or client_id in self._died_busy
+        self._died_busy.discard(client_id)
         client = self.clients.disconnect(client_id)
         if client is None:
             return
@@ -172,6 +178,8 @@ class LocalScheduler:
         w = self.workers.exited(worker_id)
         if w is None:
             return
+        if w.frames and w.client_id in self.clients:  # its session's end comes after: an owner died
+            self._died_busy.add(w.client_id)
         was_actor = w.was_actor
         if was_actor:
             self.actors.worker_died(w, exit_code)
@@ -270,6 +278,9 @@ class LocalScheduler:
         self.ready.push(task)
 
     def result(self, client_id: bytes, res: node_pb2.TaskResult) -> None:
+        if res.stream_index:  # an item of a streaming task, which goes on
+            self.streams.item(res)
+            return
         workers = self.workers
         w = workers.of_client(client_id)
         task = self.tasks.get(res.task_id)
@@ -294,6 +305,8 @@ class LocalScheduler:
             self.ready.release(frame)
             if workers.settle(w):
                 self.ready.run_inline(w, self.children)
+            for retired in workers.take_retired():  # it ran its function's max_calls
+                self._emit(StopWorker(retired))
         if task is None:
             self.ready.schedule()
             return
@@ -361,27 +374,20 @@ class LocalScheduler:
             task.pinned.clear()
 
     def fail(self, task: Task, error: BaseException, state: TaskState = TaskState.FAILED) -> None:
-        """End ``task`` with ``error`` as the value of each of its returns."""
-        returns = error_returns(task.spec, self.encode_error(error))
+        """End ``task`` with ``error`` as the value of each of its returns (a streaming
+        task's next item)."""
+        blob = self.encode_error(error)
+        if task.spec.streaming:
+            self.streams.end_with(task, blob)
+        returns = error_returns(task.spec, blob)
         self.finish(task, returns, state, str(error).split("\n", 1)[0])
 
     # ---- blocking and nested runs --------------------------------------------------
 
     def blocked(self, client_id: bytes, state: node_pb2.BlockedState) -> None:
         w = self.workers.of_client(client_id)
-        if w is None:
-            return
-        newly = self.lending.set_blocked(w, state.task_id, state.blocked)
-        if newly is None:
-            return  # it runs nothing
-        if newly:
-            for oid in state.waiting_on:
-                tid = _ids.task_of(oid)
-                t = self.tasks.get(tid)
-                if t is not None and t.phase in (Phase.READY, Phase.WAITING):
-                    self.lending.waits_for(tid, w.worker_id)
-            self.ready.run_inline(w, self.children)
-        self.ready.schedule()
+        if w is not None:
+            self.ready.blocked(w, state, self.children)
 
     # ---- objects -------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from runtime import _ids
 from runtime.exceptions import TaskCancelledError, WorkerCrashedError
-from runtime.protocol import common_pb2
+from runtime.protocol import common_pb2, node_pb2
 from runtime.protocol.states import TaskState
 
 
@@ -52,6 +52,8 @@ class Task:
     pinned: list[bytes] = field(default_factory=list)
     #: Times the memory monitor killed its worker here (counted apart from ``max_retries``).
     oom_kills: int = 0
+    #: A streaming task's highest item sent so far (``streams.py``).
+    streamed: int = 0
 
 
 def error_returns(spec: common_pb2.TaskSpec, blob: bytes) -> list[common_pb2.ObjectData]:
@@ -146,6 +148,10 @@ class TaskHost(Protocol):
 
     def inputs_lost(self, task: Task, lost: list[bytes], node_id: bytes) -> None:
         """Our ``task`` did not run on node ``node_id``: its inputs ``lost`` were gone there."""
+        ...
+
+    def stream_item_home(self, req: node_pb2.ReportResultsRequest) -> None:
+        """A node running our streaming task sent one of its items."""
         ...
 
     def object_lost(self, oid: bytes, why: str, where: bytes = b"") -> None:

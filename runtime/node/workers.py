@@ -47,6 +47,8 @@ class Departed:
     queued: list[Frame]
     #: Its stack of frames, innermost last.
     frames: list[Frame]
+    #: Its session's client id (b"" before it connected).
+    client_id: bytes = b""
 
 
 @dataclass(slots=True)
@@ -65,13 +67,17 @@ class Worker:
     #: worker runs one kind only (a GPU task in a worker that ran CPU work would find its
     #: CUDA state wrong; as Ray's pool keeps them apart).
     kind: str = ""
+    #: Tasks run per function, for functions with ``max_calls`` (None: none such ran).
+    calls: dict[bytes, int] | None = None
+    #: It reached a function's ``max_calls``: it takes no more work and stops when idle.
+    retiring: bool = False
 
 
 class WorkerTable:
     """Every worker of the node, the idle ones, and how many are starting."""
 
     __slots__ = ("_by_client", "_clock", "_running_on", "_sent", "idle", "max_starting",
-                 "pipeline_depth", "starting", "workers")
+                 "pipeline_depth", "retired", "starting", "workers")
 
     def __init__(self, *, max_starting: int, pipeline_depth: int, clock: Callable[[], float]) -> None:
         self.workers: dict[bytes, Worker] = {}
@@ -79,6 +85,8 @@ class WorkerTable:
         self.idle: list[Worker] = []
         #: Workers asked for (StartWorker) or started, not connected yet.
         self.starting = 0
+        #: Workers that reached a ``max_calls`` and went idle: the node stops them.
+        self.retired: list[bytes] = []
         #: Most workers starting at once.
         self.max_starting = max_starting
         #: Most tasks sent ahead to one busy worker.
@@ -156,7 +164,8 @@ class WorkerTable:
         if w in self.idle:
             self.idle.remove(w)
         self._forget_client(w)
-        gone = Departed(w.worker_id, w.pid, w.state == WorkerState.ACTOR, list(w.queued), w.frames)
+        gone = Departed(w.worker_id, w.pid, w.state == WorkerState.ACTOR, list(w.queued), w.frames,
+                        w.client_id)
         w.state = WorkerState.DEAD
         w.queued.clear()
         w.frames = []
@@ -252,8 +261,27 @@ class WorkerTable:
         if w.frames:
             return True
         if not w.queued:
-            self.set_idle(w)
+            if w.retiring:  # ran its function's max_calls: it goes instead
+                w.state = WorkerState.DEAD
+                self.workers.pop(w.worker_id, None)
+                self._forget_client(w)
+                self.retired.append(w.worker_id)
+            else:
+                self.set_idle(w)
         return False
+
+    def count_call(self, w: Worker, function_id: bytes, max_calls: int) -> None:
+        """``w`` gets a task of a function limited to ``max_calls`` runs per worker."""
+        calls = w.calls if w.calls is not None else {}
+        w.calls = calls
+        calls[function_id] = n = calls.get(function_id, 0) + 1
+        if n >= max_calls:
+            w.retiring = True
+
+    def take_retired(self) -> list[bytes]:
+        """Workers that reached a ``max_calls`` and went idle since the last call: to stop."""
+        out, self.retired = self.retired, []
+        return out
 
     @staticmethod
     def release(frame: Frame) -> tuple[dict[str, float], list[int], float]:
@@ -331,7 +359,7 @@ class WorkerTable:
         depth = self.pipeline_depth
         best: Worker | None = None
         for w in self.workers.values():
-            if (w.state == _BUSY and len(w.frames) == 1 and not w.frames[0].blocked
+            if (w.state == _BUSY and len(w.frames) == 1 and not w.frames[0].blocked and not w.retiring
                     and len(w.queued) < depth and w.frames[0].resources == need
                     and (best is None or len(w.queued) < len(best.queued))
                     and function_of(w.frames[0].task_id) == function_id):

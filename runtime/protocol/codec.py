@@ -438,3 +438,8 @@ def serialize_function(fn: object) -> tuple[bytes, bytes]:
     """
     data = _dumps(fn)
     return data, hashlib.sha1(data).digest()
+
+
+#: The value a streaming (generator) task stores after its last item: the end of the stream
+#: (a tuple holding this project's own token, which no user value is).
+STREAM_END: bytes = serialize(("cellray:end-of-stream", "3f6c1e0b9d5a")).to_bytes()

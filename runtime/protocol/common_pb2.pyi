@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TaskSpec(_message.Message):
-    __slots__ = ("task_id", "job_id", "function_id", "name", "args", "arg_refs", "nested_refs", "resources", "num_returns", "max_retries", "retry_exceptions", "retry_exception_types", "owner_id", "attempt", "parent_task_id", "spill_count", "driver_id", "origin", "driver_address", "actor_id", "actor_creation", "actor_seq", "actor_options", "method", "strategy", "owner_node_id")
+    __slots__ = ("task_id", "job_id", "function_id", "name", "args", "arg_refs", "nested_refs", "resources", "num_returns", "max_retries", "retry_exceptions", "retry_exception_types", "owner_id", "attempt", "parent_task_id", "spill_count", "driver_id", "origin", "driver_address", "actor_id", "actor_creation", "actor_seq", "actor_options", "method", "strategy", "owner_node_id", "namespace", "max_calls", "streaming")
     class ResourcesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,9 @@ class TaskSpec(_message.Message):
     METHOD_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     OWNER_NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    MAX_CALLS_FIELD_NUMBER: _ClassVar[int]
+    STREAMING_FIELD_NUMBER: _ClassVar[int]
     task_id: bytes
     job_id: bytes
     function_id: bytes
@@ -68,7 +71,10 @@ class TaskSpec(_message.Message):
     method: str
     strategy: SchedulingStrategy
     owner_node_id: bytes
-    def __init__(self, task_id: _Optional[bytes] = ..., job_id: _Optional[bytes] = ..., function_id: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[bytes] = ..., arg_refs: _Optional[_Iterable[bytes]] = ..., nested_refs: _Optional[_Iterable[bytes]] = ..., resources: _Optional[_Mapping[str, float]] = ..., num_returns: _Optional[int] = ..., max_retries: _Optional[int] = ..., retry_exceptions: _Optional[bool] = ..., retry_exception_types: _Optional[bytes] = ..., owner_id: _Optional[bytes] = ..., attempt: _Optional[int] = ..., parent_task_id: _Optional[bytes] = ..., spill_count: _Optional[int] = ..., driver_id: _Optional[bytes] = ..., origin: _Optional[str] = ..., driver_address: _Optional[str] = ..., actor_id: _Optional[bytes] = ..., actor_creation: _Optional[bool] = ..., actor_seq: _Optional[int] = ..., actor_options: _Optional[bytes] = ..., method: _Optional[str] = ..., strategy: _Optional[_Union[SchedulingStrategy, _Mapping]] = ..., owner_node_id: _Optional[bytes] = ...) -> None: ...
+    namespace: str
+    max_calls: int
+    streaming: bool
+    def __init__(self, task_id: _Optional[bytes] = ..., job_id: _Optional[bytes] = ..., function_id: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[bytes] = ..., arg_refs: _Optional[_Iterable[bytes]] = ..., nested_refs: _Optional[_Iterable[bytes]] = ..., resources: _Optional[_Mapping[str, float]] = ..., num_returns: _Optional[int] = ..., max_retries: _Optional[int] = ..., retry_exceptions: _Optional[bool] = ..., retry_exception_types: _Optional[bytes] = ..., owner_id: _Optional[bytes] = ..., attempt: _Optional[int] = ..., parent_task_id: _Optional[bytes] = ..., spill_count: _Optional[int] = ..., driver_id: _Optional[bytes] = ..., origin: _Optional[str] = ..., driver_address: _Optional[str] = ..., actor_id: _Optional[bytes] = ..., actor_creation: _Optional[bool] = ..., actor_seq: _Optional[int] = ..., actor_options: _Optional[bytes] = ..., method: _Optional[str] = ..., strategy: _Optional[_Union[SchedulingStrategy, _Mapping]] = ..., owner_node_id: _Optional[bytes] = ..., namespace: _Optional[str] = ..., max_calls: _Optional[int] = ..., streaming: _Optional[bool] = ...) -> None: ...
 
 class SchedulingStrategy(_message.Message):
     __slots__ = ("kind", "node_id", "soft", "placement_group_id", "bundle_index", "capture_child_tasks")

@@ -129,7 +129,7 @@ class KillActor(_message.Message):
     def __init__(self, actor_id: _Optional[bytes] = ..., no_restart: _Optional[bool] = ...) -> None: ...
 
 class TaskResult(_message.Message):
-    __slots__ = ("task_id", "returns", "failed", "retryable", "error_summary", "error", "actor_exit")
+    __slots__ = ("task_id", "returns", "failed", "retryable", "error_summary", "error", "actor_exit", "stream_index")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     RETURNS_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +137,7 @@ class TaskResult(_message.Message):
     ERROR_SUMMARY_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     ACTOR_EXIT_FIELD_NUMBER: _ClassVar[int]
+    STREAM_INDEX_FIELD_NUMBER: _ClassVar[int]
     task_id: bytes
     returns: _containers.RepeatedCompositeFieldContainer[_common_pb2.ObjectData]
     failed: bool
@@ -144,7 +145,8 @@ class TaskResult(_message.Message):
     error_summary: str
     error: bytes
     actor_exit: bool
-    def __init__(self, task_id: _Optional[bytes] = ..., returns: _Optional[_Iterable[_Union[_common_pb2.ObjectData, _Mapping]]] = ..., failed: _Optional[bool] = ..., retryable: _Optional[bool] = ..., error_summary: _Optional[str] = ..., error: _Optional[bytes] = ..., actor_exit: _Optional[bool] = ...) -> None: ...
+    stream_index: int
+    def __init__(self, task_id: _Optional[bytes] = ..., returns: _Optional[_Iterable[_Union[_common_pb2.ObjectData, _Mapping]]] = ..., failed: _Optional[bool] = ..., retryable: _Optional[bool] = ..., error_summary: _Optional[str] = ..., error: _Optional[bytes] = ..., actor_exit: _Optional[bool] = ..., stream_index: _Optional[int] = ...) -> None: ...
 
 class LogLines(_message.Message):
     __slots__ = ("task_id", "name", "pid", "stderr", "lines", "owner_id", "origin")
@@ -237,7 +239,7 @@ class ForwardTaskReply(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ..., why_not: _Optional[str] = ...) -> None: ...
 
 class ReportResultsRequest(_message.Message):
-    __slots__ = ("task_id", "returns", "failed", "error_summary", "node_id", "node_address", "nested", "lost_inputs")
+    __slots__ = ("task_id", "returns", "failed", "error_summary", "node_id", "node_address", "nested", "lost_inputs", "stream_index", "owner_id")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     RETURNS_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
@@ -246,6 +248,8 @@ class ReportResultsRequest(_message.Message):
     NODE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     NESTED_FIELD_NUMBER: _ClassVar[int]
     LOST_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_INDEX_FIELD_NUMBER: _ClassVar[int]
+    OWNER_ID_FIELD_NUMBER: _ClassVar[int]
     task_id: bytes
     returns: _containers.RepeatedCompositeFieldContainer[_common_pb2.ObjectData]
     failed: bool
@@ -254,7 +258,9 @@ class ReportResultsRequest(_message.Message):
     node_address: str
     nested: _containers.RepeatedCompositeFieldContainer[_common_pb2.ObjectData]
     lost_inputs: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, task_id: _Optional[bytes] = ..., returns: _Optional[_Iterable[_Union[_common_pb2.ObjectData, _Mapping]]] = ..., failed: _Optional[bool] = ..., error_summary: _Optional[str] = ..., node_id: _Optional[bytes] = ..., node_address: _Optional[str] = ..., nested: _Optional[_Iterable[_Union[_common_pb2.ObjectData, _Mapping]]] = ..., lost_inputs: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    stream_index: int
+    owner_id: bytes
+    def __init__(self, task_id: _Optional[bytes] = ..., returns: _Optional[_Iterable[_Union[_common_pb2.ObjectData, _Mapping]]] = ..., failed: _Optional[bool] = ..., error_summary: _Optional[str] = ..., node_id: _Optional[bytes] = ..., node_address: _Optional[str] = ..., nested: _Optional[_Iterable[_Union[_common_pb2.ObjectData, _Mapping]]] = ..., lost_inputs: _Optional[_Iterable[bytes]] = ..., stream_index: _Optional[int] = ..., owner_id: _Optional[bytes] = ...) -> None: ...
 
 class ReportResultsReply(_message.Message):
     __slots__ = ()

@@ -12,9 +12,15 @@ case the GCS restarted without it). Then it writes the ready file (``{"port", "p
 "address", "name"}``). SIGTERM or SIGINT stop it gracefully: it deregisters (for at most
 ``deregister_timeout_s``), lets in-flight calls finish for ``stop_grace_s``, exits 0. With
 ``--parent-pid`` it exits when its parent does; with ``--head-pid`` when that process (the
-GCS on this machine) is gone, so replicas of a detached cluster stop with its head.
+head that supervises the GCS on this machine) is gone, so replicas of a detached cluster
+stop with its head.
 Logs go to stderr, which the launcher redirects to ``DIR/logs/<name>.log``. Start-up and
 stop are ``runtime._daemon``'s.
+
+A replica survives a GCS outage: it places tasks on its last view of the nodes meanwhile,
+and follows the GCS again once it is back (a new snapshot, then registering again). A GCS
+that came back as another cluster (it restarted without persistent storage) makes the
+replica exit, with one line in its log.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from runtime._daemon import Daemon, DaemonContext, SettingFlag
+from runtime.exceptions import ConnectionLostError
 from runtime.gcs.client import GcsClient
 from runtime.scheduler.feed import NodeFeed
 from runtime.scheduler.policies import POLICY_NAMES, make_policy
@@ -72,7 +79,15 @@ async def serve(ctx: DaemonContext) -> int:
     service = SchedulerService(view, name=args.name, token=ctx.token)
     _, port = await ctx.serve(service.adders())
     address = ctx.address(port)
-    gcs = GcsClient.from_settings(args.gcs_address, ctx.token, settings)
+
+    def left(err: ConnectionLostError) -> None:
+        logger.error("global scheduler %s exits: its GCS at %s restarted without persistent storage "
+                     "and is now another cluster; this replica belonged to the old one", args.name,
+                     args.gcs_address)
+        ctx.request_stop()
+
+    gcs = GcsClient.from_settings(args.gcs_address, ctx.token, settings, wait_for_first_contact=True,
+                                  on_new_cluster=left)
 
     async def register() -> None:
         await gcs.register_scheduler(args.name, address)
@@ -102,6 +117,7 @@ async def serve(ctx: DaemonContext) -> int:
         for task in (synced, *tasks):  # the feed stops before deregistering: no re-register after
             task.cancel()
         await asyncio.gather(synced, *tasks, return_exceptions=True)
+        gcs.link.waits = False  # a stop does not wait for a GCS that is away
         with contextlib.suppress(Exception):  # best effort: the GCS may be gone already
             await asyncio.wait_for(gcs.deregister_scheduler(args.name), settings.deregister_timeout_s)
         await ctx.stop_servers()

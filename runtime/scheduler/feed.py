@@ -6,7 +6,9 @@ ends (the GCS restarted, or dropped this subscriber for falling behind) it subsc
 again after a backoff that doubles from ``min_backoff`` up to ``max_backoff`` seconds,
 with jitter, and restarts from ``min_backoff`` after each good snapshot. Meanwhile the
 view keeps its last picture: placing on a stale view is still better than refusing, and
-a node that turns out dead fails its ``ForwardTask`` and is skipped.
+a node that turns out dead fails its ``ForwardTask`` and is skipped. Through a GCS outage
+the next subscription waits for the GCS to come back (the client logs the outage once).
+A GCS that came back as another cluster ends ``run()``: this replica's cluster is gone.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ class NodeFeed:
         self._got_snapshot = False
 
     async def run(self) -> None:
-        """Subscribe, apply, resubscribe on loss; returns only by cancellation."""
+        """Subscribe, apply, resubscribe on loss; returns when the GCS turns out to be another
+        cluster, or by cancellation."""
         backoff = self.min_backoff
         while True:
             self._got_snapshot = False
@@ -68,12 +71,15 @@ class NodeFeed:
                 await self._follow()
                 reason = "the stream ended"
             except (ConnectionLostError, InternalError, TimeoutError) as err:
+                if getattr(err, "cluster_restarted", False):
+                    return
                 reason = str(err)
             if self._got_snapshot:  # it worked for a while: start the backoff over
                 backoff = self.min_backoff
             self.reconnects += 1
             delay = backoff * random.uniform(0.5, 1.0)
-            logger.warning("lost the GCS nodes subscription (%s); subscribing again in %.2f s", reason, delay)
+            log = logger.warning if self._got_snapshot else logger.info  # once per outage
+            log("lost the GCS nodes subscription (%s); subscribing again in %.2f s", reason, delay)
             await asyncio.sleep(delay)
             backoff = min(backoff * 2, self.max_backoff)
 

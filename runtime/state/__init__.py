@@ -8,7 +8,8 @@ protobuf messages.
 
 - **Queries**, one round trip to the GCS each: ``list_nodes``, ``list_tasks``, ``get_task``,
   ``list_objects``, ``list_jobs``, ``list_actors``, ``list_placement_groups``, ``list_events``,
-  ``summarize_tasks``.
+  ``summarize_tasks``, and ``get_head`` (the GCS's address and pid, where it keeps its
+  tables, how many times the head restarted it).
 - **Subscriptions**: ``subscribe(tables, callback)`` delivers a snapshot of the tables and
   then every change as it happens, on a background thread, until ``Subscription.close()``.
 - **Driver hooks** for the notebook extension: ``add_output_handler`` (what remote tasks
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 from runtime.state._format import format_bytes
 from runtime.state._groups import BundleState, PlacementGroupState
+from runtime.state._head import HeadState, get_head
 from runtime.state._hooks import (
     OutputLines,
     add_output_handler,
@@ -78,6 +80,7 @@ __all__ = [
     "BundleState",
     "Change",
     "GpuState",
+    "HeadState",
     "JobState",
     "NodeState",
     "ObjectState",
@@ -91,6 +94,7 @@ __all__ = [
     "add_task_event_handler",
     "decode_row",
     "format_bytes",
+    "get_head",
     "get_task",
     "list_actors",
     "list_events",

@@ -32,13 +32,14 @@ _KNOWN_TASK_STATES: tuple[str, ...] = tuple(_TaskState)
 _QUERY_TIMEOUT_S = Settings.query_timeout_s
 
 
-def _query(call: Callable[[GcsClient], Coroutine[Any, Any, _T]]) -> _T:
-    """Run ``call(gcs)`` on the current connection's IO loop and return its result."""
+def _query(call: Callable[[GcsClient], Coroutine[Any, Any, _T]], timeout: float | None = None) -> _T:
+    """Run ``call(gcs)`` on the current connection's IO loop and return its result (within
+    ``timeout`` seconds; None: ``_QUERY_TIMEOUT_S``)."""
     client = _context.current()
     gcs = client.gcs
     if gcs is None or client.closed:
         raise ClientClosedError("This cluster connection was shut down. Call runtime.init() again.")
-    return client.run(call(gcs), _QUERY_TIMEOUT_S)
+    return client.run(call(gcs), _QUERY_TIMEOUT_S if timeout is None else timeout)
 
 
 def _values(table: str, limit: int = 0) -> list[bytes]:

@@ -193,11 +193,16 @@ class Subscription:
                 except Exception as e:  # noqa: BLE001 - any break (ConnectionLostError, ...) restarts
                     if self._client.closed:
                         return
+                    if getattr(e, "cluster_restarted", False):
+                        logger.error("subscription to %s ends: %s", ", ".join(self.tables), e)
+                        return  # its cluster is gone: no snapshot of another one
                     why = str(e)
                 if self._client.closed:
                     return
-                logger.warning("subscription to %s starts over in %.1f s with a fresh snapshot: %s",
-                               ", ".join(self.tables), delay, why)
+                # Once per outage (the next subscription waits for the GCS to come back).
+                log = logger.warning if delay == _RETRY_MIN_S else logger.info
+                log("subscription to %s starts over in %.1f s with a fresh snapshot: %s",
+                    ", ".join(self.tables), delay, why)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, _RETRY_MAX_S)
                 self.restarts += 1
@@ -265,7 +270,9 @@ def subscribe(tables: Sequence[str], callback: Callable[[Change], object], *,
     for it, then the GCS holds more (10 000 by default); a subscriber that falls further
     behind is disconnected by the GCS. Then, and whenever the GCS connection breaks, the
     subscription starts over by itself: the callback receives a
-    ``Change(table="", reset=True)`` marker, then a fresh snapshot.
+    ``Change(table="", reset=True)`` marker, then a fresh snapshot (through a GCS outage,
+    once the GCS is back). A GCS that came back as another cluster (restarted without
+    persistent storage) ends the subscription, with an error in the log.
 
     Parameters
     ----------

@@ -34,7 +34,7 @@ from runtime.api import _context
 from runtime.api._object_ref import ObjectRef
 from runtime.exceptions import ClientClosedError
 from runtime.protocol import common_pb2, gcs_pb2
-from runtime.protocol.states import DEFAULT_NAMESPACE, Lifetime, PlacementGroupState, PlacementStrategy
+from runtime.protocol.states import Lifetime, PlacementGroupState, PlacementStrategy
 
 if TYPE_CHECKING:
     from runtime.api._remote_function import RemoteFunction
@@ -250,7 +250,8 @@ def placement_group(bundles: list[dict[str, float]], strategy: str = "PACK", nam
     client = _context.current()
     stack = client.task_stack
     row = gcs_pb2.PlacementGroupRow(
-        placement_group_id=_ids.new_id(), name=name, namespace=DEFAULT_NAMESPACE, strategy=strategy,
+        placement_group_id=_ids.new_id(), name=name, namespace=_context.namespace_of(client),
+        strategy=strategy,
         job_id=stack[-1].job_id if stack else client.job_id, detached=lifetime == Lifetime.DETACHED,
         owner_id=client.client_id)
     for resources in checked:
@@ -272,7 +273,8 @@ def get_placement_group(placement_group_name: str) -> PlacementGroup:
     """The live group named ``placement_group_name``. Raises ``ValueError`` when there is none."""
     if not isinstance(placement_group_name, str) or not placement_group_name:
         raise ValueError(f"get_placement_group() needs a group's name, got {placement_group_name!r}")
-    row = _gcs(lambda gcs: gcs.get_placement_group(name=placement_group_name, namespace=DEFAULT_NAMESPACE))
+    namespace = _context.namespace_of(_context.current())
+    row = _gcs(lambda gcs: gcs.get_placement_group(name=placement_group_name, namespace=namespace))
     if row is None:
         raise ValueError(f"Failed to look up placement group with name: {placement_group_name} (no live "
                          "group has it; see placement_group_table())")

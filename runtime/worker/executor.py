@@ -22,6 +22,7 @@ from runtime.actor import ActorExit
 from runtime.api import _args
 from runtime.exceptions import ActorDiedError, FunctionNotFoundError
 from runtime.protocol import codec, common_pb2, node_pb2
+from runtime.protocol.codec import STREAM_END
 from runtime.worker import results
 from runtime.worker.actor import ActorRuntime
 from runtime.worker.cancels import Cancels
@@ -191,7 +192,10 @@ class Executor:
             value = fn(*args, **kwargs)
             if inspect.isawaitable(value):
                 value = await value
-            self._finish(res, spec, value)
+            if spec.streaming and inspect.isasyncgen(value):
+                await self._stream_async(spec, value)
+            else:
+                self._finish(res, spec, value)
         except asyncio.CancelledError:
             results.failed(client, res, spec, results.cancelled(spec))
         except ActorExit:
@@ -202,6 +206,69 @@ class Executor:
             client.pop_task(token)
         client.send(op)
         del value
+
+    # ---- streaming (generator) tasks ----------------------------------------------
+
+    def _stream(self, spec: common_pb2.TaskSpec, items: Any) -> None:
+        """Send each item of a streaming task as it is produced, then the end marker. An
+        exception of the generator is the item where it happened; a cancel too, then it
+        goes on up (the task ends cancelled)."""
+        if inspect.isasyncgen(items):  # on the actor's loop, or a loop of its own
+            loop = self.actor.loop if self.actor is not None else None
+            run = self._stream_async(spec, items)
+            if loop is not None:
+                asyncio.run_coroutine_threadsafe(run, loop).result()
+            else:
+                asyncio.run(run)
+            return
+        i = 0
+        try:
+            if not hasattr(items, "__iter__"):
+                raise TypeError(f"{spec.name}() returned {type(items).__name__}, not a generator, "
+                                "but was called as one (num_returns='streaming').")
+            for item in items:
+                i += 1
+                self._send_item(spec, i, item)
+        except Exception as e:  # noqa: BLE001 - the generator's error is its item's value
+            i += 1
+            self._send_item(spec, i, None, results.error_blob(self._client, spec, e))
+        except KeyboardInterrupt:
+            if self.cancels.was_requested(spec.task_id):
+                err = codec.serialize(results.cancelled(spec), error=True).to_bytes()
+                self._send_item(spec, i + 1, None, err)
+                self._send_item(spec, i + 2, None, STREAM_END)
+            raise
+        self._send_item(spec, i + 1, None, STREAM_END)
+
+    async def _stream_async(self, spec: common_pb2.TaskSpec, items: Any) -> None:
+        """``_stream`` for an async generator (an async actor's method)."""
+        i = 0
+        try:
+            async for item in items:
+                i += 1
+                self._send_item(spec, i, item)
+        except Exception as e:  # noqa: BLE001 - the generator's error is its item's value
+            i += 1
+            self._send_item(spec, i, None, results.error_blob(self._client, spec, e))
+        self._send_item(spec, i + 1, None, STREAM_END)
+
+    def _send_item(self, spec: common_pb2.TaskSpec, index: int, value: Any, blob: bytes = b"") -> None:
+        """Item ``index`` of a streaming task: ``value``, or ``blob`` (an error, the end)."""
+        client = self._client
+        op = node_pb2.ClientOp()
+        res = op.result
+        res.task_id, res.stream_index = spec.task_id, index
+        data = res.returns.add()
+        oid = _ids.object_id(spec.task_id, index)
+        if not blob:
+            try:
+                results.encode_return(client, data, oid, value, spec)
+            except Exception as e:  # noqa: BLE001 - an item that cannot be stored is its error
+                data.Clear()
+                blob = results.error_blob(client, spec, e)
+        if blob:
+            data.object_id, data.inline, data.size = oid, blob, len(blob)
+        client.send(op)
 
     def _actor_exit(self, res: node_pb2.TaskResult, spec: common_pb2.TaskSpec) -> None:
         """``spec``'s method called exit_actor(): it fails with ActorDiedError, and the node,
@@ -255,11 +322,15 @@ class Executor:
         if spec.actor_creation:
             self._become_actor(spec, value)
             return
+        if spec.streaming:
+            self._stream(spec, value)
+            return
         client = self._client
         for i, v in enumerate(results.returns(value, spec), 1):
             results.encode_return(client, res.returns.add(), _ids.object_id(spec.task_id, i), v, spec)
 
     def _become_actor(self, spec: common_pb2.TaskSpec, instance: Any) -> None:
         self._restarts = spec.attempt
+        self._client.namespace = spec.namespace  # its calls run in its creator's job's
         self.actor = ActorRuntime.create(spec, instance, self._gpu_ids.pop(spec.task_id, []),
                                          self.run_one, self.run_one_async)

@@ -7,6 +7,7 @@ of that task (``fail``).
 
 from __future__ import annotations
 
+import inspect
 import os
 import traceback
 from typing import TYPE_CHECKING, Any
@@ -59,6 +60,8 @@ def returns(result: Any, spec: common_pb2.TaskSpec) -> list[Any]:
         return [result]
     if n == 0:
         return []
+    if inspect.isgenerator(result):  # a generator with num_returns=N: its N items
+        result = list(result)
     if not isinstance(result, (tuple, list)) or len(result) != n:
         got = len(result) if isinstance(result, (tuple, list)) else 1
         raise ValueError(f"Task {spec.name}() returned {got} value{'s' if got != 1 else ''}, "

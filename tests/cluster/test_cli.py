@@ -9,6 +9,7 @@ clusters (or another test's).
 
 from __future__ import annotations
 
+import json
 import pathlib
 import socket
 import subprocess
@@ -117,7 +118,7 @@ def test_start_status_attach_add_node_and_stop(cli_env: dict[str, str],
 
     status = ok(run_cli(cli_env, "status"))
     assert f"cluster {address}" in status and "nodes: 1 alive" in status
-    assert "CPU 1/1, sim 2/2" in status and "jobs: 0" in status
+    assert "CPU 1/1, " in status and ", sim 2/2" in status and "jobs: 0" in status
 
     added = ok(run_cli(cli_env, "start", "--address", address, "--cpus", "2", "--gpus", "1"))
     assert f"to the cluster at {address}" in added and "2 live node(s)" in added
@@ -145,6 +146,50 @@ def test_start_status_attach_add_node_and_stop(cli_env: dict[str, str],
     assert "Nothing to stop" in again
     gone = run_cli(cli_env, "status")
     assert gone.returncode == 1 and "no cellray cluster is running" in gone.stderr
+
+
+@pytest.mark.cluster
+def test_the_detached_head_restarts_its_gcs_and_status_shows_storage_and_restarts(
+        cli_env: dict[str, str], cli_root: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    db = tmp_path / "state" / "gcs.db"
+    port = free_port()
+    out = ok(run_cli(cli_env, "start", "--head", "--port", str(port), "--cpus", "1",
+                     "--gcs-storage", f"sqlite://{db}"))
+    assert f"storage:     sqlite://{db} (the head restarts the GCS from it when it dies)" in out
+    session = (cli_root / "session_latest").resolve()
+    recorded = json.loads((session / "processes.json").read_text())
+    gcs, supervisor = recorded["head"], recorded["supervisor"]
+    assert alive(supervisor) and "runtime.gcs.supervisor" in psutil.Process(supervisor).cmdline()
+    status = ok(run_cli(cli_env, "status"))
+    assert f"(GCS pid {gcs}," in status
+    assert f"storage: sqlite://{db} (cluster id " in status and "; GCS restarts: 0" in status
+
+    psutil.Process(gcs).kill()  # kill -9: the CLI that started it is long gone
+    status = status_showing(cli_env, "GCS restarts: 1")
+    new_gcs = json.loads((session / "processes.json").read_text())["head"]
+    assert new_gcs != gcs and f"cluster 127.0.0.1:{port}  (GCS pid {new_gcs}," in status
+    assert "nodes: 1 alive" in status
+    assert "was killed by SIGKILL; restarting it" in (session / "logs" / "supervisor.log").read_text()
+
+    pids = processes_of(cli_root)
+    stopped = ok(run_cli(cli_env, "stop"))
+    assert f"stopped head supervisor pid {supervisor}" in stopped
+    assert f"stopped head (GCS) pid {new_gcs}" in stopped and stopped.count("stopped head (GCS)") == 1
+    wait_for(lambda: not [p for p in pids if alive(p)], timeout=15,
+             what=f"the cluster's processes {pids} to exit")
+    assert processes_of(cli_root) == []
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["start", "--head", "--gcs-storage", "sqlite://x.db"], "argument --gcs-storage: must be"),
+    (["start", "--head", "--redis-shards", "2", "--gcs-storage", "memory"],
+     "--redis-shards starts Redis servers"),
+])
+def test_bad_storage_is_refused_before_anything_starts(cli_env: dict[str, str], cli_root: pathlib.Path,
+                                                       args: list[str], expected: str) -> None:
+    result = run_cli(cli_env, *args)
+    assert result.returncode == 2 and expected in result.stderr
+    assert not cli_root.exists() or not list(cli_root.glob("session_*"))
 
 
 @pytest.mark.cluster

@@ -36,11 +36,11 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 FAST = config.load(heartbeat_ms=100, node_timeout_ms=1500)
 
 
-def _start(tmp_path: pathlib.Path, n: int, cpus: float = 2) -> LocalCluster:
+def _start(tmp_path: pathlib.Path, n: int, cpus: float = 2, namespace: str | None = None) -> LocalCluster:
     cluster = LocalCluster([NodeSpec(num_cpus=cpus) for _ in range(n)], settings=FAST,
                            session_root=tmp_path / "s").start()
     try:
-        rt.init(address=cluster.address, token_file=str(cluster.token_file))
+        rt.init(address=cluster.address, token_file=str(cluster.token_file), namespace=namespace)
     except BaseException:
         cluster.stop()
         raise
@@ -152,13 +152,13 @@ def test_a_killed_node_s_bundles_are_placed_again_on_another(tmp_path: pathlib.P
 
 def test_a_drivers_groups_go_with_it_unless_detached(tmp_path: pathlib.Path) -> None:
     assert not rt.is_initialized()
-    cluster = _start(tmp_path, 3, cpus=1)
+    cluster = _start(tmp_path, 3, cpus=1, namespace="groups")  # named groups live in a namespace
     try:
         mine = placement_group([{"CPU": 1}], strategy="PACK")
         kept = placement_group([{"CPU": 1}], strategy="PACK", lifetime="detached", name="kept")
         assert mine.wait(timeout_seconds=60) and kept.wait(timeout_seconds=60)
         rt.shutdown()  # the job finishes
-        rt.init(address=cluster.address, token_file=str(cluster.token_file))
+        rt.init(address=cluster.address, token_file=str(cluster.token_file), namespace="groups")
         wait_for(lambda: placement_group_table(mine)["state"] == "REMOVED", timeout=30,
                  what="the finished job's group removed")
         assert get_placement_group("kept") == kept

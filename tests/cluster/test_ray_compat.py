@@ -169,3 +169,41 @@ def test_actors_created_inside_tasks_and_actors_always_work(cluster: rt.ClusterI
         refs = [make_and_call.remote() for _ in range(8)] + [maker.make_and_call.remote()]
         assert rt.get(refs, timeout=120) == ["pong"] * 9
         rt.kill(maker)
+
+
+@rt.remote
+def fails_now() -> None:
+    raise ValueError("failed first")
+
+
+def test_get_of_a_list_raises_the_first_error_without_waiting_for_the_rest(
+        cluster: rt.ClusterInfo, tmp_path) -> None:
+    flag = tmp_path / "never"
+    slow = wait_for_flag.remote(str(flag))
+    # Without the fix this get waits for `slow`, which never ends (its flag is never set).
+    with pytest.raises(ValueError, match="failed first"):
+        rt.get([slow, fails_now.remote()], timeout=60)
+    rt.cancel(slow, force=True)
+
+
+@rt.remote(max_calls=1)
+def pid_once() -> int:
+    import os
+    return os.getpid()
+
+
+@rt.remote(max_calls=2)
+def pid_twice() -> int:
+    import os
+    return os.getpid()
+
+
+def test_max_calls_retires_a_worker_after_that_many_runs(cluster: rt.ClusterInfo) -> None:
+    from collections import Counter
+
+    once = [rt.get(pid_once.remote(), timeout=60) for _ in range(4)]
+    assert len(set(once)) == 4  # a fresh worker each time
+    twice = Counter(rt.get([pid_twice.remote() for _ in range(6)], timeout=60))
+    assert max(twice.values()) <= 2
+    with pytest.raises(ValueError, match="max_calls"):
+        pid_once.options(max_calls=-1)

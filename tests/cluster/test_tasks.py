@@ -68,8 +68,9 @@ def test_init_starts_processes_and_shutdown_leaves_none(our_cluster_pids: Callab
     assert not rt.is_initialized()
     left = [p for kind in pids.values() for p in kind if _alive(p)]
     assert not left, f"processes still running after shutdown: {left}"
+    # Queries need a connection (a .remote() would start a new cluster, as in Ray).
     with pytest.raises(RuntimeError, match=r"init\(\)"):
-        pid.remote()
+        rt.nodes()
 
 
 def test_shutdown_stops_running_tasks_and_every_process(

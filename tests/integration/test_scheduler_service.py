@@ -60,10 +60,11 @@ def run(coro: Coroutine[Any, Any, _T], timeout: float = 30.0) -> _T:
 # ---- the pieces: a GCS, recording nodes, the scheduler ----
 
 @contextlib.asynccontextmanager
-async def started_gcs(token: str = TOKEN, port: int = 0) -> AsyncIterator[tuple[str, GcsClient]]:
-    """A real GCS on 127.0.0.1, and a client of it."""
+async def started_gcs(token: str = TOKEN, port: int = 0,
+                      cluster_id: str = "") -> AsyncIterator[tuple[str, GcsClient]]:
+    """A real GCS on 127.0.0.1 (of a new cluster, or of ``cluster_id``), and a client of it."""
     state = GcsState(num_shards=2)
-    service = GcsService(state, session_dir="/tmp/cellray-test")
+    service = GcsService(state, session_dir="/tmp/cellray-test", cluster_id=cluster_id)
     server, bound = await create_server("127.0.0.1", port, token, service.adders())
     service.start()
     client = GcsClient(f"127.0.0.1:{bound}", token)
@@ -318,19 +319,41 @@ def test_the_feed_resubscribes_when_the_gcs_comes_back() -> None:
         async with contextlib.AsyncExitStack() as stack:
             first_gcs = contextlib.AsyncExitStack()
             stack.push_async_callback(first_gcs.aclose)  # torn down last, if the test fails early
-            address, gcs = await first_gcs.enter_async_context(started_gcs())
+            address, gcs = await first_gcs.enter_async_context(started_gcs(cluster_id="cluster-1"))
             await gcs.register_node(gcs_pb2.NodeRow(node_id=A, address="127.0.0.1:1",
                                                     load=common_pb2.NodeLoad(total={"CPU": 1})))
             view, _, _ = await stack.enter_async_context(started_scheduler(address))
             assert [n.node_id for n in view.nodes()] == [A]
+            cluster_id = (await gcs.ping()).cluster_id
             await first_gcs.aclose()  # the GCS goes away; the view keeps its last picture
             assert [n.node_id for n in view.nodes()] == [A]
             port = int(address.rsplit(":", 1)[1])
-            async with started_gcs(port=port) as (_, gcs2):  # a new one, without A
+            # The same cluster back (from its storage), whose tables changed meanwhile: without A.
+            async with started_gcs(port=port, cluster_id=cluster_id) as (_, gcs2):
                 await gcs2.register_node(gcs_pb2.NodeRow(node_id=B, address="127.0.0.1:2",
                                                          load=common_pb2.NodeLoad(total={"CPU": 1})))
                 await async_wait_for(lambda: [n.node_id for n in view.nodes()] == [B],
                                      what="the view to follow the new GCS")
+    run(body())
+
+
+def test_the_feed_ends_when_the_gcs_comes_back_as_another_cluster() -> None:
+    async def body() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            first_gcs = contextlib.AsyncExitStack()
+            stack.push_async_callback(first_gcs.aclose)
+            address, _ = await first_gcs.enter_async_context(started_gcs(cluster_id="cluster-1"))
+            view = ClusterView(LocalityPolicy(rng=random.Random(0)))
+            client = GcsClient(address, TOKEN)
+            stack.push_async_callback(client.close)
+            feed = NodeFeed(client, view, lambda: None, min_backoff=0.01, max_backoff=0.1)
+            feeding = asyncio.create_task(feed.run())
+            await asyncio.wait_for(feed.synced.wait(), 10)
+            await first_gcs.aclose()
+            port = int(address.rsplit(":", 1)[1])
+            async with started_gcs(port=port, cluster_id="cluster-2"):  # restarted without storage
+                await asyncio.wait_for(feeding, 10)  # run() returns: its cluster is gone
+            assert client.link.new_cluster is not None
     run(body())
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from runtime import _session, cli
 from runtime.cluster import registry
+from runtime.cluster.restarts import RestartCounts
 from runtime.cluster.status import ClusterStatus, NodeStatus, format_bytes, format_status
 
 
@@ -24,7 +25,16 @@ def test_start_arguments_are_typed() -> None:
         "command": "start", "head": True, "address": None, "port": 0, "host": "127.0.0.1",
         "token_file": None, "cpus": 2.5, "gpus": 1.0, "resources": {"sim": 4.0},
         "object_store_memory": 1_000_000, "num_nodes": 3, "global_schedulers": None, "func": None,
-        "parser": None}
+        "parser": None, "gcs_storage": None, "redis_shards": None}
+
+
+def test_storage_arguments_of_a_head() -> None:
+    args = parse("start", "--head", "--gcs-storage", "sqlite:///var/lib/cellray/gcs.db")
+    assert (args.gcs_storage, args.redis_shards) == ("sqlite:///var/lib/cellray/gcs.db", None)
+    args = parse("start", "--head", "--gcs-storage", "redis://127.0.0.1:6379,127.0.0.1:6380")
+    assert args.gcs_storage == "redis://127.0.0.1:6379,127.0.0.1:6380"
+    assert parse("start", "--head", "--redis-shards", "4").redis_shards == 4
+    assert parse("start", "--head", "--gcs-storage", "memory").gcs_storage == "memory"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -36,6 +46,14 @@ def test_start_arguments_are_typed() -> None:
     (["start", "--head", "--gpus", "-1"], "expected a number >= 0"),
     (["start", "--address", ":6380"], "expected HOST:PORT"),
     (["start", "--address", "127.0.0.1:6380", "--port", "1"], "--port is for --head"),
+    (["start", "--head", "--gcs-storage", "sqlite://relative.db"], "is not absolute"),
+    (["start", "--head", "--gcs-storage", "postgres://db"], "unknown backend 'postgres'"),
+    (["start", "--head", "--gcs-storage", "redis://nohost"], "is not HOST:PORT"),
+    (["start", "--head", "--redis-shards", "0"], "expected an integer >= 1"),
+    (["start", "--head", "--redis-shards", "2", "--gcs-storage", "sqlite"],
+     "--redis-shards starts Redis servers for the GCS's tables, so it does not go with --gcs-storage"),
+    (["start", "--address", "127.0.0.1:6380", "--gcs-storage", "memory"],
+     "--gcs-storage is for --head"),
     (["frobnicate"], "invalid choice"),
 ])
 def test_bad_arguments_exit_2_with_one_line(argv: list[str], message: str,
@@ -66,13 +84,37 @@ def test_status_table_lists_live_nodes_first_and_counts_jobs() -> None:
                                        jobs_running=1))
     lines = text.splitlines()
     assert lines[0] == "cluster 127.0.0.1:6380  (GCS pid 7, 4 shards, session /s)"
-    assert lines[1] == "nodes: 1 alive, 1 dead"
-    assert lines[2].split() == ["node", "address", "alive", "resources", "(free/total)", "queue",
+    assert lines[1] == "storage: unknown; GCS restarts: 0"
+    assert lines[2] == "nodes: 1 alive, 1 dead"
+    assert lines[3].split() == ["node", "address", "alive", "resources", "(free/total)", "queue",
                                 "object", "store", "(used/capacity)", "workers"]
-    assert lines[3].split() == ["abababababab", "127.0.0.1:4001", "yes", "CPU", "1/2,", "GPU",
+    assert lines[4].split() == ["abababababab", "127.0.0.1:4001", "yes", "CPU", "1/2,", "GPU",
                                 "1/1,", "sim", "4/4", "3", "1.5", "KiB", "/", "1.0", "GiB", "2"]
-    assert lines[4].startswith("cdcdcdcdcdcd  127.0.0.1:4002  no (no heartbeat for 10 s)")
-    assert lines[5] == "jobs: 2 (1 running)"
+    assert lines[5].startswith("cdcdcdcdcdcd  127.0.0.1:4002  no (no heartbeat for 10 s)")
+    assert lines[6] == "jobs: 2 (1 running)"
+
+
+def test_status_shows_the_storage_and_what_the_head_restarted() -> None:
+    node = NodeStatus(node_id="ab" * 16, address="127.0.0.1:1", alive=True, death_cause="",
+                      total={"CPU": 2.0, "memory": 2.0 * 2**30}, available={"CPU": 2.0, "memory": 2**30})
+    restarts = RestartCounts(gcs=2, schedulers={"gs-1": 1, "gs-0": 3},
+                             not_restarted={"gcs": "it exited 6 times within 60 s"})
+    text = format_status(ClusterStatus(
+        address="127.0.0.1:6380", session_dir="/s", gcs_pid=7, num_shards=4, nodes=[node],
+        jobs_total=0, jobs_running=0, storage="sqlite:///s/gcs.db", cluster_id="12fe42591709" * 2,
+        restarts=restarts))
+    lines = text.splitlines()
+    assert lines[1] == ("storage: sqlite:///s/gcs.db (cluster id 12fe42591709); GCS restarts: 2; "
+                        "global scheduler restarts: gs-0 3, gs-1 1")
+    assert lines[2] == "not restarted: the GCS: it exited 6 times within 60 s"
+    assert "CPU 2/2, memory 1.0 GiB/2.0 GiB" in text
+
+
+def test_restart_counts_survive_their_json_and_unreadable_ones_read_as_zero() -> None:
+    counts = RestartCounts(gcs=1, schedulers={"gs-0": 2}, not_restarted={"gs-1": "why"})
+    assert RestartCounts.decode(counts.encode()) == counts
+    for raw in (None, b"", b"{not json", b"[1]", b'{"gcs": "x", "schedulers": [1]}'):
+        assert RestartCounts.decode(raw) == RestartCounts()
 
 
 def test_processes_json_merges_heads_and_joined_nodes(tmp_path: pathlib.Path) -> None:
@@ -83,6 +125,18 @@ def test_processes_json_merges_heads_and_joined_nodes(tmp_path: pathlib.Path) ->
     registry.forget(tmp_path, {12})
     assert registry.read(tmp_path) == registry.Recorded(head=10, nodes=[11, 12], detached=[],
                                                         schedulers=[9])
+
+
+def test_processes_json_records_the_head_as_it_is_now(tmp_path: pathlib.Path) -> None:
+    registry.record_head(tmp_path, gcs=None, schedulers=None, supervisor=5, detached=True)  # CLI
+    registry.record_head(tmp_path, gcs=6, schedulers=[7, 8], supervisor=5, detached=True)
+    registry.record(tmp_path, head=None, nodes=[9], detached=True)
+    registry.record_head(tmp_path, gcs=10, schedulers=[11, 8], supervisor=5, detached=True)  # restarts
+    assert json.loads((tmp_path / "processes.json").read_text()) == {
+        "head": 10, "schedulers": [11, 8], "nodes": [9], "supervisor": 5,
+        "detached": [5, 6, 7, 8, 9, 10, 11]}
+    assert registry.read(tmp_path) == registry.Recorded(
+        head=10, nodes=[9], detached=[5, 6, 7, 8, 9, 10, 11], schedulers=[11, 8], supervisor=5)
 
 
 def test_processes_json_keeps_keys_it_does_not_know(tmp_path: pathlib.Path) -> None:

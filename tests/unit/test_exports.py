@@ -13,7 +13,8 @@ import runtime
 import runtime.exceptions
 
 PUBLIC = {
-    "ActorClass", "ActorHandle", "ClusterInfo", "ObjectRef", "RemoteFunction", "RuntimeContext",
+    "ActorClass", "ActorHandle", "ClusterInfo", "ObjectRef", "ObjectRefGenerator", "RemoteFunction",
+    "RuntimeContext",
     "available_resources", "cancel", "cluster_resources", "exceptions", "get", "get_actor",
     "get_gpu_ids", "get_runtime_context", "init", "is_initialized", "kill", "method", "nodes",
     "put", "remote", "shutdown", "state", "timeline", "wait",

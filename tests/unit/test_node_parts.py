@@ -311,6 +311,23 @@ def test_killing_an_actor_whose_constructor_runs_kills_the_process_then_the_acto
     assert s.actors.actors[b"A" * 16].death_cause == "it was killed with kill()"
 
 
+def test_after_a_gcs_outage_the_rows_of_the_actors_alive_here_are_written_again() -> None:
+    s = Node()
+    s.submit(DRIVER, _actor_spec(name="counter"))
+    s.submit(DRIVER, _infeasible_actor())  # pending: its row is not this node's to repeat
+    [(client, _)] = _executed(s.take_actions())
+    s.result(client, node_pb2.TaskResult(task_id=b"C" * 16))
+    s.take_actions()
+    assert s.actors.resend_rows() == 1
+    [row] = [a.row for a in s.take_actions() if isinstance(a, PutActor)]
+    assert (row.actor_id, row.state, row.name, row.node_id) == (b"A" * 16, ActorState.ALIVE, "counter", NODE)
+    assert row.pid == 100 or row.pid == 101
+    s.kill_actor(b"A" * 16, no_restart=True)
+    s.worker_exited(s.actors.actors[b"A" * 16].worker_id, -9)
+    assert _rows(s.take_actions()) == [ActorState.DEAD]
+    assert s.actors.resend_rows() == 0 and not _rows(s.take_actions())  # a dead one wrote its row
+
+
 def _infeasible_actor() -> common_pb2.TaskSpec:
     spec = common_pb2.TaskSpec(task_id=b"E" * 16, name="Other.__init__", num_returns=1,
                                owner_id=DRIVER, actor_id=b"B" * 16, actor_creation=True,

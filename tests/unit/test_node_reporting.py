@@ -178,3 +178,30 @@ def test_settle_waits_for_the_flush_under_way_within_its_bound() -> None:
         assert gcs.sent == ["actor:ALIVE"]
         assert reporter.pending() == 0
     run(main())
+
+
+def test_through_a_long_outage_the_oldest_task_events_go_and_nothing_else() -> None:
+    async def main() -> None:
+        gcs = FakeGcs()
+        reporter = GcsReporter(gcs, NODE_ID, ADDRESS, max_events=10)
+        put(reporter, "ALIVE")
+        location(reporter, "o1")
+        for i in range(12):
+            event(reporter, f"t{i}")
+        # Past the cap, a tenth of it more goes at once (not one event per new one).
+        assert reporter.dropped_events == 2 and reporter.pending() == 1 + 1 + 10
+        gcs.fail["events:" + ",".join(f"t{i}" for i in range(2, 12)) + ",o1"] = ConnectionLostError("away")
+        with pytest.raises(ConnectionLostError):
+            await reporter.flush()
+        for i in range(12, 14):
+            event(reporter, f"t{i}")
+        await reporter.flush()  # the GCS is back
+        assert gcs.sent == ["actor:ALIVE", "events:" + ",".join(f"t{i}" for i in range(4, 14)) + ",o1"]
+        assert reporter.dropped_events == 0  # said once, then counted afresh
+
+    run(main())
+
+
+def test_the_event_cap_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_events"):
+        GcsReporter(FakeGcs(), NODE_ID, ADDRESS, max_events=0)
