@@ -115,6 +115,7 @@ def _refresh_loop(ref: weakref.ReferenceType[Dashboard], feed: _Feed, sub: state
             if dash is None:  # collected without close(): nothing left to draw
                 return
             dash._head = head
+            dash._away = state.gcs_outage()
             dash._draw(view, "live" if live else "stopped: the cluster connection was shut down")
             del dash
             if not live:
@@ -184,6 +185,8 @@ class Dashboard(w.VBox):
         self._draws = 0
         #: The head's storage and restarts, as the refresher last read them.
         self._head: str | None = None
+        #: Seconds the GCS has been unreachable (None: it answers), as of the last redraw.
+        self._away: float | None = None
         self._header = w.HTML()
         self._style = w.HTML(STYLE, layout=w.Layout(display="none"))
         self.nodes = NodesPanel()
@@ -217,6 +220,8 @@ class Dashboard(w.VBox):
         colour = "#16a34a" if status == "live" else "#6b7280"
         head = (f" · <span style='color:#6b7280'>{html.escape(self._head)}</span>"
                 if self._head else "")
+        if self._away is not None:  # running work goes on; what needs the GCS waits for it
+            head += (f" · <b style='color:#b45309'>GCS reconnecting… ({self._away:.0f} s)</b>")
         self._header.value = (f"<b>cellray</b> cluster dashboard · "
                               f"<span style='color:{colour}'>{status}</span>{head}")
 
@@ -257,11 +262,13 @@ class Dashboard(w.VBox):
                     "counts": dict(m.counts), "nodes": len(m.nodes), "tasks": len(m.tasks),
                     "actors": len(m.actors), "draws": self._draws, "status": self.status,
                     "refresher_alive": self._thread.is_alive(), "subscribed": self._sub.active,
-                    "head": self._head}
+                    "head": self._head, "gcs_away_s": self._away}
 
     def summary(self) -> str:
         """The plain-text picture: what a terminal or a CI log shows instead of the widget."""
         head = f"\nHead: {self._head}" if self._head else ""
+        if self._away is not None:
+            head += f"\nGCS reconnecting… ({self._away:.0f} s): running work goes on"
         return f"cellray dashboard ({self.status})\n" + self.view().summary() + head
 
     def close(self) -> None:

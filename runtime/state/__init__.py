@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from runtime.state._format import format_bytes
 from runtime.state._groups import BundleState, PlacementGroupState
-from runtime.state._head import HeadState, get_head
+from runtime.state._head import HeadState, gcs_outage, get_head
 from runtime.state._hooks import (
     OutputLines,
     add_output_handler,
@@ -94,6 +94,7 @@ __all__ = [
     "add_task_event_handler",
     "decode_row",
     "format_bytes",
+    "gcs_outage",
     "get_head",
     "get_task",
     "list_actors",

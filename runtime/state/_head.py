@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from runtime.api import _context
 from runtime.cluster.restarts import RESTARTS_KEY, RestartCounts
 from runtime.protocol import gcs_pb2
 from runtime.state._queries import _query
@@ -90,3 +91,14 @@ def get_head(timeout: float | None = None) -> HeadState:
                      session_dir=ping.session_dir, storage=ping.storage, cluster_id=ping.cluster_id,
                      gcs_restarts=counts.gcs, scheduler_restarts=dict(counts.schedulers),
                      not_restarted=dict(counts.not_restarted))
+
+
+def gcs_outage() -> float | None:
+    """Seconds this process has been unable to reach the GCS, or None while it answers (or
+    when not connected). No round trip: what this process's GCS client saw last. The
+    dashboard shows it as "GCS reconnecting…"."""
+    client = _context.peek()
+    gcs = client.gcs if client is not None else None
+    if gcs is None or gcs.link.outage.since is None:
+        return None
+    return gcs.link.outage.lasted()

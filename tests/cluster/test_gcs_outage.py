@@ -178,6 +178,8 @@ def test_work_goes_on_through_a_gcs_restart_and_nothing_runs_twice(
                         timeout=60, what="the driver to say that it waits for the GCS")
         assert not (new_task.done() or new_actor.done() or by_name.done()), \
             [fut.exception() for fut in (new_task, new_actor, by_name) if fut.done()]
+        away = rt.state.gcs_outage()  # what the dashboard shows as "GCS reconnecting…"
+        assert away is not None and away >= 0
         hold.set()  # a task that was running when the GCS died finishes during the outage
         assert rt.get(running, timeout=60) == 4
         assert cluster.head.popen.poll() is not None, "the head restarted the GCS: it was told not to"
@@ -186,6 +188,7 @@ def test_work_goes_on_through_a_gcs_restart_and_nothing_runs_twice(
         assert new_task.result(timeout=120) == "new"
         assert new_actor.result(timeout=120) == 1
         assert by_name.result(timeout=120) == 2
+        assert rt.state.gcs_outage() is None
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     told += capfd.readouterr().err

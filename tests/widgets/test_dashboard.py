@@ -248,3 +248,19 @@ def test_text_fallbacks_are_readable(cluster: rt.ClusterInfo) -> None:
     data, _ = DisplayFormatter().format(dash)
     assert data["text/plain"].startswith("cellray dashboard (closed)")
     assert "Futures: pending" in data["text/plain"] and "<table" in data["text/html"]
+
+
+def test_a_gcs_outage_shows_as_reconnecting_in_the_header_and_the_summary(
+        cluster: rt.ClusterInfo, monkeypatch: pytest.MonkeyPatch) -> None:
+    dash = synced(Dashboard(interval=0.05))
+    try:
+        # What this process's GCS client reports during an outage (no GCS is killed here).
+        monkeypatch.setattr(rt.state, "gcs_outage", lambda: 12.0)
+        wait_for(lambda: "GCS reconnecting… (12 s)" in dash._header.value, timeout=30,
+                 what="the header to say the GCS is away")
+        assert "GCS reconnecting… (12 s): running work goes on" in dash.summary()
+        monkeypatch.setattr(rt.state, "gcs_outage", lambda: None)
+        wait_for(lambda: "reconnecting" not in dash._header.value, timeout=30,
+                 what="the header back to normal")
+    finally:
+        dash.close()
