@@ -254,3 +254,32 @@ def test_a_gcs_restarted_without_storage_is_a_new_cluster_nodes_leave_and_the_dr
     finally:
         rt.shutdown()
         cluster.stop()
+
+
+class _Pid:
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def test_a_detached_actor_killed_during_the_outage_restarts(
+        durable: tuple[LocalCluster, GcsByHand]) -> None:
+    cluster, by_hand = durable
+    here = NodeAffinitySchedulingStrategy(cluster.node_info[0]["node_id"], soft=False)
+    actor = rt.remote(_Pid).options(name="lasting", namespace="outage", lifetime="detached",
+                                    max_restarts=1, scheduling_strategy=here).remote()
+    old = rt.get(actor.pid.remote(), timeout=60)
+    assert cluster.head is not None
+    _kill(cluster.head)
+    os.kill(old, signal.SIGKILL)  # the actor dies while the GCS is away
+    by_hand.start()
+    # It restarts (its class comes from the GCS once it is back) and answers under its name.
+    again = wait_for(lambda: _pid_of("lasting", "outage"), timeout=120, what="the actor back")
+    assert again != old
+    rt.kill(rt.get_actor("lasting", namespace="outage"))
+
+
+def _pid_of(name: str, namespace: str) -> int | None:
+    try:
+        return int(rt.get(rt.get_actor(name, namespace=namespace).pid.remote(), timeout=10))
+    except (rt.exceptions.ActorDiedError, rt.exceptions.GetTimeoutError):
+        return None  # a call that reached the dead instance; the next one goes to the new
