@@ -398,7 +398,7 @@ def nodes() -> list[dict[str, Any]]:
         host, _, port = n.address.rpartition(":")
         out.append({"NodeID": n.node_id.hex(), "Alive": n.alive, "alive": n.alive,
                     "NodeManagerAddress": host, "NodeManagerHostname": n.hostname,
-                    "NodeManagerPort": int(port or 0), "NodeName": host,
+                    "NodeManagerPort": int(port) if port.isdigit() else 0, "NodeName": host,
                     "Resources": dict(n.load.total), "Available": dict(n.load.available),
                     "QueueLength": n.load.queue_length,
                     "ObjectStoreUsed": n.load.store_used,

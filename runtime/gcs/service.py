@@ -23,6 +23,7 @@ from runtime.exceptions import InvalidRequestError, NodeDiedError
 from runtime.gcs.reservations import BundleNodes, GrpcBundleNodes, PlacementManager
 from runtime.gcs.state import TABLES, Change, GcsState
 from runtime.gcs.storage import StorageError
+from runtime.gcs.validate import check_load, check_node_row
 from runtime.protocol import gcs_pb2, gcs_pb2_grpc
 from runtime.rpc.errors import FENCED_NODE
 
@@ -239,12 +240,14 @@ class _NodeInfo(_Servicer, gcs_pb2_grpc.NodeInfoServicer):
     @_rpc
     async def RegisterNode(self, request: gcs_pb2.RegisterNodeRequest,
                            context: _Ctx) -> gcs_pb2.RegisterNodeReply:
+        check_node_row(request.node)
         self._state.register_node(request.node)
         await self._gcs.saved()
         return gcs_pb2.RegisterNodeReply(num_shards=self._state.num_shards)
 
     @_rpc
     async def Heartbeat(self, request: gcs_pb2.HeartbeatRequest, context: _Ctx) -> gcs_pb2.HeartbeatReply:
+        check_load(request.load)
         return gcs_pb2.HeartbeatReply(known=self._state.heartbeat(request.node_id, request.load))
 
     @_rpc

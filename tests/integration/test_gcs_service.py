@@ -421,3 +421,28 @@ def test_shutdown_request_and_unreachable_address() -> None:
             finally:
                 await client.close()
     run(body())
+
+
+def test_a_malformed_node_registration_is_refused_naming_the_field_and_reads_stay_clean() -> None:
+    async def body() -> None:
+        async with started_gcs() as head:
+            gcs = head.client
+            assert await gcs.register_node(node(1)) == 4
+            good_id = (9).to_bytes(16, "big")
+            cases = {
+                "node.node_id": gcs_pb2.NodeRow(node_id=b"abc", address="127.0.0.1:7009"),
+                "node.address": gcs_pb2.NodeRow(node_id=good_id, address="/.ca"),
+                "port 1..65535": gcs_pb2.NodeRow(node_id=good_id, address="127.0.0.1:99999"),
+                "node.load.total": gcs_pb2.NodeRow(node_id=good_id, address="127.0.0.1:7009",
+                                                   load=common_pb2.NodeLoad(total={"CPU": -2})),
+                "node.pid": gcs_pb2.NodeRow(node_id=good_id, address="127.0.0.1:7009", pid=-1),
+            }
+            for field, row in cases.items():
+                with pytest.raises(InvalidRequestError, match=field.replace(".", r"\.")):
+                    await gcs.register_node(row)
+            with pytest.raises(InvalidRequestError, match=r"load\.available"):
+                await gcs.heartbeat(node(1).node_id, common_pb2.NodeLoad(available={"CPU": float("nan")}))
+            # Nothing of them was stored: the table reads back the one good node.
+            rows = [gcs_pb2.NodeRow.FromString(v) for _, v in await gcs.list_table("nodes")]
+            assert [r.address for r in rows] == ["127.0.0.1:7001"]
+    run(body())
