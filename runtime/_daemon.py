@@ -64,7 +64,7 @@ from typing import Any, Literal
 import grpc
 import psutil
 
-from runtime import _session, config
+from runtime import _logs, _session, config
 from runtime.rpc.server import create_server
 
 logger = logging.getLogger("runtime.daemon")
@@ -232,9 +232,11 @@ def _dest(flag: SettingFlag) -> str:
 
 
 def configure_logging(level: str, name: str) -> None:
-    """Log to stderr with ``name`` and the pid on every line."""
+    """Log to stderr with ``name`` and the pid on every line; warnings and errors of one kind
+    are rate limited (``runtime._logs``)."""
     logging.basicConfig(level=level, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s {name}[%(process)d] %(name)s: %(message)s")
+    _logs.install()
 
 
 @dataclass
