@@ -24,7 +24,8 @@ calls as well) appears under that cell, even when it prints after the cell finis
 How the package is built: ``magics`` (one ``Magics`` class: parse, call, show) sits on
 ``arguments`` (the parsers), ``cluster`` (start/attach/stop), ``cell`` (what a cell
 reads, shipping it, the ``RemoteCell`` future), ``names`` (which names a cell reads),
-``routing`` (output to the right cell) and ``display`` (rendering). ``worker`` is the
+``routing`` (output to the right cell), ``interrupt`` (an interrupted cell cancels the
+tasks it started) and ``display`` (rendering). ``worker`` is the
 part that runs on the cluster; it imports only the standard library, which is why this
 file imports nothing at the top: workers import ``kernel_ext.worker`` without IPython.
 It uses only ``runtime``'s public API.
@@ -47,8 +48,11 @@ def load_ipython_extension(ipython: Any) -> None:
     magics = CellrayMagics(ipython)
     ipython.register_magics(magics)
     ipython.configurables.append(magics)  # so that %config CellrayMagics works
+    from kernel_ext import interrupt
     from runtime.state import set_get_progress
     from widgets import get_with_progress, register_formatters
+    # Interrupting a cell cancels the tasks it started (a %%remote cell cancels its own).
+    interrupt.install(ipython, grace=lambda: magics.soft_cancel_grace, skip=magics.router.is_cell_task)
     register_formatters(ipython)  # live reprs of ObjectRefs, actor handles, clusters
     set_get_progress(get_with_progress)  # rt.get on many refs shows a bar after 1 s
     print(LOADED_MESSAGE)
@@ -61,8 +65,10 @@ def unload_ipython_extension(ipython: Any) -> None:
     magics = ipython.magics_manager.registry.pop(CellrayMagics.__name__, None)
     if magics is None:
         return
+    from kernel_ext import interrupt
     from runtime.state import set_get_progress
     from widgets import unregister_formatters
+    interrupt.uninstall(ipython)
     unregister_formatters(ipython)
     set_get_progress(None)
     try:

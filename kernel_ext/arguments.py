@@ -198,3 +198,18 @@ def split_line_options(line: str) -> tuple[str, str]:
             return line[:m.start()], line[m.start():].strip()
         pos = m.end()
     return line[:pos], ""
+
+
+#: How ``rt.init()``'s messages name what to pass, and the ``%cluster attach`` words for it.
+_INIT_TO_ATTACH = (
+    ("rt.init(address=..., token_file=PATH)", "%cluster attach {address} --token-file PATH"),
+    ("token_file=PATH", "--token-file PATH"),
+)
+
+
+def in_attach_terms(message: str, address: str) -> str:
+    """``message``, worded by the runtime for ``rt.init()``, with the ``%cluster attach``
+    flags in place of its keywords, so that it names the flag the user can type."""
+    for keyword, flag in _INIT_TO_ATTACH:
+        message = message.replace(keyword, flag.format(address=address))
+    return message

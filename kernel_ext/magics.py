@@ -88,7 +88,10 @@ class CellrayMagics(Magics):
                 print(f"Started a local cluster at {cluster.describe(done.info)}. Run a cell on it "
                       "with %%remote; `%cluster status` shows it, `%cluster stop` stops it.")
         elif action == "attach":
-            done = cluster.attach(args.address, args.token_file)
+            try:
+                done = cluster.attach(args.address, args.token_file)
+            except UsageError as e:  # the runtime words its hints for rt.init(): name our flags
+                raise UsageError(arguments.in_attach_terms(str(e), args.address)) from None
             self._connected(done.reused)
             if done.reused:
                 print(f"Already connected to {cluster.describe(done.info)}; `%cluster stop` "

@@ -115,6 +115,11 @@ class OutputRouter:
         with self._lock:
             self._own_names.remember(name, True)
 
+    def is_cell_task(self, name: str) -> bool:
+        """Whether tasks called ``name`` are cells (marked with ``mark_cell_task``)."""
+        with self._lock:
+            return name in self._own_names
+
     # ---- output ----
 
     def on_output(self, out: state.OutputLines) -> None:

@@ -7,13 +7,14 @@
                   [--gcs-storage sqlite | sqlite:///PATH.db | redis://H:P,H:P | memory] [--redis-shards N]
     cellray start --address HOST:PORT [--token-file F] [--cpus N] [--gpus N] [--resources JSON]
     cellray status [--address HOST:PORT] [--token-file F]
-    cellray stop
+    cellray stop [--address HOST:PORT | --all]
     cellray bench [ARGS...]
 
 The head keeps its tables where ``--gcs-storage`` says (default: SQLite in the session
 directory), or in ``--redis-shards N`` local Redis servers it starts and owns; its GCS is
 restarted from them, on the same address, when it dies. ``cellray status`` shows the
-storage and the restarts.
+storage and the restarts. ``cellray stop`` stops the cluster ``cellray status`` shows (the
+newest one started here, or the one ``--address`` names); ``--all`` stops every one.
 
 This module only parses and prints; ``runtime.cluster.commands`` does the work. Exit
 codes: 0 success, 1 the command failed (the message says why), 2 bad input.
@@ -156,7 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--token-file", metavar="FILE", help="the cluster's token file")
     status.set_defaults(func=_cmd_status, parser=status)
 
-    stop = sub.add_parser("stop", help="stop every process `cellray start` started on this machine")
+    stop = sub.add_parser(
+        "stop", help="stop a cluster `cellray start` started on this machine",
+        description="Stop the processes `cellray start` started on this machine for one cluster: "
+                    "the newest one (or CELLRAY_ADDRESS's), the one --address names, or with "
+                    "--all every one.")
+    which = stop.add_mutually_exclusive_group()
+    which.add_argument("--address", type=_address, metavar="HOST:PORT",
+                       help="the cluster's GCS (default: the newest cluster started here)")
+    which.add_argument("--all", action="store_true",
+                       help="stop every cluster `cellray start` started on this machine")
     stop.set_defaults(func=_cmd_stop, parser=stop)
 
     bench = sub.add_parser("bench", help="run the micro-benchmarks (bench/microbench.py)")
@@ -195,7 +205,7 @@ def _cmd_start(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         print(f"Added node {info.get('node_id', '?')[:12]} at {info.get('address', '?')} "
               f"(pid {handle.pid}) to the cluster at {args.address}.")
     print(f"The cluster now has {got.nodes_before + len(got.cluster.nodes)} live node(s); "
-          f"logs in {got.session_dir / 'logs'}.\nStop with: cellray stop")
+          f"logs in {got.session_dir / 'logs'}.\nStop with: cellray stop --address {args.address}")
     return 0
 
 
@@ -214,7 +224,7 @@ def _print_started(address: str, session_dir: object, token_file: object, nodes:
           f"    cellray start --address {address}"
           f"    (from another machine add --token-file with a copy of the token file)\n"
           f"Inspect:  cellray status\n"
-          f"Stop:     cellray stop")
+          f"Stop:     cellray stop --address {address}")
     if address.startswith("0.0.0.0:"):
         print("Note: the head listens on every interface; other machines use this machine's "
               "IP address instead of 0.0.0.0.")
@@ -232,7 +242,7 @@ def _cmd_status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
 
 def _cmd_stop(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    stopped = commands.stop_all()
+    stopped = commands.stop_all() if args.all else commands.stop_cluster(args.address)
     if not stopped:
         print("Nothing to stop: no process started by `cellray start` is running on this machine.")
         return 0
@@ -240,7 +250,14 @@ def _cmd_stop(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         what = {"head": "head (GCS)", "scheduler": "global scheduler",
                 "supervisor": "head supervisor"}.get(p.role, "node manager")
         print(f"stopped {what} pid {p.pid} of the cluster at {p.address or '?'} ({p.session_dir.name})")
-    print(f"Stopped {len(stopped)} process(es).")
+    clusters = list(dict.fromkeys(p.address or "?" for p in stopped))
+    print(f"Stopped {len(stopped)} process(es) of the cluster(s) at {', '.join(clusters)}."
+          if len(clusters) > 1 else
+          f"Stopped {len(stopped)} process(es) of the cluster at {clusters[0]}.")
+    others = [a for a in commands.running_addresses() if a not in clusters]
+    if others:
+        print(f"Still running on this machine: {', '.join(others)} (stop one with "
+              "`cellray stop --address HOST:PORT`, all with `cellray stop --all`).")
     return 0
 
 

@@ -118,6 +118,9 @@ def submit(client: CoreClient, op: node_pb2.ClientOp, name: str, args: tuple[Any
     refs = [ObjectRef(_ids.object_id(spec.task_id, i)) for i in range(1, n + 1)]
     client.submit(op)
     del keep
+    if client.submit_handlers and not spec.parent_task_id:  # submitted by the driver itself
+        for handler in client.submit_handlers:
+            handler(spec, refs)
     if n == 1:
         return refs[0]
     return refs if n else None

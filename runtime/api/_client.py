@@ -105,6 +105,9 @@ class CoreClient:
         self.event_handlers: list[Callable[[common_pb2.TaskEvent], None]] = []
         #: Called at each submission from a driver; its string tags the task tree (a cell).
         self.origin_provider: Callable[[], str] | None = None
+        #: Called with each task's spec and result refs as a driver submits it (not from
+        #: inside tasks): ``runtime.state.add_submit_handler`` installs them.
+        self.submit_handlers: list[Callable[[common_pb2.TaskSpec, list[Any]], None]] = []
         self.closed = False
         self._broken: BaseException | None = None
         self._warned_infeasible: set[str] = set()

@@ -34,6 +34,7 @@ __all__ = [
     "running_addresses",
     "start_head",
     "stop_all",
+    "stop_cluster",
 ]
 
 #: The head's port when ``--port`` is not given (Ray uses 6379; one up, so both can run).
@@ -73,7 +74,7 @@ def _settings() -> config.Settings:
 def start_head(spec: NodeSpec, *, num_nodes: int = 1, host: str = "127.0.0.1",
                port: int | None = None, global_schedulers: int | None = None,
                gcs_storage: str | None = None, redis_shards: int | None = None) -> LocalCluster:
-    """Start a detached cluster (GCS and ``num_nodes`` nodes); it runs until ``stop_all``.
+    """Start a detached cluster (GCS and ``num_nodes`` nodes); it runs until ``stop_cluster``.
 
     ``port`` None means ``DEFAULT_PORT``, which must be free; 0 picks any free port.
     ``gcs_storage`` and ``redis_shards`` choose where the GCS keeps its tables (None: the
@@ -249,3 +250,35 @@ def _head_report(session: pathlib.Path | None) -> str:
 def stop_all() -> list[registry.StoppedProcess]:
     """Stop every process ``cellray start`` started on this machine: nodes, then heads."""
     return registry.stop_detached(_root())
+
+
+def stop_cluster(address: str | None = None) -> list[registry.StoppedProcess]:
+    """Stop the processes ``cellray start`` started here for one cluster; [] when none run.
+
+    The cluster is the one at ``address``, else ``CELLRAY_ADDRESS``, else the newest one
+    with such processes here (``session_latest`` when it has them). Raises
+    ``CommandError`` when an address was given and nothing of its cluster can be stopped.
+    """
+    address = address or os.environ.get("CELLRAY_ADDRESS") or None
+    detached = registry.detached_sessions(_root())
+    if address is None:
+        if not detached:
+            return []
+        address = detached[0][1]
+        if not address:  # a session without its address file: stop that session alone
+            return registry.stop_sessions([detached[0][0]])
+    ours = [d for d, a in detached if a and registry.same_address(a, address)]
+    if not ours:
+        raise CommandError(_nothing_to_stop(address, [a for _, a in detached if a]))
+    return registry.stop_sessions(ours)
+
+
+def _nothing_to_stop(address: str, detached: list[str]) -> str:
+    if any(registry.same_address(a, address) for _, a in registry.running_heads(_root())):
+        return (f"the cluster at {address} was started by a driver (rt.init() or `%cluster "
+                "start`), not by `cellray start`: it stops with its driver (rt.shutdown() or "
+                "`%cluster stop`).")
+    others = (f"`cellray start` clusters running here: {', '.join(dict.fromkeys(detached))}"
+              if detached else "no `cellray start` cluster runs here")
+    return (f"no process of the cluster at {address} runs on this machine ({others}). "
+            "Check the address with `cellray status`.")

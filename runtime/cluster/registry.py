@@ -11,7 +11,8 @@ replicas (those running now), ``nodes`` the node managers, ``supervisor`` the he
 of a detached cluster that restarts the GCS and the replicas when they die
 (``python -m runtime.gcs.supervisor``; absent for ``rt.init()`` clusters, whose driver
 supervises them), and ``detached`` the pids that outlive the process that started them
-(``cellray start``): ``cellray stop`` stops those, and the schedulers of a detached head.
+(``cellray start``): ``cellray stop`` stops those of one cluster (``--all``: of every
+session), and the schedulers of a detached head.
 Processes of ``rt.init()`` clusters are not detached; they exit with their driver. Keys
 this module does not know are kept as they are.
 
@@ -46,6 +47,7 @@ __all__ = [
     "PROCESSES_FILE",
     "Recorded",
     "StoppedProcess",
+    "detached_sessions",
     "forget",
     "is_cluster_process",
     "read",
@@ -53,8 +55,10 @@ __all__ = [
     "record_head",
     "running_heads",
     "running_nodes_only",
+    "same_address",
     "sessions",
     "stop_detached",
+    "stop_sessions",
 ]
 
 #: The file, in a session directory, that lists the session's processes.
@@ -212,7 +216,12 @@ def is_cluster_process(pid: int, session_dir: pathlib.Path, role: str) -> bool:
 
 
 def sessions(root: pathlib.Path) -> list[pathlib.Path]:
-    """Session directories under ``root``, newest first (not the ``session_latest`` link)."""
+    """Session directories under ``root``, newest first (not the ``session_latest`` link).
+
+    Newest means created last: the one ``session_latest`` names, then the others by the
+    creation time in their names (``session_<date>_<time>_<pid>_<hex>``). Not by mtime:
+    a session's directory changes when its head restarts the GCS or a node joins it.
+    """
     if not root.is_dir():
         return []
     found = []
@@ -220,10 +229,13 @@ def sessions(root: pathlib.Path) -> list[pathlib.Path]:
         try:
             if d.is_symlink() or not d.is_dir():
                 continue
-            found.append((d.stat().st_mtime, d))
         except OSError:  # removed meanwhile
             continue
-    return [d for _, d in sorted(found, reverse=True)]
+        found.append(d)
+    found.sort(key=lambda d: d.name, reverse=True)
+    link = root / "session_latest"
+    latest = link.resolve() if link.is_symlink() else None
+    return sorted(found, key=lambda d: d.resolve() != latest)  # stable: latest first
 
 
 def _address(session_dir: pathlib.Path) -> str:
@@ -286,8 +298,33 @@ def _detached_targets(d: pathlib.Path, rec: Recorded) -> list[StoppedProcess]:
             if is_cluster_process(pid, d, roles.get(pid, "node"))]
 
 
+def same_address(a: str, b: str) -> bool:
+    """True if GCS addresses ``a`` and ``b`` name the same server: equal, or the same port
+    on this machine's loopback names (127.0.0.1, localhost, 0.0.0.0)."""
+    host_a, _, port_a = a.rpartition(":")
+    host_b, _, port_b = b.rpartition(":")
+    local = {"127.0.0.1", "localhost", "0.0.0.0"}
+    return port_a == port_b and (host_a == host_b or {host_a, host_b} <= local)
+
+
+def detached_sessions(root: pathlib.Path) -> list[tuple[pathlib.Path, str]]:
+    """``(session_dir, address)`` of each session with a live detached process (one that
+    ``cellray start`` started), newest first; address "" when the session has none."""
+    out = []
+    for d in sessions(root):
+        rec = read(d)
+        if rec is not None and _detached_targets(d, rec):
+            out.append((d, _address(d)))
+    return out
+
+
 def stop_detached(root: pathlib.Path, grace: float = 5.0) -> list[StoppedProcess]:
-    """Stop every detached process recorded under ``root``: nodes, then supervisors, then
+    """Stop every detached process recorded under ``root`` (``stop_sessions`` of them all)."""
+    return stop_sessions(sessions(root), grace)
+
+
+def stop_sessions(session_dirs: Sequence[pathlib.Path], grace: float = 5.0) -> list[StoppedProcess]:
+    """Stop the detached processes of ``session_dirs``: nodes, then supervisors, then
     schedulers, then heads.
 
     Each phase stops its processes in parallel (SIGTERM to the process group, ``grace``
@@ -296,7 +333,7 @@ def stop_detached(root: pathlib.Path, grace: float = 5.0) -> list[StoppedProcess
     Returns what was running and is stopped.
     """
     targets: dict[str, list[StoppedProcess]] = {role: [] for role in _STOP_ORDER}
-    for d in sessions(root):
+    for d in session_dirs:
         rec = read(d)
         if rec is not None:
             for target in _detached_targets(d, rec):

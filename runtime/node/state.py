@@ -319,8 +319,9 @@ class LocalScheduler:
             self.make_ready(task)
             self.ready.schedule()
             return
-        self.finish(task, res.returns, _FAILED if res.failed else _FINISHED,
-                    res.error_summary, pid)
+        # A cancelled task that stopped with an error stopped because of the cancel.
+        ended = (TaskState.CANCELLED if task.cancelled else _FAILED) if res.failed else _FINISHED
+        self.finish(task, res.returns, ended, res.error_summary, pid)
         self.ready.schedule()
 
     def finish(self, task: Task, returns: Iterable[common_pb2.ObjectData], state: TaskState,

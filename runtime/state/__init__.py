@@ -14,7 +14,8 @@ protobuf messages.
   then every change as it happens, on a background thread, until ``Subscription.close()``.
 - **Driver hooks** for the notebook extension: ``add_output_handler`` (what remote tasks
   print), ``set_origin_provider`` (tag submitted work so that its output finds the cell that
-  started it) and ``add_task_event_handler`` (warnings the scheduler sends this driver).
+  started it), ``add_task_event_handler`` (warnings the scheduler sends this driver) and
+  ``add_submit_handler`` (each task the driver submits, so a cell can cancel its own).
 
 Everything uses the connection made by ``runtime.init()`` and raises ``RuntimeError`` when
 there is none. Times are unix seconds (``time.time()``); ids are hex strings.
@@ -39,9 +40,12 @@ from runtime.state._groups import BundleState, PlacementGroupState
 from runtime.state._head import HeadState, gcs_outage, get_head
 from runtime.state._hooks import (
     OutputLines,
+    SubmittedTask,
     add_output_handler,
+    add_submit_handler,
     add_task_event_handler,
     remove_output_handler,
+    remove_submit_handler,
     remove_task_event_handler,
     set_get_progress,
     set_origin_provider,
@@ -88,9 +92,11 @@ __all__ = [
     "PlacementGroupState",
     "Row",
     "SchedulerEvent",
+    "SubmittedTask",
     "Subscription",
     "TaskState",
     "add_output_handler",
+    "add_submit_handler",
     "add_task_event_handler",
     "decode_row",
     "format_bytes",
@@ -105,6 +111,7 @@ __all__ = [
     "list_placement_groups",
     "list_tasks",
     "remove_output_handler",
+    "remove_submit_handler",
     "remove_task_event_handler",
     "set_get_progress",
     "set_origin_provider",

@@ -5,6 +5,7 @@ Part of the ``runtime.state`` package: import these names from there.
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from collections.abc import Callable
@@ -12,11 +13,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from runtime.api import _context
-from runtime.protocol import node_pb2
+from runtime.protocol import common_pb2, node_pb2
 from runtime.state._rows import SchedulerEvent
 
 if TYPE_CHECKING:
     from runtime.api._client import CoreClient
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,71 @@ def _remove_hook(fn: Callable[[Any], object],
         adapter = registry.get(client, {}).pop(fn, None)
         if adapter is not None:
             setattr(client, attr, [h for h in getattr(client, attr) if h is not adapter])
+
+
+@dataclass(frozen=True)
+class SubmittedTask:
+    """A task this driver just submitted, as ``add_submit_handler``'s handlers see it.
+
+    Attributes
+    ----------
+    task_id : str
+        Hex id of the task.
+    name : str
+        The function name, e.g. "f" or "Counter.inc".
+    origin : str
+        Its origin tag (see ``set_origin_provider``); "" when untagged.
+    actor_id : str | None
+        Hex id of the actor, for an actor method call.
+    refs : tuple[ObjectRef, ...]
+        The refs of its results (none for ``num_returns=0``). Keep them only weakly
+        (``weakref.ref``): holding them keeps the results alive.
+    """
+
+    task_id: str
+    name: str
+    origin: str
+    actor_id: str | None
+    refs: tuple[Any, ...]
+
+
+_submit_adapters: weakref.WeakKeyDictionary[CoreClient, dict[Callable[..., Any], Any]] = \
+    weakref.WeakKeyDictionary()
+
+
+def add_submit_handler(fn: Callable[[SubmittedTask], object]) -> None:
+    """Call ``fn(SubmittedTask)`` for each task (or actor method call) this driver submits.
+
+    Tasks submitted from inside tasks are not reported, nor actor creations. ``fn`` runs
+    on the submitting thread, right after the task was sent: it must return quickly; an
+    exception it raises is logged and the submission goes on. Adding ``fn`` twice has no
+    effect; ``runtime.shutdown()`` drops it. The notebook extension records this way which
+    tasks a cell started, to cancel them when the cell is interrupted.
+    """
+    def convert(spec: common_pb2.TaskSpec, refs: list[Any]) -> SubmittedTask:
+        return SubmittedTask(task_id=spec.task_id.hex(), name=spec.name, origin=spec.origin,
+                             actor_id=spec.actor_id.hex() or None, refs=tuple(refs))
+
+    def call(spec: common_pb2.TaskSpec, refs: list[Any]) -> None:
+        try:
+            fn(convert(spec, refs))
+        except Exception:  # a handler must not fail a submission that was already sent
+            logger.exception("submit handler %r failed", fn)
+
+    if not callable(fn):
+        raise TypeError(f"expected a callable handler, got {type(fn).__name__}")
+    client = _context.current()
+    with _hooks_lock:
+        adapters = _submit_adapters.setdefault(client, {})
+        if fn in adapters:
+            return
+        adapters[fn] = call
+        client.submit_handlers = [*client.submit_handlers, call]
+
+
+def remove_submit_handler(fn: Callable[[SubmittedTask], object]) -> None:
+    """Stop calling ``fn``; nothing happens when it was not added (or after shutdown)."""
+    _remove_hook(fn, _submit_adapters, "submit_handlers")
 
 
 def set_origin_provider(fn: Callable[[], str] | None) -> None:

@@ -1,7 +1,7 @@
 """The real ``cellray`` command line, run in subprocesses: start, status, attach, stop.
 
 ``cellray start`` detaches its processes (new session, reparented when the CLI exits), so
-every test that starts one runs ``cellray stop`` in its fixture's teardown; the leak
+every test that starts one runs ``cellray stop --all`` in its fixture's teardown; the leak
 checker then finds them by the ``PYTEST_CURRENT_TEST`` they inherited if any survive.
 Each test gets its own ``CELLRAY_TMPDIR``, so it neither sees nor stops a developer's
 clusters (or another test's).
@@ -94,12 +94,12 @@ def cli_root(tmp_path: pathlib.Path) -> pathlib.Path:
 @pytest.fixture
 def cli_env(cli_root: pathlib.Path,
             subprocess_env: Callable[..., dict[str, str]]) -> Iterator[dict[str, str]]:
-    """The CLI's environment (sessions under ``cli_root``); ``cellray stop`` at teardown."""
+    """The CLI's environment (sessions under ``cli_root``); ``cellray stop --all`` at teardown."""
     env = subprocess_env(CELLRAY_TMPDIR=str(cli_root))
     try:
         yield env
     finally:
-        ok(run_cli(env, "stop"))
+        ok(run_cli(env, "stop", "--all"))
 
 
 @pytest.mark.cluster
@@ -136,7 +136,7 @@ def test_start_status_attach_add_node_and_stop(cli_env: dict[str, str],
     assert len(schedulers) == 3, "--global-schedulers 3 starts three replicas"
     stopped = ok(run_cli(cli_env, "stop"))
     assert stopped.count("stopped node manager") == 2 and stopped.count("stopped head (GCS)") == 1
-    assert f"Stopped {stopped.count('stopped ')} process(es)." in stopped
+    assert f"Stopped {stopped.count('stopped ')} process(es) of the cluster at {address}." in stopped
     # The GCS and node managers are gone when stop returns; workers exit with their node.
     wait_for(lambda: not [p for p in pids if alive(p)], timeout=15,
              what=f"the cluster's processes {pids} to exit")
@@ -202,8 +202,56 @@ def test_two_clusters_status_picks_by_address(cli_env: dict[str, str]) -> None:
     assert f"other clusters run on this machine: 127.0.0.1:{first}" in newest
     assert f"cluster 127.0.0.1:{first}" in ok(run_cli(cli_env, "status", "--address",
                                                       f"127.0.0.1:{first}"))
-    stopped = ok(run_cli(cli_env, "stop"))
+
+
+def start_head(env: dict[str, str], root: pathlib.Path) -> tuple[str, list[int]]:
+    """``cellray start --head`` on a free port: its address and its live processes."""
+    address = f"127.0.0.1:{free_port()}"
+    ok(run_cli(env, "start", "--head", "--port", address.rpartition(":")[2], "--cpus", "1",
+               "--global-schedulers", "1"))
+    session = (root / "session_latest").resolve()
+    pids = processes_of(session)
+    assert pids, f"no process of the cluster at {address} runs"
+    return address, pids
+
+
+def gone(pids: list[int]) -> None:
+    """Wait until every process of ``pids`` has exited."""
+    wait_for(lambda: not [p for p in pids if alive(p)], timeout=15, what=f"{pids} to exit")
+
+
+@pytest.mark.cluster
+def test_stop_stops_the_newest_cluster_or_the_named_one_and_all_stops_every_one(
+        cli_env: dict[str, str], cli_root: pathlib.Path) -> None:
+    first, first_pids = start_head(cli_env, cli_root)
+    second, second_pids = start_head(cli_env, cli_root)
+    third, third_pids = start_head(cli_env, cli_root)
+
+    stopped = ok(run_cli(cli_env, "stop"))  # the newest: the third
+    lines = [line for line in stopped.splitlines() if line.startswith("stopped ")]
+    assert lines and all(f"of the cluster at {third} (" in line for line in lines), stopped
+    assert f"Stopped {len(lines)} process(es) of the cluster at {third}." in stopped
+    assert f"Still running on this machine: {second}, {first}" in stopped
+    gone(third_pids)
+    assert all(alive(p) for p in first_pids + second_pids)
+
+    stopped = ok(run_cli(cli_env, "stop", "--address", first))  # named, though not the newest
+    assert f"Stopped {stopped.count('stopped ')} process(es) of the cluster at {first}." in stopped
+    gone(first_pids)
+    assert all(alive(p) for p in second_pids)
+
+    again = run_cli(cli_env, "stop", "--address", first)
+    assert again.returncode == 1
+    assert f"no process of the cluster at {first} runs on this machine" in again.stderr
+    assert f"`cellray start` clusters running here: {second}" in again.stderr
+
+    fourth, fourth_pids = start_head(cli_env, cli_root)
+    stopped = ok(run_cli(cli_env, "stop", "--all"))
     assert stopped.count("stopped head (GCS)") == 2 and stopped.count("stopped node manager") == 2
+    assert f"of the cluster(s) at {fourth}, {second}." in stopped and "Still running" not in stopped
+    gone(second_pids + fourth_pids)
+    assert processes_of(cli_root) == []
+    assert "Nothing to stop" in ok(run_cli(cli_env, "stop"))
 
 
 @pytest.mark.parametrize("args, expected", [

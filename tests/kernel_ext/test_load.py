@@ -14,6 +14,7 @@ from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
 import runtime as rt
+from runtime import _session
 from runtime.cluster.local import LocalCluster
 
 pytestmark = [pytest.mark.notebooks]
@@ -85,6 +86,17 @@ def test_help_comes_from_the_magics_docstrings(shell: Any) -> None:
 
 
 
+def test_attach_without_a_token_names_the_token_file_flag(
+        shell: Any, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_session, "ROOT", tmp_path)  # no session here knows the address
+    result, _cap = run(shell, "%cluster attach 127.0.0.1:6399")
+    err = str(result.error_in_exec)
+    assert isinstance(result.error_in_exec, UsageError), repr(result.error_in_exec)
+    assert ("%cluster attach 127.0.0.1:6399: No token for the cluster at 127.0.0.1:6399: pass "
+            "--token-file PATH (the token file printed by `cellray start --head`") in err
+    assert "token_file" not in err and not rt.is_initialized()
+
+
 @pytest.mark.cluster
 def test_attach_to_a_running_cluster_and_detach(shell: Any, tmp_session_root: pathlib.Path) -> None:
     with LocalCluster(session_root=tmp_session_root) as cluster:
@@ -92,6 +104,14 @@ def test_attach_to_a_running_cluster_and_detach(shell: Any, tmp_session_root: pa
                           f"%cluster attach {cluster.address} --token-file {tmp_session_root / 'nope'}")
         assert isinstance(result.error_in_exec, UsageError)
         assert f"%cluster attach {cluster.address}: token file" in str(result.error_in_exec)
+        wrong = tmp_session_root / "wrong-token"
+        wrong.write_text("0" * 64)
+        result, cap = run(shell, f"%cluster attach {cluster.address} --token-file {wrong}")
+        refused = str(result.error_in_exec)
+        assert isinstance(result.error_in_exec, UsageError) and "wrong cluster token" in refused
+        # The hint names the magic's flag, not rt.init()'s keyword.
+        assert f"Attach with %cluster attach {cluster.address} --token-file PATH" in refused
+        assert "token_file" not in refused and not rt.is_initialized()
         try:
             result, cap = run(shell, f"%cluster attach {cluster.address} --token-file {cluster.token_file}")
             assert result.success, result.error_in_exec

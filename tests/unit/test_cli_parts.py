@@ -9,7 +9,7 @@ import pathlib
 import pytest
 
 from runtime import _session, cli
-from runtime.cluster import registry
+from runtime.cluster import commands, registry
 from runtime.cluster.restarts import RestartCounts
 from runtime.cluster.status import ClusterStatus, NodeStatus, format_bytes, format_status
 
@@ -55,6 +55,8 @@ def test_storage_arguments_of_a_head() -> None:
     (["start", "--address", "127.0.0.1:6380", "--gcs-storage", "memory"],
      "--gcs-storage is for --head"),
     (["frobnicate"], "invalid choice"),
+    (["stop", "--all", "--address", "127.0.0.1:6380"], "not allowed with argument"),
+    (["stop", "--address", "6380"], "expected HOST:PORT"),
 ])
 def test_bad_arguments_exit_2_with_one_line(argv: list[str], message: str,
                                             capsys: pytest.CaptureFixture[str]) -> None:
@@ -163,6 +165,41 @@ def test_sessions_skip_the_latest_link_and_pids_must_be_cluster_processes(
     registry.record(first, head=os.getpid(), nodes=[], detached=True)
     assert registry.running_heads(tmp_path) == []
     assert registry.stop_detached(tmp_path) == []
+
+
+def test_sessions_newest_first_is_session_latest_then_by_creation_time(
+        tmp_path: pathlib.Path) -> None:
+    first = _session.new_session_dir(tmp_path)
+    second = _session.new_session_dir(tmp_path)
+    third = _session.new_session_dir(tmp_path)
+    # Touching an older session (a GCS restart rewrites its processes.json) does not make it newest.
+    registry.record(first, head=None, nodes=[], detached=False)
+    by_creation = sorted([first, second], key=lambda d: d.name, reverse=True)
+    assert registry.sessions(tmp_path) == [third, *by_creation]
+    (tmp_path / "session_latest").unlink()
+    (tmp_path / "session_latest").symlink_to(first.name)
+    assert registry.sessions(tmp_path)[0] == first
+
+
+def test_addresses_on_this_machine_compare_by_port() -> None:
+    assert registry.same_address("127.0.0.1:6380", "localhost:6380")
+    assert registry.same_address("0.0.0.0:6380", "127.0.0.1:6380")
+    assert registry.same_address("10.0.0.5:6380", "10.0.0.5:6380")
+    assert not registry.same_address("127.0.0.1:6380", "127.0.0.1:6381")
+    assert not registry.same_address("10.0.0.5:6380", "127.0.0.1:6380")
+
+
+def test_stop_without_a_cluster_is_a_no_op_but_a_named_one_must_run(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_session, "ROOT", tmp_path)
+    monkeypatch.delenv("CELLRAY_ADDRESS", raising=False)
+    assert commands.stop_cluster() == []
+    with pytest.raises(commands.CommandError, match=r"no process of the cluster at "
+                       r"127\.0\.0\.1:6380 runs on this machine \(no `cellray start` cluster"):
+        commands.stop_cluster("127.0.0.1:6380")
+    monkeypatch.setenv("CELLRAY_ADDRESS", "127.0.0.1:6390")  # what `cellray status` would show
+    with pytest.raises(commands.CommandError, match=r"cluster at 127\.0\.0\.1:6390"):
+        commands.stop_cluster()
 
 
 def test_status_lists_each_gpu_with_live_use() -> None:
