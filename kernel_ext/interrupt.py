@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import runtime as rt
+from kernel_ext.routing import connection_id
 from runtime import state
 from runtime.exceptions import GetTimeoutError, TaskCancelledError, WorkerCrashedError
 
@@ -77,14 +78,14 @@ class CellInterrupts:
             self.shell.events.unregister("pre_run_cell", self.pre_run_cell)
             self.shell.events.unregister("post_run_cell", self.post_run_cell)
             self._registered = False
-        if self._connection is not None and _connection_id() == self._connection:
+        if self._connection is not None and connection_id() == self._connection:
             state.remove_submit_handler(self.on_submit)
         self._connection = None
         self._started = None
 
     def pre_run_cell(self, info: Any = None) -> None:
         """A cell starts: hook the current connection (made by %cluster or rt.init) if new."""
-        connection = _connection_id()
+        connection = connection_id()
         if connection is not None and connection != self._connection:
             state.add_submit_handler(self.on_submit)
             self._connection = connection
@@ -182,11 +183,6 @@ def summary(todo: list[tuple[_Started, Any]], outcomes: list[str], forced: bool)
     if n["ended"]:
         parts.append(f"{n['ended']} ended before the cancel reached them")
     return "cellray: interrupted: " + "; ".join(parts)
-
-
-def _connection_id() -> str | None:
-    if not rt.is_initialized():
-        return None
     try:
         return rt.get_runtime_context().get_worker_id()
     except RuntimeError:  # shut down meanwhile

@@ -65,7 +65,7 @@ class OutputRouter:
 
     def install(self) -> None:
         """Route the current connection's output (idempotent)."""
-        connection = _connection_id()
+        connection = connection_id()
         if connection is None or connection == self._connection:
             return
         state.add_output_handler(self.on_output)
@@ -74,7 +74,7 @@ class OutputRouter:
 
     def uninstall(self) -> None:
         """Stop routing (the connection may already be gone: nothing to undo then)."""
-        if self._connection is not None and _connection_id() == self._connection:
+        if self._connection is not None and connection_id() == self._connection:
             state.remove_output_handler(self.on_output)
             state.set_origin_provider(None)
         self._connection = None
@@ -177,7 +177,7 @@ class OutputRouter:
                             parent={"header": header}, ident=ident)
 
 
-def _connection_id() -> str | None:
+def connection_id() -> str | None:
     """An id of the current runtime connection (None when not connected)."""
     import runtime as rt
 
