@@ -384,7 +384,7 @@ class Peers:
 
     async def _tell(self, node_id: bytes, what: str,
                     call: Callable[[Any], Coroutine[Any, Any, Any]]) -> None:
-        """Make ``call`` (given the stub) to node ``node_id`` about ``what``; a node not
+        """Make ``call`` (given the node's client) to node ``node_id`` about ``what``; a node not
         known (gone) or a failed call is only logged: these calls have no answer to wait for."""
         address = self.addresses.get(node_id)
         if address is None:

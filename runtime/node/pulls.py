@@ -10,7 +10,7 @@ from runtime.protocol import common_pb2, node_pb2
 
 async def fetch_object(rpc: Any, oid: bytes, path: str, node_id: bytes,
                        metadata: tuple[tuple[str, str], ...]) -> common_pb2.ObjectData:
-    """Pull object ``oid`` through ``rpc`` (a NodeManager stub of the node holding it) for
+    """Pull object ``oid`` through ``rpc`` (the NodeManager client of the node holding it) for
     node ``node_id``: into a new file at ``path`` (a shared-memory object), or into memory
     when the holder keeps it there (small objects, errors). A failed pull leaves no file.
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Mapping
 
+from runtime import _ids
 from runtime.node.actions import Action, Send, StartWorker
 from runtime.node.lending import Lending
 from runtime.node.objects import ObjectTable
@@ -128,7 +129,7 @@ class ReadyQueues:
             return  # it runs nothing
         if newly:
             for oid in state.waiting_on:
-                tid = oid[:16]  # the task that makes it
+                tid = _ids.task_of(oid)
                 t = self._task(tid)
                 if t is not None and t.phase in (_READY, Phase.WAITING):
                     self._lending.waits_for(tid, w.worker_id)

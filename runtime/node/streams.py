@@ -11,6 +11,7 @@ cancelled) ends with its error as the next item, then the end marker.
 
 from __future__ import annotations
 
+from runtime import _ids
 from runtime.node.clients import ClientTable
 from runtime.node.objects import ObjectTable
 from runtime.node.spill import Spilling
@@ -44,7 +45,8 @@ class Streams:
         """``task`` ends before its stream did: ``error`` is its next item, then the end."""
         spec, n = task.spec, task.streamed
         for index, blob in ((n + 1, error), (n + 2, STREAM_END)):
-            data = common_pb2.ObjectData(object_id=_item(spec, index), inline=blob, size=len(blob))
+            oid = _ids.object_id(spec.task_id, index)
+            data = common_pb2.ObjectData(object_id=oid, inline=blob, size=len(blob))
             self._deliver(task, [data], index)
         task.streamed = n + 2
 
@@ -75,6 +77,3 @@ class Streams:
                 if owner in clients:
                     host.ready_elsewhere(owner, oid, data.node_id, data.size)
 
-
-def _item(spec: common_pb2.TaskSpec, index: int) -> bytes:
-    return spec.task_id + index.to_bytes(4, "little")
