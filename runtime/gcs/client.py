@@ -429,6 +429,9 @@ class GcsClient:
             try:
                 if verify and not (link.verified and self._ready()):
                     await self._ping_once()
+                    # It answered: a failure after this is a new outage, with a deadline of
+                    # its own (not one running since a failure before the GCS came back).
+                    backoff = None
                 sent = self._ready()
                 return await make()
             except grpc.aio.AioRpcError as err:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from runtime import _ids
-from runtime.exceptions import InternalError, TaskCancelledError, TaskError
+from runtime.exceptions import ConnectionLostError, InternalError, TaskCancelledError, TaskError
 from runtime.object_store.shm import read_object
 from runtime.protocol import codec, common_pb2, node_pb2
 
@@ -104,7 +104,9 @@ def failed(client: CoreClient, res: node_pb2.TaskResult, spec: common_pb2.TaskSp
     if isinstance(e, TaskCancelledError):
         fail(client, res, spec, codec.serialize(e, error=True).to_bytes(), str(e), False)
         return
-    retry = spec.retry_exceptions and _retryable(spec, e)
+    # A GCS that stayed away while the worker needed it (to load the function) is a
+    # system failure, retried within max_retries as a dead worker would be.
+    retry = isinstance(e, ConnectionLostError) or (spec.retry_exceptions and _retryable(spec, e))
     blob = error_blob(client, spec, e)
     # A failed constructor's traceback becomes the actor's death cause: send all of it.
     summary = user_traceback(e) if spec.actor_creation else f"{type(e).__name__}: {e}"

@@ -70,6 +70,9 @@ def test_three_gcs_restarts_during_2000_tasks_and_200_actor_calls_lose_nothing(
             os.kill(old, signal.SIGKILL)  # while those run
             wait_for(lambda: (pid := _gcs_pid(cluster)) is not None and pid != old,
                      timeout=60, what=f"the GCS back after kill {round_ + 1}")
+            # Work goes on between the outages (a task sent now runs) before the next kill:
+            # three restarts, not one outage three times as long.
+            assert rt.get(square.remote(-1), timeout=120) == 1
         assert rt.get(tasks, timeout=300) == [i * i for i in range(2000)]
         # Calls of one caller run in order, each once: 2, 3, ... 201 (1 was the first call).
         assert rt.get(calls, timeout=300) == list(range(2, 202))
