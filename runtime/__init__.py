@@ -94,6 +94,19 @@ def remote(*args: _Any, **options: _Any) -> _Any:
     max_task_retries, max_concurrency, name, namespace, lifetime ("detached"),
     get_if_exists.
 
+    Both take ``runtime_env``, a dict of: ``working_dir`` (a local directory: the worker's
+    current directory and first on ``sys.path``, so ``import mymodule`` and relative
+    file reads work), ``py_modules`` (package directories, ``.py`` files or imported
+    modules put on ``sys.path``), ``env_vars`` (``{str: str}`` set before any of your
+    code runs; ``"${NAME}"`` is the node's own NAME) and ``excludes`` (gitignore
+    patterns left out of the packages). Directories are zipped once, named by a hash of
+    their content (at most 100 MiB each; ``.git`` and ``__pycache__`` always left out),
+    stored in the cluster and unpacked on every node that needs them. The env is merged,
+    as in Ray, into the caller's (``init(runtime_env=...)``, or the env of the task that
+    submits): ``working_dir`` and ``py_modules`` replace, ``env_vars`` add. Workers are
+    kept apart per env. Other Ray keys (``pip``, ``conda``, ...) raise ``ValueError``; a
+    bad path raises ``FileNotFoundError``/``NotADirectoryError`` at ``.remote()``.
+
     Examples
     --------
     >>> @rt.remote
@@ -101,6 +114,10 @@ def remote(*args: _Any, **options: _Any) -> _Any:
     ...     return x * x
     >>> rt.get(square.remote(4))       # doctest: +SKIP
     16
+    >>> @rt.remote(runtime_env={"working_dir": ".", "env_vars": {"OMP_NUM_THREADS": "1"}})
+    ... def uses_local_code():
+    ...     import mymodule            # a file of the notebook's directory
+    ...     return mymodule.run()
     """
     if len(args) == 1 and not options and callable(args[0]):
         return _make_remote(args[0], {})

@@ -83,6 +83,7 @@ __all__ = [
     "RayError",
     "RayTaskError",
     "RpcTimeoutError",
+    "RuntimeEnvSetupError",
     "TaskCancelledError",
     "TaskError",
     "TaskUnschedulableError",
@@ -280,6 +281,13 @@ class ObjectSpillError(ObjectStoreFullError):
     Only the new object is refused (its ``put`` raises, or its task fails with this error);
     objects stored before stay readable. Attributes: ``object_id``, ``size``, ``used`` and
     ``capacity`` (bytes), ``spill_dir``, ``reason`` (the OS error's text).
+    """
+
+
+class RuntimeEnvSetupError(ClusterError, RuntimeError):
+    """A node could not set up a task's or actor's runtime environment (``runtime_env``):
+    its package could not be fetched from the GCS or unpacked. The task fails with this
+    error (Ray's ``RuntimeEnvSetupError``); its message says why.
     """
 
 

@@ -8,10 +8,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from runtime import _ids
-from runtime.api import _args, _context, _options
+from runtime.api import _args, _context, _options, _runtime_env
 from runtime.api._generator import ObjectRefGenerator
+from runtime.api._object_ref import ObjectRef
 from runtime.exceptions import ActorNameTakenError, ActorNotFoundError
-from runtime.protocol import node_pb2
+from runtime.protocol import codec, node_pb2
 from runtime.protocol.states import ActorState
 
 
@@ -122,7 +123,14 @@ class ActorClass:
         actor_id = _ids.new_id()
         name = o.get("name")
         namespace = o.get("namespace") or _context.namespace_of(client)
-        handle = ActorHandle(actor_id, self.__name__, self._methods, name, namespace, cid)
+        anchor = None
+        if not name and o.get("lifetime") != "detached":
+            # Every handle of the actor, here and wherever it is sent, refers to this object;
+            # when nothing does any more, the node ends the actor (after the calls it has).
+            anchor_id = _ids.object_id(actor_id, 0)
+            anchor = ObjectRef(anchor_id)
+            client.put_serialized(anchor_id, codec.serialize(None))
+        handle = ActorHandle(actor_id, self.__name__, self._methods, name, namespace, cid, anchor)
         handle._signatures = self._signatures
         op = node_pb2.ClientOp()
         spec = op.submit
@@ -141,6 +149,7 @@ class ActorClass:
             "max_concurrency": o.get("max_concurrency"), "lifetime": o.get("lifetime"),
         }).encode()
         spec.resources.update(_options.resources_of(o, 0.0))
+        _runtime_env.stamp(spec, client, o.get("runtime_env"))
         client.stamp(spec, o.get("scheduling_strategy"))
         spec.namespace = _context.namespace_of(client)
         # Arguments first: one that cannot be sent must not leave a name behind that no
@@ -187,12 +196,16 @@ class ActorHandle:
     """A reference to an actor: call ``handle.method.remote(...)`` to run a method on it.
 
     Handles can be passed to tasks and other actors. Calls from one caller run in the order
-    they were submitted.
+    they were submitted. An actor that is neither named nor detached ends when its last
+    handle anywhere is gone (after the calls already made have run), as in Ray.
     """
 
     def __init__(self, actor_id: bytes, class_name: str, methods: dict[str, int | str],
-                 name: str | None, namespace: str, function_id: bytes) -> None:
+                 name: str | None, namespace: str, function_id: bytes,
+                 anchor: ObjectRef | None = None) -> None:
         self._actor_id = actor_id
+        #: What keeps an unnamed, non-detached actor alive: it ends when no handle holds it.
+        self._anchor = anchor
         self._class_name = class_name
         self._methods = methods
         self._name = name
@@ -210,7 +223,7 @@ class ActorHandle:
 
     def __reduce__(self) -> Any:
         return (ActorHandle, (self._actor_id, self._class_name, self._methods, self._name,
-                              self._namespace, self._function_id))
+                              self._namespace, self._function_id, self._anchor))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ActorHandle) and other._actor_id == self._actor_id

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, overload
 
 from runtime import _ids, _session, config
-from runtime.api import _context
+from runtime.api import _context, _runtime_env
 from runtime.api._client import CoreClient
 from runtime.api._object_ref import ObjectRef
 from runtime.cluster.local import LocalCluster, NodeSpec
@@ -72,7 +72,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
          object_store_memory: int | None = None, token_file: str | None = None,
          ignore_reinit_error: bool = False, num_nodes: int = 1,
          log_to_driver: bool = True, gcs_storage: str | None = None,
-         namespace: str | None = None, _settings: config.Settings | None = None) -> ClusterInfo:
+         namespace: str | None = None, runtime_env: dict[str, Any] | None = None,
+         _settings: config.Settings | None = None) -> ClusterInfo:
     """Start a local cluster, or attach to a running one, and connect this process to it.
 
     Parameters
@@ -101,6 +102,17 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         The namespace of this job: named actors it creates live in it, and ``get_actor``
         looks there by default. None: an anonymous namespace of its own, as in Ray (other
         jobs reach its named actors only with ``namespace=`` given explicitly).
+    runtime_env : dict, optional
+        The default runtime environment of this job's tasks and actors (Ray's keys):
+        ``working_dir`` (a local directory, e.g. ``"."``: packaged once, unpacked on each
+        node that needs it, the workers' current directory and first on ``sys.path``, so
+        your local modules import and relative paths read), ``py_modules`` (package
+        directories, ``.py`` files or imported modules put on ``sys.path``), ``env_vars``
+        (``{str: str}``, set before any of your code runs) and ``excludes`` (gitignore
+        patterns left out, besides ``.git`` and ``__pycache__``). A package holds at most
+        100 MiB of files. ``@remote(runtime_env=...)`` and ``.options(runtime_env=...)``
+        merge into it: their ``working_dir``/``py_modules`` replace it, their ``env_vars``
+        are added. Tasks submitted from a task inherit its env. Workers run one env only.
 
     Raises
     ------
@@ -116,7 +128,12 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     ConfigError
         When a ``CELLRAY_*`` variable does not parse or is out of range, or ``gcs_storage``
         is not one of the forms above; a ``ValueError``. ``gcs_storage`` together with
-        ``address`` raises a ``ValueError`` too.
+        ``address`` raises a ``ValueError`` too. A ``runtime_env`` with a key other than
+        working_dir, py_modules, env_vars, excludes, or a package over 100 MiB, raises a
+        ``ValueError``; a type error in it a ``TypeError``.
+    FileNotFoundError, NotADirectoryError
+        When ``runtime_env``'s ``working_dir`` or a ``py_modules`` path does not exist or
+        is no directory (nothing is started then).
     ClusterStartError
         When a process of the new local cluster dies or stays silent at start (its log's
         end is in the message); a ``RuntimeError``.
@@ -126,6 +143,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     >>> import runtime as rt
     >>> rt.init(num_cpus=2)            # doctest: +SKIP
     >>> rt.init(num_cpus=4, gcs_storage="sqlite:///var/lib/cellray/gcs.db")  # doctest: +SKIP
+    >>> rt.init(runtime_env={"working_dir": ".", "env_vars": {"MODE": "test"}})  # doctest: +SKIP
     """
     global _cluster, _info
     if is_initialized():
@@ -135,6 +153,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         raise AlreadyInitializedError("runtime.init() was already called in this process. Call "
                                       "runtime.shutdown() first, or pass ignore_reinit_error=True.")
     settings = _settings or config.load()
+    job_env = _runtime_env.resolve(runtime_env)  # bad paths fail here, before anything starts
     address = address or os.environ.get("CELLRAY_ADDRESS") or None
     started = False
     if address is None:
@@ -169,6 +188,11 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
             token_file = str(found / "token")
     try:
         client = _connect(address, _session.read_token(token_file), settings)
+        try:
+            _runtime_env.upload(client, job_env)
+        except BaseException:
+            client.close()
+            raise
     except BaseException:
         if _cluster is not None and started:
             _cluster.stop()
@@ -177,6 +201,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     if log_to_driver:
         client.log_handlers.append(_print_log)
     client.namespace = namespace or str(uuid.uuid4())
+    _runtime_env.set_default(job_env)
     _context.set_current(client)
     _info = ClusterInfo(address=address, session_dir=client.session_dir,
                         token_file=str(token_file), node_id=client.node_id.hex(),
@@ -231,6 +256,7 @@ def shutdown() -> None:
     global _cluster, _info
     client = _context.peek()
     _context.set_current(None)
+    _runtime_env.set_default(_runtime_env.EMPTY)
     if client is not None:
         if client.gcs is not None and client.job_id:
             try:

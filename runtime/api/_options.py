@@ -7,7 +7,7 @@ import pickle
 import warnings
 from typing import Any
 
-from runtime.api import _strategy
+from runtime.api import _runtime_env, _strategy
 from runtime.protocol import codec
 from runtime.protocol.states import Lifetime
 
@@ -76,6 +76,7 @@ def validate(options: dict[str, Any], *, actor: bool = False) -> dict[str, Any]:
         raise TypeError("retry_exceptions must be True, False or a list of exception classes")
     if "scheduling_strategy" in options:
         _strategy.check(options["scheduling_strategy"])
+    _runtime_env.check(options.get("runtime_env"))
     lifetime = options.get("lifetime")
     if lifetime is not None and lifetime not in LIFETIMES:
         raise ValueError(f"lifetime must be {' or '.join(map(repr, LIFETIMES))}, got {lifetime!r}")

@@ -7,7 +7,7 @@ import inspect
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from runtime import _ids
-from runtime.api import _args, _context, _options
+from runtime.api import _args, _context, _options, _runtime_env
 from runtime.api._generator import ObjectRefGenerator
 from runtime.protocol import codec, common_pb2, node_pb2
 
@@ -26,7 +26,8 @@ class RemoteFunction(Generic[P, R]):
 
     ``.remote`` returns an ObjectRef at once (a list of them when ``num_returns > 1``,
     None when it is 0). ``.options(...)`` returns a copy with other options for one call:
-    num_cpus, num_gpus, resources, num_returns, max_retries, retry_exceptions, name.
+    num_cpus, num_gpus, resources, num_returns, max_retries, retry_exceptions, name,
+    runtime_env (see ``runtime.remote``).
     """
 
     def __init__(self, fn: Any, options: dict[str, Any]) -> None:
@@ -81,6 +82,7 @@ class RemoteFunction(Generic[P, R]):
             t.retry_exceptions = bool(re)
             if isinstance(re, (list, tuple)):
                 t.retry_exception_types = codec.serialize_function(tuple(re))[0]
+            _runtime_env.stamp(t, client, o.get("runtime_env"))
             self._template, self._template_for = t, key
         return self._template
 

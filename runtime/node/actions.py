@@ -50,6 +50,10 @@ class Send:
 class StartWorker:
     """Start one worker process; the pool calls ``worker_starting`` with its id."""
 
+    #: The runtime env it is for ("" none) and that env's JSON (``runtime.api._runtime_env``).
+    env_key: str = ""
+    runtime_env: str = ""
+
 
 @dataclass(frozen=True, slots=True)
 class KillWorker:
@@ -190,6 +194,8 @@ class KillRemoteActor:
     node_id: bytes
     actor_id: bytes
     no_restart: bool
+    #: Its last handle is gone: it ends once the calls it has are done.
+    graceful: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,13 +24,17 @@ from typing import Any
 
 from runtime import _ids
 from runtime.exceptions import ActorDiedError
-from runtime.node.actions import Action, KillRemoteActor, KillWorker, PutActor, ReleaseActorName, Send
+from runtime.node.actions import Action, KillWorker, PutActor, ReleaseActorName, Send
 from runtime.node.objects import ObjectTable
 from runtime.node.remote_actors import RemoteActors
 from runtime.node.tasks import Phase, Task, TaskHost
 from runtime.node.workers import Departed, Worker, WorkerTable
 from runtime.protocol import common_pb2, gcs_pb2, node_pb2
 from runtime.protocol.states import DEFAULT_NAMESPACE, ActorState, Lifetime, TaskState
+
+#: Why an actor whose last handle went away ended (its death cause).
+OUT_OF_SCOPE = ("all references to it went out of scope (an actor that is neither named nor "
+                "detached ends with its last handle; name it, or use lifetime='detached', to keep it)")
 
 
 @dataclass(slots=True)
@@ -54,6 +58,8 @@ class Actor:
     host_node: bytes = b""
     #: The node whose creator this node hosts the actor for (b"": created here).
     hosted_for: bytes = b""
+    #: Its last handle is gone: it ends once the calls it has are done.
+    ending: bool = False
 
     @property
     def max_restarts(self) -> int:
@@ -121,10 +127,11 @@ class ActorTable:
         actor.state, actor.worker_id, actor.pid = ActorState.ALIVE, w.worker_id, w.pid
         self._workers.become_actor(w)
         self._row(actor)
-        if actor.no_restart:  # killed while starting
+        if actor.no_restart and not actor.ending:  # killed while starting
             self._emit(KillWorker(w.worker_id))
             return
         self._pump(actor)
+        self._end_if_idle(actor)
 
     # ---- calls ---------------------------------------------------------------------
 
@@ -204,8 +211,8 @@ class ActorTable:
             # Its constructor raised (that node writes a DEAD row, which ``row_seen``
             # follows) or its process died (that node restarts it): the rows tell which.
             return
-        if actor.no_restart:  # killed while it was being placed
-            self._emit(KillRemoteActor(actor.host_node, actor_id, True))
+        if actor.no_restart:  # killed while it was being placed (or its last handle went)
+            self._remote.kill(actor_id, True, graceful=actor.ending)
 
     def unschedulable(self, actor_id: bytes, cause: str) -> None:
         """No node can ever host the actor (its strategy names a node that is gone)."""
@@ -278,13 +285,33 @@ class ActorTable:
         creation.spill_count = 0  # it may be placed anywhere again
         self._resubmit_creation(creation)
 
-    def kill_hosted(self, actor_id: bytes, no_restart: bool) -> bool:
+    def kill_hosted(self, actor_id: bytes, no_restart: bool, graceful: bool = False) -> bool:
         """Another node asks to kill an actor living here: True when it does."""
         actor = self.actors.get(actor_id)
         if actor is None or actor.host_node:
             return False
-        self.kill(actor_id, no_restart)
+        if graceful:
+            self.kill(actor_id, no_restart, OUT_OF_SCOPE, graceful=True)
+        else:
+            self.kill(actor_id, no_restart)
         return True
+
+    def anchor_freed(self, oid: bytes) -> None:
+        """Nothing holds ``oid`` any more. When it is the anchor of an actor created here
+        (``object_id(actor_id, 0)``, which every handle of an unnamed, non-detached actor
+        refers to, wherever it went), the actor's last handle is gone: it ends once the
+        calls it has are done, as in Ray."""
+        actor = self.actors.get(_ids.task_of(oid))
+        if actor is not None and not actor.hosted_for and oid == _ids.object_id(actor.actor_id, 0):
+            self.kill(actor.actor_id, True, OUT_OF_SCOPE, graceful=True)
+
+    def _end_if_idle(self, actor: Actor) -> None:
+        """End an actor whose last handle is gone once no call of it is queued or running."""
+        task_of = self._host.task
+        if actor.ending and not actor.host_node and not actor.in_flight and not any(
+                not t.cancelled and task_of(t.spec.task_id) is t for t in actor.queue):
+            actor.ending = False
+            self.kill(actor.actor_id, True, actor.death_cause)
 
     def _pump(self, actor: Actor) -> None:
         """Send the queued calls whose inputs are ready. Order is per caller: a call waiting
@@ -327,6 +354,7 @@ class ActorTable:
         actor = self.actors.get(task.spec.actor_id)
         if actor is not None:
             actor.in_flight.pop(task.spec.task_id, None)
+            self._end_if_idle(actor)
 
     def _fail_call(self, task: Task, label: str, cause: str, error: bytes = b"") -> None:
         err = ActorDiedError(
@@ -336,14 +364,21 @@ class ActorTable:
 
     # ---- death and restarts ----------------------------------------------------------
 
-    def kill(self, actor_id: bytes, no_restart: bool, cause: str = "it was killed with kill()") -> None:
+    def kill(self, actor_id: bytes, no_restart: bool, cause: str = "it was killed with kill()",
+             graceful: bool = False) -> None:
+        """Kill an actor (here, or through its node); ``graceful``: once the calls it has
+        are done (its last handle is gone)."""
         actor = self.actors.get(actor_id)
         if actor is None or actor.host_node:
             if actor is not None and no_restart:
                 actor.no_restart, actor.death_cause = True, cause
-            self._remote.kill(actor_id, no_restart)
+            self._remote.kill(actor_id, no_restart, graceful)
             return
         if actor.state == ActorState.DEAD:
+            return
+        if graceful:
+            actor.ending, actor.no_restart, actor.death_cause = True, True, cause
+            self._end_if_idle(actor)
             return
         if no_restart:
             actor.no_restart = True

@@ -45,7 +45,7 @@ class SessionOutlet(Protocol):
 
 
 class WorkerOutlet(Protocol):
-    def start_worker(self, counted: bool = True) -> None: ...
+    def start_worker(self, counted: bool = True, env_key: str = "", runtime_env: str = "") -> None: ...
     def kill(self, worker_id: bytes) -> None: ...
     def stop(self, worker_id: bytes) -> None: ...
 
@@ -84,7 +84,7 @@ def _send(o: Outlets, a: Send) -> None:
 
 
 def _start_worker(o: Outlets, a: StartWorker) -> None:
-    o.workers.start_worker(counted=True)
+    o.workers.start_worker(True, a.env_key, a.runtime_env)
 
 
 def _kill_worker(o: Outlets, a: KillWorker) -> None:

@@ -108,7 +108,7 @@ class NodeManager:
         if pool is None:
             pool = WorkerPool(node_address=address, gcs_address=gcs_address, token_file=token_file,
                               session_dir=session_dir, node_id=node_id, on_exit=self.worker_exited,
-                              stop_grace_s=settings.worker_stop_grace_s)
+                              stop_grace_s=settings.worker_stop_grace_s, gcs=self.gcs)
         self.workers = Launcher(pool, self.state.worker_starting)
         self.outlets = Outlets(sessions=self.sessions, workers=self.workers, gcs=self.reporter,
                                peers=self.peers)
@@ -287,11 +287,12 @@ class NodeManager:
         self.flush()
         return accepted
 
-    def kill_hosted_actor(self, actor_id: bytes, no_restart: bool) -> bool:
-        """A peer asks to kill an actor living here (``KillHostedActor``): False when it does not."""
+    def kill_hosted_actor(self, actor_id: bytes, no_restart: bool, graceful: bool = False) -> bool:
+        """A peer asks to kill an actor living here (``KillHostedActor``): False when it does
+        not. ``graceful``: it ends once the calls it has are done."""
         if self.fenced is not None:
             return False
-        found = self.state.kill_hosted_actor(actor_id, no_restart)
+        found = self.state.kill_hosted_actor(actor_id, no_restart, graceful)
         self.flush()
         return found
 

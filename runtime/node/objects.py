@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 
 def _nothing(oid: bytes) -> None:
-    """The default of the table's hooks (``on_free``, ``rebuild``)."""
+    """The default of the table's ``rebuild`` hook."""
 
 
 class Store(Protocol):
@@ -101,8 +101,9 @@ class ObjectTable:
         self.pulled_by: dict[bytes, set[bytes]] = {}
         #: Held objects whose every copy is gone, to rebuild when read: id -> why lost.
         self.lost: dict[bytes, str] = {}
-        #: Called with an object's id when nothing holds it any more (lineage drops it).
-        self.on_free: Callable[[bytes], None] = _nothing
+        #: Called with an object's id when nothing holds it any more (lineage drops it; the
+        #: actors end the one whose anchor it was).
+        self.on_free: list[Callable[[bytes], None]] = []
         #: Called with a lost object's id when something wants it (lineage runs its task).
         self.rebuild: Callable[[bytes], None] = _nothing
 
@@ -266,7 +267,8 @@ class ObjectTable:
         refs.pop(oid, None)
         if self.owners.pop(oid, None) is not None:
             self.pulled_by.pop(oid, None)
-        self.on_free(oid)
+        for hook in self.on_free:
+            hook(oid)
         self._discard(oid)
 
     def _discard(self, oid: bytes) -> None:

@@ -397,7 +397,8 @@ class Peers:
                            translate(e, NODE, address))
 
     async def _kill_remote_actor(self, action: KillRemoteActor) -> None:
-        req = node_pb2.KillActor(actor_id=action.actor_id, no_restart=action.no_restart)
+        req = node_pb2.KillActor(actor_id=action.actor_id, no_restart=action.no_restart,
+                                graceful=action.graceful)
         await self._tell(action.node_id, f"killing actor {_ids.short(action.actor_id)}",
                          lambda rpc: rpc.KillHostedActor(req, metadata=self._md,
                                                          timeout=self._settings.rpc_timeout_s))

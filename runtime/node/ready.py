@@ -8,6 +8,11 @@ in an idle worker; when none is free, workers are started (at most ``max_startin
 once). A task that does not fit now may be *sent ahead* to a busy worker running the same
 function with the same shape (pipelining): it starts there, on the resources of the task
 before it, as soon as that one ends.
+
+A task with a runtime env (``spec.runtime_env_key``) waits in a queue of its env and
+shape, and runs only in a worker started for that env: idle, blocked and busy workers of
+other envs are passed over, and the workers started for it are started with its env
+(``StartWorker.runtime_env``).
 """
 
 from __future__ import annotations
@@ -55,12 +60,16 @@ class ReadyQueues:
         #: Tasks sent to a worker; those of them that were submitted here (not forwarded).
         self._dispatched = 0
         self._local = 0
-        #: Ready tasks, FIFO per resource shape so one shape never blocks another.
+        #: Ready tasks, FIFO per resource shape (and runtime env) so one shape (or env,
+        #: waiting for its workers to start) never blocks another.
         self.queues: dict[Shape, deque[Task]] = {}
 
     def push(self, task: Task) -> None:
         task.phase = _READY
         shape = tuple(sorted(task.resources.items()))
+        env = task.spec.runtime_env_key
+        if env:
+            shape = (*shape, (env, -1.0))  # no resource amount is negative: never a real shape
         q = self.queues.get(shape)
         if q is None:
             q = self.queues[shape] = deque()
@@ -76,6 +85,8 @@ class ReadyQueues:
     def schedule(self) -> None:
         """Start every ready task that can start now; ask for workers that are missing."""
         want = 0  # tasks that fit now but have no worker: how many workers to start
+        # The same for tasks with a runtime env: key -> (how many, the env's JSON).
+        want_env: dict[str, tuple[int, str]] | None = None
         resources = self._resources
         for queue in self.queues.values():
             while queue:
@@ -88,7 +99,8 @@ class ReadyQueues:
                     spec = task.spec
                     if need.get("GPU") or spec.actor_id:
                         break  # only plain CPU tasks are sent ahead
-                    ahead = self._workers.pipeline_worker(need, spec.function_id, self._function_of)
+                    ahead = self._workers.pipeline_worker(need, spec.function_id, self._function_of,
+                                                          spec.runtime_env_key)
                     if ahead is None:
                         break
                     queue.popleft()
@@ -96,7 +108,13 @@ class ReadyQueues:
                     continue
                 worker = self._worker_for(task)
                 if worker is None:
-                    want += resources.how_many_fit(need, len(queue))
+                    key = task.spec.runtime_env_key
+                    if not key:
+                        want += resources.how_many_fit(need, len(queue))
+                        break
+                    want_env = want_env if want_env is not None else {}
+                    n = want_env.get(key, (0, ""))[0] + resources.how_many_fit(need, len(queue))
+                    want_env[key] = (n, task.spec.runtime_env)  # the queue holds this env only
                     break
                 queue.popleft()
                 self.dispatch(task, worker)
@@ -106,6 +124,16 @@ class ReadyQueues:
                 # The I/O side calls worker_starting() with the new worker's id.
                 self._emit(StartWorker())
                 workers.asked()
+        if want_env:
+            self._start_for_envs(want_env)
+
+    def _start_for_envs(self, want: dict[str, tuple[int, str]]) -> None:
+        """Ask for workers of runtime envs: ``want`` maps an env key to (how many, env JSON)."""
+        workers = self._workers
+        for key, (n, text) in want.items():
+            for _ in range(workers.to_start(n, key)):
+                self._emit(StartWorker(env_key=key, runtime_env=text))
+                workers.asked(key)
 
     def _function_of(self, task_id: bytes) -> bytes | None:
         task = self._task(task_id)
@@ -116,9 +144,10 @@ class ReadyQueues:
         kind = "gpu" if task.resources.get("GPU") else "cpu"
         if not spec.actor_creation:  # an actor needs a process of its own, never a nested run
             w = self._lending.inline_host(spec.task_id, spec.parent_task_id)
-            if w is not None and w.kind in ("", kind) and not w.retiring:
+            if (w is not None and w.kind in ("", kind) and not w.retiring
+                    and w.env_key == spec.runtime_env_key):
                 return w
-        return self._workers.pop_idle(kind)
+        return self._workers.pop_idle(kind, spec.runtime_env_key)
 
     def blocked(self, w: Worker, state: node_pb2.BlockedState,
                 children: Mapping[bytes, set[bytes]]) -> None:
@@ -142,7 +171,7 @@ class ReadyQueues:
         for tid in self._lending.inline_candidates(w, children):
             task = get(tid)
             if (task is not None and task.phase == _READY and self._resources.can_run(task.resources)
-                    and not task.spec.actor_creation
+                    and not task.spec.actor_creation and task.spec.runtime_env_key == w.env_key
                     and w.kind in ("", "gpu" if task.resources.get("GPU") else "cpu")):
                 self.dispatch(task, w)
                 return

@@ -49,6 +49,9 @@ class RemoteActor:
     sending: list[Task] = field(default_factory=list)  #: the batch in flight
     sent: dict[bytes, Task] = field(default_factory=dict)  #: forwarded, not answered (in order)
     kill: bool | None = None  #: a kill to pass on once located (its ``no_restart``)
+    #: That kill is graceful (its last handle is gone): passed on once the calls queued
+    #: here are forwarded, so they run before it ends.
+    graceful: bool = False
     #: A batch was given up (its node died) and its answer is still to come: no batch goes
     #: out until it has, or it would be taken for that batch's (answers carry no batch id).
     given_up: bool = False
@@ -156,6 +159,7 @@ class RemoteActors:
                                                           "where the actor lives")
                 ev.target_node_id = actor.node_id
             self._pump(actor)
+            self._pass_kill(actor)
         else:
             actor.queue.extendleft(reversed(batch))
             actor.node_id = b""  # wait for a row saying where it is
@@ -225,18 +229,23 @@ class RemoteActors:
                         self.hand_back(task)
             return
         actor.node_id = row.node_id
-        if actor.kill is not None and actor.node_id:
-            self._emit(KillRemoteActor(actor.node_id, actor.actor_id, actor.kill))
-            actor.kill = None
         self._pump(actor)
+        self._pass_kill(actor)
 
-    def kill(self, actor_id: bytes, no_restart: bool) -> None:
-        """Kill an actor that lives elsewhere: asked of its node (once known)."""
+    def kill(self, actor_id: bytes, no_restart: bool, graceful: bool = False) -> None:
+        """Kill an actor that lives elsewhere: asked of its node (once known); ``graceful``
+        once the calls queued here are forwarded too."""
         actor = self._actor(actor_id)
-        if actor.node_id and actor.state != ActorState.DEAD:
-            self._emit(KillRemoteActor(actor.node_id, actor_id, no_restart))
-        else:
-            actor.kill = no_restart
+        if actor.state == ActorState.DEAD:
+            return
+        actor.kill, actor.graceful = no_restart, graceful
+        self._pass_kill(actor)
+
+    def _pass_kill(self, actor: RemoteActor) -> None:
+        if actor.kill is None or not actor.node_id or (actor.graceful and (actor.queue or actor.sending)):
+            return
+        self._emit(KillRemoteActor(actor.node_id, actor.actor_id, actor.kill, actor.graceful))
+        actor.kill = None
 
     def node_died(self, node_id: bytes) -> None:
         """The node of some actors died: their unanswered calls are retried or fail (all of

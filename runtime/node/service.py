@@ -63,7 +63,7 @@ class NodeCalls(Protocol):
 
     def accept_calls(self, request: node_pb2.ForwardActorCallsRequest) -> bool: ...
 
-    def kill_hosted_actor(self, actor_id: bytes, no_restart: bool) -> bool: ...
+    def kill_hosted_actor(self, actor_id: bytes, no_restart: bool, graceful: bool = False) -> bool: ...
     def cancel_forwarded(self, cancels: list[node_pb2.CancelTask], home_node_id: bytes) -> None: ...
     def drop_pulled(self, objects: list[common_pb2.ObjectData], node_id: bytes) -> None: ...
 
@@ -194,7 +194,8 @@ class NodeServicer(node_pb2_grpc.NodeManagerServicer):
     async def KillHostedActor(self, request: node_pb2.KillActor, context: _Ctx) -> node_pb2.KillActorReply:
         if len(request.actor_id) != 16:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "KillHostedActor needs a 16-byte actor_id")
-        return node_pb2.KillActorReply(found=self.m.kill_hosted_actor(request.actor_id, request.no_restart))
+        return node_pb2.KillActorReply(found=self.m.kill_hosted_actor(request.actor_id, request.no_restart,
+                                                                       request.graceful))
 
     async def CancelTasks(self, request: node_pb2.CancelTasksRequest,
                           context: _Ctx) -> node_pb2.CancelTasksReply:

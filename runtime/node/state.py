@@ -128,7 +128,8 @@ class LocalScheduler:
         self.cancelling = Cancelling(node_id, self, self.tasks, self.children, self.workers,
                                      self.clients, self.objects, self.spill, encode_error, emit)
         self.cancel = self.cancelling.cancel
-        self.objects.on_free, self.objects.rebuild = self.lineage.freed, self.lineage.rebuild
+        self.objects.on_free += [self.lineage.freed, self.actors.anchor_freed]
+        self.objects.rebuild = self.lineage.rebuild
         self.object_lost, self.inputs_lost = self.lineage.lost, self.lineage.inputs_lost
         self.streams = Streams(self, self.clients, self.objects, self.spill)
         self.stream_item_home = self.streams.item_home

@@ -7,6 +7,10 @@ process itself (``asyncio`` child watching, no polling) and reports it with the 
 The node manager sees a pool only through the small ``Pool`` protocol (start, stop, kill,
 stop_all), so tests inject a pool of fake workers; ``Launcher`` is what carries out the
 state's StartWorker/KillWorker/StopWorker actions on whichever pool it was given.
+
+A worker for a runtime env is started once its packages are unpacked on this node
+(``runtime_envs.RuntimeEnvs``): in its working directory, with its ``env_vars`` and its
+paths on ``PYTHONPATH``; the rest of its env reaches it in a file (``--runtime-env-file``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from runtime import _ids
+from runtime import _ids, _packages
+from runtime.node.runtime_envs import RuntimeEnvs
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +33,10 @@ logger = logging.getLogger(__name__)
 class Pool(Protocol):
     """What the node needs of a worker pool. Exits are reported by the pool's own callback."""
 
-    async def start(self, worker_id: bytes) -> bytes:
-        """Start worker ``worker_id``; return once it is launched (it connects back later)."""
+    async def start(self, worker_id: bytes, *, runtime_env: str = "") -> bytes:
+        """Start worker ``worker_id``; return once it is launched (it connects back later).
+        ``runtime_env``: the JSON of the runtime env it is for (given only when there is
+        one, so a pool that never runs envs may leave the keyword out)."""
         ...
 
     def stop(self, worker_id: bytes) -> None:
@@ -45,23 +52,35 @@ class Pool(Protocol):
         ...
 
 
+class Starting(Protocol):
+    """Tells the state about a worker being started (``WorkerTable.started``)."""
+
+    def __call__(self, worker_id: bytes, counted: bool = True, env_key: str = "") -> None: ...
+
+
 class Launcher:
     """Carries out the state's worker actions on a ``Pool``.
 
-    ``starting(worker_id, counted)`` tells the state about a worker being started before
-    the process exists, so the worker's Hello always finds it; ``counted`` is True when
-    the state asked for it (a StartWorker action) and so already counts it as starting.
+    ``starting(worker_id, counted, env_key)`` tells the state about a worker being started
+    before the process exists, so the worker's Hello always finds it; ``counted`` is True
+    when the state asked for it (a StartWorker action) and so already counts it as
+    starting; ``env_key`` is the runtime env it is for.
     """
 
-    def __init__(self, pool: Pool, starting: Callable[[bytes, bool], None]) -> None:
+    def __init__(self, pool: Pool, starting: Starting) -> None:
         self.pool = pool
         self._starting = starting
         self._pending: set[asyncio.Task[Any]] = set()
 
-    def start_worker(self, counted: bool = True) -> None:
+    def start_worker(self, counted: bool = True, env_key: str = "", runtime_env: str = "") -> None:
         worker_id = _ids.new_id()
-        self._starting(worker_id, counted)
-        t = asyncio.get_running_loop().create_task(self.pool.start(worker_id))
+        if env_key:
+            self._starting(worker_id, counted, env_key)
+            launch = self.pool.start(worker_id, runtime_env=runtime_env)
+        else:
+            self._starting(worker_id, counted)
+            launch = self.pool.start(worker_id)
+        t = asyncio.get_running_loop().create_task(launch)
         self._pending.add(t)
         t.add_done_callback(self._started)
 
@@ -84,16 +103,22 @@ class WorkerPool:
     """Spawns workers that connect back to this node's Session service.
 
     ``stop_grace_s`` is how long ``stop_all`` lets workers exit after SIGTERM
-    (``Settings.worker_stop_grace_s``).
+    (``Settings.worker_stop_grace_s``). ``gcs`` is where packages of runtime envs come
+    from; without it the pool starts plain workers only.
     """
 
     def __init__(self, *, node_address: str, gcs_address: str, token_file: str,
                  session_dir: Path, node_id: bytes,
-                 on_exit: Callable[[bytes, int | None], None], stop_grace_s: float) -> None:
+                 on_exit: Callable[[bytes, int | None], None], stop_grace_s: float,
+                 gcs: _packages.Kv | None = None) -> None:
         self.node_address = node_address
         self.gcs_address = gcs_address
-        self.token_file = token_file
-        self.session_dir = session_dir
+        # Absolute: a worker of a runtime env starts in another directory.
+        self.token_file = os.path.abspath(token_file)
+        self.session_dir = session_dir.absolute()
+        #: Sets up runtime envs for workers (None: this pool starts plain workers only).
+        self.runtime_envs = (RuntimeEnvs(gcs, self.session_dir / "runtime_envs" / node_id.hex()[:12])
+                             if gcs is not None else None)
         self.node_id = node_id
         self.on_exit = on_exit
         self.stop_grace_s = stop_grace_s
@@ -101,9 +126,15 @@ class WorkerPool:
         self._watchers: set[asyncio.Task[None]] = set()
         self._closing = False
 
-    async def start(self, worker_id: bytes | None = None, env: dict[str, str] | None = None) -> bytes:
+    async def start(self, worker_id: bytes | None = None, env: dict[str, str] | None = None,
+                    runtime_env: str = "") -> bytes:
         """Start one worker; returns its id at once (it connects back when ready). Nothing
-        starts once ``stop_all`` began (a worker started then would outlive the node)."""
+        starts once ``stop_all`` began (a worker started then would outlive the node).
+
+        ``runtime_env`` (an env's JSON) starts it in that runtime env, once its packages
+        are unpacked here; a worker whose env could not be set up is started all the
+        same, and fails each task it gets with the reason (``RuntimeEnvSetupError``).
+        """
         worker_id = worker_id or _ids.new_id()
         if self._closing:
             return worker_id
@@ -116,9 +147,20 @@ class WorkerPool:
                "--gcs-address", self.gcs_address, "--token-file", self.token_file,
                "--worker-id", worker_id.hex(), "--node-id", self.node_id.hex(),
                "--session-dir", str(self.session_dir)]
+        cwd: str | None = None
+        if runtime_env:
+            if self.runtime_envs is None:
+                raise RuntimeError("this worker pool was made without a GCS client, so it cannot "
+                                   "start a worker for a runtime env")
+            setup = await self.runtime_envs.setup(runtime_env)
+            if self._closing:
+                return worker_id
+            cwd = setup.cwd
+            full_env.update(setup.environ(full_env))
+            cmd += ["--runtime-env-file", setup.spec_file]
         with open(log_path, "ab") as log:
             proc = await asyncio.create_subprocess_exec(
-                *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=full_env)
+                *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, env=full_env, cwd=cwd)
         self.procs[worker_id] = proc
         watcher = asyncio.get_running_loop().create_task(self._watch(worker_id, proc))
         self._watchers.add(watcher)

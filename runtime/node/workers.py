@@ -71,13 +71,16 @@ class Worker:
     calls: dict[bytes, int] | None = None
     #: It reached a function's ``max_calls``: it takes no more work and stops when idle.
     retiring: bool = False
+    #: The key of the runtime env it was started with ("" none): it runs only tasks and
+    #: actors of that key (``runtime.api._runtime_env``).
+    env_key: str = ""
 
 
 class WorkerTable:
     """Every worker of the node, the idle ones, and how many are starting."""
 
-    __slots__ = ("_by_client", "_clock", "_running_on", "_sent", "idle", "max_starting",
-                 "pipeline_depth", "retired", "starting", "workers")
+    __slots__ = ("_by_client", "_clock", "_running_on", "_sent", "_starting_env", "idle",
+                 "max_starting", "pipeline_depth", "retired", "starting", "workers")
 
     def __init__(self, *, max_starting: int, pipeline_depth: int, clock: Callable[[], float]) -> None:
         self.workers: dict[bytes, Worker] = {}
@@ -85,6 +88,8 @@ class WorkerTable:
         self.idle: list[Worker] = []
         #: Workers asked for (StartWorker) or started, not connected yet.
         self.starting = 0
+        #: Of those, how many per runtime env key (only keys other than "").
+        self._starting_env: dict[str, int] = {}
         #: Workers that reached a ``max_calls`` and went idle: the node stops them.
         self.retired: list[bytes] = []
         #: Most workers starting at once.
@@ -115,10 +120,14 @@ class WorkerTable:
 
     # ---- life of a process ---------------------------------------------------------
 
-    def to_start(self, want: int) -> int:
-        """How many workers to ask for when ``want`` more could run now: at most
-        ``max_starting`` on their way at once."""
-        return min(want, self.max_starting) - self.starting
+    def to_start(self, want: int, env_key: str = "") -> int:
+        """How many workers of runtime env ``env_key`` to ask for when ``want`` more could
+        run now: at most ``max_starting`` (of any env) on their way at once."""
+        if not self._starting_env:
+            return min(want, self.max_starting) - self.starting
+        mine = (self._starting_env.get(env_key, 0) if env_key
+                else self.starting - sum(self._starting_env.values()))
+        return min(want - mine, self.max_starting - self.starting)
 
     def shortfall(self, target: int) -> int:
         """Workers missing for ``target`` of them (actors not counted) to be alive or on
@@ -126,15 +135,29 @@ class WorkerTable:
         alive = sum(1 for w in self.workers.values() if w.state != WorkerState.ACTOR)
         return max(0, target - alive)
 
-    def asked(self) -> None:
-        """A StartWorker action went out: one more worker is on its way."""
+    def asked(self, env_key: str = "") -> None:
+        """A StartWorker action went out: one more worker (of runtime env ``env_key``) is
+        on its way."""
         self.starting += 1
+        if env_key:
+            self._starting_env[env_key] = self._starting_env.get(env_key, 0) + 1
 
-    def started(self, worker_id: bytes, counted: bool = True) -> None:
-        """The pool started ``worker_id``; ``counted`` when a StartWorker asked for it."""
-        self.workers[worker_id] = Worker(worker_id)
+    def started(self, worker_id: bytes, counted: bool = True, env_key: str = "") -> None:
+        """The pool started ``worker_id`` (for runtime env ``env_key``); ``counted`` when a
+        StartWorker asked for it."""
+        self.workers[worker_id] = Worker(worker_id, env_key=env_key)
         if not counted:
-            self.starting += 1
+            self.asked(env_key)
+
+    def _not_starting(self, w: Worker) -> None:
+        self.starting -= 1
+        key = w.env_key
+        if key:
+            left = self._starting_env.get(key, 0) - 1
+            if left > 0:
+                self._starting_env[key] = left
+            else:
+                self._starting_env.pop(key, None)
 
     def connected(self, worker_id: bytes, pid: int, client_id: bytes) -> Worker:
         """The worker's session opened: it is idle now."""
@@ -142,7 +165,7 @@ class WorkerTable:
         if w is None:  # a worker the pool did not start (should not happen): adopt it
             w = self.workers[worker_id] = Worker(worker_id)
         elif w.state == WorkerState.STARTING:
-            self.starting -= 1
+            self._not_starting(w)
         w.pid, w.client_id, w.state = pid, client_id, _IDLE
         w.idle_since = self._clock()
         self.idle.append(w)
@@ -160,7 +183,7 @@ class WorkerTable:
         if w is None or w.state == WorkerState.DEAD:
             return None
         if w.state == WorkerState.STARTING:
-            self.starting -= 1
+            self._not_starting(w)
         if w in self.idle:
             self.idle.remove(w)
         self._forget_client(w)
@@ -184,15 +207,16 @@ class WorkerTable:
         w.idle_since = self._clock()
         self.idle.append(w)
 
-    def pop_idle(self, kind: str = "") -> Worker | None:
+    def pop_idle(self, kind: str = "", env_key: str = "") -> Worker | None:
         """The most recently used idle worker that may run work of ``kind`` ("cpu" or
-        "gpu": one that ran the same kind, or nothing yet), taken off the idle list."""
+        "gpu": one that ran the same kind, or nothing yet) in runtime env ``env_key`` (one
+        started for it), taken off the idle list."""
         idle = self.idle
         while idle and idle[-1].state != _IDLE:
             idle.pop()  # no longer idle: dropped lazily
         for i in range(len(idle) - 1, -1, -1):
             w = idle[i]
-            if w.state == _IDLE and (not kind or w.kind in ("", kind)):
+            if w.state == _IDLE and (not kind or w.kind in ("", kind)) and w.env_key == env_key:
                 del idle[i]
                 return w
         return None
@@ -350,8 +374,10 @@ class WorkerTable:
         return None
 
     def pipeline_worker(self, need: dict[str, float], function_id: bytes,
-                        function_of: Callable[[bytes], bytes | None]) -> Worker | None:
-        """A busy worker running one plain task of shape ``need``, to send another ahead to.
+                        function_of: Callable[[bytes], bytes | None],
+                        env_key: str = "") -> Worker | None:
+        """A busy worker running one plain task of shape ``need`` (in runtime env
+        ``env_key``), to send another ahead to.
 
         Only more of the same function (``function_of`` a task id): a uniform batch of
         short tasks is what pipelining is for; anything else could wait behind a long task.
@@ -361,6 +387,7 @@ class WorkerTable:
         for w in self.workers.values():
             if (w.state == _BUSY and len(w.frames) == 1 and not w.frames[0].blocked and not w.retiring
                     and len(w.queued) < depth and w.frames[0].resources == need
+                    and w.env_key == env_key
                     and (best is None or len(w.queued) < len(best.queued))
                     and function_of(w.frames[0].task_id) == function_id):
                 best = w

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TaskSpec(_message.Message):
-    __slots__ = ("task_id", "job_id", "function_id", "name", "args", "arg_refs", "nested_refs", "resources", "num_returns", "max_retries", "retry_exceptions", "retry_exception_types", "owner_id", "attempt", "parent_task_id", "spill_count", "driver_id", "origin", "driver_address", "actor_id", "actor_creation", "actor_seq", "actor_options", "method", "strategy", "owner_node_id", "namespace", "max_calls", "streaming")
+    __slots__ = ("task_id", "job_id", "function_id", "name", "args", "arg_refs", "nested_refs", "resources", "num_returns", "max_retries", "retry_exceptions", "retry_exception_types", "owner_id", "attempt", "parent_task_id", "spill_count", "driver_id", "origin", "driver_address", "actor_id", "actor_creation", "actor_seq", "actor_options", "method", "strategy", "owner_node_id", "namespace", "max_calls", "streaming", "runtime_env_key", "runtime_env")
     class ResourcesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,8 @@ class TaskSpec(_message.Message):
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     MAX_CALLS_FIELD_NUMBER: _ClassVar[int]
     STREAMING_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_ENV_KEY_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_ENV_FIELD_NUMBER: _ClassVar[int]
     task_id: bytes
     job_id: bytes
     function_id: bytes
@@ -74,7 +76,9 @@ class TaskSpec(_message.Message):
     namespace: str
     max_calls: int
     streaming: bool
-    def __init__(self, task_id: _Optional[bytes] = ..., job_id: _Optional[bytes] = ..., function_id: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[bytes] = ..., arg_refs: _Optional[_Iterable[bytes]] = ..., nested_refs: _Optional[_Iterable[bytes]] = ..., resources: _Optional[_Mapping[str, float]] = ..., num_returns: _Optional[int] = ..., max_retries: _Optional[int] = ..., retry_exceptions: _Optional[bool] = ..., retry_exception_types: _Optional[bytes] = ..., owner_id: _Optional[bytes] = ..., attempt: _Optional[int] = ..., parent_task_id: _Optional[bytes] = ..., spill_count: _Optional[int] = ..., driver_id: _Optional[bytes] = ..., origin: _Optional[str] = ..., driver_address: _Optional[str] = ..., actor_id: _Optional[bytes] = ..., actor_creation: _Optional[bool] = ..., actor_seq: _Optional[int] = ..., actor_options: _Optional[bytes] = ..., method: _Optional[str] = ..., strategy: _Optional[_Union[SchedulingStrategy, _Mapping]] = ..., owner_node_id: _Optional[bytes] = ..., namespace: _Optional[str] = ..., max_calls: _Optional[int] = ..., streaming: _Optional[bool] = ...) -> None: ...
+    runtime_env_key: str
+    runtime_env: str
+    def __init__(self, task_id: _Optional[bytes] = ..., job_id: _Optional[bytes] = ..., function_id: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[bytes] = ..., arg_refs: _Optional[_Iterable[bytes]] = ..., nested_refs: _Optional[_Iterable[bytes]] = ..., resources: _Optional[_Mapping[str, float]] = ..., num_returns: _Optional[int] = ..., max_retries: _Optional[int] = ..., retry_exceptions: _Optional[bool] = ..., retry_exception_types: _Optional[bytes] = ..., owner_id: _Optional[bytes] = ..., attempt: _Optional[int] = ..., parent_task_id: _Optional[bytes] = ..., spill_count: _Optional[int] = ..., driver_id: _Optional[bytes] = ..., origin: _Optional[str] = ..., driver_address: _Optional[str] = ..., actor_id: _Optional[bytes] = ..., actor_creation: _Optional[bool] = ..., actor_seq: _Optional[int] = ..., actor_options: _Optional[bytes] = ..., method: _Optional[str] = ..., strategy: _Optional[_Union[SchedulingStrategy, _Mapping]] = ..., owner_node_id: _Optional[bytes] = ..., namespace: _Optional[str] = ..., max_calls: _Optional[int] = ..., streaming: _Optional[bool] = ..., runtime_env_key: _Optional[str] = ..., runtime_env: _Optional[str] = ...) -> None: ...
 
 class SchedulingStrategy(_message.Message):
     __slots__ = ("kind", "node_id", "soft", "placement_group_id", "bundle_index", "capture_child_tasks")

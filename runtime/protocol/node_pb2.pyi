@@ -121,12 +121,14 @@ class CancelTask(_message.Message):
     def __init__(self, task_id: _Optional[bytes] = ..., force: _Optional[bool] = ..., recursive: _Optional[bool] = ...) -> None: ...
 
 class KillActor(_message.Message):
-    __slots__ = ("actor_id", "no_restart")
+    __slots__ = ("actor_id", "no_restart", "graceful")
     ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
     NO_RESTART_FIELD_NUMBER: _ClassVar[int]
+    GRACEFUL_FIELD_NUMBER: _ClassVar[int]
     actor_id: bytes
     no_restart: bool
-    def __init__(self, actor_id: _Optional[bytes] = ..., no_restart: _Optional[bool] = ...) -> None: ...
+    graceful: bool
+    def __init__(self, actor_id: _Optional[bytes] = ..., no_restart: _Optional[bool] = ..., graceful: _Optional[bool] = ...) -> None: ...
 
 class TaskResult(_message.Message):
     __slots__ = ("task_id", "returns", "failed", "retryable", "error_summary", "error", "actor_exit", "stream_index")

@@ -54,8 +54,8 @@ class ActorPool:
         #: Values waiting for an idle actor, oldest first.
         self._waiting: deque[tuple[Submit, Any]] = deque()
         self._submitted = 0  # submission numbers given out
-        self._returned = 0  # the next number get_next returns
-        self._unordered = False  # get_next_unordered was used since the last map
+        #: The next number get_next returns: one past the highest taken (in order or not).
+        self._returned = 0
 
     # ---- submitting ----------------------------------------------------------------
 
@@ -103,7 +103,6 @@ class ActorPool:
                 self.get_next_unordered()
             except Exception:  # noqa: BLE001 - an old submission's error is not the new map's
                 pass
-        self._unordered = False
 
     # ---- taking results ------------------------------------------------------------
 
@@ -116,13 +115,17 @@ class ActorPool:
 
         Raises ``StopIteration`` when nothing is owed, ``TimeoutError`` when ``timeout``
         seconds pass first (with ``ignore_if_timedout`` that submission is then dropped,
-        its actor back in the pool), and whatever the work raised.
+        its actor back in the pool), and whatever the work raised. Raises ``ValueError``
+        when ``get_next_unordered`` already took the latest submission (as Ray does).
         """
         if not self.has_next():
             raise StopIteration("No more results to get: submit work first.")
-        if self._unordered:
-            raise ValueError("get_next() cannot be mixed with get_next_unordered() in one run; "
-                             "start a new one with map() or take the rest unordered.")
+        if self._returned >= self._submitted:
+            # As in Ray: get_next_unordered took a later submission than any still owed, so
+            # "the next in order" is gone; what was submitted after it is fine to take.
+            raise ValueError("get_next() cannot continue after get_next_unordered() took the "
+                             "latest submission; take the rest with get_next_unordered(), or "
+                             "submit more first.")
         index = self._returned
         ref, _ = self._running[index]
         if timeout is not None:
@@ -152,7 +155,6 @@ class ActorPool:
         index = by_ref[ready[0].hex()]
         ref, _ = self._running[index]
         self._take(index)
-        self._unordered = True
         return rt.get(ref)
 
     def _take(self, index: int) -> None:

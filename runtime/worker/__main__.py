@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from runtime._daemon import Daemon
 from runtime.api import _context
 from runtime.api._client import CoreClient
+from runtime.worker import runtime_env
 from runtime.worker.executor import Executor
 from runtime.worker.host import WorkerHost
 from runtime.worker.output import TaskOutput
@@ -25,6 +26,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gcs-address", required=True, help="host:port of the cluster's GCS")
     p.add_argument("--worker-id", required=True, help="the id the node gave this worker (hex)")
     p.add_argument("--node-id", required=True, help="the node's id (hex)")
+    p.add_argument("--runtime-env-file", default="",
+                   help="the runtime env this worker runs (a JSON file its node wrote)")
 
 
 DAEMON = Daemon("worker", prog="python -m runtime.worker", description=__doc__,
@@ -36,7 +39,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args, settings = ctx.args, ctx.settings
     client = CoreClient(node_address=args.node_address, gcs_address=args.gcs_address,
                         token=ctx.token, job_id=b"", settings=settings)
-    executor = Executor(client, settings.cancelled_early_max)
+    env_error = runtime_env.load(args.runtime_env_file) if args.runtime_env_file else ""
+    executor = (runtime_env.BrokenEnvExecutor(client, settings.cancelled_early_max, env_error)
+                if env_error else Executor(client, settings.cancelled_early_max))
     host = WorkerHost(client, executor, bytes.fromhex(args.worker_id))
     client.install_host(host)
     _context.set_current(client)
@@ -52,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         except KeyboardInterrupt:  # a cancel that arrived between tasks
             continue
         executor.dispatch(op.execute)
+        if env_error:  # it failed that task; a new worker for the next one tries the env again
+            client.close()
+            return
 
 
 if __name__ == "__main__":

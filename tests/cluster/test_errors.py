@@ -313,3 +313,35 @@ def test_function_whose_module_is_missing_on_the_worker(
     text = str(info.value)
     assert name in text and "could not load double()" in text
     assert_worker_serves(_finished_row(gcs, ref).worker_pid)
+
+
+class HoldsALock(Exception):
+    """An exception whose instances cannot be pickled (a lock in their ``__dict__``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+def raise_holds_a_lock() -> None:
+    raise HoldsALock("the original message")
+
+
+def test_an_exception_that_cannot_be_pickled_says_so_with_its_traceback(
+        cluster: rt.ClusterInfo, gcs: Any, assert_worker_serves: Callable[[int], None]) -> None:
+    @rt.remote
+    def raises_unpicklable() -> None:
+        raise_holds_a_lock()
+
+    ref = raises_unpicklable.remote()
+    with pytest.raises(TaskError) as info:
+        rt.get(ref, timeout=30)
+    err = info.value
+    text = str(err)
+    assert not isinstance(err, HoldsALock) and err.cause is None
+    assert "raises_unpicklable()" in text and "could not be pickled" in text
+    assert "cannot pickle '_thread.lock' object" in text
+    # The remote traceback, as text: the frames and the original exception line.
+    assert "raise_holds_a_lock" in text and "HoldsALock: the original message" in text
+    assert err.cause_type_name == "HoldsALock"
+    assert_worker_serves(_finished_row(gcs, ref).worker_pid)

@@ -141,3 +141,60 @@ def test_actor_methods_stream_too(cluster: rt.ClusterInfo) -> None:
     assert rt.get(list(s.items.remote(4))) == [0, 10, 20, 30]
     assert rt.get(list(s.async_items.remote(3))) == [0, 1, 2]
     rt.kill(s)
+
+
+# ---- completed(): a ref ready when the generator task ended (Ray 2.x) -------------------
+
+def test_completed_is_ready_when_the_task_ended_and_items_stay_readable(
+        cluster: rt.ClusterInfo, tmp_path: pathlib.Path) -> None:
+    flag = tmp_path / "go"
+    gen = gated.remote(str(flag))
+    done = gen.completed()
+    assert gen.completed() == done, "every call returns the same ref"
+    # The task waits for the flag after its first item: it cannot have ended yet.
+    assert rt.get(next(gen), timeout=60) == "first"
+    ready, _ = rt.wait([done], timeout=0)
+    assert ready == []
+    flag.touch()
+    assert rt.get(done, timeout=60) is None
+    assert [rt.get(ref, timeout=60) for ref in gen] == ["second"]
+    assert gen.is_finished()
+
+
+def test_completed_before_taking_any_item_keeps_every_item(cluster: rt.ClusterInfo) -> None:
+    gen = count.remote(4)
+    assert rt.get(gen.completed(), timeout=60) is None
+    assert rt.get(list(gen), timeout=60) == [0, 1, 2, 3]
+
+
+def test_completed_after_the_last_item_and_of_an_empty_stream(cluster: rt.ClusterInfo) -> None:
+    gen = count.remote(2)
+    assert rt.get(list(gen), timeout=60) == [0, 1]
+    assert rt.get(gen.completed(), timeout=60) is None
+    empty = count.remote(0)
+    assert rt.get(empty.completed(), timeout=60) is None
+    assert list(empty) == []
+
+
+def test_completed_raises_the_generators_error(cluster: rt.ClusterInfo) -> None:
+    gen = fails_at.remote(5, 2)
+    with pytest.raises(ValueError, match="item 2 is bad"):
+        rt.get(gen.completed(), timeout=60)
+    # The items before the error are still there, then the error, then the end.
+    assert [rt.get(next(gen)), rt.get(next(gen))] == [0, 1]
+    with pytest.raises(ValueError, match="item 2 is bad"):
+        rt.get(next(gen))
+    with pytest.raises(StopIteration):
+        next(gen)
+
+
+def test_completed_of_an_actor_method_and_awaited(cluster: rt.ClusterInfo) -> None:
+    s = Source.remote()
+    gen = s.items.remote(3)
+
+    async def finish() -> None:
+        await gen.completed()
+
+    asyncio.run(finish())
+    assert rt.get(list(gen), timeout=60) == [0, 10, 20]
+    rt.kill(s)

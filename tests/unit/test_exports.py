@@ -24,7 +24,7 @@ EXCEPTIONS = {
     "ClusterError", "TaskError", "WorkerCrashedError", "NodeDiedError", "ActorDiedError",
     "TaskCancelledError", "ObjectLostError", "OwnerDiedError", "ObjectStoreFullError",
     "GetTimeoutError", "ConnectionLostError", "NoLiveNodeError", "ClientClosedError",
-    "BlockingCallError", "ObjectStoreClosedError",
+    "BlockingCallError", "ObjectStoreClosedError", "RuntimeEnvSetupError",
     "NotInitializedError", "AlreadyInitializedError", "UnauthenticatedError",
     "IncompatibleVersionError", "InvalidRequestError", "NotFoundError", "RpcTimeoutError",
     "InternalError", "RayError", "RayTaskError", "RayActorError",
