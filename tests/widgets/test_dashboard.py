@@ -171,8 +171,16 @@ def test_a_task_no_node_fits_says_why_it_waits(cluster: rt.ClusterInfo) -> None:
     dash = synced(Dashboard(interval=0.05))
     ref = needs_gpus.remote()
     try:
-        row = wait_for(lambda: row_of(dash, ref, "waiting"), what="the infeasible task among the waiting")
-        assert row.state == "INFEASIBLE"
+        _a_task_no_node_fits(dash, ref)
+    finally:
+        dash.close()
+
+
+def _a_task_no_node_fits(dash: Dashboard, ref: rt.ObjectRef) -> None:
+    try:
+        # The task is first SUBMITTED among the waiting, then INFEASIBLE once the scheduler decides.
+        row = wait_for(lambda: (r := row_of(dash, ref, "waiting")) and r.state == "INFEASIBLE" and r,
+                       what="the infeasible task among the waiting")
         assert "GPU: 8" in row.why and "no node has that much" in row.why
         wait_for(lambda: "GPU: 8" in dash.futures.waiting.value and
                  dash.futures.waiting_box.layout.display is None,
@@ -183,12 +191,9 @@ def test_a_task_no_node_fits_says_why_it_waits(cluster: rt.ClusterInfo) -> None:
         assert "needs" in pretty(dash)  # the text fallback names what it waits for
     finally:
         rt.cancel(ref)
-    try:
-        wait_for(lambda: row_of(dash, ref, "waiting") is None, what="the cancelled task to stop waiting")
-        wait_for(lambda: dash.futures.waiting_box.layout.display == "none",
-                 what="the empty Waiting table to hide")
-    finally:
-        dash.close()
+    wait_for(lambda: row_of(dash, ref, "waiting") is None, what="the cancelled task to stop waiting")
+    wait_for(lambda: dash.futures.waiting_box.layout.display == "none",
+             what="the empty Waiting table to hide")
 
 
 def test_actors_with_their_state_node_and_calls(cluster: rt.ClusterInfo) -> None:
