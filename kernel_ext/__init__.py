@@ -25,10 +25,12 @@ How the package is built: ``magics`` (one ``Magics`` class: parse, call, show) s
 ``arguments`` (the parsers), ``cluster`` (start/attach/stop), ``cell`` (what a cell
 reads, shipping it, the ``RemoteCell`` future), ``names`` (which names a cell reads),
 ``routing`` (output to the right cell), ``interrupt`` (an interrupted cell cancels the
-tasks it started) and ``display`` (rendering). ``worker`` is the
+tasks it started), ``display`` (rendering) and ``tracebacks`` (a failed task's traceback
+in IPython's style). ``worker`` is the
 part that runs on the cluster; it imports only the standard library, which is why this
 file imports nothing at the top: workers import ``kernel_ext.worker`` without IPython.
-It uses only ``runtime``'s public API.
+It uses only ``runtime``'s public API, and ``runtime._tracebacks`` (the hook that draws
+a failed task's traceback).
 """
 
 from __future__ import annotations
@@ -48,9 +50,10 @@ def load_ipython_extension(ipython: Any) -> None:
     magics = CellrayMagics(ipython)
     ipython.register_magics(magics)
     ipython.configurables.append(magics)  # so that %config CellrayMagics works
-    from kernel_ext import interrupt
+    from kernel_ext import interrupt, tracebacks
     from runtime.state import set_get_progress
     from widgets import get_with_progress, register_formatters
+    tracebacks.install()  # a failed task's traceback in IPython's style, cellray's frames cut
     # Interrupting a cell cancels the tasks it started (a %%remote cell cancels its own).
     interrupt.install(ipython, grace=lambda: magics.soft_cancel_grace, skip=magics.router.is_cell_task)
     register_formatters(ipython)  # live reprs of ObjectRefs, actor handles, clusters
@@ -65,10 +68,11 @@ def unload_ipython_extension(ipython: Any) -> None:
     magics = ipython.magics_manager.registry.pop(CellrayMagics.__name__, None)
     if magics is None:
         return
-    from kernel_ext import interrupt
+    from kernel_ext import interrupt, tracebacks
     from runtime.state import set_get_progress
     from widgets import unregister_formatters
     interrupt.uninstall(ipython)
+    tracebacks.uninstall()
     unregister_formatters(ipython)
     set_get_progress(None)
     try:

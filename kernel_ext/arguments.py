@@ -133,6 +133,8 @@ cluster = _stack(
                   "sqlite:///PATH.db, redis://HOST:PORT[,HOST:PORT] or memory"),
     argument("--token-file", type=unquote, default=None, metavar="F",
              help="attach: the cluster's token file (found automatically on this machine)"),
+    argument("--bundle", type=unquote, default=None, metavar="FILE",
+             help="attach: the join bundle of a cluster started with --tls (instead of --token-file)"),
 )
 
 _run_options = (
@@ -204,6 +206,7 @@ def split_line_options(line: str) -> tuple[str, str]:
 _INIT_TO_ATTACH = (
     ("rt.init(address=..., token_file=PATH)", "%cluster attach {address} --token-file PATH"),
     ("token_file=PATH", "--token-file PATH"),
+    ("rt.init(address=..., bundle=FILE)", "%cluster attach {address} --bundle FILE"),
 )
 
 

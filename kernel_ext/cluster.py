@@ -52,13 +52,14 @@ def start(*, nodes: int | None, cpus: float | None, gpus: float | None,
     return Connected(info, reused=False)
 
 
-def attach(address: str, token_file: str | None) -> Connected:
-    """Connect to a running cluster (or keep the current connection)."""
+def attach(address: str, token_file: str | None, bundle: str | None = None) -> Connected:
+    """Connect to a running cluster (or keep the current connection); ``bundle`` is the
+    join bundle of a TLS cluster (``rt.init``'s ``bundle=``)."""
     info = current()
     if info is not None:
         return Connected(info, reused=True)
     try:
-        info = rt.init(address=address, token_file=token_file, log_to_driver=False)
+        info = rt.init(address=address, token_file=token_file, bundle=bundle, log_to_driver=False)
     except (ConnectionError, PermissionError, OSError, ValueError, rt.exceptions.ClusterError) as e:
         # The runtime's messages already say what to check; add only what it was doing.
         raise UsageError(f"%cluster attach {address}: {e}") from None

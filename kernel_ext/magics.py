@@ -69,7 +69,8 @@ class CellrayMagics(Magics):
         starts a local cluster (or reuses the one this kernel is connected to); its GCS keeps
         its tables in ``--gcs-storage`` (default ``sqlite``, a file in the session directory),
         and is restarted from them if it dies.
-        ``%cluster attach ADDRESS [--token-file F]`` connects to a running cluster.
+        ``%cluster attach ADDRESS [--token-file F | --bundle FILE]`` connects to a running
+        cluster (``--bundle``: the join bundle of a cluster started with ``--tls``).
         ``%cluster status`` (or just ``%cluster``) shows its nodes, resources and load.
         ``%cluster dashboard`` shows the live dashboard (nodes, futures, actors, spillover).
         ``%cluster stop`` disconnects, and stops the cluster if this kernel started it.
@@ -89,7 +90,7 @@ class CellrayMagics(Magics):
                       "with %%remote; `%cluster status` shows it, `%cluster stop` stops it.")
         elif action == "attach":
             try:
-                done = cluster.attach(args.address, args.token_file)
+                done = cluster.attach(args.address, args.token_file, args.bundle)
             except UsageError as e:  # the runtime words its hints for rt.init(): name our flags
                 raise UsageError(arguments.in_attach_terms(str(e), args.address)) from None
             self._connected(done.reused)
@@ -314,14 +315,15 @@ def _check_cluster_args(action: str, args: Any) -> None:
     """Options that make no sense for ``action`` are a usage error, not silently ignored."""
     given = {"--nodes": args.nodes, "--cpus": args.cpus, "--gpus": args.gpus,
              "--resources": args.resources, "--gcs-storage": args.gcs_storage,
-             "--token-file": args.token_file}
+             "--token-file": args.token_file, "--bundle": args.bundle}
     allowed = {"start": {"--nodes", "--cpus", "--gpus", "--resources", "--gcs-storage"},
-               "attach": {"--token-file"}}.get(action, set())
+               "attach": {"--token-file", "--bundle"}}.get(action, set())
     extra = [k for k, v in given.items() if v is not None and k not in allowed]
     if extra:
         raise UsageError(f"%cluster {action} does not take {', '.join(extra)}. "
                          "Usage: %cluster start [--nodes N] [--cpus C] [--gpus G] [--resources JSON] "
-                         "[--gcs-storage URL] | attach ADDRESS [--token-file F] | status | stop")
+                         "[--gcs-storage URL] | attach ADDRESS [--token-file F | --bundle FILE] | "
+                         "status | stop")
     if action == "attach" and not args.address:
         raise UsageError("%cluster attach needs the cluster's address, e.g. `%cluster attach "
                          "127.0.0.1:6380 --token-file /tmp/cellray/session_latest/token`.")

@@ -5,11 +5,12 @@ Layout::
     /tmp/cellray/session_<time>_<pid>/   (a `session_latest` link beside it)
         address          the GCS address, host:port
         token            the cluster token, mode 0600
+        tls/             with TLS: the CA, certificates, keys, join bundle (0600; runtime/_tls.py)
         processes.json   pids started by `cellray start` (for `cellray stop`)
         logs/            one log per process
         spill/           objects spilled from shared memory
 
-The token goes when the cluster stops (``remove_secrets``); the directories of clusters
+The token and the TLS files go when the cluster stops (``remove_secrets``); the directories of clusters
 that are gone are pruned when a new session starts, the newest ``KEEP_SESSIONS`` kept for
 their logs.
 """
@@ -90,8 +91,9 @@ def _alive(pid: int) -> bool:
 
 
 def remove_secrets(session_dir: pathlib.Path) -> None:
-    """The cluster of ``session_dir`` stopped: remove its token (its logs stay)."""
+    """The cluster of ``session_dir`` stopped: remove its token and TLS files (its logs stay)."""
     (session_dir / "token").unlink(missing_ok=True)
+    shutil.rmtree(session_dir / "tls", ignore_errors=True)
 
 
 def write_token(session_dir: pathlib.Path) -> pathlib.Path:

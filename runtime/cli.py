@@ -5,8 +5,10 @@
     cellray start --head [--port 6380] [--host 127.0.0.1] [--cpus N] [--gpus N] [--global-schedulers R]
                   [--resources '{"sim": 4}'] [--object-store-memory BYTES] [--num-nodes N]
                   [--gcs-storage sqlite | sqlite:///PATH.db | redis://H:P,H:P | memory] [--redis-shards N]
-    cellray start --address HOST:PORT [--token-file F] [--cpus N] [--gpus N] [--resources JSON]
-    cellray status [--address HOST:PORT] [--token-file F]
+                  [--tls | --insecure]
+    cellray start --address HOST:PORT [--token-file F | --bundle FILE] [--insecure]
+                  [--cpus N] [--gpus N] [--resources JSON]
+    cellray status [--address HOST:PORT] [--token-file F | --bundle FILE]
     cellray stop [--address HOST:PORT | --all]
     cellray bench [ARGS...]
 
@@ -15,6 +17,11 @@ directory), or in ``--redis-shards N`` local Redis servers it starts and owns; i
 restarted from them, on the same address, when it dies. ``cellray status`` shows the
 storage and the restarts. ``cellray stop`` stops the cluster ``cellray status`` shows (the
 newest one started here, or the one ``--address`` names); ``--all`` stops every one.
+
+``--tls`` makes the cluster's CA and certificates (``runtime._tls``) and runs every
+channel over mutual TLS; the head prints its join bundle, which nodes (``--bundle``) and
+drivers (``rt.init(address=..., bundle=...)``) on other machines take. Servers bound to a
+non-loopback ``--host`` need ``--tls``, or ``--insecure`` (plaintext, with a warning).
 
 This module only parses and prints; ``runtime.cluster.commands`` does the work. Exit
 codes: 0 success, 1 the command failed (the message says why), 2 bad input.
@@ -133,6 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="address the servers bind to (default 127.0.0.1: this machine only)")
     start.add_argument("--token-file", metavar="FILE",
                        help="(--address) the cluster's token file; found by itself on the head's machine")
+    start.add_argument("--bundle", metavar="FILE",
+                       help="(--address) the join bundle a --tls head printed: token, CA and a "
+                            "certificate; the node then uses TLS")
+    security = start.add_mutually_exclusive_group()
+    security.add_argument("--tls", action="store_true",
+                          help="(--head) make a cluster CA and run every channel over mutual TLS")
+    security.add_argument("--insecure", action="store_true",
+                          help="let servers bind a non-loopback --host without TLS (plaintext; "
+                               "only on a network you trust)")
     start.add_argument("--cpus", type=_amount, help="CPUs each node offers (default: all cores)")
     start.add_argument("--gpus", type=_amount, help="GPUs each node offers (default 0; may be logical)")
     start.add_argument("--resources", type=_resources, default={}, metavar="JSON",
@@ -155,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--address", type=_address, metavar="HOST:PORT",
                         help="the cluster's GCS (default: the newest cluster running here)")
     status.add_argument("--token-file", metavar="FILE", help="the cluster's token file")
+    status.add_argument("--bundle", metavar="FILE", help="the cluster's join bundle (a --tls cluster)")
     status.set_defaults(func=_cmd_status, parser=status)
 
     stop = sub.add_parser(
@@ -182,6 +199,13 @@ def _cmd_start(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error("start needs --head (a new cluster) or --address HOST:PORT (add a node)")
     if args.address and args.port is not None:
         parser.error("--port is for --head; a node added with --address picks a free port")
+    if args.address and args.tls:
+        parser.error("--tls is for --head; a node added with --address uses TLS when given the "
+                     "head's join bundle (--bundle FILE)")
+    if args.head and args.bundle:
+        parser.error("--bundle is for --address; a head started with --tls writes its own")
+    if args.bundle and args.token_file:
+        parser.error("--bundle holds the cluster token already: drop --token-file")
     for flag in ("gcs_storage", "redis_shards"):
         if args.address and getattr(args, flag) is not None:
             parser.error(f"--{flag.replace('_', '-')} is for --head; the head chose its storage "
@@ -195,12 +219,14 @@ def _cmd_start(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if args.head:
         cluster = commands.start_head(spec, num_nodes=args.num_nodes, host=args.host, port=args.port,
                                       global_schedulers=args.global_schedulers,
-                                      gcs_storage=args.gcs_storage, redis_shards=args.redis_shards)
+                                      gcs_storage=args.gcs_storage, redis_shards=args.redis_shards,
+                                      tls=args.tls, insecure=args.insecure)
         _print_started(cluster.address, cluster.session_dir, cluster.token_file, len(cluster.nodes),
-                       cluster.storage)
+                       cluster.storage, cluster.bundle)
         return 0
     got = commands.add_nodes(args.address, spec, count=args.num_nodes,
-                             token_file=args.token_file, host=args.host)
+                             token_file=args.token_file, host=args.host, bundle=args.bundle,
+                             insecure=args.insecure)
     for handle, info in zip(got.cluster.nodes, got.cluster.node_info, strict=False):
         print(f"Added node {info.get('node_id', '?')[:12]} at {info.get('address', '?')} "
               f"(pid {handle.pid}) to the cluster at {args.address}.")
@@ -210,19 +236,29 @@ def _cmd_start(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 
 def _print_started(address: str, session_dir: object, token_file: object, nodes: int,
-                   storage: str) -> None:
+                   storage: str, bundle: pathlib.Path | None = None) -> None:
     lost = ("; a GCS restart loses every table: pass --gcs-storage sqlite to keep them"
             if storage == "memory" else "")
+    if bundle is not None:
+        tls = f"  TLS:         on (mutual); join bundle: {bundle} (a secret: copy it like a password)\n"
+        attach = f"bundle=\"{bundle}\""
+        join = (f"    cellray start --address {address}"
+                f"    (from another machine add --bundle with a copy of {bundle})\n")
+    else:
+        tls = "  TLS:         off (plaintext; `cellray start --head --tls` turns it on)\n"
+        attach = f"token_file=\"{token_file}\""
+        join = (f"    cellray start --address {address}"
+                f"    (from another machine add --token-file with a copy of the token file)\n")
     print(f"Started a cellray cluster: head (GCS) at {address}, {nodes} node(s).\n"
           f"  session dir: {session_dir}\n"
           f"  token file:  {token_file}\n"
+          f"{tls}"
           f"  storage:     {storage or 'unknown'} (the head restarts the GCS from it when it dies{lost})\n"
           f"\nAttach a driver (a script or a notebook):\n"
           f"    import runtime as rt\n"
-          f"    rt.init(address=\"{address}\", token_file=\"{token_file}\")\n"
+          f"    rt.init(address=\"{address}\", {attach})\n"
           f"Add a node:\n"
-          f"    cellray start --address {address}"
-          f"    (from another machine add --token-file with a copy of the token file)\n"
+          f"{join}"
           f"Inspect:  cellray status\n"
           f"Stop:     cellray stop --address {address}")
     if address.startswith("0.0.0.0:"):
@@ -231,7 +267,9 @@ def _print_started(address: str, session_dir: object, token_file: object, nodes:
 
 
 def _cmd_status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    status = commands.cluster_status(args.address, args.token_file)
+    if args.bundle and args.token_file:
+        parser.error("--bundle holds the cluster token already: drop --token-file")
+    status = commands.cluster_status(args.address, args.token_file, args.bundle)
     print(format_status(status))
     if not args.address and not os.environ.get("CELLRAY_ADDRESS"):
         others = [a for a in commands.running_addresses() if a != status.address]

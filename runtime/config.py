@@ -39,6 +39,9 @@ class Settings:
     node_timeout_ms: int = 10_000
     #: Number of GCS shards.
     gcs_shards: int = 4
+    #: A bundle held this long (in milliseconds) is checked against the GCS's placement groups,
+    #: and released when no group places it on this node (its group is gone or placed elsewhere).
+    bundle_check_ms: int = 5_000
     #: How often node managers send task events to the GCS, in milliseconds.
     event_flush_ms: int = 100
     #: Seconds to wait for a cluster process to report ready.
@@ -47,6 +50,13 @@ class Settings:
     global_schedulers: int = 2
     #: Host the cluster's servers bind to.
     host: str = "127.0.0.1"
+    #: Directory of this process's TLS files (``ca.pem``, ``node.pem``, ``node.key``;
+    #: ``runtime/_tls.py``): every server and channel then uses mutual TLS with them. Empty:
+    #: plaintext, which servers accept on loopback addresses only unless ``insecure``.
+    tls_dir: str = ""
+    #: 1 lets servers bind a non-loopback address without TLS (with a warning); 0 makes
+    #: them refuse to.
+    insecure: int = 0
 
     # ---- GCS storage (runtime/gcs/storage_open.py) ----
     #: Where the GCS keeps its tables: ``memory`` (gone when the GCS stops), ``sqlite`` (the
@@ -210,7 +220,7 @@ class Settings:
 
 #: Smallest accepted value of integer fields.
 _MINIMA: dict[str, int] = {
-    "heartbeat_ms": 10, "node_timeout_ms": 50, "gcs_shards": 1, "event_flush_ms": 1,
+    "heartbeat_ms": 10, "node_timeout_ms": 50, "bundle_check_ms": 10, "gcs_shards": 1, "event_flush_ms": 1,
     "redis_shards": 0, "gcs_storage_flush_ms": 0, "gcs_storage_batch_rows": 1,
     "spill_threshold": 0, "global_schedulers": 0, "max_spills": 0, "max_actor_spills": 0,
     "placement_candidates": 1, "pipeline_depth": 1, "max_inline_depth": 1, "max_starting_workers": 0,
@@ -220,6 +230,9 @@ _MINIMA: dict[str, int] = {
     "max_message_bytes": 1024 * 1024, "function_cache_size": 1, "subscriber_queue_size": 1,
     "cancelled_early_max": 1, "memory_monitor_ms": 0, "task_oom_retries": -1,
 }
+
+#: Fields that are switches: 0 (off) or 1 (on).
+_SWITCHES = ("insecure",)
 
 #: Fields that are fractions in (0, 1].
 _FRACTIONS = ("store_memory_fraction", "store_shm_fraction", "memory_usage_threshold")
@@ -272,6 +285,8 @@ def requirement(name: str, value: object) -> str | None:
         return "must be an integer" if kind is int else "must be a number"
     if kind is int and not isinstance(value, int):
         return "must be an integer"
+    if name in _SWITCHES and value not in (0, 1):
+        return "must be 0 or 1"
     if name in _FRACTIONS and not 0 < value <= 1:
         return "must be a number in (0, 1]"
     if name in _MINIMA and value < _MINIMA[name]:

@@ -123,6 +123,14 @@ class TaskError(ClusterError):
     ``ValueError``. The message holds the remote traceback; ``cause`` is the original
     exception (or None when it could not be pickled), ``function_name``, ``task_id``,
     ``node_id`` and ``pid`` say where it ran.
+
+    Its traceback shows the user's frames only: the caller's up to ``get``, one line
+    naming the task and where it ran, then the remote frames of the user's code, functions
+    defined in a notebook cell named ``Cell In[5], line 3`` with the cell's lines.
+    cellray's own frames are hidden on both sides; set ``CELLRAY_TRACEBACK=full`` (read
+    when the error is shown, so ``%env CELLRAY_TRACEBACK=full`` works in a notebook) to
+    see them all. ``remote_traceback`` holds the remote text without cellray's frames,
+    ``full_traceback`` with them.
     """
 
     cause: BaseException | None
@@ -132,18 +140,39 @@ class TaskError(ClusterError):
     node_id: str
     pid: int
     remote_traceback: str
+    full_traceback: str
 
     def __init__(self, message: str = "", *, function_name: str = "", task_id: str = "",
                  node_id: str = "", pid: int = 0, remote_traceback: str = "",
-                 cause: BaseException | None = None, cause_type_name: str = "") -> None:
+                 cause: BaseException | None = None, cause_type_name: str = "",
+                 full_traceback: str = "") -> None:
         super().__init__(message, function_name=function_name, task_id=task_id, node_id=node_id,
                          pid=pid, remote_traceback=remote_traceback, cause=cause,
-                         cause_type_name=cause_type_name)
+                         cause_type_name=cause_type_name, full_traceback=full_traceback)
+
+    def boundary(self) -> str:
+        """The line between the caller's frames and the remote ones: which task, where."""
+        return (f"{self.function_name}() (task {self.task_id[:12]}) raised on node "
+                f"{self.node_id[:12]}, worker pid {self.pid}")
+
+    def shown_traceback(self) -> str:
+        """The remote traceback as shown: cellray's frames hidden unless
+        ``CELLRAY_TRACEBACK=full``, cells named as IPython names them."""
+        from runtime import _tracebacks
+
+        text = (self.full_traceback or self.remote_traceback) if _tracebacks.full() \
+            else self.remote_traceback
+        note = _tracebacks.mode_note()
+        return _tracebacks.plain(text).rstrip() + (f"\n{note}" if note else "")
 
     def __str__(self) -> str:
-        head = (f"{self.function_name}() (task {self.task_id[:12]}) raised on node "
-                f"{self.node_id[:12]}, worker pid {self.pid}")
-        return f"{head}:\n\n{self.remote_traceback.rstrip()}"
+        return f"{self.boundary()}:\n\n{self.shown_traceback()}"
+
+    def _render_traceback_(self) -> list[str]:
+        """What IPython shows (it calls this hook): see ``runtime._tracebacks.render``."""
+        from runtime import _tracebacks
+
+        return _tracebacks.render(self, str(self))
 
     def __reduce__(self) -> Any:
         # Always rebuilt as a plain TaskError: the dual class is made again on demand.

@@ -9,7 +9,9 @@ itself is not thread-safe).
 
 Counting rules
 --------------
-- *pending* and *running* count the tasks the GCS holds now; *finished*, *failed* and
+- *pending*, *sent ahead* and *running* count the tasks the GCS holds now: *running* only
+  those executing in a worker, *sent ahead* those given to a busy worker to start after its
+  current task (pipelining), *pending* every other that is not over; *finished*, *failed* and
   *cancelled* count every task seen reaching that state since the model started, so they
   keep growing after the GCS drops old finished tasks from its bounded table.
 - A *local* scheduling decision is a task attempt seen running (a row with a start time
@@ -70,6 +72,8 @@ _Task = states.TaskState
 _TERMINAL = {s: s.lower() for s in states.TERMINAL_TASK_STATES}
 #: Scheduler decisions listed under "latest scheduler events".
 _DECISIONS = frozenset({_Task.SPILLED, _Task.SCHEDULED, _Task.INFEASIBLE})
+#: The counters of tasks not over: they count what the GCS holds now.
+_LIVE = frozenset({"pending", "sent ahead", "running"})
 #: The actor states, in the order the Actors section counts them.
 ACTOR_STATES: tuple[str, ...] = tuple(states.ActorState)
 #: The placement group states, in the order the section counts (and lists) them.
@@ -82,13 +86,16 @@ def short_id(hex_id: str | None, n: int = 6) -> str:
 
 
 def task_category(state: str) -> str:
-    """The Futures counter a task state belongs to: pending, running, finished, failed, cancelled.
+    """The Futures counter a task state belongs to: pending, sent ahead, running, finished,
+    failed, cancelled.
 
-    Every state that is neither RUNNING nor terminal is pending (SUBMITTED, QUEUED,
-    SCHEDULED, SPILLED, RETRYING, INFEASIBLE, and any state a newer runtime adds).
+    Every state that is neither RUNNING, SENT_AHEAD nor terminal is pending (SUBMITTED,
+    QUEUED, SCHEDULED, SPILLED, RETRYING, INFEASIBLE, and any state a newer runtime adds).
     """
     if state == _Task.RUNNING:
         return "running"
+    if state == _Task.SENT_AHEAD:
+        return "sent ahead"
     return _TERMINAL.get(state, "pending")
 
 
@@ -122,6 +129,9 @@ def waiting_reason(task: TaskState, now: float, node_label: str = "") -> str:
         return f"retrying (attempt {task.attempt + 1})" + (f" after: {detail}" if detail else "")
     if state == _Task.RUNNING:
         return f"running in worker pid {task.worker_pid}" if task.worker_pid else "running"
+    if state == _Task.SENT_AHEAD:
+        where = f"worker pid {task.worker_pid}" if task.worker_pid else "a busy worker"
+        return f"sent ahead to {where}: it starts there when the task running now ends"
     if state == _Task.CANCELLED:
         return detail or "cancelled"
     return detail
@@ -283,7 +293,7 @@ class ClusterModel:
         self.placement_groups.clear()
         self.tasks.clear()
         for cat in self._category.values():
-            if cat in ("pending", "running"):
+            if cat in _LIVE:
                 self.counts[cat] -= 1
         self._category.clear()
         self._pending.clear()
@@ -299,7 +309,7 @@ class ClusterModel:
 
     def _apply_task(self, tid: str, row: TaskState | None) -> None:
         old = self._category.pop(tid, None)
-        if old in ("pending", "running"):
+        if old in _LIVE:
             self.counts[old] -= 1
         if row is None:  # the GCS dropped the task: it stays counted, its row goes
             self.tasks.pop(tid, None)
@@ -314,7 +324,7 @@ class ClusterModel:
         cat = task_category(row.state)
         self._category[tid] = cat
         credited = self._credited.get(tid)
-        if cat in ("pending", "running"):
+        if cat in _LIVE:
             self.counts[cat] += 1
             if credited is not None:  # ran again (a lost result rebuilt from lineage)
                 self.counts[credited] -= 1
@@ -345,7 +355,7 @@ class ClusterModel:
         if row.state == _Task.SPILLED:
             self._note_spilled(tid, row.attempt)
             return
-        if row.start_time is None or not row.node_id or task_category(row.state) == "pending":
+        if row.start_time is None or not row.node_id or task_category(row.state) in ("pending", "sent ahead"):
             return
         ran = self._ran.setdefault(tid, set())
         if row.attempt in ran:

@@ -40,7 +40,8 @@ __all__ = [
 #: Colours of the two series and of task states (also used by the legend).
 LOCAL_COLOUR, RECEIVED_COLOUR, SPILLED_COLOUR = "#3b82f6", "#14b8a6", "#f97316"
 _STATE_COLOURS: dict[str, str] = {
-    TaskState.RUNNING: "#2563eb", TaskState.FINISHED: "#16a34a", TaskState.FAILED: "#dc2626",
+    TaskState.RUNNING: "#2563eb", TaskState.SENT_AHEAD: "#60a5fa", TaskState.FINISHED: "#16a34a",
+    TaskState.FAILED: "#dc2626",
     TaskState.CANCELLED: "#6b7280", TaskState.INFEASIBLE: "#b45309", TaskState.RETRYING: "#b45309",
     TaskState.SPILLED: SPILLED_COLOUR, TaskState.SCHEDULED: RECEIVED_COLOUR,
     ActorState.ALIVE: "#16a34a", ActorState.DEAD: "#dc2626", ActorState.RESTARTING: "#b45309",

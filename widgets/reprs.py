@@ -42,7 +42,8 @@ _BOX = ('<div class="cellray-repr" style="font-family:var(--jp-code-font-family,
         'font-size:12px;line-height:1.5">{}</div>')
 _STATE_COLOURS: dict[str, str] = {
     TaskState.FINISHED: "#16a34a", ActorState.ALIVE: "#16a34a", TaskState.FAILED: "#dc2626",
-    ActorState.DEAD: "#dc2626", TaskState.RUNNING: "#2563eb", TaskState.INFEASIBLE: "#b45309",
+    ActorState.DEAD: "#dc2626", TaskState.RUNNING: "#2563eb",
+    TaskState.SENT_AHEAD: "#60a5fa", TaskState.INFEASIBLE: "#b45309",
     ActorState.RESTARTING: "#b45309"}
 
 

@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 #: The task counters the Futures section shows, in order.
-COUNT_KEYS = ("pending", "running", "finished", "failed", "cancelled")
+COUNT_KEYS = ("pending", "sent ahead", "running", "finished", "failed", "cancelled")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,9 @@ from typing import Any, overload
 from runtime import _ids, _session, config
 from runtime.api import _context, _runtime_env
 from runtime.api._client import CoreClient
+from runtime.api._generator import ObjectRefGenerator
 from runtime.api._object_ref import ObjectRef
+from runtime.api._raising import callers_frames_only
 from runtime.cluster.local import LocalCluster, NodeSpec
 from runtime.exceptions import (
     AlreadyInitializedError,
@@ -26,6 +28,7 @@ from runtime.exceptions import (
 )
 from runtime.gcs.client import GcsClient
 from runtime.protocol import codec, gcs_pb2
+from runtime.rpc import security
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +76,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
          ignore_reinit_error: bool = False, num_nodes: int = 1,
          log_to_driver: bool = True, gcs_storage: str | None = None,
          namespace: str | None = None, runtime_env: dict[str, Any] | None = None,
-         _settings: config.Settings | None = None) -> ClusterInfo:
+         bundle: str | None = None, _settings: config.Settings | None = None) -> ClusterInfo:
     """Start a local cluster, or attach to a running one, and connect this process to it.
 
     Parameters
@@ -87,6 +90,10 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     token_file : str, optional
         The cluster token when attaching; found in the session directory when the
         cluster runs on this machine.
+    bundle : str, optional
+        Instead of ``token_file``: the join bundle ``cellray start --head --tls`` printed,
+        to attach from another machine; this process's channels then use mutual TLS until
+        ``shutdown`` (on the head's machine its TLS files are found like the token).
     ignore_reinit_error : bool
         Return the current connection instead of raising when already initialized.
     num_nodes : int
@@ -126,7 +133,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     TokenFileError
         When ``token_file`` does not exist; a ``FileNotFoundError``.
     ConfigError
-        When a ``CELLRAY_*`` variable does not parse or is out of range, or ``gcs_storage``
+        When a ``CELLRAY_*`` variable does not parse or is out of range, ``bundle`` is no
+        valid join bundle, or ``gcs_storage``
         is not one of the forms above; a ``ValueError``. ``gcs_storage`` together with
         ``address`` raises a ``ValueError`` too. A ``runtime_env`` with a key other than
         working_dir, py_modules, env_vars, excludes, or a package over 100 MiB, raises a
@@ -157,6 +165,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     address = address or os.environ.get("CELLRAY_ADDRESS") or None
     started = False
     if address is None:
+        if bundle is not None:
+            raise ValueError(f"bundle={bundle!r} is for attaching: pass address= too, or drop it")
         if num_nodes < 1:
             raise ValueError(f"num_nodes must be >= 1, got {num_nodes}")
         spec = NodeSpec(num_cpus=num_cpus, num_gpus=num_gpus, resources=dict(resources or {}),
@@ -179,7 +189,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
                     "address='auto' found no cluster on this machine. Start one with "
                     "`cellray start --head` or call init() without address.")
             address = (latest / "address").read_text().strip()
-        if token_file is None:
+        if token_file is None and bundle is None:
             found = _session.find_session_for(address)
             if found is None:
                 raise UnauthenticatedError(
@@ -187,13 +197,14 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
                     "printed by `cellray start --head`, in the cluster's session directory).")
             token_file = str(found / "token")
     try:
-        client = _connect(address, _session.read_token(token_file), settings)
+        client = _connect(address, security.attach(address, token_file, bundle), settings)
         try:
             _runtime_env.upload(client, job_env)
         except BaseException:
             client.close()
             raise
     except BaseException:
+        security.detach()
         if _cluster is not None and started:
             _cluster.stop()
             _cluster = None
@@ -204,7 +215,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     _runtime_env.set_default(job_env)
     _context.set_current(client)
     _info = ClusterInfo(address=address, session_dir=client.session_dir,
-                        token_file=str(token_file), node_id=client.node_id.hex(),
+                        token_file=str(token_file or ""), node_id=client.node_id.hex(),
                         job_id=client.job_id.hex(), started_here=started)
     return _info
 
@@ -264,6 +275,7 @@ def shutdown() -> None:
             except Exception as e:  # noqa: BLE001 - the cluster may be gone already; shut down anyway
                 logger.debug("could not mark job %s finished: %s", client.job_id.hex(), e)
         client.close()
+    security.detach()
     if _cluster is not None:
         _cluster.stop()
         _cluster = None
@@ -307,6 +319,7 @@ def get(object_refs: ObjectRef, *, timeout: float | None = None) -> Any: ...
 def get(object_refs: Sequence[ObjectRef], *, timeout: float | None = None) -> list[Any]: ...
 
 
+@callers_frames_only
 def get(object_refs: Any, *, timeout: float | None = None) -> Any:
     """The value of an ObjectRef, or the values of a list of them (order kept).
 
@@ -360,9 +373,13 @@ def put(value: Any) -> ObjectRef:
     return ref
 
 
-def wait(object_refs: list[ObjectRef], *, num_returns: int = 1, timeout: float | None = None,
-         fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:
+@callers_frames_only
+def wait(object_refs: Sequence[ObjectRef | ObjectRefGenerator], *, num_returns: int = 1,
+         timeout: float | None = None, fetch_local: bool = True) -> tuple[list[Any], list[Any]]:
     """Wait until ``num_returns`` of ``object_refs`` are ready or ``timeout`` seconds pass.
+
+    ``object_refs`` may hold generators (``ObjectRefGenerator``): one is ready when its
+    next item (or its end) is, as in Ray.
 
     Returns ``(ready, not_ready)``, each in the order of ``object_refs``; ``ready`` has at
     most ``num_returns`` refs. ``timeout=0`` only checks.
@@ -380,7 +397,9 @@ def wait(object_refs: list[ObjectRef], *, num_returns: int = 1, timeout: float |
                         "use wait([ref])")
     if not isinstance(object_refs, (list, tuple)):
         raise TypeError(f"wait() expects a list of ObjectRefs, got {type(object_refs).__name__}")
-    ids = _ids_of(object_refs, "wait")
+    # A generator (``ObjectRefGenerator``) is ready when its next item is, as in Ray.
+    ids = _ids_of([r.waitable() if isinstance(r, ObjectRefGenerator) else r for r in object_refs],
+                  "wait")
     if len(set(ids)) != len(ids):
         raise ValueError("wait() requires a list of unique ObjectRefs")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int):
@@ -393,8 +412,8 @@ def wait(object_refs: list[ObjectRef], *, num_returns: int = 1, timeout: float |
     if not ids:
         return [], []
     ready_ids = set(client.wait_ids(ids, num_returns, timeout)[:num_returns])
-    ready = [r for r in object_refs if r._id in ready_ids]
-    not_ready = [r for r in object_refs if r._id not in ready_ids]
+    ready = [r for r, i in zip(object_refs, ids, strict=True) if i in ready_ids]
+    not_ready = [r for r, i in zip(object_refs, ids, strict=True) if i not in ready_ids]
     return ready, not_ready
 
 

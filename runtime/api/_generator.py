@@ -94,6 +94,15 @@ class ObjectRefGenerator:
         """The next item's ref, waiting at most ``timeout`` seconds (``GetTimeoutError``)."""
         return self._take(timeout)
 
+    def waitable(self) -> ObjectRef:
+        """A ref that is ready when ``next`` would not block (its next item, or the end of
+        the stream, is there): what ``wait`` waits on for a generator."""
+        with self._lock:
+            ref = self._ahead.get(self._next)
+            if ref is None:  # kept until ``next`` takes the item over (see ``_take``)
+                ref = self._ahead[self._next] = ObjectRef(_ids.object_id(self._task_id, self._next))
+            return ref
+
     def is_finished(self) -> bool:
         """True once every item was taken (the end of the stream was reached)."""
         return self._done

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from runtime.protocol import node_pb2
+from runtime.protocol import common_pb2, node_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,10 @@ class Host(Protocol):
         """How many times the actor of this process was restarted (0: none, or no actor)."""
         ...
 
+    def current_actor(self) -> tuple[common_pb2.TaskSpec, type] | None:
+        """The creation spec and class of the actor this process runs (None: no actor)."""
+        ...
+
     def on_broken(self, error: BaseException) -> None:
         """The session to the node broke (``error`` says how); the client raises it next."""
         ...
@@ -110,6 +114,9 @@ class DriverHost:
 
     def actor_restarts(self) -> int:
         return 0
+
+    def current_actor(self) -> tuple[common_pb2.TaskSpec, type] | None:
+        return None
 
     def on_broken(self, error: BaseException) -> None:
         logger.debug("session to the node broke: %s", error)

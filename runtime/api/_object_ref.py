@@ -10,6 +10,25 @@ from runtime.api import _context
 from runtime.protocol import codec
 
 
+class TaskID(str):
+    """A task's id: its hex string, with the methods of Ray's ``TaskID`` (``ref.task_id().hex()``
+    works as in Ray, and so does using it as a string)."""
+
+    __slots__ = ()
+
+    def hex(self) -> str:
+        """The id as a hex string."""
+        return str(self)
+
+    def binary(self) -> bytes:
+        """The id as bytes."""
+        return bytes.fromhex(self)
+
+    def is_nil(self) -> bool:
+        """True for the all-zero id."""
+        return not self.strip("0")
+
+
 class ObjectRef:
     """A reference to an object in the cluster: a task's result or a ``put`` value.
 
@@ -35,9 +54,10 @@ class ObjectRef:
         """The id as a hex string."""
         return self._id.hex()
 
-    def task_id(self) -> str:
-        """Hex id of the task that produces this object."""
-        return self._id[:16].hex()
+    def task_id(self) -> TaskID:
+        """The id of the task that produces this object: a hex string, which also has
+        Ray's ``TaskID`` methods (``hex()``, ``binary()``)."""
+        return TaskID(self._id[:16].hex())
 
     def __del__(self) -> None:
         try:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 from typing import TYPE_CHECKING
 
 from runtime.api import _context
+from runtime.api._actor import ActorHandle, _methods_of
 
 if TYPE_CHECKING:
     from runtime.api._client import CoreClient
@@ -82,9 +84,26 @@ class RuntimeContext:
         task = self._task()
         return task is not None and self._client.host.is_cancelled(task.task_id)
 
+    @property
     def was_current_actor_reconstructed(self) -> bool:
-        """True in an actor that was restarted after its process died (``max_restarts``)."""
+        """True in an actor that was restarted after its process died (``max_restarts``);
+        a property, as in Ray."""
         return self._client.host.actor_restarts() > 0
+
+    @property
+    def current_actor(self) -> ActorHandle:
+        """A handle to the actor whose method (or constructor) runs here, as in Ray: pass it
+        to tasks, or call its methods from its own threads. Raises ``RuntimeError`` outside
+        an actor. It does not keep the actor alive by itself (the handles its creator gave
+        out do)."""
+        found = self._client.host.current_actor()
+        if found is None:
+            raise RuntimeError("current_actor is only available inside an actor (its constructor "
+                               "or its methods); this code runs in a driver or a task.")
+        spec, cls = found
+        options = json.loads(spec.actor_options or b"{}")
+        return ActorHandle(spec.actor_id, cls.__name__, _methods_of(cls), options.get("name"),
+                           options.get("namespace") or spec.namespace, spec.function_id)
 
     @property
     def session_dir(self) -> pathlib.Path:

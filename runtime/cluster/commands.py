@@ -14,13 +14,14 @@ import socket
 import time
 from dataclasses import dataclass
 
-from runtime import _session, config
+from runtime import _session, _tls, config
 from runtime.cluster import registry, status
 from runtime.cluster.local import LocalCluster, NodeSpec
 from runtime.cluster.process import ProcessStartError
 from runtime.cluster.restarts import RestartCounts
 from runtime.cluster.supervision import read_status
-from runtime.exceptions import ClusterError
+from runtime.exceptions import ClusterError, ConnectionLostError
+from runtime.rpc import security
 
 __all__ = [
     "DEFAULT_PORT",
@@ -73,14 +74,22 @@ def _settings() -> config.Settings:
 
 def start_head(spec: NodeSpec, *, num_nodes: int = 1, host: str = "127.0.0.1",
                port: int | None = None, global_schedulers: int | None = None,
-               gcs_storage: str | None = None, redis_shards: int | None = None) -> LocalCluster:
+               gcs_storage: str | None = None, redis_shards: int | None = None,
+               tls: bool = False, insecure: bool = False) -> LocalCluster:
     """Start a detached cluster (GCS and ``num_nodes`` nodes); it runs until ``stop_cluster``.
 
     ``port`` None means ``DEFAULT_PORT``, which must be free; 0 picks any free port.
     ``gcs_storage`` and ``redis_shards`` choose where the GCS keeps its tables (None: the
     settings', by default SQLite in the session directory); the head process restarts
-    the GCS from them when it dies.
+    the GCS from them when it dies. ``tls`` makes the cluster's CA and join bundle and
+    runs every channel over mutual TLS; a non-loopback ``host`` without it needs
+    ``insecure`` (a warning is printed on stderr), else ``CommandError`` says how.
     """
+    try:
+        security.check_bind(host, port or DEFAULT_PORT, tls=tls,
+                            insecure=insecure or bool(_settings().insecure))
+    except security.InsecureBindError as err:
+        raise CommandError(_cli_terms(str(err))) from err
     if port is None:
         if not port_free(host, DEFAULT_PORT):
             raise CommandError(
@@ -94,7 +103,8 @@ def start_head(spec: NodeSpec, *, num_nodes: int = 1, host: str = "127.0.0.1",
     try:
         cluster = LocalCluster([spec] * num_nodes, host=host, port=port, settings=_settings(),
                                detach=True, global_schedulers=global_schedulers,
-                               gcs_storage=gcs_storage, redis_shards=redis_shards)
+                               gcs_storage=gcs_storage, redis_shards=redis_shards,
+                               tls=tls, insecure=insecure)
     except ValueError as err:  # ConfigError: a storage URL or shard count that cannot work
         raise CommandError(str(err)) from err
     try:
@@ -103,10 +113,48 @@ def start_head(spec: NodeSpec, *, num_nodes: int = 1, host: str = "127.0.0.1",
         raise CommandError(f"could not start the cluster: {err}") from err
 
 
-def _check_head(address: str, token: str) -> status.ClusterStatus:
+def _cli_terms(message: str) -> str:
+    """An ``InsecureBindError``'s message with the command line's words only."""
+    return message.replace(", LocalCluster(tls=True)", "").replace(" (insecure=True)", "")
+
+
+def _transport(tls_dir: pathlib.Path | None) -> security.Transport:
+    """Mutual TLS with the files in ``tls_dir``, or plaintext when None."""
+    if tls_dir is None:
+        return security.PLAINTEXT
+    try:
+        return security.Transport(_tls.load_dir(tls_dir))
+    except ValueError as err:
+        raise CommandError(str(err)) from err
+
+
+def _check_head(address: str, token: str,
+                transport: security.Transport = security.PLAINTEXT) -> status.ClusterStatus:
+    """The head's status, asked over ``transport``."""
+    security.install(transport)
     try:
         return asyncio.run(status.fetch(address, token))
+    except ConnectionLostError as err:
+        hint = ("" if transport.tls else " If that cluster runs with TLS (`cellray start --head "
+                "--tls`), pass --bundle FILE with the join bundle its head printed.")
+        raise CommandError(f"{err}{hint}") from err
     except (ClusterError, PermissionError, TimeoutError) as err:
+        raise CommandError(str(err)) from err
+    finally:
+        security.uninstall(transport)
+
+
+def _local_tls(session: pathlib.Path | None) -> pathlib.Path | None:
+    """The TLS directory of a local session, when it has one."""
+    if session is None or not _tls.tls_dir_of(session).is_dir():
+        return None
+    return _tls.tls_dir_of(session).resolve()
+
+
+def _read_bundle(bundle: str) -> _tls.Bundle:
+    try:
+        return _tls.read_bundle(bundle)
+    except ValueError as err:
         raise CommandError(str(err)) from err
 
 
@@ -151,24 +199,50 @@ class Attached:
 
 
 def add_nodes(address: str, spec: NodeSpec, *, count: int = 1, token_file: str | None = None,
-              host: str = "127.0.0.1") -> Attached:
+              host: str = "127.0.0.1", bundle: str | None = None, insecure: bool = False) -> Attached:
     """Start ``count`` detached node managers joined to the running head at ``address``.
 
-    The token is read from ``token_file``, or from the local session of ``address``. The
-    nodes log to that session (or to a new one when the head runs on another machine) and
-    are recorded in its processes.json, so ``cellray stop`` stops them.
+    The token is read from ``bundle`` (a join bundle: token, CA and a member certificate;
+    the nodes then use TLS), from ``token_file``, or from the local session of ``address``
+    (with its TLS files when it has some). The nodes log to that session (or to a new one
+    when the head runs on another machine, the bundle's TLS files written in its ``tls/``)
+    and are recorded in its processes.json, so ``cellray stop`` stops them. A non-loopback
+    ``host`` without TLS needs ``insecure``.
     """
-    path, session = _token_file(address, token_file)
+    joined: _tls.Bundle | None = None
+    if bundle is not None:
+        if token_file is not None:
+            raise CommandError("--bundle holds the cluster token already: drop --token-file")
+        joined = _read_bundle(bundle)
+        session = _session.find_session_for(address, _root())
+        session = session.resolve() if session is not None and _local_tls(session) else None
+        token = joined.token
+        path = session / "token" if session is not None else None
+    else:
+        path, session = _token_file(address, token_file)
+        try:
+            token = _session.read_token(path)
+        except OSError as err:
+            raise CommandError(f"could not read the token file {path}: {err}") from err
+    tls_dir = _local_tls(session)
+    if joined is not None and tls_dir is None:
+        # The head runs elsewhere: check it with the bundle's files, kept in a new session.
+        session = _node_only_session(address, token)
+        tls_dir = _tls.install_bundle(joined, session).resolve()
+        path = session / "token"
     try:
-        token = _session.read_token(path)
-    except OSError as err:
-        raise CommandError(f"could not read the token file {path}: {err}") from err
-    before = _check_head(address, token)
+        security.check_bind(host, 0, tls=tls_dir is not None, insecure=insecure or bool(_settings().insecure))
+    except security.InsecureBindError as err:
+        raise CommandError(_cli_terms(str(err))) from err
+    before = _check_head(address, token, _transport(tls_dir))
     if session is None:
         session = _node_only_session(address, token)
         path = session / "token"
+    assert path is not None
+    settings = _settings().override(tls_dir=str(tls_dir) if tls_dir is not None else None,
+                                    insecure=1 if insecure else None)
     cluster = LocalCluster.attach(address, token_file=path, session_dir=session, host=host,
-                                  settings=_settings(), detach=True)
+                                  settings=settings, detach=True)
     try:
         for _ in range(count):
             cluster.add_node(spec)
@@ -200,14 +274,19 @@ def resolve_address(address: str | None) -> str:
                        "pass --address HOST:PORT for a cluster elsewhere.")
 
 
-def cluster_status(address: str | None, token_file: str | None = None) -> status.ClusterStatus:
-    """The status of the cluster at ``address`` (see ``resolve_address``).
+def cluster_status(address: str | None, token_file: str | None = None,
+                   bundle: str | None = None) -> status.ClusterStatus:
+    """The status of the cluster at ``address`` (see ``resolve_address``), asked with the
+    token and TLS files of ``bundle``, ``token_file`` or the local session of ``address``.
 
     When the GCS does not answer and its head runs on this machine, a head that is
     restarting it is given ``RESTART_WAIT_S`` seconds; a head that no longer restarts it
     is named in the message, with why.
     """
     address = resolve_address(address)
+    if bundle is not None:
+        joined = _read_bundle(bundle)
+        return _check_head(address, joined.token, security.Transport(joined.identity))
     path, session = _token_file(address, token_file)
     try:
         token = _session.read_token(path)
@@ -216,7 +295,7 @@ def cluster_status(address: str | None, token_file: str | None = None) -> status
     deadline = time.monotonic() + RESTART_WAIT_S
     while True:
         try:
-            return _check_head(address, token)
+            return _check_head(address, token, _transport(_local_tls(session)))
         except CommandError as err:
             if time.monotonic() > deadline or not _restarting(session):
                 raise CommandError(f"{err}{_head_report(session)}") from err

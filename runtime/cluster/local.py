@@ -19,6 +19,7 @@ from runtime.cluster.process import ProcessHandle, stop_pid
 from runtime.cluster.restarts import RestartCounts, RestartPolicy
 from runtime.cluster.supervision import LOG_FILE, Supervisor, read_status
 from runtime.exceptions import ConfigError
+from runtime.rpc import security
 
 
 @dataclass
@@ -58,6 +59,13 @@ class LocalCluster:
     ``global_schedulers`` replicas (``gs-0``, ``gs-1``, ...; default
     ``settings.global_schedulers``, 2) start right after the GCS and stop after the nodes,
     before the GCS. Their pids go to processes.json under ``"schedulers"``.
+
+    ``tls=True`` makes the cluster's CA and certificates in ``session_dir/tls`` and runs
+    every channel of the cluster over mutual TLS (``runtime._tls``); ``bundle`` is then the
+    join bundle to hand to other machines, and this process's own clients use TLS until
+    ``stop()``. ``host`` other than a loopback address needs TLS (``tls=True``, or a
+    ``settings.tls_dir``) or ``insecure=True``, which prints a warning once; otherwise
+    ``InsecureBindError`` (a ``PermissionError``) is raised here, before anything starts.
     """
 
     def __init__(self, nodes: list[NodeSpec] | None = None, *, host: str = "127.0.0.1",
@@ -65,12 +73,19 @@ class LocalCluster:
                  session_root: pathlib.Path | None = None, detach: bool = False,
                  env: dict[str, str] | None = None, global_schedulers: int | None = None,
                  gcs_storage: str | None = None, redis_shards: int | None = None,
-                 restart_policy: RestartPolicy | None = None) -> None:
+                 restart_policy: RestartPolicy | None = None, tls: bool = False,
+                 insecure: bool = False) -> None:
         self.node_specs = nodes if nodes is not None else [NodeSpec()]
         self.host = host
         self.port = port
-        self.settings = (settings or config.load()).override(gcs_storage=gcs_storage,
-                                                             redis_shards=redis_shards)
+        self.settings = (settings or config.load()).override(
+            gcs_storage=gcs_storage, redis_shards=redis_shards, insecure=1 if insecure else None)
+        #: True when ``start`` makes the cluster's CA (the processes then use TLS).
+        self.tls = tls
+        security.check_bind(host, port, tls=tls or bool(self.settings.tls_dir),
+                            insecure=bool(self.settings.insecure))
+        #: The transport this process installed for its own clients (``stop`` removes it).
+        self._transport: security.Transport | None = None
         self.session_root = session_root
         self.detach = detach
         self.env = env
@@ -147,6 +162,23 @@ class LocalCluster:
         env.update(self.settings.to_env())
         return env
 
+    @property
+    def bundle(self) -> pathlib.Path | None:
+        """The join bundle of a cluster started with ``tls=True`` (None otherwise)."""
+        if not self.tls or self.session_dir is None:
+            return None
+        from runtime import _tls
+
+        return _tls.bundle_path(_tls.tls_dir_of(self.session_dir))
+
+    def _use_transport(self) -> None:
+        """Install the settings' transport for this process's own clients (once), and
+        warn on the console when servers bind off loopback in plaintext."""
+        if self._transport is None:
+            self._transport = security.install(security.from_settings(self.settings))
+        if not self._transport.tls:
+            security.warn_insecure(self.host)
+
     def _common(self) -> list[str]:
         assert self.session_dir is not None and self.token_file is not None
         args = ["--session-dir", str(self.session_dir), "--token-file", str(self.token_file)]
@@ -184,6 +216,13 @@ class LocalCluster:
         if self.detach:  # detached processes run in /: every path they get is absolute
             self.session_dir, self.token_file = self.session_dir.resolve(), self.token_file.resolve()
         try:
+            if self.tls:
+                from runtime import _tls  # imports cryptography: only for TLS clusters
+
+                tls_dir = _tls.make_cluster_tls(self.session_dir, self.host,
+                                                _session.read_token(self.token_file))
+                self.settings = self.settings.override(tls_dir=str(tls_dir.resolve()))
+            self._use_transport()
             if self.detach:
                 self._start_head_process()
             else:
@@ -239,6 +278,7 @@ class LocalCluster:
     def add_node(self, spec: NodeSpec, wait: bool = True) -> ProcessHandle:
         """Start one more node manager joined to this cluster's head."""
         assert self.session_dir is not None
+        self._use_transport()
         name = self._claim_node_name()
         args = ["--gcs-address", self.address, "--host", self.host, *self._common()]
         if spec.num_cpus is not None:
@@ -319,6 +359,9 @@ class LocalCluster:
             self._head.stop()
         if (self._head is not None or self.supervisor is not None) and self.session_dir is not None:
             _session.remove_secrets(self.session_dir)
+        if self._transport is not None:
+            security.uninstall(self._transport)
+            self._transport = None
 
     def _stop_recorded_head(self) -> None:
         """Stop the replicas and the GCS recorded in processes.json that still run."""

@@ -61,8 +61,7 @@ from runtime.exceptions import ClientClosedError, ClusterError, ConnectionLostEr
 from runtime.gcs.reconnect import Link, RetryPolicy
 from runtime.protocol import common_pb2, gcs_pb2, gcs_pb2_grpc
 from runtime.rpc import errors
-from runtime.rpc.channel import token_metadata
-from runtime.rpc.server import channel_options
+from runtime.rpc.channel import connect, token_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -471,12 +470,13 @@ class GcsClient:
 
 
 def _channel(address: str, policy: RetryPolicy) -> grpc.aio.Channel:
-    """The channel to the GCS: ``runtime.rpc.channel.connect``'s, but whose reconnection
-    backoff stays under the client's own (gRPC's grows to 120 s: calls made after a long
-    outage would fail at once, for minutes, although the GCS is back)."""
+    """The channel to the GCS: ``runtime.rpc.channel.connect``'s (so with TLS when the
+    process's transport has it), but whose reconnection backoff stays under the client's
+    own (gRPC's grows to 120 s: calls made after a long outage would fail at once, for
+    minutes, although the GCS is back)."""
     backoff_ms = [("grpc.initial_reconnect_backoff_ms", max(int(policy.first_s * 1000), 10)),
                   ("grpc.max_reconnect_backoff_ms", max(int(policy.max_s * 1000), 10))]
-    return grpc.aio.insecure_channel(address, options=[*channel_options(), *backoff_ms])
+    return connect(address, options=backoff_ms)
 
 
 def _cause(err: grpc.aio.AioRpcError) -> str:

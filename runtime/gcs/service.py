@@ -20,6 +20,7 @@ import grpc
 
 from runtime.config import Settings
 from runtime.exceptions import InvalidRequestError, NodeDiedError
+from runtime.gcs import validate
 from runtime.gcs.reservations import BundleNodes, GrpcBundleNodes, PlacementManager
 from runtime.gcs.state import TABLES, Change, GcsState
 from runtime.gcs.storage import StorageError
@@ -261,6 +262,7 @@ class _Jobs(_Servicer, gcs_pb2_grpc.JobsServicer):
     @_rpc
     async def RegisterJob(self, request: gcs_pb2.RegisterJobRequest,
                           context: _Ctx) -> gcs_pb2.RegisterJobReply:
+        validate.check_job_row(request.job)
         job_id = self._state.register_job(request.job)
         await self._gcs.saved()
         return gcs_pb2.RegisterJobReply(job_id=job_id)
@@ -279,6 +281,7 @@ class _Functions(_Servicer, gcs_pb2_grpc.FunctionsServicer):
     @_rpc
     async def ExportFunction(self, request: gcs_pb2.ExportFunctionRequest,
                              context: _Ctx) -> gcs_pb2.ExportFunctionReply:
+        validate.check_function_row(request.function)
         existed = self._state.export_function(request.function)
         if not existed:
             await self._gcs.saved()
@@ -295,6 +298,7 @@ class _Tables(_Servicer, gcs_pb2_grpc.TablesServicer):
     @_rpc
     async def ReportEvents(self, request: gcs_pb2.ReportEventsRequest,
                            context: _Ctx) -> gcs_pb2.ReportEventsReply:
+        validate.check_events(request.task_events, request.objects)
         self._state.report_events(request.task_events, request.objects)
         return gcs_pb2.ReportEventsReply()
 
@@ -346,6 +350,7 @@ class _Tables(_Servicer, gcs_pb2_grpc.TablesServicer):
 class _Actors(_Servicer, gcs_pb2_grpc.ActorsServicer):
     @_rpc
     async def PutActor(self, request: gcs_pb2.PutActorRequest, context: _Ctx) -> gcs_pb2.PutActorReply:
+        validate.check_actor_row(request.actor)
         self._state.put_actor(request.actor)
         await self._gcs.saved()
         return gcs_pb2.PutActorReply()
@@ -358,6 +363,7 @@ class _Actors(_Servicer, gcs_pb2_grpc.ActorsServicer):
     @_rpc
     async def ClaimActorName(self, request: gcs_pb2.ClaimActorNameRequest,
                              context: _Ctx) -> gcs_pb2.ClaimActorNameReply:
+        validate.check_actor_name(request.namespace, request.name)
         claimed, existing = self._state.claim_actor_name(request.namespace, request.name, request.value)
         if claimed:
             await self._gcs.saved()
@@ -372,6 +378,7 @@ class _Actors(_Servicer, gcs_pb2_grpc.ActorsServicer):
     @_rpc
     async def ReleaseActorName(self, request: gcs_pb2.ReleaseActorNameRequest,
                                context: _Ctx) -> gcs_pb2.ReleaseActorNameReply:
+        validate.check_actor_name(request.namespace, request.name)
         self._state.release_actor_name(request.namespace, request.name)
         return gcs_pb2.ReleaseActorNameReply()
 
@@ -380,6 +387,7 @@ class _Schedulers(_Servicer, gcs_pb2_grpc.SchedulersServicer):
     @_rpc
     async def RegisterScheduler(self, request: gcs_pb2.RegisterSchedulerRequest,
                                 context: _Ctx) -> gcs_pb2.RegisterSchedulerReply:
+        validate.check_scheduler(request.name, request.address)
         self._state.register_scheduler(request.name, request.address)
         return gcs_pb2.RegisterSchedulerReply()
 

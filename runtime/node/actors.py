@@ -24,7 +24,8 @@ from typing import Any
 
 from runtime import _ids
 from runtime.exceptions import ActorDiedError
-from runtime.node.actions import Action, KillWorker, PutActor, ReleaseActorName, Send
+from runtime.node.actions import Action, KillWorker, ReleaseActorName, Send
+from runtime.node.actor_rows import ActorRows
 from runtime.node.objects import ObjectTable
 from runtime.node.remote_actors import RemoteActors
 from runtime.node.tasks import Phase, Task, TaskHost
@@ -79,7 +80,8 @@ class Actor:
 class ActorTable:
     """The actors created on this node (see the module docstring)."""
 
-    __slots__ = ("_clock", "_emit", "_host", "_node_id", "_objects", "_remote", "_workers", "actors")
+    __slots__ = ("_clock", "_emit", "_host", "_node_id", "_objects", "_remote", "_row", "_rows",
+                 "_workers", "actors")
 
     def __init__(self, node_id: bytes, host: TaskHost, objects: ObjectTable, workers: WorkerTable,
                  remote: RemoteActors, emit: Callable[[Action], None], clock: Callable[[], float]) -> None:
@@ -92,6 +94,9 @@ class ActorTable:
         self._emit = emit
         self._clock = clock
         self.actors: dict[bytes, Actor] = {}
+        #: The actors' GCS rows (``actor_rows.py``); ``_row`` writes one at a transition.
+        self._rows = ActorRows(node_id, emit)
+        self._row = self._rows.write
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -154,6 +159,7 @@ class ActorTable:
             return
         task.phase = Phase.QUEUED
         actor.queue.append(task)
+        self._rows.changed(actor_id)  # its pending count rose: on the next heartbeat's row
         self._pump(actor)
 
     def _take_back(self, task: Task) -> None:
@@ -354,6 +360,9 @@ class ActorTable:
         actor = self.actors.get(task.spec.actor_id)
         if actor is not None:
             actor.in_flight.pop(task.spec.task_id, None)
+            # Its pending count fell: the row is written on the next heartbeat, once for a
+            # burst of calls (a row per call would be a GCS write per call).
+            self._rows.changed(actor.actor_id)
             self._end_if_idle(actor)
 
     def _fail_call(self, task: Task, label: str, cause: str, error: bytes = b"") -> None:
@@ -465,7 +474,8 @@ class ActorTable:
             self._emit(ReleaseActorName(actor.options.get("namespace") or DEFAULT_NAMESPACE, name))
 
     def owner_gone(self, client_id: bytes, pid: int) -> None:
-        """A driver exited: its actors die, except detached ones."""
+        """An owner is gone (a driver, an actor's process, a worker that ran a task): the
+        actors it created die, except detached ones, wherever they live (as in Ray)."""
         for actor in list(self.actors.values()):
             if (actor.creation.owner_id == client_id and actor.state != ActorState.DEAD
                     and not actor.hosted_for and actor.options.get("lifetime") != Lifetime.DETACHED):
@@ -479,19 +489,9 @@ class ActorTable:
         next transition; a pending creation may be placed elsewhere, whose row must win.)"""
         alive = [a for a in self.actors.values()
                  if a.state == ActorState.ALIVE and a.worker_id and not a.host_node]
-        for actor in alive:
-            self._row(actor)
+        self._rows.write_all(alive)
         return len(alive)
 
-    def _row(self, actor: Actor) -> None:
-        o = actor.options
-        row = gcs_pb2.ActorRow(
-            actor_id=actor.actor_id, class_name=o.get("class_name", ""), name=o.get("name") or "",
-            namespace=o.get("namespace") or DEFAULT_NAMESPACE, state=actor.state, node_id=self._node_id,
-            pid=actor.pid, num_restarts=actor.restarts, max_restarts=actor.max_restarts,
-            death_cause=actor.death_cause, death_error=actor.death_error, job_id=actor.creation.job_id,
-            detached=o.get("lifetime") == Lifetime.DETACHED, owner_id=actor.creation.owner_id,
-            start_time=actor.created, creation_spec=actor.creation.SerializeToString(),
-            pending_calls=len(actor.queue) + len(actor.in_flight),
-            worker_id=actor.worker_id)
-        self._emit(PutActor(row))
+    def write_changed_rows(self) -> None:
+        """Write the rows of the actors whose calls returned since (the node's heartbeat)."""
+        self._rows.write_changed(self.actors.get)

@@ -19,11 +19,18 @@ The GCS reserves a group's bundles in two phases (``runtime.gcs.reservations``):
 Every call is idempotent, so the GCS may repeat one after a lost answer: a bundle prepared
 twice is set aside once, a commit of a committed bundle and a release of an unknown one do
 nothing.
+
+A bundle whose group the GCS does not know, or knows as removed or placed elsewhere (the GCS
+died between prepare and commit, or a caller reserved bundles for no group), would hold its
+resources forever: the node manager asks the GCS about bundles held longer than
+``bundle_check_ms`` (``find_orphans``) and releases the orphans (``orphans``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -31,11 +38,15 @@ from runtime import _ids
 from runtime.node.actors import ActorTable
 from runtime.node.resources import Resources
 from runtime.node.workers import WorkerTable
-from runtime.protocol import common_pb2
+from runtime.protocol import common_pb2, gcs_pb2
 from runtime.protocol.bundles import reserved_resources
+from runtime.protocol.checks import resources_problem
 from runtime.protocol.resources import describe
+from runtime.protocol.states import PlacementGroupState
 
 __all__ = ["BundleHost", "BundleTable", "check_bundles", "holders", "waits_for_group"]
+
+logger = logging.getLogger(__name__)
 
 #: (placement group id, bundle index)
 Key = tuple[bytes, int]
@@ -51,6 +62,8 @@ class Reserved:
     gpu_ids: list[int] = field(default_factory=list)
     #: Committed: its own resources are part of the node's.
     committed: bool = False
+    #: When it was prepared or last found placed here by the GCS (``time.monotonic()``).
+    checked: float = 0.0
 
 
 class BundleHost(Protocol):
@@ -70,8 +83,8 @@ def check_bundles(bundles: Iterable[common_pb2.Bundle]) -> str:
     for i, b in enumerate(bundles):
         if not b.placement_group_id or b.index < 0:
             return f"bundles[{i}] needs a placement_group_id and an index >= 0"
-        if any(not v >= 0 for v in b.resources.values()):
-            return f"bundles[{i}] asks for a negative amount: {dict(b.resources)}"
+        if why := resources_problem(f"bundles[{i}].resources", b.resources):
+            return why
     return ""
 
 
@@ -133,7 +146,7 @@ class BundleTable:
             return (f"bundle(s) {_label(new)} need {describe(need)} but this node has "
                     f"{describe(free)} free now")
         for key, res in new.items():
-            self.reserved[key] = Reserved(res, resources.acquire(res))
+            self.reserved[key] = Reserved(res, resources.acquire(res), checked=time.monotonic())
         return ""
 
     def commit(self, bundles: Iterable[common_pb2.Bundle]) -> str:
@@ -177,6 +190,42 @@ class BundleTable:
             for task_id in task_ids:
                 self._host.cancel(task_id, True, False)
         self._host.schedule()
+
+    def unchecked_since(self, before: float) -> set[bytes]:
+        """The groups of the bundles not checked since ``before`` (monotonic)."""
+        return {pg for (pg, _), r in self.reserved.items() if r.checked < before}
+
+    def orphans(self, groups: dict[bytes, gcs_pb2.PlacementGroupRow | None],
+                node_id: bytes, before: float) -> list[common_pb2.Bundle]:
+        """The bundles of ``groups`` (the GCS's rows; None: no such group), not checked since
+        ``before``, that no group places here: the group is unknown or removed, or its bundle
+        is on another node (or has no such index). The others count as checked now."""
+        out: list[common_pb2.Bundle] = []
+        now = time.monotonic()
+        for (pg, index), held in list(self.reserved.items()):
+            if pg not in groups or held.checked >= before:
+                continue
+            row = groups[pg]
+            if row is not None and row.state != PlacementGroupState.REMOVED:
+                placed = next((b.node_id for b in row.bundles if b.index == index), None)
+                if placed is not None and placed in (b"", node_id):
+                    held.checked = now
+                    continue
+            out.append(common_pb2.Bundle(placement_group_id=pg, index=index))
+        return out
+
+    async def find_orphans(self, group_of: Callable[[bytes], Awaitable[gcs_pb2.PlacementGroupRow | None]],
+                           node_id: bytes, older_than_s: float) -> list[common_pb2.Bundle]:
+        """Ask ``group_of`` (the GCS) about the groups of bundles held longer than
+        ``older_than_s``; the orphans among them (see ``orphans``)."""
+        before = time.monotonic() - older_than_s
+        rows = {pg: await group_of(pg) for pg in self.unchecked_since(before)}
+        orphans = self.orphans(rows, node_id, before) if rows else []
+        if orphans:
+            logger.warning("releasing %d bundle(s) that no placement group places on this node: %s",
+                           len(orphans), ", ".join(f"{_ids.short(b.placement_group_id)}[{b.index}]"
+                                                   for b in orphans))
+        return orphans
 
     def statistics(self) -> dict[str, int]:
         """How many bundles are prepared and committed here."""

@@ -433,6 +433,9 @@ class NodeManager:
                 await self.peers.refresh_schedulers()
                 if not known or self.gcs.link.connections != self._told:
                     await self._resync(known)
+                if orphans := await self.state.bundles.find_orphans(  # (bundles.py)
+                        self.gcs.get_placement_group, self.node_id, self.settings.bundle_check_ms / 1000):
+                    self.release_bundles(orphans)
             except NodeDiedError as e:  # declared dead: this id is over (see ``fence``)
                 self.fence(str(e))
                 return

@@ -7,7 +7,9 @@ worker that waits for it (or whose innermost task submitted it, see ``lending.py
 in an idle worker; when none is free, workers are started (at most ``max_starting`` at
 once). A task that does not fit now may be *sent ahead* to a busy worker running the same
 function with the same shape (pipelining): it starts there, on the resources of the task
-before it, as soon as that one ends.
+before it, as soon as that one ends. Such a task is reported SENT_AHEAD when it is sent, and
+RUNNING only when its worker begins to run it (``promote``, ``blocked``): the worker runs
+what it was sent in order, so the node knows when that is without being told.
 
 A task with a runtime env (``spec.runtime_env_key``) waits in a queue of its env and
 shape, and runs only in a worker started for that env: idle, blocked and busy workers of
@@ -37,6 +39,7 @@ Shape = tuple[tuple[str, float], ...]
 _READY = Phase.READY
 _RUNNING = Phase.RUNNING
 _RUN_EVENT = TaskState.RUNNING
+_AHEAD_EVENT = TaskState.SENT_AHEAD
 
 
 class ReadyQueues:
@@ -157,6 +160,7 @@ class ReadyQueues:
         if newly is None:
             return  # it runs nothing
         if newly:
+            self._ahead_started(w)  # the worker runs what it was sent ahead first, nested
             for oid in state.waiting_on:
                 tid = _ids.task_of(oid)
                 t = self._task(tid)
@@ -203,7 +207,31 @@ class ReadyQueues:
         if not self._is_forwarded(spec.task_id):
             self._local += 1
         self._emit(Send(worker.client_id, op))
-        self._event(task, _RUN_EVENT, worker_pid=worker.pid)
+        self._event(task, _AHEAD_EVENT if ahead else _RUN_EVENT, worker_pid=worker.pid)
+
+    def promote(self, w: Worker, ended: Frame) -> bool:
+        """The task of ``ended`` came off ``w``: the next task sent ahead starts on its
+        resources (True, and it is RUNNING now), or nothing took them (False)."""
+        nxt = self._workers.promote_next(w, ended)
+        if nxt is None:
+            self._ahead_started(w)  # a blocked stack runs the next one nested
+            return False
+        if not nxt.started:
+            nxt.started = True
+            self._running(w, nxt.task_id)
+        return True
+
+    def _ahead_started(self, w: Worker) -> None:
+        """Report RUNNING the task sent ahead that ``w`` runs nested now, if any."""
+        if w.queued:
+            frame = self._workers.next_ahead_starts(w)
+            if frame is not None:
+                self._running(w, frame.task_id)
+
+    def _running(self, w: Worker, task_id: bytes) -> None:
+        task = self._task(task_id)
+        if task is not None:
+            self._event(task, _RUN_EVENT, worker_pid=w.pid)
 
     def release(self, frame: Frame) -> None:
         """``frame``'s task ended (or its worker died): its resources are free again (CPUs

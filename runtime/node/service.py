@@ -20,6 +20,7 @@ from runtime.exceptions import NotFoundError
 from runtime.node.bundles import check_bundles
 from runtime.node.sessions import Conn, client_kind
 from runtime.protocol import common_pb2, node_pb2, node_pb2_grpc
+from runtime.protocol.checks import spec_problem
 from runtime.protocol.states import ClientKind
 
 logger = logging.getLogger(__name__)
@@ -168,9 +169,9 @@ class NodeServicer(node_pb2_grpc.NodeManagerServicer):
 
     async def ForwardTask(self, request: node_pb2.ForwardTaskRequest,
                           context: grpc.aio.ServicerContext[Any, Any]) -> node_pb2.ForwardTaskReply:
-        if len(request.spec.task_id) != 16 or not request.home_address:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                "ForwardTask needs a task spec with a 16-byte id and a home_address")
+        bad = spec_problem(request.spec) or ("" if request.home_address else "home_address is empty")
+        if bad:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"ForwardTask: {bad}")
         why_not = self.m.accept_forwarded(request)
         if why_not:
             return node_pb2.ForwardTaskReply(accepted=False, why_not=why_not)
@@ -183,10 +184,11 @@ class NodeServicer(node_pb2_grpc.NodeManagerServicer):
                                 "ForwardActorCalls needs a 16-byte actor_id")
         for i, call in enumerate(request.calls):
             spec = call.spec
-            if len(spec.task_id) != 16 or spec.actor_id != request.actor_id or not call.home_address:
+            bad = spec_problem(spec)
+            if bad or spec.actor_id != request.actor_id or not call.home_address:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                    f"ForwardActorCalls: calls[{i}] needs a 16-byte task id, the request's "
-                                    "actor_id and a home_address")
+                                    f"ForwardActorCalls: calls[{i}] needs a valid spec ({bad or 'ok'}), the "
+                                    "request's actor_id and a home_address")
         if not self.m.accept_calls(request):
             return node_pb2.ForwardActorCallsReply(accepted=False, why_not="the actor does not live here")
         return node_pb2.ForwardActorCallsReply(accepted=True)

@@ -14,7 +14,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from runtime import _ids
-from runtime.protocol import node_pb2
+from runtime.exceptions import InvalidRequestError
+from runtime.protocol import codec, common_pb2, node_pb2
+from runtime.protocol.checks import spec_problem
 from runtime.protocol.states import ClientKind
 
 if TYPE_CHECKING:
@@ -95,6 +97,15 @@ def _submit(s: LocalScheduler, cid: bytes, op: node_pb2.ClientOp) -> None:
     spec = op.submit
     if not spec.owner_id:
         spec.owner_id = cid
+    bad = spec_problem(spec)
+    if bad:  # nothing is stored but the refusal, as each of its returns (the client waits on them)
+        logger.warning("refused a malformed task from client %s: %s", _ids.short(cid), bad)
+        err = InvalidRequestError(f"the node refused task {spec.name[:80]!r}: {bad}")
+        blob = codec.serialize(err, error=True).to_bytes()
+        for i in range(1, min(spec.num_returns, 16) + 1):
+            s.put(cid, common_pb2.ObjectData(object_id=_ids.object_id(spec.task_id, i), inline=blob,
+                                             size=len(blob)))
+        return
     s.submit(cid, spec)
 
 

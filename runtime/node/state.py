@@ -155,22 +155,21 @@ class LocalScheduler:
             self.ready.schedule()
 
     def disconnect(self, client_id: bytes) -> None:
-        """A client's session ended: the references it held are dropped; a driver's actors
-        die (unless detached); a worker's process is killed (its exit reports its tasks).
-        What a driver, or a worker that was running a task, owned goes with it (see
-        ``cancelling.py``); an idle worker's objects and tasks outlive it."""
+        """A client's session ended: the references it held are dropped; a worker's process
+        is killed (its exit reports its tasks). What a driver, an actor, or a worker that was
+        running a task, owned goes with it: its actors (unless detached), objects and tasks
+        (see ``cancelling.py``); an idle pooled worker's outlive it."""
         w = self.workers.of_client(client_id)
-        busy = (w is not None and bool(w.frames)) or client_id in self._died_busy
+        busy = (w is not None and (bool(w.frames) or w.is_actor)) or client_id in self._died_busy
         self._died_busy.discard(client_id)
         client = self.clients.disconnect(client_id)
         if client is None:
             return
-        if client.kind == ClientKind.DRIVER:
-            self.actors.owner_gone(client_id, client.pid)
-        elif client.kind == ClientKind.WORKER:
+        if client.kind == ClientKind.WORKER:
             self.workers.disconnected(client_id)
             self._emit(KillWorker(client.worker_id))
         if client.kind == ClientKind.DRIVER or busy:
+            self.actors.owner_gone(client_id, client.pid)
             self.cancelling.owner_died(client)
 
     # ---- workers -------------------------------------------------------------------
@@ -179,7 +178,7 @@ class LocalScheduler:
         w = self.workers.exited(worker_id)
         if w is None:
             return
-        if w.frames and w.client_id in self.clients:  # its session's end comes after: an owner died
+        if (w.frames or w.was_actor) and w.client_id in self.clients:  # an owner died (session ends after)
             self._died_busy.add(w.client_id)
         was_actor = w.was_actor
         if was_actor:
@@ -219,8 +218,9 @@ class LocalScheduler:
             self.workers.asked()
 
     def reap_idle(self) -> None:
-        """Stop workers idle for ``idle_worker_s`` seconds, beyond one per CPU (those stay
-        warm): a StopWorker action for each."""
+        """The heartbeat's turn: stop workers idle for ``idle_worker_s`` s beyond one per CPU
+        (a StopWorker each); write the rows of actors whose calls returned since the last."""
+        self.actors.write_changed_rows()
         for worker_id in self.workers.reap(max(1, self.resources.cpus), self._idle_worker_s):
             self._emit(StopWorker(worker_id))
 
@@ -296,13 +296,13 @@ class LocalScheduler:
             if res.actor_exit:
                 self.actors.kill(task.spec.actor_id, True, f"{task.spec.name}() called exit_actor()")
             self.actors.call_done(task)
-            self.finish(task, res.returns, _FAILED if res.failed else _FINISHED,
-                        res.error_summary[:200], pid)
+            failed = TaskState.CANCELLED if task.cancelled else _FAILED  # stopped by its cancel
+            self.finish(task, res.returns, failed if res.failed else _FINISHED, res.error_summary[:200], pid)
             return
         frame = workers.pop_frame(w, res.task_id) if w is not None else None
         # The next task sent ahead starts now, on the resources this one held; else they
         # are free again, and the worker idle or able to run a nested task.
-        if frame is not None and w is not None and not workers.promote_next(w, frame):
+        if frame is not None and w is not None and not self.ready.promote(w, frame):
             self.ready.release(frame)
             if workers.settle(w):
                 self.ready.run_inline(w, self.children)

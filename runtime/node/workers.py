@@ -33,6 +33,8 @@ class Frame:
     #: When it was sent to its worker, as a count (larger is newer): the memory monitor
     #: kills the worker of the newest task first.
     order: int = 0
+    #: A task sent ahead: its worker began to run it (reported RUNNING once, then).
+    started: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,11 @@ class Worker:
     #: The key of the runtime env it was started with ("" none): it runs only tasks and
     #: actors of that key (``runtime.api._runtime_env``).
     env_key: str = ""
+
+    @property
+    def is_actor(self) -> bool:
+        """It is an actor's process (it ran the actor's constructor)."""
+        return self.state == WorkerState.ACTOR
 
 
 class WorkerTable:
@@ -269,15 +276,28 @@ class WorkerTable:
         return False
 
     @staticmethod
-    def promote_next(w: Worker, ended: Frame) -> bool:
+    def promote_next(w: Worker, ended: Frame) -> Frame | None:
         """The frame ``ended`` came off ``w``: when it was the last and held its CPUs, the
-        next task sent ahead starts on its resources (True). False: nothing took them."""
+        next task sent ahead starts on its resources (its frame is returned). None: nothing
+        took them."""
         if w.frames or not w.queued or ended.lent:
-            return False
+            return None
         nxt = w.queued.popleft()
         nxt.resources, nxt.gpu_ids = ended.resources, ended.gpu_ids
         w.frames.append(nxt)
-        return True
+        return nxt
+
+    def next_ahead_starts(self, w: Worker) -> Frame | None:
+        """The task sent ahead to ``w`` that its worker begins to run now, not reported yet:
+        the worker runs them in order, nested while every task on its stack waits in
+        ``get`` (``runtime.api._objects``). None when it runs none now."""
+        if not w.queued or not w.frames or self.stack_depth(w) == 0:
+            return None
+        nxt = w.queued[0]
+        if nxt.started:
+            return None
+        nxt.started = True
+        return nxt
 
     def settle(self, w: Worker) -> bool:
         """A task of ``w`` ended and gave its resources back: ``w`` is idle when nothing is

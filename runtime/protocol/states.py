@@ -6,8 +6,8 @@ TaskState.FINISHED`` holds for a row decoded from the wire.
 
 ::
 
-    task      SUBMITTED → (WAITING | QUEUED | SCHEDULED | SPILLED | INFEASIBLE)* → RUNNING
-              → FINISHED | FAILED | CANCELLED        (RETRYING goes back to the queue)
+    task      SUBMITTED → (WAITING | QUEUED | SCHEDULED | SPILLED | INFEASIBLE)* → [SENT_AHEAD]
+              → RUNNING → FINISHED | FAILED | CANCELLED   (RETRYING goes back to the queue)
     actor     PENDING → ALIVE ⇄ RESTARTING → DEAD
     worker    STARTING → IDLE ⇄ BUSY → DEAD          (BUSY → ACTOR when it becomes one)
     node      ALIVE → DEAD
@@ -32,7 +32,10 @@ class TaskState(StrEnum):
     SCHEDULED = "SCHEDULED"
     #: Sent to a global scheduler to run on another node.
     SPILLED = "SPILLED"
-    #: Running in a worker.
+    #: Sent ahead to a busy worker (pipelining): it starts there when the task before it
+    #: ends, and is RUNNING from then on. It holds no resources of its own until then.
+    SENT_AHEAD = "SENT_AHEAD"
+    #: Running in a worker (its start time is when it began to execute there).
     RUNNING = "RUNNING"
     #: Failed and queued again (a worker or node died, or a retryable exception).
     RETRYING = "RETRYING"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
 
 from runtime.protocol import node_pb2_grpc
+from runtime.rpc import security
 from runtime.rpc.interceptors import TOKEN_KEY
 from runtime.rpc.server import MAX_MESSAGE, channel_options
 
@@ -16,12 +18,25 @@ def token_metadata(token: str) -> tuple[tuple[str, str], ...]:
     return ((TOKEN_KEY, token),)
 
 
-def connect(address: str, *, max_message_bytes: int = MAX_MESSAGE) -> grpc.aio.Channel:
+def connect(address: str, *, max_message_bytes: int = MAX_MESSAGE,
+            options: Sequence[tuple[str, Any]] = (),
+            transport: security.Transport | None = None) -> grpc.aio.Channel:
     """An aio channel to ``host:port`` (must be created on the loop that will use it).
 
-    ``max_message_bytes`` is ``Settings.max_message_bytes`` (both ends should agree).
+    ``max_message_bytes`` is ``Settings.max_message_bytes`` (both ends should agree);
+    ``options`` are added to the common ones. ``transport`` (default: the process's,
+    ``security.current()``) chooses plaintext or mutual TLS. With TLS the server must
+    prove it holds a certificate of the cluster's CA naming ``_tls.CLUSTER_NAME`` rather
+    than ``address`` (why: the module doc of ``runtime._tls``).
     """
-    return grpc.aio.insecure_channel(address, options=channel_options(max_message_bytes))
+    transport = transport or security.current()
+    opts = [*channel_options(max_message_bytes), *options]
+    if transport.identity is None:
+        return grpc.aio.insecure_channel(address, options=opts)
+    from runtime._tls import CLUSTER_NAME  # loaded by the process's TLS transport already
+
+    opts.append(("grpc.ssl_target_name_override", CLUSTER_NAME))
+    return grpc.aio.secure_channel(address, transport.identity.channel_credentials(), options=opts)
 
 
 class NodeClients:

@@ -39,6 +39,7 @@ from runtime.exceptions import (
     RpcTimeoutError,
     UnauthenticatedError,
 )
+from runtime.rpc import security
 
 _T = TypeVar("_T")
 
@@ -67,7 +68,7 @@ def translate(err: grpc.aio.AioRpcError, server: str, address: str, *,
         return ClientClosedError(f"the connection to {where} was closed during the call",
                                  address=address)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-        hint = _HINTS.get(server, "")
+        hint = _HINTS.get(server, "") + (_tls_hint(details) if server == "GCS" else "")
         return ConnectionLostError(f"could not reach {where} ({details or code.name}). {hint}".rstrip(),
                                    address=address)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -89,6 +90,22 @@ def translate(err: grpc.aio.AioRpcError, server: str, address: str, *,
     return InternalError(
         f"{where} failed a call with {code.name}: {details}. This is a cellray bug; please "
         "report it with the logs in the session directory's logs/.", address=address)
+
+
+def _tls_hint(details: str) -> str:
+    """What to check about TLS when the GCS could not be reached (its details say how)."""
+    try:
+        tls = security.current().tls
+    except ValueError:  # bad TLS settings: the process reported them where it read them
+        return ""
+    if not tls:
+        return (" If that cluster runs with TLS, attach with its join bundle "
+                "(rt.init(address=..., bundle=FILE), or --bundle FILE).")
+    lower = details.lower()
+    if any(word in lower for word in ("ssl", "handshake", "certificate", "tls")):
+        return (" The TLS handshake failed: that server runs without TLS, or with another "
+                "cluster's CA; use the join bundle of the cluster at that address.")
+    return ""
 
 
 def _trailer(err: grpc.aio.AioRpcError, key: str) -> str | None:

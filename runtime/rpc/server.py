@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
 
 from runtime.config import Settings
+from runtime.rpc import security
 from runtime.rpc.interceptors import TokenInterceptor
+from runtime.rpc.malformed import MalformedRequests
 
 logger = logging.getLogger(__name__)
 
@@ -32,14 +32,8 @@ def channel_options(max_message_bytes: int = MAX_MESSAGE) -> list[tuple[str, Any
 #: ``channel_options()`` with the default message size.
 CHANNEL_OPTIONS = channel_options()
 
-
-def _is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+#: Hosts this process already warned about serving in plaintext.
+_warned: set[str] = set()
 
 
 async def create_server(
@@ -49,26 +43,30 @@ async def create_server(
     adders: Sequence[tuple[Callable[[Any, grpc.aio.Server], None], Any]],
     *,
     max_message_bytes: int = MAX_MESSAGE,
+    transport: security.Transport | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Start a token-checking server on ``host:port`` and return it with the bound port.
 
     ``adders`` pairs each generated ``add_XServicer_to_server`` with its servicer.
     Port 0 picks a free port; ``max_message_bytes`` is ``Settings.max_message_bytes``.
-    Binding a non-loopback host prints a warning: traffic is not encrypted and carries
-    pickles, so only trusted networks should reach it.
+    ``transport`` (default: the process's, ``security.current()``) chooses mutual TLS or
+    plaintext. Raises ``InsecureBindError`` (a ``PermissionError``) for a non-loopback
+    ``host`` in plaintext without ``insecure``; with it, a warning is logged once.
     """
-    if not _is_loopback(host):
-        warnings.warn(
-            f"binding {host}:{port} without TLS: anyone who can reach this address and "
-            "holds the cluster token can run code here. Use 127.0.0.1 unless the network is trusted.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    server = grpc.aio.server(interceptors=[TokenInterceptor(token)],
+    transport = transport or security.current()
+    security.check_bind(host, port, tls=transport.tls, insecure=transport.insecure)
+    if not transport.tls and not security.is_loopback(host) and host not in _warned:
+        _warned.add(host)
+        logger.warning("serving %s:%s WITHOUT TLS (insecure): anyone who can reach it can read the "
+                       "cluster's traffic; to turn TLS on, %s", host, port, security.HOW_TO_TLS)
+    server = grpc.aio.server(interceptors=[TokenInterceptor(token), MalformedRequests()],
                              options=channel_options(max_message_bytes))
     for add, servicer in adders:
         add(servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if transport.identity is not None:
+        bound = server.add_secure_port(f"{host}:{port}", transport.identity.server_credentials())
+    else:
+        bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"could not bind {host}:{port}: the address is in use or not available here")
     await server.start()

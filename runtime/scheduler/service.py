@@ -29,6 +29,7 @@ import grpc
 from runtime._ids import short
 from runtime.exceptions import ConnectionLostError, InvalidRequestError
 from runtime.protocol import node_pb2, scheduler_pb2, scheduler_pb2_grpc
+from runtime.protocol.checks import spec_problem
 from runtime.rpc.channel import NodeClients, token_metadata
 from runtime.rpc.errors import translate
 from runtime.scheduler.state import (
@@ -101,9 +102,9 @@ class SchedulerService(scheduler_pb2_grpc.GlobalSchedulerServicer):
     async def Schedule(self, request: scheduler_pb2.ScheduleRequest,
                        context: _Ctx) -> scheduler_pb2.ScheduleReply:
         spec = request.spec
-        if not spec.task_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                "Schedule needs a task spec with a task_id; the request had none")
+        bad = spec_problem(spec)
+        if bad:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Schedule: {bad}")
         try:
             resources = check_resources(spec.resources)
         except ValueError as err:
@@ -169,3 +170,4 @@ class SchedulerService(scheduler_pb2_grpc.GlobalSchedulerServicer):
                 await self._nodes.drop(placement.address)
             return f"{err.code().name}: {err.details()}"
         return None if reply.accepted else (reply.why_not or "refused without a reason")
+

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import runtime as rt
+from runtime.exceptions import ActorDiedError
 
 __all__ = ["ActorPool"]
 
@@ -136,8 +137,7 @@ class ActorPool:
                 self._take(index)
                 raise TimeoutError(f"Timed out after {timeout} s waiting for result {index}; "
                                    "it was dropped and its actor returned to the pool.")
-        self._take(index)
-        return rt.get(ref)
+        return self._finish(index)
 
     def get_next_unordered(self, timeout: float | None = None, ignore_if_timedout: bool = False) -> Any:
         """The result of any submission that is ready (blocks for the first).
@@ -152,10 +152,21 @@ class ActorPool:
                            timeout=timeout)
         if not ready:
             raise TimeoutError(f"Timed out after {timeout} s waiting for any result.")
-        index = by_ref[ready[0].hex()]
-        ref, _ = self._running[index]
-        self._take(index)
-        return rt.get(ref)
+        return self._finish(by_ref[ready[0].hex()])
+
+    def _finish(self, index: int) -> Any:
+        """The value of submission ``index``; its actor is free again, unless it died (as in
+        Ray, a dead actor leaves the pool instead of failing every value given to it)."""
+        ref, actor = self._running.pop(index)
+        self._returned = max(self._returned, index + 1)
+        try:
+            value = rt.get(ref)
+        except BaseException as e:
+            if not isinstance(e, ActorDiedError):
+                self._give_back(actor)
+            raise
+        self._give_back(actor)
+        return value
 
     def _take(self, index: int) -> None:
         """Submission ``index`` is taken: its actor is free again (and may start a waiting one)."""

@@ -71,6 +71,8 @@ class Executor:
         self.cancels = Cancels(cancelled_early_max)
         #: Set when this worker becomes an actor.
         self.actor: ActorRuntime | None = None
+        #: That actor's creation spec.
+        self.actor_spec: common_pb2.TaskSpec | None = None
         #: Set when the actor called exit_actor(): it runs no more calls (the node ends it).
         self.exiting = False
         #: How many times this worker's actor was restarted before (its creation's attempt).
@@ -110,6 +112,13 @@ class Executor:
         if self.actor is None and stack and stack[-1].actor_creation:
             return stack[-1].attempt  # in the constructor
         return self._restarts
+
+    def current_actor(self) -> tuple[common_pb2.TaskSpec, type] | None:
+        """The creation spec and class of the actor running here (in its constructor too)."""
+        stack = self._client.task_stack
+        spec = stack[-1] if self.actor is None and stack and stack[-1].actor_creation else self.actor_spec
+        cls = self._functions.get(spec.function_id) if spec is not None else None
+        return (spec, cls) if spec is not None and isinstance(cls, type) else None
 
     def current_gpu_ids(self) -> list[int]:
         """GPU indices reserved for the task or actor running in the caller."""
@@ -331,6 +340,7 @@ class Executor:
 
     def _become_actor(self, spec: common_pb2.TaskSpec, instance: Any) -> None:
         self._restarts = spec.attempt
+        self.actor_spec = spec
         self._client.namespace = spec.namespace  # its calls run in its creator's job's
         self.actor = ActorRuntime.create(spec, instance, self._gpu_ids.pop(spec.task_id, []),
                                          self.run_one, self.run_one_async)

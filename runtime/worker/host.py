@@ -13,7 +13,7 @@ import os
 import queue
 from typing import TYPE_CHECKING
 
-from runtime.protocol import node_pb2
+from runtime.protocol import common_pb2, node_pb2
 
 if TYPE_CHECKING:
     from runtime.api._client import CoreClient
@@ -74,6 +74,9 @@ class WorkerHost:
 
     def actor_restarts(self) -> int:
         return self._executor.actor_restarts
+
+    def current_actor(self) -> tuple[common_pb2.TaskSpec, type] | None:
+        return self._executor.current_actor()
 
     def on_broken(self, error: BaseException) -> None:
         os._exit(1)  # a worker without its node has nothing to do

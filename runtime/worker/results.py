@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from runtime import _ids
+from runtime import _ids, _tracebacks
 from runtime.exceptions import ConnectionLostError, InternalError, TaskCancelledError, TaskError
 from runtime.object_store.shm import read_object
 from runtime.protocol import codec, common_pb2, node_pb2
@@ -22,18 +22,20 @@ from runtime.protocol import codec, common_pb2, node_pb2
 if TYPE_CHECKING:
     from runtime.api._client import CoreClient
 
-_RUNTIME_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: How much of an error's summary a TaskResult carries (a constructor's: its death cause).
 _SUMMARY_CHARS = 500
 _DEATH_CAUSE_CHARS = 8000
 
 
 def user_traceback(exc: BaseException) -> str:
-    """The traceback without cellray's own frames."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_RUNTIME_DIR):
-        tb = tb.tb_next
-    return "".join(traceback.format_exception(type(exc), exc, tb))
+    """The traceback without cellray's own frames (nor the standard library's under them),
+    in ``exc`` and in the exceptions chained to it."""
+    return _tracebacks.user_traceback(exc)
+
+
+def full_traceback(exc: BaseException) -> str:
+    """The traceback with every frame, for ``CELLRAY_TRACEBACK=full`` on the driver."""
+    return "".join(traceback.format_exception(exc))
 
 
 def error_blob(client: CoreClient, spec: common_pb2.TaskSpec, exc: BaseException) -> bytes:
@@ -44,7 +46,7 @@ def error_blob(client: CoreClient, spec: common_pb2.TaskSpec, exc: BaseException
         err = TaskError(f"{spec.name}() raised {type(exc).__name__}", function_name=spec.name,
                         task_id=spec.task_id.hex(), node_id=client.node_id.hex(), pid=os.getpid(),
                         remote_traceback=user_traceback(exc), cause=exc,
-                        cause_type_name=type(exc).__name__)
+                        cause_type_name=type(exc).__name__, full_traceback=full_traceback(exc))
     try:
         return codec.serialize(err, error=True).to_bytes()
     except Exception:  # noqa: BLE001 - any pickling failure of the cause: send the error without it
@@ -143,5 +145,11 @@ def shorten(text: str, limit: int) -> str:
 def _retryable(spec: common_pb2.TaskSpec, exc: BaseException) -> bool:
     if not spec.retry_exception_types:
         return True
-    types = cloudpickle.loads(spec.retry_exception_types)
-    return isinstance(exc, types)
+    try:
+        types = cloudpickle.loads(spec.retry_exception_types)
+    except Exception:  # noqa: BLE001 - a spec from a broken peer: its error is not retried
+        return False
+    try:
+        return isinstance(exc, types)
+    except TypeError:  # not a class or a tuple of classes
+        return False

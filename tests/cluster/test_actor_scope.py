@@ -69,6 +69,17 @@ class Holder:
 
 
 @rt.remote
+class Supervisor:
+    """Creates actors and hands their handles out: it owns them."""
+
+    def __init__(self) -> None:
+        self.children = [Counter.remote() for _ in range(2)]
+
+    def children_of(self) -> list[Any]:
+        return self.children
+
+
+@rt.remote
 def call_through(handles: list[Any]) -> int:
     return int(rt.get(handles[0].incr.remote()))
 
@@ -145,3 +156,14 @@ def test_an_actor_on_another_node_ends_with_its_last_handle_after_its_calls(
     assert rt.get(refs, timeout=60) == [1, 2, 3, 4]
     row = _wait_dead(actor_id)
     assert row.node_id == other and "went out of scope" in row.death_cause
+
+
+def test_actors_die_with_their_owner_an_actor_even_while_others_hold_handles(
+        cluster: LocalCluster) -> None:
+    supervisor = Supervisor.remote()
+    children = rt.get(supervisor.children_of.remote())
+    assert rt.get([c.incr.remote() for c in children]) == [1, 1]
+    rt.kill(supervisor)
+    for child in children:  # the driver still holds their handles: their owner died all the same
+        row = _wait_dead(child.actor_id)
+        assert "owner" in row.death_cause

@@ -198,3 +198,21 @@ def test_completed_of_an_actor_method_and_awaited(cluster: rt.ClusterInfo) -> No
     asyncio.run(finish())
     assert rt.get(list(gen), timeout=60) == [0, 10, 20]
     rt.kill(s)
+
+
+def test_wait_takes_generators_which_are_ready_when_their_next_item_is(
+        cluster: rt.ClusterInfo, tmp_path: pathlib.Path) -> None:
+    flag = tmp_path / "go"
+    gen = gated.remote(str(flag))
+    plain = count.remote(2)
+    ready, not_ready = rt.wait([gen, plain], num_returns=2, timeout=60)
+    assert ready == [gen, plain] and not_ready == []
+    assert rt.get(next(gen), timeout=60) == "first"
+    ready, not_ready = rt.wait([gen], timeout=0)  # the second item waits for the flag
+    assert ready == [] and not_ready == [gen]
+    flag.touch()
+    assert rt.wait([gen], timeout=60)[0] == [gen]
+    assert rt.get(next(gen), timeout=60) == "second"
+    assert rt.wait([gen], timeout=60)[0] == [gen]  # the end of the stream is ready too
+    with pytest.raises(StopIteration):
+        next(gen)

@@ -207,3 +207,15 @@ def test_max_calls_retires_a_worker_after_that_many_runs(cluster: rt.ClusterInfo
     assert max(twice.values()) <= 2
     with pytest.raises(ValueError, match="max_calls"):
         pid_once.options(max_calls=-1)
+
+
+@rt.remote
+def _my_task_id() -> str | None:
+    return rt.get_runtime_context().get_task_id()
+
+
+def test_a_refs_task_id_is_a_string_with_rays_taskid_methods(cluster: rt.ClusterInfo) -> None:
+    ref = _my_task_id.remote()
+    task_id = ref.task_id()
+    assert task_id.hex() == task_id == rt.get(ref, timeout=60)  # Ray's form, and a plain string
+    assert task_id.binary() == bytes.fromhex(task_id) and not task_id.is_nil()

@@ -24,7 +24,7 @@ def facts() -> dict[str, object]:
     return {"job": ctx.get_job_id(), "task": ctx.get_task_id(), "actor": ctx.get_actor_id(),
             "node": ctx.get_node_id(), "worker": ctx.get_worker_id(), "ns": ctx.namespace,
             "resources": ctx.get_assigned_resources(), "pg": ctx.get_placement_group_id(),
-            "canceled": ctx.is_canceled(), "reconstructed": ctx.was_current_actor_reconstructed()}
+            "canceled": ctx.is_canceled(), "reconstructed": ctx.was_current_actor_reconstructed}
 
 
 @rt.remote(max_restarts=1)
@@ -34,7 +34,7 @@ class Probe:
 
     def facts(self) -> tuple[str | None, str | None, bool, int]:
         ctx = rt.get_runtime_context()
-        return self.made_in, ctx.get_actor_id(), ctx.was_current_actor_reconstructed(), os.getpid()
+        return self.made_in, ctx.get_actor_id(), ctx.was_current_actor_reconstructed, os.getpid()
 
 
 @rt.remote
@@ -53,7 +53,7 @@ def test_the_driver_has_a_job_and_a_node_but_no_task(cluster: rt.ClusterInfo) ->
     assert ctx.get_task_id() is None and ctx.get_actor_id() is None
     assert ctx.get_node_id() in [n["NodeID"] for n in rt.nodes()]
     assert ctx.get_assigned_resources() == {} and ctx.get_placement_group_id() is None
-    assert not ctx.is_canceled() and not ctx.was_current_actor_reconstructed()
+    assert not ctx.is_canceled() and not ctx.was_current_actor_reconstructed
     assert isinstance(ctx.namespace, str) and ctx.namespace
 
 
@@ -100,3 +100,31 @@ def test_a_cancelled_task_sees_it(cluster: rt.ClusterInfo, tmp_path: pathlib.Pat
         rt.get(ref, timeout=60)
     wait_for(out.exists, timeout=30, what="the task's answer")
     assert out.read_text() == "True"
+
+
+@rt.remote
+class SelfAware:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def me(self) -> rt.ActorHandle:
+        return rt.get_runtime_context().current_actor
+
+    def incr(self) -> int:
+        self.n += 1
+        return self.n
+
+
+@rt.remote
+def call_me(handles: list[rt.ActorHandle]) -> int:
+    return int(rt.get(handles[0].incr.remote()))
+
+
+def test_current_actor_is_a_handle_to_the_actor_itself(cluster: rt.ClusterInfo) -> None:
+    actor = SelfAware.remote()
+    me = rt.get(actor.me.remote(), timeout=60)
+    assert me == actor and me.actor_id == actor.actor_id
+    assert rt.get(call_me.remote([me]), timeout=60) == 1  # usable like any handle
+    assert rt.get(me.incr.remote(), timeout=60) == 2
+    with pytest.raises(RuntimeError, match="only available inside an actor"):
+        rt.get_runtime_context().current_actor

@@ -149,3 +149,29 @@ def test_timeline_writes_a_chrome_trace_of_the_tasks_that_ran(cluster: rt.Cluste
     assert len(bars) == 5 and all(e["name"] == "traced" and e["dur"] >= 0 and e["tid"] > 0 for e in bars)
     assert any(e["ph"] == "M" and e["name"] == "process_name" for e in events)
     assert len([e for e in rt.timeline() or [] if e["ph"] == "X" and e["args"]["task_id"] in ids]) == 5
+
+
+def test_a_dead_actor_leaves_the_pool_and_the_others_carry_on(cluster: rt.ClusterInfo) -> None:
+    alive, doomed = Worker.remote(), Worker.remote()
+    pool = ActorPool([alive, doomed])
+    rt.kill(doomed)
+    # Work goes to the most recently freed actor first: give it to each actor once.
+    pool.submit(lambda a, v: a.double.remote(v), 1)
+    pool.submit(lambda a, v: a.double.remote(v), 2)
+    results, errors = [], []
+    for _ in range(2):
+        try:
+            results.append(pool.get_next_unordered())
+        except rt.exceptions.ActorDiedError as e:
+            errors.append(e)
+    assert len(results) == 1 and len(errors) == 1
+    # Only the live actor is left: everything after runs on it.
+    assert list(pool.map(lambda a, v: a.double.remote(v), range(4))) == [0, 2, 4, 6]
+    assert pool.pop_idle() is alive and pool.pop_idle() is None
+
+
+def test_get_next_after_map_unordered_takes_later_submissions_as_ray_does(cluster: rt.ClusterInfo) -> None:
+    pool = ActorPool([Worker.remote()])
+    assert sorted(pool.map_unordered(lambda a, v: a.double.remote(v), range(3))) == [0, 2, 4]
+    pool.submit(lambda a, v: a.double.remote(v), 10)
+    assert pool.get_next() == 20

@@ -168,7 +168,8 @@ A, B, C, D, HOME = (bytes([c]) * 16 for c in b"ABCDH")
 
 def request(task: bytes = b"t" * 16, resources: dict[str, float] | None = None,
             inputs: list[scheduler_pb2.InputLocation] | None = None, home: bytes = HOME) -> scheduler_pb2.ScheduleRequest:
-    spec = common_pb2.TaskSpec(task_id=task, name="f", resources={"CPU": 1} if resources is None else resources)
+    spec = common_pb2.TaskSpec(task_id=task, name="f", function_id=b"F" * 20,
+                              resources={"CPU": 1} if resources is None else resources)
     return scheduler_pb2.ScheduleRequest(
         spec=spec, from_node_id=home, reason="queue over threshold", inputs=inputs or [],
         args=[common_pb2.ObjectData(object_id=b"o" * 20, size=50 * MB, node_id=B)], home_address="127.0.0.1:1")

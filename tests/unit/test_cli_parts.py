@@ -25,7 +25,8 @@ def test_start_arguments_are_typed() -> None:
         "command": "start", "head": True, "address": None, "port": 0, "host": "127.0.0.1",
         "token_file": None, "cpus": 2.5, "gpus": 1.0, "resources": {"sim": 4.0},
         "object_store_memory": 1_000_000, "num_nodes": 3, "global_schedulers": None, "func": None,
-        "parser": None, "gcs_storage": None, "redis_shards": None}
+        "parser": None, "gcs_storage": None, "redis_shards": None, "bundle": None, "tls": False,
+        "insecure": False}
 
 
 def test_storage_arguments_of_a_head() -> None:

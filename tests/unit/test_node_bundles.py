@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from runtime import _ids
@@ -10,7 +12,7 @@ from runtime.config import Settings
 from runtime.node.actions import KillWorker, Send
 from runtime.node.bundles import check_bundles, waits_for_group
 from runtime.node.state import LocalScheduler
-from runtime.protocol import bundles, codec, common_pb2, node_pb2
+from runtime.protocol import bundles, codec, common_pb2, gcs_pb2, node_pb2
 
 NODE, DRIVER = b"N" * 16, b"D" * 16
 PG = bytes.fromhex("ab" * 16)
@@ -135,7 +137,8 @@ def test_releasing_a_committed_bundle_stops_what_runs_in_it() -> None:
 def test_malformed_bundles_and_the_waiting_message() -> None:
     assert check_bundles([_bundle(0, CPU=1)]) == ""
     assert "placement_group_id" in check_bundles([common_pb2.Bundle(index=0)])
-    assert "negative" in check_bundles([_bundle(0, CPU=-1)])
+    assert "must be a finite amount >= 0" in check_bundles([_bundle(0, CPU=-1)])
+    assert "printable" in check_bundles([_bundle(0, **{"\x00\x01": 1})])
     assert waits_for_group(common_pb2.TaskSpec(name="f")) == ""
     assert f"bundle 0 of placement group {PG.hex()}" in waits_for_group(_group_task(0, 0, CPU=1))
 
@@ -164,3 +167,47 @@ def test_a_task_asking_for_a_bundles_gpus_gets_that_bundles_gpu_ids() -> None:
 def _result(task_id: bytes) -> node_pb2.TaskResult:
     ret = common_pb2.ObjectData(object_id=_ids.object_id(task_id, 1), inline=b"v", size=1)
     return node_pb2.TaskResult(task_id=task_id, returns=[ret])
+
+
+def _row(state: str, *placed: bytes) -> gcs_pb2.PlacementGroupRow:
+    row = gcs_pb2.PlacementGroupRow(placement_group_id=PG, state=state)
+    for i, node in enumerate(placed):
+        row.bundles.add(index=i, node_id=node, resources={"CPU": 1})
+    return row
+
+
+def test_bundles_no_group_places_here_are_orphans_the_rest_stay() -> None:
+    other = b"O" * 16
+    s = _node(CPU=4)
+    s.bundles.prepare([_bundle(0, CPU=1), _bundle(1, CPU=1)])
+    late = time.monotonic() + 1.0
+    assert s.bundles.unchecked_since(late) == {PG}
+    assert s.bundles.unchecked_since(0.0) == set()
+    # Placed here, or not yet placed anywhere (the GCS is between its two phases): kept.
+    asked = time.monotonic()
+    assert s.bundles.orphans({PG: _row("CREATED", NODE, b"")}, NODE, late) == []
+    assert s.bundles.unchecked_since(asked) == set()  # checked now: not asked about again soon
+    assert s.bundles.orphans({}, NODE, late + 1) == []  # not asked about: not judged
+    later = time.monotonic() + 2.0
+    assert [b.index for b in s.bundles.orphans({PG: _row("CREATED", NODE, other)}, NODE, later)] == [1]
+    assert [b.index for b in s.bundles.orphans({PG: _row("CREATED", NODE)}, NODE, later)] == [1]
+    assert [b.index for b in s.bundles.orphans({PG: _row("REMOVED", NODE, NODE)}, NODE, later)] == [0, 1]
+    orphans = s.bundles.orphans({PG: None}, NODE, later)
+    assert [b.index for b in orphans] == [0, 1]
+    s.bundles.release(orphans)
+    assert s.resources.available["CPU"] == 4 and len(s.bundles) == 0
+
+
+def test_find_orphans_asks_only_about_groups_held_long_enough() -> None:
+    s = _node(CPU=4)
+    s.bundles.prepare([_bundle(0, CPU=1)])
+    asked: list[bytes] = []
+
+    async def unknown(pg: bytes) -> gcs_pb2.PlacementGroupRow | None:
+        asked.append(pg)
+        return None
+
+    assert asyncio.run(s.bundles.find_orphans(unknown, NODE, 3600.0)) == []
+    assert asked == []
+    found = asyncio.run(s.bundles.find_orphans(unknown, NODE, -1.0))
+    assert asked == [PG] and [(b.placement_group_id, b.index) for b in found] == [(PG, 0)]

@@ -78,8 +78,8 @@ def test_counts_follow_snapshot_then_deltas() -> None:
     assert not m.synced
     feed(m, DONE)
     assert m.synced
-    assert m.view(103.0).futures.counts == {"pending": 1, "running": 0, "finished": 1, "failed": 0,
-                                            "cancelled": 0}
+    assert m.view(103.0).futures.counts == {"pending": 1, "sent ahead": 0, "running": 0, "finished": 1,
+                                            "failed": 0, "cancelled": 0}
     feed(m, put("tasks", "t1", ran("t1", "RUNNING")))
     assert m.view(103.0).futures.counts["running"] == 1
     assert m.view(103.0).futures.counts["pending"] == 0
@@ -103,8 +103,8 @@ def test_a_task_that_runs_again_from_lineage_is_counted_once() -> None:
     assert m.view(103.0).futures.counts["finished"] == 0
     assert m.view(103.0).futures.counts["pending"] == 1
     feed(m, put("tasks", "t", ran("t", "FINISHED", start=104.0, end=105.0, attempt=1)))
-    assert m.view(106.0).futures.counts == {"pending": 0, "running": 0, "finished": 1, "failed": 0,
-                                            "cancelled": 0}
+    assert m.view(106.0).futures.counts == {"pending": 0, "sent ahead": 0, "running": 0, "finished": 1,
+                                            "failed": 0, "cancelled": 0}
 
 
 def test_a_reset_and_fresh_snapshot_count_nothing_twice() -> None:
@@ -124,7 +124,8 @@ def test_a_reset_and_fresh_snapshot_count_nothing_twice() -> None:
          DONE)
     v = m.view(104.0)
     assert m.synced
-    assert v.futures.counts == {"pending": 0, "running": 0, "finished": 3, "failed": 0, "cancelled": 0}
+    assert v.futures.counts == {"pending": 0, "sent ahead": 0, "running": 0, "finished": 3, "failed": 0,
+                                 "cancelled": 0}
     [s1] = [s for s in v.scheduler.series if s.label == N1[:6]]
     assert (s1.total_local, s1.total_spilled) == (3, 1)
     assert len(v.scheduler.decisions) == 1
@@ -289,7 +290,7 @@ def test_summary_is_readable_text() -> None:
     text = m.view(110.0).summary()
     assert text.splitlines()[:4] == [
         "Nodes: 1 alive of 1; CPU 1/2 in use",
-        "Futures: pending 1, running 1, finished 0, failed 0, cancelled 0",
+        "Futures: pending 1, sent ahead 0, running 1, finished 0, failed 0, cancelled 0",
         "Actors: alive 1",
         "Scheduler: 1 local, 0 spilled, 0 received",
     ]
