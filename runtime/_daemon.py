@@ -65,6 +65,7 @@ import grpc
 import psutil
 
 from runtime import _logs, _session, config
+from runtime.rpc.security import advertised_host
 from runtime.rpc.server import create_server
 
 logger = logging.getLogger("runtime.daemon")
@@ -266,8 +267,9 @@ class DaemonContext:
         return self.settings.host
 
     def address(self, port: int) -> str:
-        """``host:port`` of a server bound at ``port``."""
-        return f"{self.host}:{port}"
+        """``host:port`` others reach a server bound at ``port`` at (for a wildcard host,
+        this machine's address toward the GCS: ``security.advertised_host``)."""
+        return f"{advertised_host(self.host, getattr(self.args, 'gcs_address', '') or '')}:{port}"
 
     async def serve(self, adders: Adders, port: int | None = None) -> tuple[grpc.aio.Server, int]:
         """Start a token-checking server on ``host:port`` (default ``--port``); return it, bound.

@@ -261,9 +261,6 @@ def _print_started(address: str, session_dir: object, token_file: object, nodes:
           f"{join}"
           f"Inspect:  cellray status\n"
           f"Stop:     cellray stop --address {address}")
-    if address.startswith("0.0.0.0:"):
-        print("Note: the head listens on every interface; other machines use this machine's "
-              "IP address instead of 0.0.0.0.")
 
 
 def _cmd_status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

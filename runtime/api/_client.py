@@ -38,7 +38,7 @@ from runtime import _ids, config
 from runtime.api import _stamp
 from runtime.api._gcs_link import Exports, connect_gcs, recheck_cluster, timed_out
 from runtime.api._host import DriverHost, Host
-from runtime.api._objects import ObjectTable
+from runtime.api._objects import ObjectTable, check_sendable, decode
 from runtime.api._outbox import Outbox
 from runtime.exceptions import (
     BlockingCallError,
@@ -47,7 +47,6 @@ from runtime.exceptions import (
     GetTimeoutError,
     InternalError,
     ObjectStoreFullError,
-    TaskError,
 )
 from runtime.gcs.client import GcsClient
 from runtime.object_store.shm import read_object, write_object
@@ -89,6 +88,8 @@ class CoreClient:
         self.client_id = _ids.new_id()
         self.node_id = b""
         self.shm_dir = ""
+        #: On another machine than its node: objects travel inline (``node.sessions.Conn``).
+        self.remote = False
         self.store_capacity = 0
         #: Until the node's Welcome says otherwise.
         self.inline_threshold = self.settings.inline_threshold
@@ -193,6 +194,7 @@ class CoreClient:
             self.host.kind, self.client_id, self.host.worker_id, os.getpid(), self.job_id)
         h.python_version = platform.python_version()
         h.cloudpickle_version = cloudpickle.__version__
+        h.remote = self.remote
         self._call = rpc.Session(self._outbox.batches(hello), metadata=self._md)
         try:
             first = await self._call.read()
@@ -368,6 +370,10 @@ class CoreClient:
                 f"{too_big} is {s.nbytes / 2**20:.1f} MiB, more than the object store of node "
                 f"{_ids.short(self.node_id)} holds ({self.store_capacity / 2**20:.1f} MiB). Start "
                 "the cluster with a larger object_store_memory, or use smaller pieces.")
+        if self.remote:  # the node writes it into its store as it arrives
+            check_sendable(too_big, s.nbytes, self.settings.max_message_bytes)
+            data.inline = s.to_bytes()
+            return
         path = os.path.join(self.shm_dir, oid.hex())
         write_object(path, s)
         data.shm_path = path
@@ -449,16 +455,7 @@ class CoreClient:
                 if again.shm_path:
                     return read_object(again.shm_path)
                 data = again
-        blob = data.inline
-        if codec.is_error(blob):
-            err = codec.deserialize(blob)
-            if isinstance(err, TaskError):
-                raise err.as_instanceof_cause()
-            if isinstance(err, BaseException):
-                raise err
-            raise InternalError(f"object {_ids.short(oid)} holds an error that is not an "
-                                f"exception: {err!r}. This is a cellray bug; please report it.")
-        return codec.deserialize(blob)
+        return decode(oid, data.inline)
 
     # ---- functions and tasks -------------------------------------------------------
 

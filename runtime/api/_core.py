@@ -223,7 +223,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
 def _connect(address: str, token: str, settings: config.Settings) -> CoreClient:
     """Register a job with the GCS at ``address`` and open a session to a local node."""
 
-    async def find(gcs: GcsClient) -> tuple[bytes, str]:
+    async def find(gcs: GcsClient) -> tuple[bytes, gcs_pb2.NodeRow]:
         await gcs.ping()
         nodes = [gcs_pb2.NodeRow.FromString(v) for _, v in await gcs.list_table("nodes")]
         alive = [n for n in nodes if n.alive]
@@ -231,11 +231,12 @@ def _connect(address: str, token: str, settings: config.Settings) -> CoreClient:
             raise NoLiveNodeError(f"The cluster at {address} has no live node. Add one with "
                                   f"`cellray start --address {address}`.", address=address)
         here = socket.gethostname()
-        # The first node started on this machine (a local cluster's node-0), like Ray's head.
-        local = sorted([n for n in alive if n.hostname == here] or alive, key=lambda n: n.start_time)
+        # The first node started on this machine (a local cluster's node-0), like Ray's head:
+        # one whose shared memory this process sees; else the first node of the cluster.
+        node = min(alive, key=lambda n: (not _shares_memory(n), n.hostname != here, n.start_time))
         job = gcs_pb2.JobRow(driver_pid=os.getpid(), driver_host=here, alive=True)
         job_id = await gcs.register_job(job)
-        return job_id, local[0].address
+        return job_id, node
 
     # Everything async runs on the client's IO thread: a notebook's own loop is busy.
     client = CoreClient(node_address="", gcs_address=address, token=token, job_id=b"",
@@ -243,12 +244,21 @@ def _connect(address: str, token: str, settings: config.Settings) -> CoreClient:
     try:
         client.start_loop()
         assert client.gcs is not None
-        client.job_id, client.node_address = client.run(find(client.gcs), settings.rpc_timeout_s)
+        client.job_id, node = client.run(find(client.gcs), settings.rpc_timeout_s)
+        client.node_address, client.remote = node.address, not _shares_memory(node)
+        if client.remote:
+            logger.info("node %s at %s is on another machine: objects travel to and from it over "
+                        "the network", _ids.short(node.node_id), node.address)
         client.run(client.open_session(), settings.rpc_timeout_s)
     except BaseException:
         client.close()
         raise
     return client
+
+
+def _shares_memory(node: gcs_pb2.NodeRow) -> bool:
+    """This process can read ``node``'s object store: it runs on the same machine."""
+    return bool(node.shm_dir) and os.path.isdir(node.shm_dir)
 
 
 def _print_log(lines: Any) -> None:

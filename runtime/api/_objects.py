@@ -14,10 +14,37 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
+from runtime import _ids
 from runtime.api._host import Host
 from runtime.api._outbox import Outbox
+from runtime.exceptions import InternalError, TaskError
 from runtime.protocol import codec, common_pb2, node_pb2
+
+
+def decode(oid: bytes, blob: bytes) -> Any:
+    """The value of object ``oid`` from its bytes; raises the error it holds instead."""
+    if codec.is_error(blob):
+        err = codec.deserialize(blob)
+        if isinstance(err, TaskError):
+            raise err.as_instanceof_cause()
+        if isinstance(err, BaseException):
+            raise err
+        raise InternalError(f"object {_ids.short(oid)} holds an error that is not an "
+                            f"exception: {err!r}. This is a cellray bug; please report it.")
+    return codec.deserialize(blob)
+
+
+def check_sendable(what: str, nbytes: int, max_message_bytes: int) -> None:
+    """A driver on another machine than its node sends an object in one message: refuse
+    one too large for it (``what`` starts the message)."""
+    if nbytes > max_message_bytes - (1 << 20):
+        raise ValueError(
+            f"{what} is {nbytes / 2**20:.1f} MiB: a driver on another machine than its node "
+            f"sends objects in one message, at most max_message_bytes ({max_message_bytes / 2**20:.0f} "
+            "MiB). Make it in a task on the cluster instead, or raise CELLRAY_MAX_MESSAGE_BYTES "
+            "on every process.")
 
 
 class ObjectTable:

@@ -29,8 +29,9 @@ def check_node_row(row: gcs_pb2.NodeRow) -> None:
         raise InvalidRequestError(f"node.address must end in a port 1..65535, got {port[:20]!r}")
     if row.pid < 0:
         raise InvalidRequestError(f"node.pid must be >= 0, got {row.pid}")
-    if len(row.hostname) > _MAX_NAME:
-        raise InvalidRequestError(f"node.hostname is longer than {_MAX_NAME} characters")
+    for name in ("hostname", "shm_dir"):
+        if len(getattr(row, name)) > _MAX_NAME:
+            raise InvalidRequestError(f"node.{name} is longer than {_MAX_NAME} characters")
     for key, value in row.labels.items():
         if not key or len(key) > _MAX_NAME or len(value) > _MAX_NAME:
             raise InvalidRequestError(f"node.labels[{key[:40]!r}]: keys and values must be 1..{_MAX_NAME} "
@@ -48,7 +49,7 @@ def check_load(load: common_pb2.NodeLoad, field: str = "load") -> None:
                 raise InvalidRequestError(f"{field}.{name}[{key!r}] must be a finite amount >= 0, "
                                           f"got {value}")
     for name in ("queue_length", "store_used", "store_capacity", "num_workers", "memory_used",
-                 "memory_total"):
+                 "memory_total", "store_spilled", "store_spilled_total"):
         if getattr(load, name) < 0:
             raise InvalidRequestError(f"{field}.{name} must be >= 0, got {getattr(load, name)}")
 

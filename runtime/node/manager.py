@@ -127,7 +127,7 @@ class NodeManager:
 
     def _node_row(self) -> gcs_pb2.NodeRow:
         return gcs_pb2.NodeRow(node_id=self.node_id, address=self.address, alive=True,
-                               pid=os.getpid(), hostname=socket.gethostname(),
+                               pid=os.getpid(), hostname=socket.gethostname(), shm_dir=str(self.shm_dir),
                                start_time=time.time(), load=self.load())
 
     async def start(self, prestart_workers: int) -> None:
@@ -232,6 +232,8 @@ class NodeManager:
         if kind is None:  # the servicer lets no other Hello through
             raise InvalidRequestError(f"Hello names an unknown kind of client {hello.kind!r}")
         conn.client_id = hello.client_id
+        if hello.remote:  # a driver on another machine (``sessions.Conn``)
+            conn.make_remote(self.store, self.settings.inline_threshold)
         self.sessions.add(conn)
         self.state.connect(conn.client_id, kind, hello.pid, hello.worker_id)
         op = node_pb2.NodeOp()
@@ -371,8 +373,8 @@ class NodeManager:
 
     def load(self) -> common_pb2.NodeLoad:
         load = self.state.load()
-        load.store_used = self.store.used
-        load.store_capacity = self.store.capacity
+        load.store_used, load.store_capacity = self.store.used, self.store.capacity
+        load.store_spilled, load.store_spilled_total = self.store.spilled_bytes, self.store.spilled_total
         vm = psutil.virtual_memory()
         load.memory_used = vm.total - vm.available
         load.memory_total = vm.total

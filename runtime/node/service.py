@@ -130,7 +130,7 @@ class NodeServicer(node_pb2_grpc.NodeManagerServicer):
         welcome = self.m.hello(conn, hello)
         yield node_pb2.NodeBatch(ops=[welcome])
         if len(first.ops) > 1:
-            self.m.handle(conn, node_pb2.ClientBatch(ops=first.ops[1:]))
+            self.m.handle(conn, conn.landed(node_pb2.ClientBatch(ops=first.ops[1:])))
         reader = asyncio.get_running_loop().create_task(self._read(conn, request_iterator))
         try:
             while True:
@@ -153,7 +153,7 @@ class NodeServicer(node_pb2_grpc.NodeManagerServicer):
         try:
             async for batch in requests:
                 try:
-                    self.m.handle(conn, batch)
+                    self.m.handle(conn, conn.landed(batch))
                 except Exception:  # one bad batch must not end the session: log it, read on
                     logger.exception("error handling a batch from client %s", _ids.short(conn.client_id))
         except (asyncio.CancelledError, grpc.aio.AioRpcError):

@@ -14,13 +14,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from runtime import _ids
+from runtime._ids import OBJECT_ID_LEN
 from runtime.exceptions import InvalidRequestError
+from runtime.object_store.shm import read_bytes, write_bytes
 from runtime.protocol import codec, common_pb2, node_pb2
 from runtime.protocol.checks import spec_problem
 from runtime.protocol.states import ClientKind
 
 if TYPE_CHECKING:
     from runtime.node.state import LocalScheduler
+    from runtime.object_store.store import SharedMemoryStore
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +38,16 @@ def client_kind(text: str) -> ClientKind | None:
 
 
 class Conn:
-    """One Session stream: the ops waiting to be written as the next batch."""
+    """One Session stream: the ops waiting to be written as the next batch.
 
-    __slots__ = ("client_id", "closed", "out", "reason", "wake")
+    A driver on another machine (``Hello.remote``) cannot read this node's shared memory,
+    so its objects travel inline: its large puts are written into the store here as they
+    arrive (``landed``), an object it asked for (``get``) goes with its bytes, and any other
+    object (a result it owns) goes as a note that it is ready here, which the driver asks
+    for when it reads the value: nothing crosses the network that is not read.
+    """
+
+    __slots__ = ("_inline_max", "_store", "client_id", "closed", "out", "reason", "wake", "wanted")
 
     def __init__(self) -> None:
         self.client_id = b""
@@ -46,11 +56,76 @@ class Conn:
         self.closed = False
         #: Why the node ended the stream, for the client (it ends with UNAVAILABLE); "": it just ends.
         self.reason = ""
+        #: A remote driver's: the store its objects go into and come from (None: a local client).
+        self._store: SharedMemoryStore | None = None
+        self._inline_max = 0
+        #: Objects a remote driver asked for and has not been sent yet.
+        self.wanted: set[bytes] = set()
+
+    @property
+    def remote(self) -> bool:
+        """The client is on another machine (see the class)."""
+        return self._store is not None
+
+    def make_remote(self, store: SharedMemoryStore, inline_threshold: int) -> None:
+        """The client is a driver on another machine (its Hello said so)."""
+        self._store, self._inline_max = store, inline_threshold
 
     def send(self, op: node_pb2.NodeOp) -> None:
+        if self._store is not None:
+            op = self._carried(op)
         self.out.append(op)
         if len(self.out) == 1:
             self.wake.set()
+
+    def _carried(self, op: node_pb2.NodeOp) -> node_pb2.NodeOp:
+        """``op`` as a remote driver gets it: an object in the store with its bytes when it
+        asked for it, else as a note that it is ready here."""
+        kind = op.WhichOneof("op")
+        if kind == "object_error":
+            self.wanted.discard(op.object_error.object_id)
+        if kind != "object":
+            return op
+        data = op.object
+        if not data.shm_path:
+            if data.inline:
+                self.wanted.discard(data.object_id)
+            return op
+        path, data.shm_path = data.shm_path, ""
+        if data.object_id in self.wanted:
+            try:
+                data.inline = read_bytes(path)
+            except OSError as e:  # spilled or freed since: the driver asks again
+                logger.info("could not send object %s to remote client %s: %s",
+                            _ids.short(data.object_id), _ids.short(self.client_id), e)
+            else:
+                self.wanted.discard(data.object_id)
+        return op
+
+    def landed(self, batch: node_pb2.ClientBatch) -> node_pb2.ClientBatch:
+        """``batch`` from the client, ready for the state: a remote driver's large puts
+        written into the store (as a local client writes them itself), its gets noted."""
+        store = self._store
+        if store is None:
+            return batch
+        for op in batch.ops:
+            kind = op.WhichOneof("op")
+            if kind == "get":
+                self.wanted.update(op.get.object_ids)
+            elif (kind == "put" and len(op.put.inline) > self._inline_max
+                  and len(op.put.object_id) == OBJECT_ID_LEN):
+                data = op.put
+                path = store.path_for(data.object_id)
+                try:
+                    write_bytes(path, data.inline)
+                except FileExistsError:
+                    pass  # sent again: objects are immutable, the first copy stands
+                except OSError as e:  # the store's file system is full: it stays in memory
+                    logger.warning("kept the put of %s from remote client %s in memory: %s",
+                                   _ids.short(data.object_id), _ids.short(self.client_id), e)
+                    continue
+                data.size, data.shm_path, data.inline = len(data.inline), path, b""
+        return batch
 
     def close(self, reason: str = "") -> None:
         """End the stream after the ops already queued are written (with ``reason``: as an error)."""

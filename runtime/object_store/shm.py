@@ -22,7 +22,7 @@ from runtime.protocol.codec import Serialized, deserialize
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["read_object", "write_object"]
+__all__ = ["read_bytes", "read_object", "write_bytes", "write_object"]
 
 #: Files up to this size are read with one read() into bytes instead of mapped: a
 #: mapping costs a few page-table operations and an munmap, which for small objects is
@@ -51,18 +51,40 @@ def write_object(path: str, s: Serialized) -> None:
     ObjectStoreFullError
         The shared-memory file system is full; the partial file is removed.
     """
+    _write_file(path, s.parts(), s.nbytes)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """``write_object`` for a value that arrived serialized, as one ``bytes`` (the put of
+    a driver on another machine, which cannot write here itself). Raises as it does."""
+    _write_file(path, [data], len(data))
+
+
+def read_bytes(path: str) -> bytes:
+    """The whole object file at ``path``, to send to a reader on another machine.
+
+    Raises ``ObjectFileMissingError`` (a ``FileNotFoundError``) as ``read_object`` does."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ObjectFileMissingError(f"object file {path} does not exist: the object was freed or "
+                                     "spilled after it was located; locate it again", path=path) from None
+
+
+def _write_file(path: str, parts: list[bytes | memoryview], total: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        _write_all(fd, s.parts(), s.nbytes)
+        _write_all(fd, parts, total)
     except BaseException as exc:
         os.close(fd)
         _unlink_quietly(path)
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             raise ObjectStoreFullError(
-                f"No room in {os.path.dirname(path)} for a {s.nbytes}-byte object "
+                f"No room in {os.path.dirname(path)} for a {total}-byte object "
                 f"({_free_bytes(path)} bytes free on that file system). Enlarge /dev/shm "
                 f"(docker: --shm-size) or lower `object_store_memory` so spilling starts "
-                f"earlier.", path=path, size=s.nbytes) from exc
+                f"earlier.", path=path, size=total) from exc
         raise
     os.close(fd)
 

@@ -402,6 +402,11 @@ class SharedMemoryStore:
         """Bytes of objects currently in the spill directory."""
         return self._spilled_bytes
 
+    @property
+    def spilled_total(self) -> int:
+        """Bytes spilled to disk since the store was made."""
+        return int(self._counters["bytes_spilled_total"])
+
     def stats(self) -> dict[str, Any]:
         """A snapshot of sizes and counters, for heartbeats and dashboards."""
         with self._lock:

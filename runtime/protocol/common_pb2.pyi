@@ -160,7 +160,7 @@ class TaskEvent(_message.Message):
     def __init__(self, task_id: _Optional[bytes] = ..., name: _Optional[str] = ..., job_id: _Optional[bytes] = ..., state: _Optional[str] = ..., node_id: _Optional[bytes] = ..., worker_pid: _Optional[int] = ..., time: _Optional[float] = ..., detail: _Optional[str] = ..., target_node_id: _Optional[bytes] = ..., scheduler: _Optional[str] = ..., attempt: _Optional[int] = ..., actor_id: _Optional[bytes] = ...) -> None: ...
 
 class NodeLoad(_message.Message):
-    __slots__ = ("total", "available", "queue_length", "store_used", "store_capacity", "num_workers", "cpu_percent", "memory_used", "memory_total", "gpus", "tasks_local", "tasks_spilled", "tasks_received")
+    __slots__ = ("total", "available", "queue_length", "store_used", "store_capacity", "num_workers", "cpu_percent", "memory_used", "memory_total", "gpus", "tasks_local", "tasks_spilled", "tasks_received", "store_spilled", "store_spilled_total")
     class TotalEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -188,6 +188,8 @@ class NodeLoad(_message.Message):
     TASKS_LOCAL_FIELD_NUMBER: _ClassVar[int]
     TASKS_SPILLED_FIELD_NUMBER: _ClassVar[int]
     TASKS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    STORE_SPILLED_FIELD_NUMBER: _ClassVar[int]
+    STORE_SPILLED_TOTAL_FIELD_NUMBER: _ClassVar[int]
     total: _containers.ScalarMap[str, float]
     available: _containers.ScalarMap[str, float]
     queue_length: int
@@ -201,7 +203,9 @@ class NodeLoad(_message.Message):
     tasks_local: int
     tasks_spilled: int
     tasks_received: int
-    def __init__(self, total: _Optional[_Mapping[str, float]] = ..., available: _Optional[_Mapping[str, float]] = ..., queue_length: _Optional[int] = ..., store_used: _Optional[int] = ..., store_capacity: _Optional[int] = ..., num_workers: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., memory_used: _Optional[int] = ..., memory_total: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., tasks_local: _Optional[int] = ..., tasks_spilled: _Optional[int] = ..., tasks_received: _Optional[int] = ...) -> None: ...
+    store_spilled: int
+    store_spilled_total: int
+    def __init__(self, total: _Optional[_Mapping[str, float]] = ..., available: _Optional[_Mapping[str, float]] = ..., queue_length: _Optional[int] = ..., store_used: _Optional[int] = ..., store_capacity: _Optional[int] = ..., num_workers: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., memory_used: _Optional[int] = ..., memory_total: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., tasks_local: _Optional[int] = ..., tasks_spilled: _Optional[int] = ..., tasks_received: _Optional[int] = ..., store_spilled: _Optional[int] = ..., store_spilled_total: _Optional[int] = ...) -> None: ...
 
 class GpuInfo(_message.Message):
     __slots__ = ("index", "name", "memory_total", "memory_used", "utilization")

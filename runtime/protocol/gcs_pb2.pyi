@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class NodeRow(_message.Message):
-    __slots__ = ("node_id", "address", "alive", "pid", "hostname", "load", "start_time", "last_heartbeat", "death_cause", "labels", "death_time")
+    __slots__ = ("node_id", "address", "alive", "pid", "hostname", "load", "start_time", "last_heartbeat", "death_cause", "labels", "death_time", "shm_dir")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class NodeRow(_message.Message):
     DEATH_CAUSE_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     DEATH_TIME_FIELD_NUMBER: _ClassVar[int]
+    SHM_DIR_FIELD_NUMBER: _ClassVar[int]
     node_id: bytes
     address: str
     alive: bool
@@ -39,7 +40,8 @@ class NodeRow(_message.Message):
     death_cause: str
     labels: _containers.ScalarMap[str, str]
     death_time: float
-    def __init__(self, node_id: _Optional[bytes] = ..., address: _Optional[str] = ..., alive: _Optional[bool] = ..., pid: _Optional[int] = ..., hostname: _Optional[str] = ..., load: _Optional[_Union[_common_pb2.NodeLoad, _Mapping]] = ..., start_time: _Optional[float] = ..., last_heartbeat: _Optional[float] = ..., death_cause: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., death_time: _Optional[float] = ...) -> None: ...
+    shm_dir: str
+    def __init__(self, node_id: _Optional[bytes] = ..., address: _Optional[str] = ..., alive: _Optional[bool] = ..., pid: _Optional[int] = ..., hostname: _Optional[str] = ..., load: _Optional[_Union[_common_pb2.NodeLoad, _Mapping]] = ..., start_time: _Optional[float] = ..., last_heartbeat: _Optional[float] = ..., death_cause: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., death_time: _Optional[float] = ..., shm_dir: _Optional[str] = ...) -> None: ...
 
 class JobRow(_message.Message):
     __slots__ = ("job_id", "driver_pid", "driver_host", "start_time", "end_time", "alive", "entrypoint")

@@ -63,7 +63,7 @@ class NodeOp(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., object: _Optional[_Union[_common_pb2.ObjectData, _Mapping]] = ..., execute: _Optional[_Union[ExecuteTask, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ..., log: _Optional[_Union[LogLines, _Mapping]] = ..., event: _Optional[_Union[_common_pb2.TaskEvent, _Mapping]] = ..., object_error: _Optional[_Union[ObjectError, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("kind", "client_id", "worker_id", "pid", "job_id", "python_version", "cloudpickle_version")
+    __slots__ = ("kind", "client_id", "worker_id", "pid", "job_id", "python_version", "cloudpickle_version", "remote")
     KIND_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,7 @@ class Hello(_message.Message):
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PYTHON_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLOUDPICKLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_FIELD_NUMBER: _ClassVar[int]
     kind: str
     client_id: bytes
     worker_id: bytes
@@ -78,7 +79,8 @@ class Hello(_message.Message):
     job_id: bytes
     python_version: str
     cloudpickle_version: str
-    def __init__(self, kind: _Optional[str] = ..., client_id: _Optional[bytes] = ..., worker_id: _Optional[bytes] = ..., pid: _Optional[int] = ..., job_id: _Optional[bytes] = ..., python_version: _Optional[str] = ..., cloudpickle_version: _Optional[str] = ...) -> None: ...
+    remote: bool
+    def __init__(self, kind: _Optional[str] = ..., client_id: _Optional[bytes] = ..., worker_id: _Optional[bytes] = ..., pid: _Optional[int] = ..., job_id: _Optional[bytes] = ..., python_version: _Optional[str] = ..., cloudpickle_version: _Optional[str] = ..., remote: _Optional[bool] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("node_id", "shm_dir", "store_capacity", "inline_threshold", "session_dir", "gcs_address")

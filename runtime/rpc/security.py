@@ -28,10 +28,13 @@ import functools
 import ipaddress
 import logging
 import os
+import socket
 import sys
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
+
+import psutil
 
 from runtime import config
 from runtime.exceptions import ClusterError, ConfigError
@@ -134,6 +137,32 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+#: Bind addresses meaning "every interface".
+_WILDCARDS = ("0.0.0.0", "::", "[::]")
+
+
+def advertised_host(host: str, toward: str = "") -> str:
+    """The host others reach a server bound to ``host`` at: ``host`` itself, or for a
+    wildcard (``0.0.0.0``) this machine's address on the way to ``toward`` (``host:port``,
+    the GCS), else its first address that is not loopback (a wildcard must never be
+    advertised: a peer would connect to itself)."""
+    if host not in _WILDCARDS:
+        return host
+    target = toward.rpartition(":")[0].strip("[]")
+    if target and target not in _WILDCARDS and not is_loopback(target):
+        try:  # a UDP "connect" sends nothing: it only picks the route, and so our address
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                probe.connect((target, 9))
+                return str(probe.getsockname()[0])
+        except OSError:
+            pass
+    for addresses in psutil.net_if_addrs().values():
+        for a in addresses:
+            if a.family == socket.AF_INET and not is_loopback(a.address):
+                return str(a.address)
+    return "127.0.0.1"
 
 
 HOW_TO_TLS = ("start the cluster with TLS (`cellray start --head --tls`, LocalCluster(tls=True)) and "

@@ -80,6 +80,8 @@ class NodeState:
         Tasks ready to run that wait for resources or a worker.
     store_used, store_capacity : int
         Bytes of the node's shared-memory object store in use, and its size.
+    store_spilled, store_spilled_total : int
+        Bytes of the node's objects spilled to disk now, and spilled so far.
     num_workers : int
         Worker processes on the node.
     cpu_percent : float
@@ -125,6 +127,8 @@ class NodeState:
     tasks_local: int = 0
     tasks_spilled: int = 0
     tasks_received: int = 0
+    store_spilled: int = 0
+    store_spilled_total: int = 0
 
     @classmethod
     def from_row(cls, row: gcs_pb2.NodeRow) -> NodeState:
@@ -134,6 +138,7 @@ class NodeState:
                    alive=row.alive, resources_total=dict(load.total),
                    resources_available=dict(load.available), queue_length=load.queue_length,
                    store_used=load.store_used, store_capacity=load.store_capacity,
+                   store_spilled=load.store_spilled, store_spilled_total=load.store_spilled_total,
                    num_workers=load.num_workers, cpu_percent=load.cpu_percent,
                    memory_used=load.memory_used, memory_total=load.memory_total,
                    gpus=tuple(GpuState.from_proto(g) for g in load.gpus),

@@ -177,3 +177,12 @@ def test_cluster_attach_takes_the_bundle_and_start_does_not() -> None:
         magics._check_cluster_args("start", arguments.parse(cluster, "start --bundle x"))
     assert arguments.in_attach_terms("use rt.init(address=..., bundle=FILE)", "h:1") == (
         "use %cluster attach h:1 --bundle FILE")
+
+
+def test_a_wildcard_bind_is_advertised_as_an_address_peers_can_reach() -> None:
+    assert security.advertised_host("10.1.2.3") == "10.1.2.3"
+    assert security.advertised_host("127.0.0.1", "10.9.9.9:6380") == "127.0.0.1"
+    for toward in ("", "127.0.0.1:6380", "0.0.0.0:6380"):
+        got = security.advertised_host("0.0.0.0", toward)
+        ipaddress.IPv4Address(got)  # an address, never the wildcard itself
+        assert got != "0.0.0.0"
