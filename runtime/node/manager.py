@@ -431,6 +431,7 @@ class NodeManager:
             await asyncio.sleep(interval)
             try:
                 self.apply(lambda s: s.reap_idle())
+                self.reporter.store_moves(self.store.take_moves())
                 known = await self.gcs.heartbeat(self.node_id, self.load())
                 await self.peers.refresh_schedulers()
                 if not known or self.gcs.link.connections != self._told:

@@ -94,6 +94,13 @@ class GcsReporter:
             object_id=action.object_id, node_id=self._node_id, size=action.size,
             removed=action.removed))
 
+    def store_moves(self, moves: dict[bytes, tuple[int, bool]]) -> None:
+        """Objects the store moved to disk or back (``SharedMemoryStore.take_moves``): their
+        rows say so (``spilled``)."""
+        for oid, (size, spilled) in moves.items():
+            self._objects.append(gcs_pb2.ObjectLocationUpdate(
+                object_id=oid, node_id=self._node_id, size=size, spilled=spilled))
+
     def put_actor(self, action: PutActor) -> None:
         row = action.row
         row.node_address = self._node_address

@@ -95,6 +95,8 @@ class SharedMemoryStore:
         self._used = 0  # bytes in shared memory
         self._pinned_bytes = 0  # bytes in shared memory held by pinned objects
         self._spilled_bytes = 0  # bytes in the spill directory
+        #: Objects spilled (True) or restored (False) since ``take_moves`` last ran.
+        self._moves: dict[bytes, bool] = {}
         self._counters = {"spills": 0, "restores": 0, "bytes_spilled_total": 0,
                           "bytes_restored_total": 0}
         self._closed = False
@@ -253,6 +255,7 @@ class SharedMemoryStore:
         self._spilled_bytes += entry.size
         self._counters["spills"] += 1
         self._counters["bytes_spilled_total"] += entry.size
+        self._moves[object_id] = True
         logger.debug("spilled object %s (%d bytes) to %s", object_id.hex(), entry.size,
                      self._spill_dir)
 
@@ -301,6 +304,7 @@ class SharedMemoryStore:
         else:
             self._lru[object_id] = None
         self._counters["restores"] += 1
+        self._moves[object_id] = False
         self._counters["bytes_restored_total"] += entry.size
         logger.debug("restored object %s (%d bytes) from disk", object_id.hex(), entry.size)
         return path
@@ -401,6 +405,14 @@ class SharedMemoryStore:
     def spilled_bytes(self) -> int:
         """Bytes of objects currently in the spill directory."""
         return self._spilled_bytes
+
+    def take_moves(self) -> dict[bytes, tuple[int, bool]]:
+        """The objects spilled to disk (True) or restored (False) since the last call, with
+        their sizes (those freed meanwhile left out), for the GCS's objects table."""
+        with self._lock:
+            moves, self._moves = self._moves, {}
+            return {oid: (self._objects[oid].size, spilled) for oid, spilled in moves.items()
+                    if oid in self._objects}
 
     @property
     def spilled_total(self) -> int:

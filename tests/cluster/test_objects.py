@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import runtime as rt
+from runtime import state
 from runtime.exceptions import ObjectStoreFullError
 from runtime.testing.wait import wait_for
 
@@ -142,6 +143,11 @@ def test_objects_spill_to_disk_and_come_back_intact(cluster: rt.ClusterInfo) -> 
     refs = [rt.put(np.full(n, i, dtype=np.uint8)) for i in range(6)]  # 300 MB in a 200 MB store
     wait_for(lambda: _spilled_files(cluster), what="objects spilled to the session directory")
     assert _store_used() <= STORE
+    # The GCS's objects table says which ones are on disk (the node reports it with its heartbeat).
+    ids = {r.hex() for r in refs}
+    on_disk = wait_for(lambda: {o.object_id for o in state.list_objects() if o.spilled} & ids,
+                       what="state.list_objects() to show the spilled objects as spilled")
+    assert {p.name for p in _spilled_files(cluster)} >= on_disk
     for i in range(len(refs)):
         arr = rt.get(refs[i])
         assert arr.shape == (n,) and arr[0] == i and arr[-1] == i and int(arr[:: 4096].sum()) == i * (n // 4096)

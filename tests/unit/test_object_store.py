@@ -427,3 +427,23 @@ def test_a_full_disk_keeps_what_it_could_not_spill(
     assert sorted(os.listdir(spill)) == [oid(0).hex()], "a partial copy was left behind"
     assert not store.contains(oid(3))
     _assert_kept(store, range(3))  # 0 from disk (restored), 1 and 2 from shared memory
+
+
+def test_moves_to_disk_and_back_are_reported_once(tmp_path: pathlib.Path) -> None:
+    base = pathlib.Path("/dev/shm" if os.path.isdir("/dev/shm") else tmp_path)
+    shm_dir = base / f"cellray-moves-{os.getpid()}"
+    store = SharedMemoryStore(shm_dir, tmp_path / "spill", 3 * MB)
+    try:
+        a, b = b"a" * 20, b"b" * 20
+        for oid in (a, b):
+            store.put(oid, serialize(np.zeros(2 * MB, dtype=np.uint8)))  # b pushes a to disk
+        moves = store.take_moves()
+        assert moves == {a: (store.size_of(a), True)}
+        assert store.take_moves() == {}  # reported once
+        store.locate(a)  # back into memory, b out
+        assert store.take_moves() == {a: (store.size_of(a), False), b: (store.size_of(b), True)}
+        store.locate(a)
+        store.free(b)
+        assert store.take_moves() == {}
+    finally:
+        store.close()
