@@ -230,7 +230,7 @@ async def started_node(tmp_path: Path, cpus: float = 2.0) -> AsyncIterator[Node]
 
 def spec(task_id: bytes, *, max_retries: int = 0, cpus: float = 1.0) -> node_pb2.ClientOp:
     return node_pb2.ClientOp(submit=common_pb2.TaskSpec(
-        task_id=task_id, job_id=b"\x00\x00\x00\x01", name="f", num_returns=1,
+        task_id=task_id, job_id=b"\x00\x00\x00\x01", name="f", num_returns=1, function_id=b"fn" * 10,
         resources={"CPU": cpus}, max_retries=max_retries))
 
 
@@ -425,7 +425,7 @@ def test_a_node_the_gcs_declared_dead_is_fenced_refuses_work_and_tells_its_drive
             try:
                 stub = NodeManagerStub(channel)
                 reply = await stub.ForwardTask(node_pb2.ForwardTaskRequest(
-                    spec=common_pb2.TaskSpec(task_id=_ids.new_id()), home_address="127.0.0.1:1",
+                    spec=common_pb2.TaskSpec(task_id=_ids.new_id(), function_id=b"fn" * 10), home_address="127.0.0.1:1",
                     home_node_id=_ids.new_id()), metadata=MD)
                 assert not reply.accepted and "was declared dead and takes no work" in reply.why_not
                 actor = _ids.new_id()
@@ -530,7 +530,8 @@ def test_the_servicer_needs_only_the_named_calls_of_the_node() -> None:
             stub = NodeManagerStub(channel)
             task_id = _ids.new_id()
             await stub.ForwardTask(node_pb2.ForwardTaskRequest(
-                spec=common_pb2.TaskSpec(task_id=task_id), home_address="127.0.0.1:1"), metadata=MD)
+                spec=common_pb2.TaskSpec(task_id=task_id, function_id=b"fn" * 10), home_address="127.0.0.1:1"),
+                metadata=MD)
             await stub.ReportResults(node_pb2.ReportResultsRequest(task_id=task_id), metadata=MD)
             await stub.FreeObjects(node_pb2.FreeObjectsRequest(object_ids=[b"o1", b"o2"], node_id=b"n" * 16),
                                    metadata=MD)
