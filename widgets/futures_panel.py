@@ -10,14 +10,15 @@ from widgets.views import COUNT_KEYS, FuturesView
 
 
 class FuturesPanel(w.VBox):
-    """Counters (one HTML widget each, class ``cellray-count-<key>``) and two tables."""
+    """Counters (one HTML widget each, class ``cellray-count-<key>``, spaces as dashes:
+    ``cellray-count-sent-ahead``) and two tables."""
 
     def __init__(self) -> None:
         self.title = w.HTML("<h4>Futures</h4>")
         self.tiles = {k: w.HTML(count_tile(0, k)) for k in COUNT_KEYS}
         for k, tile in self.tiles.items():
             tile.add_class("cellray-count")
-            tile.add_class(f"cellray-count-{k}")
+            tile.add_class(f"cellray-count-{k.replace(' ', '-')}")  # a class name has no spaces
         self.tile_box = w.HBox(list(self.tiles.values()))
         self.waiting_title = w.HTML("<b>Waiting</b> <span class='cellray-muted'>(infeasible first, "
                                     "then the longest waiting)</span>")
