@@ -115,6 +115,10 @@ class Settings:
     store_shm_fraction: float = 0.8
     #: Objects up to this many bytes are read with read() rather than mapped.
     shm_read_limit_bytes: int = 128 * 1024
+    #: Bytes of /dev/shm, besides its store, a node keeps allocated as blank segments that
+    #: large puts and results are written into (``runtime/object_store/pool.py``), once it
+    #: has seen a large object; 0: none.
+    store_pool_bytes: int = 256 * 1024 * 1024
 
     # ---- RPC ----
     #: Deadline of one control RPC (GCS calls, reports between nodes), in seconds.
@@ -228,7 +232,7 @@ _MINIMA: dict[str, int] = {
     "pull_chunk_bytes": 1024, "shm_read_limit_bytes": 0, "report_retries": 1,
     "max_reports_in_flight": 1, "max_spills_in_flight": 1,
     "max_message_bytes": 1024 * 1024, "function_cache_size": 1, "subscriber_queue_size": 1,
-    "cancelled_early_max": 1, "memory_monitor_ms": 0, "task_oom_retries": -1,
+    "cancelled_early_max": 1, "memory_monitor_ms": 0, "task_oom_retries": -1, "store_pool_bytes": 0,
 }
 
 #: Fields that are switches: 0 (off) or 1 (on).

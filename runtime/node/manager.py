@@ -96,7 +96,7 @@ class NodeManager:
         self.session_dir = session_dir
         self.shm_dir = Path("/dev/shm") / f"cellray-{session_dir.name[-12:]}-{node_id.hex()[:8]}"
         self.store = SharedMemoryStore(self.shm_dir, session_dir / "spill" / node_id.hex()[:8],
-                                       store_capacity)
+                                       store_capacity, min(settings.store_pool_bytes, store_capacity))
         self.state = LocalScheduler(node_id, resources, self.store, _encode_error, settings=settings)
         self.gcs = GcsClient.from_settings(gcs_address, token, settings, wait_for_first_contact=True,
                                            on_new_cluster=self.cluster_restarted)

@@ -18,6 +18,7 @@ import os
 
 from runtime.config import Settings
 from runtime.exceptions import ObjectCorruptError, ObjectFileMissingError, ObjectStoreFullError
+from runtime.object_store.pool import POOL_MIN, claim
 from runtime.protocol.codec import Serialized, deserialize
 
 logger = logging.getLogger(__name__)
@@ -73,9 +74,15 @@ def read_bytes(path: str) -> bytes:
 
 
 def _write_file(path: str, parts: list[bytes | memoryview], total: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    # A blank segment of the node's pool when one fits (pages allocated already), else a new file.
+    fd = claim(path, total) if total >= POOL_MIN else None
+    blank = fd is not None
+    if fd is None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         _write_all(fd, parts, total)
+        if blank:
+            os.ftruncate(fd, total)  # the blank's tail goes back to the system
     except BaseException as exc:
         os.close(fd)
         _unlink_quietly(path)

@@ -38,6 +38,7 @@ from runtime.exceptions import (
     ObjectStoreClosedError,
     ObjectStoreFullError,
 )
+from runtime.object_store.pool import POOL_MIN, SegmentPool
 from runtime.object_store.shm import write_object
 from runtime.protocol.codec import Serialized
 
@@ -76,7 +77,8 @@ class SharedMemoryStore:
         value = read_object(store.locate(oid))                  # any process on the node
     """
 
-    def __init__(self, shm_dir: pathlib.Path, spill_dir: pathlib.Path, capacity: int) -> None:
+    def __init__(self, shm_dir: pathlib.Path, spill_dir: pathlib.Path, capacity: int,
+                 pool_bytes: int = 0) -> None:
         if capacity <= 0:
             raise ValueError(f"object store capacity must be positive, got {capacity}")
         self._shm_dir = pathlib.Path(shm_dir)
@@ -100,6 +102,9 @@ class SharedMemoryStore:
         self._counters = {"spills": 0, "restores": 0, "bytes_spilled_total": 0,
                           "bytes_restored_total": 0}
         self._closed = False
+        #: Blank segments large puts are written into (``pool.py``); None without a budget.
+        self._pool = (SegmentPool(self._shm_dir, pool_bytes, lambda: self._capacity - self._used)
+                      if pool_bytes > 0 else None)
 
     def _make_dir(self, path: pathlib.Path) -> None:
         if not path.is_dir():
@@ -189,6 +194,8 @@ class SharedMemoryStore:
         self._objects[object_id] = _Entry(size)
         self._lru[object_id] = None
         self._used += size
+        if self._pool is not None and size >= POOL_MIN:
+            self._pool.wake()  # its producer may have taken a blank: make another
 
     def _make_room(self, object_id: bytes, size: int, path: str | None) -> None:
         """Spill until ``size`` more bytes fit; on failure remove ``path`` and raise."""
@@ -434,6 +441,8 @@ class SharedMemoryStore:
 
     def close(self) -> None:
         """Remove every object file and the directories this store created. Idempotent."""
+        if self._pool is not None:
+            self._pool.close()
         with self._lock:
             if self._closed:
                 return
