@@ -18,6 +18,7 @@ import os
 
 from runtime.config import Settings
 from runtime.exceptions import ObjectCorruptError, ObjectFileMissingError, ObjectStoreFullError
+from runtime.object_store._files import free_bytes, unlink_quietly
 from runtime.object_store.pool import POOL_MIN, claim
 from runtime.protocol.codec import Serialized, deserialize
 
@@ -85,11 +86,11 @@ def _write_file(path: str, parts: list[bytes | memoryview], total: int) -> None:
             os.ftruncate(fd, total)  # the blank's tail goes back to the system
     except BaseException as exc:
         os.close(fd)
-        _unlink_quietly(path)
+        unlink_quietly(path)
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             raise ObjectStoreFullError(
                 f"No room in {os.path.dirname(path)} for a {total}-byte object "
-                f"({_free_bytes(path)} bytes free on that file system). Enlarge /dev/shm "
+                f"({free_bytes(path)} bytes free on that file system). Enlarge /dev/shm "
                 f"(docker: --shm-size) or lower `object_store_memory` so spilling starts "
                 f"earlier.", path=path, size=total) from exc
         raise
@@ -156,17 +157,3 @@ def read_object(path: str, read_limit: int = _READ_LIMIT) -> object:
         os.close(fd)
     return deserialize(data)
 
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _free_bytes(path: str) -> int:
-    try:
-        st = os.statvfs(os.path.dirname(path) or ".")
-    except OSError:
-        return -1
-    return st.f_bavail * st.f_frsize

@@ -38,6 +38,7 @@ from runtime.exceptions import (
     ObjectStoreClosedError,
     ObjectStoreFullError,
 )
+from runtime.object_store._files import copy_into_place, fmt_bytes, free_bytes, unlink_quietly
 from runtime.object_store.pool import POOL_MIN, SegmentPool
 from runtime.object_store.shm import write_object
 from runtime.protocol.codec import Serialized
@@ -158,7 +159,7 @@ class SharedMemoryStore:
                     f"with write_object(store.path_for(object_id), ...) first",
                     object_id=object_id.hex(), path=path) from None
             if actual != size:
-                _unlink(path)
+                unlink_quietly(path)
                 raise ObjectCorruptError(
                     f"cannot seal object {object_id.hex()}: the producer announced {size} bytes "
                     f"but {path} holds {actual} (it died while writing?); the file was removed. "
@@ -201,18 +202,18 @@ class SharedMemoryStore:
         """Spill until ``size`` more bytes fit; on failure remove ``path`` and raise."""
         if size > self._capacity:
             if path is not None:
-                _unlink(path)
+                unlink_quietly(path)
             raise ObjectStoreFullError(
-                f"Object {object_id.hex()[:12]} is {_fmt(size)}, larger than this node's whole "
-                f"object store ({_fmt(self._capacity)}). Raise `object_store_memory` in "
+                f"Object {object_id.hex()[:12]} is {fmt_bytes(size)}, larger than this node's whole "
+                f"object store ({fmt_bytes(self._capacity)}). Raise `object_store_memory` in "
                 f"`runtime.init()`, or pass the data in smaller pieces.",
                 object_id=object_id.hex(), size=size, capacity=self._capacity)
         if self._pinned_bytes + size > self._capacity:
             if path is not None:
-                _unlink(path)
+                unlink_quietly(path)
             raise ObjectStoreFullError(
-                f"Object {object_id.hex()[:12]} ({_fmt(size)}) does not fit in this node's "
-                f"object store: {_fmt(self._pinned_bytes)} of its {_fmt(self._capacity)} are "
+                f"Object {object_id.hex()[:12]} ({fmt_bytes(size)}) does not fit in this node's "
+                f"object store: {fmt_bytes(self._pinned_bytes)} of its {fmt_bytes(self._capacity)} are "
                 f"pinned by objects in use, which are never spilled. Let go of objects you no "
                 f"longer need (or wait for running tasks to finish), raise "
                 f"`object_store_memory` in `runtime.init()`, or pass smaller pieces.",
@@ -224,18 +225,18 @@ class SharedMemoryStore:
         except OSError as exc:
             # Only the newcomer is refused: what failed to spill stays in shared memory.
             if path is not None:
-                _unlink(path)
+                unlink_quietly(path)
             logger.warning("refused object %s (%d bytes): spilling to %s failed: %s",
                            object_id.hex(), size, self._spill_dir, exc)
             raise self._spill_error(object_id, size, exc) from exc
 
     def _spill_error(self, object_id: bytes, size: int, exc: OSError) -> ObjectSpillError:
         spill_dir = str(self._spill_dir)
-        free = _free_bytes(spill_dir) if exc.errno == errno.ENOSPC else -1
-        on_disk = f" ({_fmt(free)} free there)" if free >= 0 else ""
+        free = free_bytes(spill_dir) if exc.errno == errno.ENOSPC else -1
+        on_disk = f" ({fmt_bytes(free)} free there)" if free >= 0 else ""
         return ObjectSpillError(
-            f"Cannot store object {object_id.hex()[:12]} ({_fmt(size)}): this node's object "
-            f"store holds {_fmt(self._used)} of its {_fmt(self._capacity)} and spilling older "
+            f"Cannot store object {object_id.hex()[:12]} ({fmt_bytes(size)}): this node's object "
+            f"store holds {fmt_bytes(self._used)} of its {fmt_bytes(self._capacity)} and spilling older "
             f"objects to {spill_dir} failed{on_disk}: {exc}. Objects stored before are kept. "
             f"Make that directory writable or free space on its disk, raise "
             f"`object_store_memory` in `runtime.init()`, or drop refs to objects you no "
@@ -252,11 +253,11 @@ class SharedMemoryStore:
         """
         self._make_dir(self._spill_dir)  # a stat, each time: it may have been removed
         object_id = next(iter(self._lru))
-        _copy(self.path_for(object_id), self._spill_path(object_id))
+        copy_into_place(self.path_for(object_id), self._spill_path(object_id))
         # Only a complete copy on disk lets the shared-memory one go.
         del self._lru[object_id]
         entry = self._objects[object_id]
-        _unlink(self.path_for(object_id))
+        unlink_quietly(self.path_for(object_id))
         entry.in_shm = False
         self._used -= entry.size
         self._spilled_bytes += entry.size
@@ -297,12 +298,12 @@ class SharedMemoryStore:
         try:
             while self._used + entry.size > self._capacity:
                 self._spill_lru()
-            _copy(spill_path, path)
+            copy_into_place(spill_path, path)
         except OSError:
             logger.warning("could not restore object %s from %s; serving it from disk",
                            object_id.hex(), spill_path, exc_info=True)
             return spill_path
-        _unlink(spill_path)
+        unlink_quietly(spill_path)
         entry.in_shm = True
         self._used += entry.size
         self._spilled_bytes -= entry.size
@@ -367,7 +368,7 @@ class SharedMemoryStore:
         with self._lock:
             entry = self._objects.pop(object_id, None)
             if entry is None:
-                _unlink(self.path_for(object_id))
+                unlink_quietly(self.path_for(object_id))
                 return
             if entry.in_shm:
                 self._used -= entry.size
@@ -375,10 +376,10 @@ class SharedMemoryStore:
                     self._pinned_bytes -= entry.size
                 else:
                     del self._lru[object_id]
-                _unlink(self.path_for(object_id))
+                unlink_quietly(self.path_for(object_id))
             else:
                 self._spilled_bytes -= entry.size
-                _unlink(self._spill_path(object_id))
+                unlink_quietly(self._spill_path(object_id))
 
     # -- queries -------------------------------------------------------------------------
 
@@ -448,7 +449,7 @@ class SharedMemoryStore:
                 return
             self._closed = True
             for object_id, entry in self._objects.items():
-                _unlink(self.path_for(object_id) if entry.in_shm
+                unlink_quietly(self.path_for(object_id) if entry.in_shm
                         else self._spill_path(object_id))
             self._objects.clear()
             self._lru.clear()
@@ -470,48 +471,6 @@ class SharedMemoryStore:
 
     def __repr__(self) -> str:
         return (f"<SharedMemoryStore {self._shm_dir} {len(self._objects)} objects, "
-                f"{_fmt(self._used)} of {_fmt(self._capacity)} used, "
-                f"{_fmt(self._spilled_bytes)} spilled>")
+                f"{fmt_bytes(self._used)} of {fmt_bytes(self._capacity)} used, "
+                f"{fmt_bytes(self._spilled_bytes)} spilled>")
 
-
-def _copy(src: str, dst: str) -> None:
-    """Copy a file, publishing it under ``dst`` only when complete.
-
-    The copy goes to a temporary name and is renamed into place: a reader never sees a
-    partial file, and an existing file at ``dst`` that someone has mapped is replaced,
-    never truncated under them (which would make their reads fault).
-    """
-    tmp = f"{dst}.{os.getpid()}.tmp"
-    try:
-        shutil.copyfile(src, tmp)  # sendfile(2) on Linux: no trip through user space
-        os.replace(tmp, dst)
-    except BaseException:
-        _unlink(tmp)
-        raise
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _free_bytes(path: str) -> int:
-    """Bytes free to us on the file system of ``path``; -1 when unknown."""
-    try:
-        st = os.statvfs(path)
-    except OSError:
-        return -1
-    return st.f_bavail * st.f_frsize
-
-
-def _fmt(n: int) -> str:
-    """``n`` bytes for people, e.g. ``'1.5 GiB (1610612736 bytes)'``."""
-    value = float(n)
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            text = f"{n} bytes" if unit == "bytes" else f"{value:.1f} {unit} ({n} bytes)"
-            return text
-        value /= 1024
-    return f"{n} bytes"
