@@ -8,6 +8,11 @@ looks up the parent header of the origin's cell and writes the lines to the kern
 stdout/stderr *with that parent*, so the frontend files them under that cell, even after
 the cell finished and while another cell runs.
 
+Warnings the cluster sends about a task (``Warning: Task train() needs {GPU: 4} ...``) take
+the same way (``runtime.state.set_warning_handler``): they come tagged with the origin of
+the task they are about, and are written to stderr under the cell that submitted it, not
+under the cell that started the cluster (whose thread the connection's IO thread is).
+
 In ipykernel (>= 7) the streams and the display publisher take a per-thread parent
 (``set_thread_parent``); older ipykernels get the message sent directly on iopub. In a
 plain IPython terminal there is nowhere else to put the lines: they are printed.
@@ -69,6 +74,7 @@ class OutputRouter:
         if connection is None or connection == self._connection:
             return
         state.add_output_handler(self.on_output)
+        state.set_warning_handler(self.on_warning)
         state.set_origin_provider(self.current_origin)
         self._connection = connection
 
@@ -76,6 +82,7 @@ class OutputRouter:
         """Stop routing (the connection may already be gone: nothing to undo then)."""
         if self._connection is not None and connection_id() == self._connection:
             state.remove_output_handler(self.on_output)
+            state.set_warning_handler(None)
             state.set_origin_provider(None)
         self._connection = None
 
@@ -132,6 +139,11 @@ class OutputRouter:
             prefix = f"({out.name} pid={out.pid}) "
             text = "".join(prefix + line + "\n" for line in out.lines)
         self.write(out.origin, out.stream, text)
+
+    def on_warning(self, out: state.OutputLines) -> None:
+        """The warning handler (on the IO thread): a warning about a task, as stderr under
+        the cell that submitted it."""
+        self.write(out.origin, "stderr", out.text)
 
     def write(self, origin: str, stream: str, text: str) -> None:
         """Write ``text`` to ``stream`` ("stdout" or "stderr") under ``origin``'s cell."""

@@ -103,14 +103,28 @@ def object_ref_html(ref: rt.ObjectRef) -> str:
 
 
 def actor_handle_html(handle: rt.ActorHandle) -> str:
-    """HTML for an ActorHandle: class, name, state, node, restarts, pending calls."""
+    """HTML for an ActorHandle: class, name, state, node, restarts, pending calls.
+
+    The state is the GCS row's, except where the row lags behind what this process knows:
+    the process that created the actor knows it is ALIVE once its constructor returned
+    (``ActorHandle.state``), while the row waits for its node's next report.
+    """
     actor = next((a for a in state.list_actors() if a.actor_id == handle.actor_id), None)
-    if actor is None:  # its creation has not reached the GCS yet (events come in batches)
-        return _BOX.format(f"<b>Actor</b> <code>{_e(handle.actor_id[:12])}</code> · "
-                           f"{_state(ActorState.PENDING)} · not registered with the cluster yet")
+    if actor is None or actor.state == ActorState.PENDING:
+        known = handle.state()
+        if actor is None:  # its creation has not reached the GCS yet (events come in batches)
+            why = ""
+            if known == ActorState.ALIVE:
+                why = " · its constructor returned; its details reach the cluster's tables shortly"
+            elif known == ActorState.PENDING:
+                why = " · not registered with the cluster yet"
+            return _BOX.format(f"<b>Actor</b> <code>{_e(handle.actor_id[:12])}</code> · "
+                               f"{_state(known)}{why}")
+    else:
+        known = actor.state
     name = f" <code>{_e(actor.name)}</code>" if actor.name else ""
     parts = [f"<b>Actor</b> {_e(actor.class_name)}{name} <code>{_e(actor.actor_id[:12])}</code>",
-             _state(actor.state)]
+             _state(known)]
     if actor.node_id:
         where = f"node <code>{_e(short_id(actor.node_id))}</code>"
         parts.append(where + (f", pid {actor.pid}" if actor.pid else ""))

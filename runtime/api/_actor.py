@@ -237,7 +237,12 @@ class ActorHandle:
         return self._actor_id.hex()
 
     def state(self) -> str:
-        """The actor's state in the GCS: PENDING, ALIVE, RESTARTING or DEAD ("UNKNOWN" if unreachable)."""
+        """The actor's state: PENDING, ALIVE, RESTARTING or DEAD ("UNKNOWN" if unreachable).
+
+        It is the state in the GCS, except that the process that created the actor knows it
+        is ALIVE as soon as its constructor returned (its node says so at once), before the
+        actor's row reaches the GCS with the node's next report.
+        """
         client = _context.peek()
         if client is None or client.gcs is None:
             return "UNKNOWN"
@@ -245,11 +250,22 @@ class ActorHandle:
             row = client.run(client.gcs.get_actor(self._actor_id), client.settings.probe_timeout_s)
         except Exception:  # noqa: BLE001 - a repr must not raise: any failure reads as UNKNOWN
             return "UNKNOWN"
-        return row.state if row is not None else ActorState.PENDING
+        return known_state(self, row.state if row is not None else None)
 
     def __repr__(self) -> str:
         name = f", name={self._name!r}" if self._name else ""
         return f"ActorHandle({self._class_name}{name}, id={self._actor_id.hex()[:12]}, state={self.state()})"
+
+
+def known_state(handle: ActorHandle, gcs_state: str | None) -> str:
+    """The state of ``handle``'s actor, given its GCS row's (None: no row yet): ALIVE rather
+    than PENDING once this process knows its constructor returned (it created the actor)."""
+    if gcs_state is not None and gcs_state != ActorState.PENDING:
+        return gcs_state
+    client = _context.peek()
+    if client is not None and client.task_events.started(handle._actor_id):
+        return ActorState.ALIVE
+    return ActorState.PENDING
 
 
 class ActorMethod:

@@ -24,7 +24,6 @@ import copy
 import logging
 import os
 import platform
-import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -40,6 +39,7 @@ from runtime.api._gcs_link import Exports, connect_gcs, recheck_cluster, timed_o
 from runtime.api._host import DriverHost, Host
 from runtime.api._objects import ObjectTable, check_sendable, decode
 from runtime.api._outbox import Outbox
+from runtime.api._task_events import TaskEvents
 from runtime.exceptions import (
     BlockingCallError,
     ClientClosedError,
@@ -51,7 +51,6 @@ from runtime.exceptions import (
 from runtime.gcs.client import GcsClient
 from runtime.object_store.shm import read_object, write_object
 from runtime.protocol import codec, common_pb2, gcs_pb2, node_pb2, node_pb2_grpc
-from runtime.protocol.states import TaskState
 from runtime.rpc.channel import connect, token_metadata
 from runtime.rpc.errors import translate
 
@@ -111,7 +110,8 @@ class CoreClient:
         self.submit_handlers: list[Callable[[common_pb2.TaskSpec, list[Any]], None]] = []
         self.closed = False
         self._broken: BaseException | None = None
-        self._warned_infeasible: set[str] = set()
+        #: Warnings about its tasks, and its actors' constructors that returned.
+        self.task_events = TaskEvents()
         self.gcs: GcsClient | None = None
         #: The reader's dispatch table: one handler per kind of ``NodeOp`` (others are ignored).
         self._on_op: dict[str, OpHandler] = {
@@ -331,9 +331,8 @@ class CoreClient:
         return False
 
     def _on_event(self, ev: common_pb2.TaskEvent) -> None:
-        if ev.state == TaskState.INFEASIBLE and ev.detail not in self._warned_infeasible:
-            self._warned_infeasible.add(ev.detail)
-            print(f"Warning: {ev.detail}", file=sys.stderr)
+        if not self.task_events.on_event(ev):  # not a warning: nothing for the handlers
+            return
         for handler in self.event_handlers:
             try:
                 handler(ev)
@@ -480,6 +479,7 @@ class CoreClient:
         """Send a task; its results will be pushed here (this client owns them)."""
         self._check()
         spec = op.submit
+        self.task_events.submitted(spec)
         if spec.num_returns:
             tid = spec.task_id
             self.objects.expect([_ids.object_id(tid, i) for i in range(1, spec.num_returns + 1)])

@@ -1,10 +1,16 @@
-"""The rows of a node's actors in the GCS actors table. Pure, a part of ``actors.py``.
+"""The rows of a node's actors in the GCS actors table, and the word to their owners that
+they started. Pure, a part of ``actors.py``.
 
 Every transition of an actor writes its row at once (a ``PutActor`` action, in order). Its
 count of pending calls changes between transitions: a call returning only marks the actor
 *changed*, and ``write_changed`` (on the node's heartbeat) writes each changed actor's row
 once, however many of its calls returned meanwhile, so the count falls as calls return
 without a GCS write per call.
+
+A row reaches the GCS with the node's next report (``event_flush_ms``). The actor's owner
+does not wait for it: when a constructor returns, ``started`` also sends the owner a
+FINISHED event of the creation task (on its session, ahead of any call's result), so a
+handle there says ALIVE at once (``runtime.api._task_events``).
 """
 
 from __future__ import annotations
@@ -12,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from runtime.node.actions import Action, PutActor
-from runtime.protocol import gcs_pb2
-from runtime.protocol.states import DEFAULT_NAMESPACE, ActorState, Lifetime
+from runtime.node.actions import Action, PutActor, Send
+from runtime.protocol import gcs_pb2, node_pb2
+from runtime.protocol.states import DEFAULT_NAMESPACE, ActorState, Lifetime, TaskState
 
 if TYPE_CHECKING:
     from runtime.node.actors import Actor
@@ -52,6 +58,21 @@ class ActorRows:
                 self.write(actor)
                 n += 1
         return n
+
+    def started(self, actor: Actor) -> None:
+        """``actor``'s constructor returned here: write its row, and tell its owner."""
+        self.write(actor)
+        self.tell_owner(actor, self._node_id)
+
+    def tell_owner(self, actor: Actor, node_id: bytes) -> None:
+        """Tell ``actor``'s owner that its constructor returned on ``node_id`` (dropped when
+        the owner is not connected to this node: its handles then read the GCS row)."""
+        spec = actor.creation
+        op = node_pb2.NodeOp()
+        ev = op.event
+        ev.task_id, ev.name, ev.job_id, ev.actor_id = spec.task_id, spec.name, spec.job_id, spec.actor_id
+        ev.state, ev.node_id, ev.attempt = TaskState.FINISHED, node_id, actor.restarts
+        self._emit(Send(spec.owner_id, op))
 
     def write_all(self, actors: Iterable[Actor]) -> None:
         for actor in actors:

@@ -131,7 +131,7 @@ class ActorTable:
             return
         actor.state, actor.worker_id, actor.pid = ActorState.ALIVE, w.worker_id, w.pid
         self._workers.become_actor(w)
-        self._row(actor)
+        self._rows.started(actor)
         if actor.no_restart and not actor.ending:  # killed while starting
             self._emit(KillWorker(w.worker_id))
             return
@@ -217,6 +217,7 @@ class ActorTable:
             # Its constructor raised (that node writes a DEAD row, which ``row_seen``
             # follows) or its process died (that node restarts it): the rows tell which.
             return
+        self._rows.tell_owner(actor, node_id)
         if actor.no_restart:  # killed while it was being placed (or its last handle went)
             self._remote.kill(actor_id, True, graceful=actor.ending)
 

@@ -14,7 +14,8 @@ protobuf messages.
   then every change as it happens, on a background thread, until ``Subscription.close()``.
 - **Driver hooks** for the notebook extension: ``add_output_handler`` (what remote tasks
   print), ``set_origin_provider`` (tag submitted work so that its output finds the cell that
-  started it), ``add_task_event_handler`` (warnings the scheduler sends this driver) and
+  started it), ``add_task_event_handler`` (warnings the scheduler sends this driver),
+  ``set_warning_handler`` (where those warnings are shown) and
   ``add_submit_handler`` (each task the driver submits, so a cell can cancel its own).
 
 Everything uses the connection made by ``runtime.init()`` and raises ``RuntimeError`` when
@@ -49,6 +50,7 @@ from runtime.state._hooks import (
     remove_task_event_handler,
     set_get_progress,
     set_origin_provider,
+    set_warning_handler,
 )
 from runtime.state._queries import (
     get_task,
@@ -115,6 +117,7 @@ __all__ = [
     "remove_task_event_handler",
     "set_get_progress",
     "set_origin_provider",
+    "set_warning_handler",
     "subscribe",
     "summarize_tasks",
 ]

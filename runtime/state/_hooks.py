@@ -111,6 +111,28 @@ def remove_task_event_handler(fn: Callable[[SchedulerEvent], object]) -> None:
     _remove_hook(fn, _event_adapters, "event_handlers")
 
 
+def set_warning_handler(fn: Callable[[OutputLines], object] | None) -> None:
+    """Show the task warnings the cluster sends this driver with ``fn`` instead of printing them.
+
+    A warning (that a task needs more resources than any node has, say) comes as one stderr
+    line of its task, tagged with the task's origin (see ``set_origin_provider``), so it can
+    be shown under the cell that submitted the task. Each warning comes once per origin.
+    ``fn`` runs on the connection's IO thread, like ``add_output_handler``'s handlers; when
+    it raises, the warning is printed to stderr. ``None`` brings the printing back;
+    ``shutdown`` drops ``fn``.
+    """
+    if fn is not None and not callable(fn):
+        raise TypeError(f"set_warning_handler() expects a callable or None, got {type(fn).__name__}")
+    events = _context.current().task_events
+    if fn is None:
+        events.warning_handler = None
+        return
+
+    def handler(lines: node_pb2.LogLines) -> None:
+        fn(OutputLines.from_proto(lines))
+    events.warning_handler = handler
+
+
 def _add_hook(fn: Callable[[Any], object],
               registry: weakref.WeakKeyDictionary[CoreClient, dict[Callable[..., Any], Any]],
               attr: str, convert: Callable[[Any], Any]) -> None:

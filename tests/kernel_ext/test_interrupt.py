@@ -89,3 +89,28 @@ def test_an_interrupted_cell_with_nothing_running_prints_no_line(kernel: Any, tm
     assert interrupted
     assert ex.error is not None and ex.error["ename"] == "KeyboardInterrupt"
     assert not re.search(r"^cellray:", ex.stream("stdout"), re.MULTILINE), ex.stream("stdout")
+
+
+def test_an_interrupted_remote_cell_is_counted_as_cancelled(kernel: Any, tmp_path: pathlib.Path) -> None:
+    """Issue 15, 3: the task of an interrupted ``%%remote`` cell ends CANCELLED, not FAILED."""
+    never = str(tmp_path / "never-created")
+    kernel.check(DEFINE)
+    on_message, interrupted = _interrupt_when(kernel, "looping")
+    ex = kernel.execute("%%remote --name looping-cell\nimport os, time\nprint('looping', flush=True)\n"
+                        f"while not os.path.exists({never!r}):\n    time.sleep(0.01)",
+                        on_message=on_message)
+    assert interrupted
+    assert ex.error is not None and ex.error["ename"] == "KeyboardInterrupt"
+    # Where users read it: the task's row, the summary by name, and the dashboard's counts.
+    ex = kernel.check(
+        "from widgets.model import ClusterModel\n"
+        "rows = wait_for(lambda: (r := state.list_tasks(name='looping-cell')) and r[0].state != 'RUNNING'\n"
+        "                and r, timeout=30, what='the interrupted cell\\'s task to end')\n"
+        "model = ClusterModel()\n"
+        "for t in rows:\n    model.apply(state.Change('tasks', t.task_id, t))\n"
+        "counts = model.view(now=time.time()).futures.counts\n"
+        "print([t.state for t in rows])\n"
+        "print(state.summarize_tasks(by='name').get('looping-cell'))\n"
+        "print(counts['cancelled'], counts['failed'])")
+    assert ex.stream("stdout").splitlines() == ["['CANCELLED']", "{'CANCELLED': 1}", "1 0"], \
+        ex.stream("stdout")

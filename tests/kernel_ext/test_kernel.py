@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import pathlib
 import re
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -152,6 +154,38 @@ def test_interrupt_cancels_the_remote_cell(kernel: Any, tmp_path: pathlib.Path) 
                     r"it stopped with KeyboardInterrupt\.", ex.error["traceback"][0])
     # The cluster is free again: a new remote cell runs at once.
     assert kernel.check("%remote 40 + 2").result == "42"
+
+
+def _messages_until(kernel: Any, found: Callable[[list[dict[str, Any]]], bool], what: str,
+                    timeout: float = 30.0) -> list[dict[str, Any]]:
+    """Every iopub message seen, reading more (output that came after its cell went idle)
+    until ``found(messages)``."""
+    deadline = time.monotonic() + timeout
+    while not found(kernel.iopub):
+        kernel.iopub.append(kernel._next(kernel.kc.get_iopub_msg, deadline, what))
+    return list(kernel.iopub)
+
+
+def test_an_infeasible_tasks_warning_shows_under_the_cell_that_submitted_it(kernel: Any) -> None:
+    """Issue 15, 3: the warning came under the cell that started the cluster (its thread
+    is the connection's IO thread), not under the cell that submitted the task."""
+    kernel.check("harmless = sum(range(10))")
+    submitting = kernel.check("import runtime as rt\n@rt.remote(num_gpus=4)\ndef train():\n    return 1\n"
+                              "big = train.remote()")
+
+    def warnings(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [m for m in messages if m["msg_type"] == "stream"
+                and "Warning: Task train() needs" in m["content"]["text"]]
+
+    try:
+        # It may come after the cell ended: it still lands under it.
+        [warning] = warnings(_messages_until(kernel, lambda ms: bool(warnings(ms)),
+                                             "the infeasible warning"))
+        assert warning["parent_header"]["msg_id"] == submitting.msg_id
+        assert warning["content"]["name"] == "stderr"
+        assert "GPU: 4" in warning["content"]["text"]
+    finally:
+        kernel.check("rt.cancel(big)")
 
 
 def test_cluster_status_is_a_table_with_a_text_fallback(kernel: Any) -> None:

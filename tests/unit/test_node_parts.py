@@ -283,6 +283,21 @@ def test_an_actor_becomes_alive_and_runs_its_calls_in_order() -> None:
     assert row.node_address == "" and row.node_id == NODE
 
 
+def test_the_owner_hears_at_once_that_the_constructor_returned() -> None:
+    """Its row waits for the node's next report; the owner is told on its session, ahead of
+    the calls (so ahead of their results): its handle says ALIVE at once."""
+    s = Node()
+    s.submit(DRIVER, _actor_spec())
+    s.submit(DRIVER, _call(1))
+    [(client, _)] = _executed(s.take_actions())
+    s.result(client, node_pb2.TaskResult(task_id=b"C" * 16))
+    out = [a for a in s.take_actions() if isinstance(a, Send)]
+    kinds = [(a.client_id, a.op.WhichOneof("op")) for a in out]
+    assert kinds.index((DRIVER, "event")) < kinds.index((client, "execute"))
+    [ev] = [a.op.event for a in out if a.op.WhichOneof("op") == "event"]
+    assert (ev.actor_id, ev.task_id, ev.state, ev.node_id) == (b"A" * 16, b"C" * 16, "FINISHED", NODE)
+
+
 def test_a_dead_actor_process_restarts_the_actor_within_max_restarts() -> None:
     s = Node()
     s.submit(DRIVER, _actor_spec(max_restarts=1))

@@ -15,6 +15,7 @@ import pytest
 from IPython.core.formatters import DisplayFormatter
 
 import runtime as rt
+from runtime import config, state
 from runtime.testing.wait import wait_for
 from widgets import register_formatters, unregister_formatters
 
@@ -64,6 +65,32 @@ def test_after_shutdown_the_plain_repr_is_shown() -> None:
     assert "not connected" in formats(ip, info)["text/html"]
 
 
+def test_actor_is_alive_once_its_first_call_returned() -> None:
+    """Issue 15, 3: the repr said PENDING "not registered with the cluster yet" after calls
+    to the actor had returned, because it read only the GCS row, which the node writes with
+    its next report. The node tells the actor's owner when the constructor returned (ahead
+    of any call's result), so the repr says ALIVE right after the first call returned.
+
+    The node reports to the GCS once a minute here: what the repr shows cannot come from
+    the GCS row (no row, or a PENDING one), only from what the driver was told."""
+    slow_reports = config.load().override(event_flush_ms=60_000)
+    rt.init(num_cpus=1, log_to_driver=False, _settings=slow_reports)
+    try:
+        ip = shell()
+        learner = Learner.remote()
+        assert rt.get(learner.ping.remote()) == "pong"
+        html = formats(ip, learner)["text/html"]  # at once: no waiting for a report
+        assert "ALIVE" in html and "PENDING" not in html and learner.actor_id[:12] in html, html
+        assert learner.state() == "ALIVE"
+        rows = [a.state for a in state.list_actors() if a.actor_id == learner.actor_id]
+        assert rows in ([], ["PENDING"]), f"the GCS row came early; the test proves nothing: {rows}"
+        for _ in range(4):
+            assert rt.get(learner.ping.remote()) == "pong"
+        assert "ALIVE" in formats(ip, learner)["text/html"]
+    finally:
+        rt.shutdown()
+
+
 def test_object_ref_shows_its_task(cluster: rt.ClusterInfo) -> None:
     ip = shell()
     ref = square.remote(3)
@@ -94,8 +121,9 @@ def test_actor_handle(cluster: rt.ClusterInfo) -> None:
     ip = shell()
     learner = Learner.options(name="repr-learner").remote()
     assert rt.get(learner.ping.remote()) == "pong"
-    html = wait_for(lambda: (h := formats(ip, learner).get("text/html", "")) and "ALIVE" in h and h,
-                    what="the actor's HTML to show ALIVE")
+    # ALIVE comes at once (the driver knows); node, pid and restarts with the GCS row.
+    html = wait_for(lambda: (h := formats(ip, learner).get("text/html", "")) and "ALIVE" in h
+                    and "restarts" in h and h, what="the actor's HTML to show its ALIVE row")
     assert "Learner" in html and "repr-learner" in html and "restarts 0/" in html
     assert "pending calls" in html and cluster.node_id[:6] in html
     rt.kill(learner)
