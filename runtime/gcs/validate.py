@@ -12,6 +12,7 @@ from google.protobuf.message import DecodeError
 from runtime._ids import OBJECT_ID_LEN, TASK_ID_LEN
 from runtime.exceptions import InvalidRequestError
 from runtime.protocol import common_pb2, gcs_pb2
+from runtime.protocol.checks import resources_problem
 from runtime.protocol.states import ActorState, TaskState
 
 #: Longest host name, resource name or label a node may report.
@@ -42,12 +43,8 @@ def check_node_row(row: gcs_pb2.NodeRow) -> None:
 def check_load(load: common_pb2.NodeLoad, field: str = "load") -> None:
     """A node's load (registration or heartbeat): finite, non-negative amounts."""
     for name, table in (("total", load.total), ("available", load.available)):
-        for key, value in table.items():
-            if not key or len(key) > _MAX_NAME:
-                raise InvalidRequestError(f"{field}.{name}: resource names must be 1..{_MAX_NAME} characters")
-            if not math.isfinite(value) or value < 0:
-                raise InvalidRequestError(f"{field}.{name}[{key!r}] must be a finite amount >= 0, "
-                                          f"got {value}")
+        if why := resources_problem(f"{field}.{name}", table):
+            raise InvalidRequestError(why)
     for name in ("queue_length", "store_used", "store_capacity", "num_workers", "memory_used",
                  "memory_total", "store_spilled", "store_spilled_total"):
         if getattr(load, name) < 0:
