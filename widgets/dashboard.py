@@ -1,10 +1,10 @@
-"""``Dashboard``: the live cluster dashboard (nodes, futures, actors, placement groups,
-scheduler spillover).
+"""``Dashboard``: the live cluster dashboard (nodes, futures, task timeline, object store,
+actors, placement groups, scheduler spillover).
 
 How it moves, and why it never blocks the kernel:
 
 - **Feed.** ``runtime.state.subscribe`` calls ``_Feed`` on the subscription's own thread
-  with every change of the nodes, tasks, actors, events and placement_groups tables; it
+  with every change of the nodes, tasks, actors, events, placement_groups and objects tables; it
   merges the change into the pure ``ClusterModel`` under a lock and raises a flag. That
   is all it does.
 - **Refresher.** One daemon thread per dashboard waits for the flag (or one second, so
@@ -37,15 +37,19 @@ from typing import Any
 import ipywidgets as w
 import traitlets
 
+import runtime
 from runtime import state
 from widgets._close import close_tree
 from widgets.actors_panel import ActorsPanel
 from widgets.futures_panel import FuturesPanel
 from widgets.model import ClusterModel
 from widgets.nodes_panel import NodesPanel
+from widgets.objects_panel import ObjectsPanel
 from widgets.placement_groups_panel import PlacementGroupsPanel
 from widgets.render import STYLE, snapshot_html
 from widgets.scheduler_panel import SchedulerPanel
+from widgets.timeline import DEFAULT_WINDOW_S
+from widgets.timeline_panel import TimelinePanel
 from widgets.views import DashboardView
 
 __all__ = ["Dashboard"]
@@ -53,7 +57,7 @@ __all__ = ["Dashboard"]
 logger = logging.getLogger(__name__)
 
 #: The tables a dashboard subscribes to.
-TABLES = ("nodes", "tasks", "actors", "events", "placement_groups")
+TABLES = ("nodes", "tasks", "actors", "events", "placement_groups", "objects")
 #: Longest the refresher waits without a change before it redraws (the chart's clock).
 _IDLE_REDRAW_S = 1.0
 #: How often the refresher asks for the head's storage and restarts (also after each resync).
@@ -91,6 +95,15 @@ def _head_summary() -> str | None:
         return state.get_head(timeout=_HEAD_TIMEOUT_S).summary()
     except Exception as e:  # noqa: BLE001 - the GCS may be away: keep what was shown
         logger.debug("the dashboard could not read the head's state: %s", e)
+        return None
+
+
+def _own_id() -> str | None:
+    """This driver's client id (what the GCS records as the owner of its objects), if known."""
+    try:
+        return runtime.get_runtime_context().get_worker_id()
+    except Exception as e:  # noqa: BLE001 - only a label depends on it
+        logger.debug("the dashboard could not read this driver's id: %s", e)
         return None
 
 
@@ -138,8 +151,8 @@ def _descendants(widget: w.Widget) -> Iterator[w.Widget]:
 
 
 class Dashboard(w.VBox):
-    """A live dashboard of the current cluster: nodes, futures, actors, placement groups,
-    scheduler decisions.
+    """A live dashboard of the current cluster: nodes, futures, a timeline of task runs per
+    worker, the object stores, actors, placement groups, scheduler decisions.
 
     Attaches to the cluster that ``runtime.init()`` connected (through ``runtime.state``'s
     subscriptions) and keeps moving while tasks run, without blocking the kernel. Display
@@ -154,7 +167,12 @@ class Dashboard(w.VBox):
     bucket : float
         Seconds per bar of the decisions chart.
     max_rows : int
-        Rows in each table (latest tasks, waiting tasks, scheduler events).
+        Rows in each table (latest tasks, waiting tasks, scheduler events, largest objects).
+    timeline_window : float
+        Seconds of task runs the timeline shows at first (its dropdown zooms to 30 s, 1 min,
+        5 min or 15 min).
+    max_bars : int
+        Task runs the timeline keeps, so a long session stays bounded (older ones go first).
 
     Raises
     ------
@@ -177,10 +195,11 @@ class Dashboard(w.VBox):
                                help="live, stopped (the cluster shut down) or closed.")
 
     def __init__(self, *, interval: float = 0.25, window: float = 300.0, bucket: float = 5.0,
-                 max_rows: int = 10) -> None:
+                 max_rows: int = 10, timeline_window: float = DEFAULT_WINDOW_S, max_bars: int = 2000) -> None:
         if interval <= 0:
             raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
-        model = ClusterModel(window_s=window, bucket_s=bucket, max_rows=max_rows)
+        model = ClusterModel(window_s=window, bucket_s=bucket, max_rows=max_rows,
+                             timeline_window_s=timeline_window, max_bars=max_bars)
         self._closed = False
         self._draws = 0
         #: The head's storage and restarts, as the refresher last read them.
@@ -191,10 +210,13 @@ class Dashboard(w.VBox):
         self._style = w.HTML(STYLE, layout=w.Layout(display="none"))
         self.nodes = NodesPanel()
         self.futures = FuturesPanel()
+        self.timeline = TimelinePanel(timeline_window)
+        self.objects = ObjectsPanel()
         self.actors = ActorsPanel()
         self.scheduler = SchedulerPanel()
         self.placement_groups = PlacementGroupsPanel()
-        self._panels = (self.nodes, self.futures, self.actors, self.placement_groups, self.scheduler)
+        self._panels = (self.nodes, self.futures, self.timeline, self.objects, self.actors,
+                        self.placement_groups, self.scheduler)
         super().__init__([self._style, self._header, *self._panels],
                          layout=w.Layout(padding="4px 8px", border="1px solid #e5e7eb"))
         self.add_class("cellray-dashboard")
@@ -208,6 +230,9 @@ class Dashboard(w.VBox):
             self._closed = True
             self._close_widgets()
             raise
+        own = _own_id()
+        with self._feed.lock:
+            model.own_id = own
         self._thread = threading.Thread(
             target=_refresh_loop, args=(weakref.ref(self), self._feed, self._sub, self._stop, interval),
             name="cellray-dashboard-refresher", daemon=True)
@@ -232,6 +257,8 @@ class Dashboard(w.VBox):
             self._set_header(status if view.synced or status != "live" else "connecting…")
             self.nodes.show(view.nodes)
             self.futures.show(view.futures)
+            self.timeline.show(view.timeline)
+            self.objects.show(view.objects)
             self.actors.show(view.actors)
             self.placement_groups.show(view.placement_groups)
             self.scheduler.show(view.scheduler)
@@ -260,7 +287,8 @@ class Dashboard(w.VBox):
             m = self._feed.model
             return {"synced": m.synced, "version": m.version, "resets": m.resets,
                     "counts": dict(m.counts), "nodes": len(m.nodes), "tasks": len(m.tasks),
-                    "actors": len(m.actors), "draws": self._draws, "status": self.status,
+                    "actors": len(m.actors), "objects": len(m.objects), "bars": len(m.timeline),
+                    "draws": self._draws, "status": self.status,
                     "refresher_alive": self._thread.is_alive(), "subscribed": self._sub.active,
                     "head": self._head, "gcs_away_s": self._away}
 

@@ -1,11 +1,13 @@
 """The dashboard's pure model: ``runtime.state.Change`` objects in, views out.
 
 Nothing here imports ipywidgets, starts a thread or reads the clock: ``ClusterModel.apply``
-merges one change of a ``runtime.state.subscribe`` stream (nodes, tasks, actors, events
-tables), and ``ClusterModel.view(now)`` returns an immutable ``DashboardView`` (see
-``widgets.views``) that the widgets draw. The dashboard feeds it from the subscription's
-thread and reads views from its refresher thread, under one lock that it owns (the model
-itself is not thread-safe).
+merges one change of a ``runtime.state.subscribe`` stream (nodes, tasks, actors, events,
+placement_groups and objects tables), and ``ClusterModel.view(now)`` returns an immutable
+``DashboardView`` (see ``widgets.views``) that the widgets draw. The timeline's task runs
+are kept by ``widgets.timeline``, the object stores' view is built by
+``widgets.objects_view``. The dashboard feeds the model from the subscription's thread and
+reads views from its refresher thread, under one lock that it owns (the model itself is
+not thread-safe).
 
 Counting rules
 --------------
@@ -37,11 +39,21 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.protocol import states
-from runtime.state import ActorState, Change, NodeState, PlacementGroupState, SchedulerEvent, TaskState
+from runtime.state import (
+    ActorState,
+    Change,
+    NodeState,
+    ObjectState,
+    PlacementGroupState,
+    SchedulerEvent,
+    TaskState,
+)
+from widgets.decisions import DecisionSeries
+from widgets.objects_view import object_store_view
+from widgets.timeline import DEFAULT_WINDOW_S, TimelineModel
 from widgets.views import (
     COUNT_KEYS,
     ActorRowView,
@@ -137,67 +149,6 @@ def waiting_reason(task: TaskState, now: float, node_label: str = "") -> str:
     return detail
 
 
-# ---- decisions over time ------------------------------------------------------------------
-
-
-@dataclass
-class DecisionSeries:
-    """Local, spilled and received decisions per node in ``bucket_s`` buckets over ``window_s``.
-
-    Buckets older than the window (measured from the newest time added) are dropped, so
-    memory stays bounded however long the dashboard runs.
-    """
-
-    bucket_s: float = 5.0
-    window_s: float = 300.0
-    _buckets: dict[str, dict[int, list[int]]] = field(default_factory=dict)
-    _totals: dict[str, list[int]] = field(default_factory=dict)
-    _newest: int = 0
-
-    def add(self, node_id: str, t: float, *, local: int = 0, spilled: int = 0, received: int = 0) -> None:
-        """Count decisions of ``node_id`` at unix time ``t``."""
-        b = int(t // self.bucket_s)
-        totals = self._totals.setdefault(node_id, [0, 0, 0])
-        totals[0] += local
-        totals[1] += spilled
-        totals[2] += received
-        if b > self._newest:
-            self._newest = b
-            self._prune()
-        if b <= self._newest - self._span():
-            return  # older than the window: in the totals only
-        cell = self._buckets.setdefault(node_id, {}).setdefault(b, [0, 0, 0])
-        cell[0] += local
-        cell[1] += spilled
-        cell[2] += received
-
-    def _span(self) -> int:
-        return max(round(self.window_s / self.bucket_s), 1)
-
-    def _prune(self) -> None:
-        oldest = self._newest - self._span()
-        for buckets in self._buckets.values():
-            for b in [b for b in buckets if b <= oldest]:
-                del buckets[b]
-
-    def nodes(self) -> list[str]:
-        """Nodes with any decision counted."""
-        return list(self._totals)
-
-    def series(self, node_id: str, now: float) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-        """(local, spilled, received) per bucket for the window ending at ``now``, oldest first."""
-        end = int(now // self.bucket_s)
-        buckets = self._buckets.get(node_id, {})
-        span = range(end - self._span() + 1, end + 1)
-        cells = [buckets.get(b, (0, 0, 0)) for b in span]
-        return tuple(c[0] for c in cells), tuple(c[1] for c in cells), tuple(c[2] for c in cells)
-
-    def totals(self, node_id: str) -> tuple[int, int, int]:
-        """(local, spilled, received) decisions of ``node_id`` since the model started."""
-        t = self._totals.get(node_id, (0, 0, 0))
-        return t[0], t[1], t[2]
-
-
 # ---- the model -----------------------------------------------------------------------------
 
 
@@ -209,20 +160,37 @@ class ClusterModel:
     window_s, bucket_s : float
         How far back the decision chart reaches, and the width of one bar.
     max_rows : int
-        Rows of the latest-tasks, waiting-tasks and scheduler-events tables.
+        Rows of the latest-tasks, waiting-tasks, scheduler-events and largest-objects tables.
+    timeline_window_s : float
+        The window of the timeline's view (the panel zooms it to others).
+    max_bars : int
+        Task runs the timeline keeps (the oldest ended ones go first).
     """
 
-    def __init__(self, *, window_s: float = 300.0, bucket_s: float = 5.0, max_rows: int = 10) -> None:
+    def __init__(self, *, window_s: float = 300.0, bucket_s: float = 5.0, max_rows: int = 10,
+                 timeline_window_s: float = DEFAULT_WINDOW_S, max_bars: int = 2000) -> None:
         if window_s <= 0 or bucket_s <= 0 or window_s < bucket_s:
             raise ValueError(f"need 0 < bucket_s <= window_s, got bucket_s={bucket_s}, window_s={window_s}")
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+        if timeline_window_s <= 0:
+            raise ValueError(f"timeline_window_s must be > 0 seconds, got {timeline_window_s!r}")
         self.max_rows = max_rows
+        self.timeline_window_s = timeline_window_s
+        #: Task runs, per worker: the Timeline section's model.
+        self.timeline = TimelineModel(max_bars=max_bars)
+        #: This driver's client id: the objects it owns show as owned by "this kernel".
+        self.own_id: str | None = None
         #: Rows of the tables, by hex key, as of the latest change.
         self.nodes: dict[str, NodeState] = {}
         self.tasks: dict[str, TaskState] = {}
         self.actors: dict[str, ActorState] = {}
         self.placement_groups: dict[str, PlacementGroupState] = {}
+        self.objects: dict[str, ObjectState] = {}
+        self._keyed: dict[str, tuple[dict[str, Any], type]] = {
+            "nodes": (self.nodes, NodeState), "actors": (self.actors, ActorState),
+            "placement_groups": (self.placement_groups, PlacementGroupState),
+            "objects": (self.objects, ObjectState)}
         #: True once the first snapshot arrived (and again after each reset's snapshot).
         self.synced = False
         #: Times the subscription started over with a fresh snapshot.
@@ -259,21 +227,12 @@ class ClusterModel:
         table, key, value = change.table, change.key, change.value
         if table == "tasks":
             self._apply_task(key, value if isinstance(value, TaskState) else None)
-        elif table == "nodes":
-            if isinstance(value, NodeState):
-                self.nodes[key] = value
+        elif table in self._keyed:  # rows kept as they come, by key
+            rows, kind = self._keyed[table]
+            if isinstance(value, kind):
+                rows[key] = value
             else:
-                self.nodes.pop(key, None)
-        elif table == "actors":
-            if isinstance(value, ActorState):
-                self.actors[key] = value
-            else:
-                self.actors.pop(key, None)
-        elif table == "placement_groups":
-            if isinstance(value, PlacementGroupState):
-                self.placement_groups[key] = value
-            else:
-                self.placement_groups.pop(key, None)
+                rows.pop(key, None)
         elif table == "events" and isinstance(value, SchedulerEvent):
             self._apply_event(value)
 
@@ -288,9 +247,8 @@ class ClusterModel:
         self.resets += 1
         self._resetting = True
         self.synced = False
-        self.nodes.clear()
-        self.actors.clear()
-        self.placement_groups.clear()
+        for rows, _ in self._keyed.values():
+            rows.clear()
         self.tasks.clear()
         for cat in self._category.values():
             if cat in _LIVE:
@@ -306,8 +264,10 @@ class ClusterModel:
         for d in (self._credited, self._ran, self._spilled):
             for tid in [t for t in d if t not in self.tasks]:
                 del d[tid]
+        self.timeline.keep_open_only(self.tasks)
 
     def _apply_task(self, tid: str, row: TaskState | None) -> None:
+        self.timeline.apply(tid, row)
         old = self._category.pop(tid, None)
         if old in _LIVE:
             self.counts[old] -= 1
@@ -450,6 +410,11 @@ class ClusterModel:
         decisions = tuple(reversed(list(self._decisions)[-self.max_rows:]))
         return DashboardView(
             placement_groups=self._groups_view(),
+            timeline=self.timeline.view(now, self.timeline_window_s, [n.node_id for n in nodes],
+                                        self.node_label),
+            objects=object_store_view(self.objects.values(), nodes, label=self.node_label,
+                                      task_name=self._task_name, own_id=self.own_id,
+                                      limit=self.max_rows),
             synced=self.synced, nodes=node_views, futures=futures,
             actors=ActorsView(counts={s: actor_counts.get(s, 0) for s in
                                       (*ACTOR_STATES, *sorted(set(actor_counts) - set(ACTOR_STATES)))},
@@ -457,6 +422,10 @@ class ClusterModel:
             scheduler=SchedulerView(bucket_s=self.series.bucket_s, window_s=self.series.window_s,
                                     series=tuple(series), decisions=decisions),
             version=self.version)
+
+    def _task_name(self, task_id: str) -> str | None:
+        row = self.tasks.get(task_id)
+        return row.name if row is not None else None
 
     def _groups_view(self) -> PlacementGroupsView:
         counts = Counter(g.state for g in self.placement_groups.values())

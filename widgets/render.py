@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from runtime.protocol.states import ActorState, PlacementGroupState, TaskState
 from runtime.state import format_bytes
 from widgets.model import short_id
+from widgets.objects_view import ObjectStoreView
+from widgets.timeline import TimelineMark, TimelineView, window_text
 from widgets.views import (
     ActorsView,
     DashboardView,
@@ -32,9 +34,13 @@ __all__ = [
     "decisions_table",
     "fmt_duration",
     "format_bytes",
+    "largest_objects_table",
     "placement_groups_table",
     "snapshot_html",
+    "store_table",
     "tasks_table",
+    "timeline_chart",
+    "timeline_legend",
 ]
 
 #: Colours of the two series and of task states (also used by the legend).
@@ -47,6 +53,11 @@ _STATE_COLOURS: dict[str, str] = {
     ActorState.ALIVE: "#16a34a", ActorState.DEAD: "#dc2626", ActorState.RESTARTING: "#b45309",
     ActorState.PENDING: "#6b7280", PlacementGroupState.CREATED: "#16a34a",
     PlacementGroupState.RESCHEDULING: "#b45309", PlacementGroupState.REMOVED: "#6b7280"}
+
+#: How the timeline marks a failed run (outline and an x mark) and a cancelled one (pale, dashed).
+FAILED_COLOUR, CANCELLED_COLOUR = "#dc2626", "#6b7280"
+#: Tick spacings the timeline's axis picks from, in seconds.
+_TICKS = (5, 10, 15, 30, 60, 120, 300, 600)
 
 #: One style block for the whole dashboard, scoped to its root class.
 STYLE = """<style>
@@ -204,6 +215,130 @@ def decision_chart(view: SchedulerView, width: int = 640) -> str:
     return "".join(parts)
 
 
+def _ago(s: float) -> str:
+    return "now" if s == 0 else f"-{s / 60:g} min" if s >= 60 else f"-{s:g} s"
+
+
+def _plural(n: int, what: str) -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
+
+
+def _mark_tip(mark: TimelineMark, now: float) -> str:
+    bar, n = mark.bars[0], len(mark.bars)
+    if n == 1:
+        return (f"{bar.name}() · task {bar.task_id[:8]} · attempt {bar.attempt} · "
+                f"{fmt_duration(bar.duration(now))} · {bar.state}"
+                + (f" · {bar.detail}" if bar.detail else ""))
+    took = sorted(b.duration(now) for b in mark.bars)
+    ends = [b.end if b.end is not None else now for b in mark.bars]
+    return (f"{n} runs of {bar.name}() · {bar.state} · {_clock(bar.start)} to {_clock(max(ends))} · "
+            f"each {fmt_duration(took[0])} to {fmt_duration(took[-1])}"
+            + (f" · first: {bar.detail}" if bar.detail else ""))
+
+
+def timeline_chart(view: TimelineView, width: int = 860) -> str:
+    """An SVG of task runs: a lane per worker (pid) under its node, a bar per run coloured by
+    its function, time left to right over the view's window with now at the right edge.
+
+    A failed run is outlined red with an x mark after it (also a run that ended and was retried);
+    a cancelled one is pale with a dashed outline. Each bar's tooltip (``<title>``) names the
+    function, task, attempt, duration and state. Runs of one function and state that would
+    overlap on screen are drawn as one bar (``TimelineView.marks``) whose ``data-runs`` says
+    how many it stands for, and whose tooltip gives their count, times and durations.
+    """
+    label_w, lane_h, bar_h, head_h, axis_h = 110, 16, 12, 16, 16
+    plot_w = width - label_w - 14
+    body: list[str] = []
+    y, node = 0, None
+    for i, lane in enumerate(view.lanes):
+        if i == 0 or lane.node_id != node:
+            node = lane.node_id
+            body.append(f'<text x="0" y="{y + 12}" font-weight="600" fill="#111827">'
+                        f"node {_e(lane.node)}</text>")
+            y += head_h
+        body.append(f'<g class="cellray-lane" data-node="{_e(lane.node)}" data-pid="{lane.pid or 0}">'
+                    f'<text x="12" y="{y + 11}" fill="#374151">pid {lane.pid or "?"}</text>'
+                    f'<rect x="{label_w}" y="{y}" width="{plot_w}" height="{lane_h - 2}" fill="#f9fafb"/>')
+        for mark in view.marks(lane, plot_w):
+            bar, n = mark.bars[0], len(mark.bars)
+            px, pw = label_w + mark.x, mark.width
+            cls, extra = "cellray-bar", ""
+            if bar.failed:
+                cls += " cellray-bar-failed"
+                extra = f' stroke="{FAILED_COLOUR}" stroke-width="1.5"'
+            elif bar.cancelled:
+                cls += " cellray-bar-cancelled"
+                extra = f' fill-opacity="0.35" stroke="{CANCELLED_COLOUR}" stroke-dasharray="2,2"'
+            elif bar.end is None:
+                cls += " cellray-bar-running"
+            tip = _mark_tip(mark, view.now)
+            body.append(f'<rect class="{cls}" data-fn="{_e(bar.name)}" data-runs="{n}" '
+                        f'x="{px:.1f}" y="{y + 1}" width="{pw:.1f}" height="{bar_h - 1}" '
+                        f'fill="{_e(bar.colour)}"{extra}><title>{_e(tip)}</title></rect>')
+            if bar.failed:
+                body.append(f'<text class="cellray-fail-mark" x="{px + pw + 1:.1f}" y="{y + 10}" '
+                            f'fill="{FAILED_COLOUR}" font-weight="700">&#215;<title>{_e(tip)}</title></text>')
+        body.append("</g>")
+        y += lane_h
+    if not view.lanes:
+        body.append(f'<text x="{label_w}" y="12" fill="#6b7280">no task ran in the last '
+                    f"{window_text(view.window_s)}</text>")
+        y += head_h
+    step = next((t for t in _TICKS if view.window_s / t <= 6), view.window_s)
+    grid, axis = [], []  # the grid goes under the bars, its labels below them
+    for ago in (k * step for k in range(int(view.window_s // step) + 1)):
+        tx = label_w + view.x(view.now - ago) * plot_w
+        grid.append(f'<line x1="{tx:.1f}" y1="0" x2="{tx:.1f}" y2="{y}" stroke="#e5e7eb"/>')
+        axis.append(f'<text x="{tx:.1f}" y="{y + axis_h - 3}" fill="#6b7280" '
+                    f'text-anchor="{"end" if ago == 0 else "middle"}">{_ago(ago)}</text>')
+    height = y + axis_h
+    # Narrower output areas shrink the whole chart (viewBox): now stays at the right edge.
+    return (f'<svg class="cellray-timeline-svg" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+            f'height="{height}" viewBox="0 0 {width} {height}" style="max-width:100%;height:auto" '
+            f'font-family="sans-serif" font-size="11" data-window="{view.window_s:g}">'
+            + "".join(grid + body + axis) + "</svg>")
+
+
+def timeline_legend(view: TimelineView, most: int = 12) -> str:
+    """The functions' colours, what the marks mean, and how many runs the window holds."""
+    chips = " ".join(f'<span style="color:{_e(c)}">&#9632;</span> {_e(name)}'
+                     for name, c in view.legend[:most])
+    if len(view.legend) > most:
+        chips += f" … +{len(view.legend) - most} more"
+    dropped = f" · {view.dropped} older runs not kept" if view.dropped else ""
+    return (f'<span class="cellray-muted">{_plural(view.bars, "run")} on '
+            f'{_plural(len(view.lanes), "worker")} in the last '
+            f"{window_text(view.window_s)}{dropped} · "
+            f"<span style='color:{FAILED_COLOUR}'>&#215;</span> failed · dashed: cancelled</span><br>{chips}")
+
+
+def store_table(view: ObjectStoreView) -> str:
+    """Each node's object store: bytes in use of its size, spilled to disk now and so far,
+    and the copies of objects the GCS places there."""
+    def used(n: int, cap: int) -> str:
+        return f"{format_bytes(n)} / {format_bytes(cap)}" + (f" ({100 * n / cap:.0f}%)" if cap else "")
+
+    return _table(
+        ("node", "in store", "spilled now", "spilled so far", "objects", "their bytes"),
+        (f'<tr class="cellray-store-row" title="node {_e(n.node_id)}"><td>{_e(n.label)}'
+         f"{'' if n.alive else ' (dead)'}</td><td>{used(n.used, n.capacity)}</td>"
+         f"<td>{format_bytes(n.spilled)}</td><td>{format_bytes(n.spilled_total)}</td>"
+         f"<td>{n.copies}</td><td>{format_bytes(n.copy_bytes)}</td></tr>" for n in view.nodes),
+        "no nodes")
+
+
+def largest_objects_table(view: ObjectStoreView) -> str:
+    """The largest objects in the stores, largest first: size, what created it, its owner,
+    and the nodes holding a copy."""
+    return _table(
+        ("object", "size", "created by", "owner", "held by"),
+        (f'<tr class="cellray-object-row" title="object {_e(o.object_id)}"><td><code>{_e(o.object_id[:12])}'
+         f'</code></td><td class="cellray-object-size" data-bytes="{o.size}">{format_bytes(o.size)}</td>'
+         f"<td>{_e(o.created_by)}</td><td>{_e(o.owner)}</td><td>{_e(', '.join(o.holders))}</td></tr>"
+         for o in view.largest),
+        "no objects in the stores (small values travel inline and are not listed)")
+
+
 def _futures_tiles(f: FuturesView) -> str:
     return " ".join(count_tile(v, k) for k, v in f.counts.items())
 
@@ -226,4 +361,7 @@ def snapshot_html(view: DashboardView, status: str) -> str:
             f"<h4>Futures</h4>{_futures_tiles(view.futures)}{tasks_table(view.futures.latest)}"
             f"<h4>Actors</h4>{actors_table(view.actors)}"
             f"<h4>Placement groups</h4>{placement_groups_table(view.placement_groups)}"
-            f"<h4>Scheduler</h4>{decision_chart(view.scheduler)}{decisions_table(view.scheduler)}</div>")
+            f"<h4>Scheduler</h4>{decision_chart(view.scheduler)}{decisions_table(view.scheduler)}"
+            f"<h4>Timeline</h4>{timeline_legend(view.timeline)}{timeline_chart(view.timeline)}"
+            f"<h4>Object store</h4>{store_table(view.objects)}<b>Largest objects</b>"
+            f"{largest_objects_table(view.objects)}</div>")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from runtime.state import NodeState, SchedulerEvent
+from widgets.objects_view import ObjectStoreView
+from widgets.timeline import TimelineView, window_text
 
 __all__ = [
     "COUNT_KEYS",
@@ -145,6 +147,9 @@ class DashboardView:
     #: Changes applied so far (a view with the same version and time draws the same).
     version: int
     placement_groups: PlacementGroupsView = field(default_factory=lambda: PlacementGroupsView({}, ()))
+    #: Task runs per worker (see ``widgets.timeline``) and the object stores.
+    timeline: TimelineView = field(default_factory=TimelineView.empty)
+    objects: ObjectStoreView = field(default_factory=ObjectStoreView.empty)
 
     def summary(self) -> str:
         """A few plain-text lines: what a terminal or a CI log shows instead of the widget."""
@@ -164,6 +169,9 @@ class DashboardView:
             "Futures: " + ", ".join(f"{k} {c[k]}" for k in COUNT_KEYS),
             f"Actors: {actors}",
             f"Scheduler: {local} local, {spilled} spilled, {received} received",
+            (f"Timeline: {self.timeline.bars} task runs on {len(self.timeline.lanes)} worker(s) "
+             f"in the last {window_text(self.timeline.window_s)}"),
+            self.objects.summary(),
         ]
         groups = ", ".join(f"{k.lower()} {v}" for k, v in self.placement_groups.counts.items() if v)
         if groups:

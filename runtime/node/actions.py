@@ -78,11 +78,13 @@ class ReportEvent:
 
 @dataclass(frozen=True, slots=True)
 class ObjectLocation:
-    """Object ``object_id`` of ``size`` bytes is now in (or, ``removed``, gone from) this store."""
+    """Object ``object_id`` of ``size`` bytes is now in (or, ``removed``, gone from) this store;
+    ``owner_id``: the client that owns it, when known here."""
 
     object_id: bytes
     size: int
     removed: bool
+    owner_id: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -137,7 +137,7 @@ class ObjectTable:
                 self.objects[oid] = Obj(blob, len(blob), nested, False)
             else:
                 self.objects[oid] = Obj(None, data.size, nested, True)
-                self._emit(ObjectLocation(oid, data.size, False))
+                self._emit(ObjectLocation(oid, data.size, False, self.owners.get(oid, b"")))
         else:
             self.objects[oid] = Obj(data.inline, len(data.inline), nested, False)
         return True

@@ -92,7 +92,7 @@ class GcsReporter:
     def object_location(self, action: ObjectLocation) -> None:
         self._objects.append(gcs_pb2.ObjectLocationUpdate(
             object_id=action.object_id, node_id=self._node_id, size=action.size,
-            removed=action.removed))
+            removed=action.removed, owner_id=action.owner_id))
 
     def store_moves(self, moves: dict[bytes, tuple[int, bool]]) -> None:
         """Objects the store moved to disk or back (``SharedMemoryStore.take_moves``): their

@@ -4,8 +4,16 @@ A notebook written into a temporary root starts a cluster, displays ``widgets.Da
 and submits a batch of tasks that wait for a flag file. The test reads the Futures
 section's "finished" number, sets the flag, and waits (in the page, with
 ``wait_for_function``) until the number changes and then reaches the batch size. It saves
-a screenshot to ``test-artifacts/dashboard.png``, runs a last cell that stops the
-cluster, and stops the server (which stops the kernel) in ``finally``.
+a screenshot to ``test-artifacts/dashboard.png``.
+
+Then a cell puts a 5 MiB array and prints what ``runtime.state`` says, as the kernel reads
+it: the task runs (``list_tasks``), their workers, and the put's size (``list_objects``).
+The test reads that output and checks the page against it: the Timeline's SVG draws every
+run (its bars' ``data-runs`` add up to the runs; runs that would overlap on screen share a
+bar) on one lane per worker, and the Object store's largest object has the put's size.
+It zooms the timeline to 30 s with its dropdown and saves element screenshots of the two
+sections (``test-artifacts/timeline.png``, ``test-artifacts/objects.png``). A last cell
+stops the cluster, and the server (which stops the kernel) is stopped in ``finally``.
 
 Recipe (see the shared notes on browser tests): Debian's ``/usr/bin/chromium``, never a
 downloaded browser; the server on 127.0.0.1, port 0, with a token; its readiness is the
@@ -17,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import secrets
 import signal
 import subprocess
@@ -27,6 +36,7 @@ from typing import Any
 
 import pytest
 
+from runtime.state import format_bytes
 from runtime.testing.wait import wait_for
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -49,6 +59,13 @@ LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking
 FINISHED = ".cellray-dashboard .cellray-count-finished .cellray-num"
 PENDING = ".cellray-dashboard .cellray-count-pending .cellray-num"
 RUNNING = ".cellray-dashboard .cellray-count-running .cellray-num"
+TIMELINE = ".cellray-dashboard .cellray-timeline"
+BARS = f"{TIMELINE} .cellray-timeline-chart svg rect.cellray-bar"
+LANES = f"{TIMELINE} .cellray-timeline-chart svg g.cellray-lane"
+OBJECTS = ".cellray-dashboard .cellray-objects"
+LARGEST_SIZE = f"{OBJECTS} .cellray-largest-objects td.cellray-object-size"
+#: What the kernel prints from runtime.state after the batch (cell 3).
+STATE_LINE = re.compile(r"runs (\d+) workers (\d+) largest (\d+)")
 
 
 def _cell(source: str) -> dict[str, Any]:
@@ -72,6 +89,15 @@ def write_notebook(path: pathlib.Path, flag: pathlib.Path) -> None:
               f"refs = [work.remote(i, {str(flag)!r}) for i in range({BATCH})]\n"
               "len(refs)"),
         _cell("print('sum', sum(rt.get(refs)))"),
+        _cell("import numpy as np\n"
+              "from runtime import state\n"
+              "from runtime.testing.wait import wait_for\n"
+              "big = rt.put(np.zeros(5 * 1024 * 1024 // 8))\n"
+              "obj = wait_for(lambda: next((o for o in state.list_objects(limit=None)\n"
+              "                             if o.object_id == big.hex()), None), what='the put')\n"
+              "runs = [t for t in state.list_tasks(limit=None) if t.start_time is not None]\n"
+              "workers = {(t.node_id, t.worker_pid) for t in runs}\n"
+              "print('runs', len(runs), 'workers', len(workers), 'largest', obj.size)"),
         _cell("dash.close()\nrt.shutdown()\nprint('cluster stopped')"),
     ]
     nb = {"cells": cells, "metadata": {
@@ -212,7 +238,8 @@ def test_dashboard_moves_in_jupyterlab(lab: Lab, tmp_path: pathlib.Path) -> None
     write_notebook(lab.root / "dashboard.ipynb", flag)
     ARTIFACTS.mkdir(exist_ok=True)
     shot, failure_shot = ARTIFACTS / "dashboard.png", ARTIFACTS / "dashboard-failure.png"
-    for old in (shot, failure_shot):
+    timeline_shot, objects_shot = ARTIFACTS / "timeline.png", ARTIFACTS / "objects.png"
+    for old in (shot, failure_shot, timeline_shot, objects_shot):
         old.unlink(missing_ok=True)  # a picture left by an earlier run proves nothing
     errors: list[str] = []
     stopped = False
@@ -259,7 +286,34 @@ def test_dashboard_moves_in_jupyterlab(lab: Lab, tmp_path: pathlib.Path) -> None
             page.wait_for_selector(f".jp-OutputArea-output:has-text('sum {sum(range(BATCH))}')")
             page.locator(".cellray-dashboard").screenshot(path=str(shot))
 
-            run_cell(page, 3)
+            run_cell(page, 3)  # what runtime.state says, read by the kernel
+            said = page.locator(".jp-Notebook .jp-Cell").nth(3).locator(".jp-OutputArea-output",
+                                                                       has_text=STATE_LINE)
+            said.wait_for()
+            match = STATE_LINE.search(said.text_content() or "")
+            assert match is not None
+            runs, workers, size = (int(g) for g in match.groups())
+            assert runs == BATCH, f"runtime.state lists {runs} task runs, the notebook ran {BATCH}"
+            # The timeline: every run drawn (runs that would overlap on screen share a bar,
+            # which counts them in data-runs), a lane per worker (all ran within its 5 min).
+            page.wait_for_function(
+                "([sel, n]) => [...document.querySelectorAll(sel)]"
+                ".reduce((sum, e) => sum + Number(e.getAttribute('data-runs')), 0) === n",
+                arg=[BARS, runs])
+            assert page.locator(LANES).count() == workers
+            # The object store: the put is the largest object, with its size.
+            page.wait_for_function(
+                "([sel, n]) => document.querySelector(sel)?.getAttribute('data-bytes') === String(n)",
+                arg=[LARGEST_SIZE, size])
+            assert text_of(page, LARGEST_SIZE) == format_bytes(size)
+            assert "rt.put" in text_of(page, f"{OBJECTS} .cellray-largest-objects")
+            page.locator(OBJECTS).screenshot(path=str(objects_shot))
+            # Zoom in with the dropdown: the chart redraws over 30 s.
+            page.select_option(f"{TIMELINE} .cellray-timeline-zoom select", label="30 s")
+            page.wait_for_selector(f"{TIMELINE} .cellray-timeline-chart svg[data-window='30']")
+            page.locator(TIMELINE).screenshot(path=str(timeline_shot))
+
+            run_cell(page, 4)
             page.wait_for_selector(".jp-OutputArea-output:has-text('cluster stopped')")
             stopped = True
         except Exception as e:
@@ -272,6 +326,6 @@ def test_dashboard_moves_in_jupyterlab(lab: Lab, tmp_path: pathlib.Path) -> None
                                  f"screenshot: {failure_shot}\n--- jupyter log ---\n{lab.log_tail()}") from e
         finally:
             browser.close()
-    assert stopped and shot.exists()
+    assert stopped and shot.exists() and timeline_shot.exists() and objects_shot.exists()
     assert not [e for e in errors if "widget" in e.lower() or "cellray" in e.lower()], errors
 

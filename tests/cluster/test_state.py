@@ -187,6 +187,7 @@ def test_list_objects_shows_a_large_put_not_a_small_one(cluster: rt.ClusterInfo)
     wait_for(lambda: big_id in listed(), what="the 1 MiB object in list_objects")
     obj = listed()[big_id]
     assert obj.size >= 1 << 20 and obj.locations == (cluster.node_id,) and not obj.spilled
+    assert obj.owner_id == rt.get_runtime_context().get_worker_id()  # this driver put it
     assert small_id not in listed()  # inline objects live with their owner, not in a store
     del big
     wait_for(lambda: big_id not in listed(), what="the freed object to leave list_objects")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import sys
 import threading
 import weakref
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
+import numpy as np
 import pytest
 from IPython.core.formatters import DisplayFormatter
 from IPython.lib.pretty import pretty
@@ -39,6 +41,11 @@ def square(x: int) -> int:
 def held(flag: Any) -> str:
     flag.wait()
     return "done"
+
+
+@rt.remote
+def timed(i: int) -> int:
+    return i
 
 
 @rt.remote(max_retries=0)
@@ -87,7 +94,7 @@ def test_shutdown_stops_the_dashboard_and_leaves_no_thread(
     try:
         dash = synced(Dashboard())
         assert {t.name for t in widget_threads()} == {"cellray-dashboard-refresher",
-                                                      "cellray-subscription-nodes-tasks-actors-events-placement_groups"}
+                                                      "cellray-subscription-nodes-tasks-actors-events-placement_groups-objects"}
     finally:
         rt.shutdown()
     wait_for(lambda: not widget_threads(), what="the dashboard's threads to exit after rt.shutdown()")
@@ -212,6 +219,69 @@ def test_actors_with_their_state_node_and_calls(cluster: rt.ClusterInfo) -> None
         rt.kill(counter)
         wait_for(lambda: row("DEAD"), what="the killed actor to show DEAD")
         wait_for(lambda: "dead" in dash.actors.tiles.value, what="the actor tiles")
+    finally:
+        dash.close()
+
+
+def test_the_timeline_has_a_bar_per_task_run_on_the_worker_that_ran_it(cluster: rt.ClusterInfo) -> None:
+    dash = synced(Dashboard(interval=0.05))
+    try:
+        refs = [timed.remote(i) for i in range(6)]
+        assert rt.get(refs) == list(range(6))
+        ids = {ref.task_id() for ref in refs}
+
+        def runs_in_state() -> set[tuple[Any, ...]] | None:
+            tasks = [t for t in rt.state.list_tasks(name="timed", limit=None) if t.task_id in ids]
+            if len(tasks) != 6 or not all(t.done for t in tasks):
+                return None
+            return {(t.task_id, t.node_id, t.worker_pid, t.start_time, t.end_time) for t in tasks}
+
+        def runs_shown() -> set[tuple[Any, ...]]:
+            return {(b.task_id, b.node_id, b.pid, b.start, b.end)
+                    for lane in dash.view().timeline.lanes for b in lane.bars if b.task_id in ids}
+
+        expected = wait_for(runs_in_state, what="the six tasks to be FINISHED in runtime.state",
+                            interval=0.05)
+        wait_for(lambda: runs_shown() == expected,
+                 what=f"a bar per task, as runtime.state has it: {expected}")
+        timeline = dash.view().timeline
+        ours = [(lane, b) for lane in timeline.lanes for b in lane.bars if b.task_id in ids]
+        # The same workers (a lane each), and one colour for the function.
+        assert {(lane.node_id, lane.pid) for lane, _ in ours} == {(n, pid) for _, n, pid, _, _ in expected}
+        assert len({b.colour for _, b in ours}) == 1
+        # Drawn: runs that would overlap on screen share a bar, which counts them in data-runs.
+        wait_for(lambda: sum(int(n) for n in re.findall(r'data-fn="timed" data-runs="(\d+)"',
+                                                        dash.timeline.chart.value)) == 6,
+                 what="the chart to draw the six runs")
+        dash.timeline.zoom.value = 30.0   # the zoom redraws at once, and later updates keep it
+        assert 'data-window="30"' in dash.timeline.chart.value
+        wait_for(lambda: 'data-window="30"' in dash.timeline.chart.value and dash.statistics()["draws"] > 2,
+                 what="updates to keep the chosen window")
+    finally:
+        dash.close()
+
+
+def test_the_object_store_shows_a_put_as_the_largest_object(cluster: rt.ClusterInfo) -> None:
+    dash = synced(Dashboard(interval=0.05))
+    try:
+        ref = rt.put(np.zeros(5 * 1024 * 1024 // 8))
+        listed = wait_for(lambda: next((o for o in rt.state.list_objects(limit=None)
+                                        if o.object_id == ref.hex()), None),
+                          what="runtime.state to list the put", interval=0.05)
+        top = wait_for(lambda: (v := dash.view().objects).largest and v.largest[0].object_id == ref.hex()
+                       and v.largest[0], what="the put to be the largest object shown")
+        assert top.size == listed.size >= 5 * 1024 * 1024
+        assert top.holders == tuple(n[:6] for n in listed.locations) == (cluster.node_id[:6],)
+        assert top.created_by == "rt.put"
+        own = rt.get_runtime_context().get_worker_id()
+        assert top.owner == ("unknown" if listed.owner_id is None else
+                             "this kernel" if listed.owner_id == own else listed.owner_id[:8])
+        # The node's store bytes come from its heartbeats: the put is in them soon.
+        wait_for(lambda: dash.view().objects.nodes[0].used >= listed.size,
+                 what="the node's store bytes to count the put")
+        wait_for(lambda: f'data-bytes="{listed.size}"' in dash.objects.largest.value,
+                 what="the largest-objects table to show the put's size")
+        assert "rt.put" in dash.objects.largest.value
     finally:
         dash.close()
 
