@@ -25,10 +25,11 @@ How the package is built: ``magics`` (one ``Magics`` class: parse, call, show) s
 ``arguments`` (the parsers), ``cluster`` (start/attach/stop), ``cell`` (what a cell
 reads, shipping it, the ``RemoteCell`` future), ``names`` (which names a cell reads),
 ``routing`` (output to the right cell), ``interrupt`` (an interrupted cell cancels the
-tasks it started), ``display`` (rendering) and ``tracebacks`` (a failed task's traceback
-in IPython's style). ``worker`` is the
-part that runs on the cluster; it imports only the standard library, which is why this
-file imports nothing at the top: workers import ``kernel_ext.worker`` without IPython.
+tasks it started), ``strip`` (a live progress strip under a cell whose tasks run on),
+``display`` (rendering) and ``tracebacks`` (a failed task's traceback in IPython's
+style). ``worker`` is the part that runs on the cluster; it imports only the standard
+library, which is why this file imports nothing at the top: workers import
+``kernel_ext.worker`` without IPython.
 It uses only ``runtime``'s public API, and ``runtime._tracebacks`` (the hook that draws
 a failed task's traceback).
 """
@@ -50,14 +51,17 @@ def load_ipython_extension(ipython: Any) -> None:
     magics = CellrayMagics(ipython)
     ipython.register_magics(magics)
     ipython.configurables.append(magics)  # so that %config CellrayMagics works
-    from kernel_ext import interrupt, tracebacks
+    from kernel_ext import interrupt, strip, tracebacks
     from runtime.state import set_get_progress
     from widgets import get_with_progress, register_formatters
     tracebacks.install()  # a failed task's traceback in IPython's style, cellray's frames cut
     # Interrupting a cell cancels the tasks it started (a %%remote cell cancels its own).
     interrupt.install(ipython, grace=lambda: magics.soft_cancel_grace, skip=magics.router.is_cell_task)
     register_formatters(ipython)  # live reprs of ObjectRefs, actor handles, clusters
-    set_get_progress(get_with_progress)  # rt.get on many refs shows a bar after 1 s
+    # A live strip under each cell whose tasks run on; rt.get on many refs shows a bar after 1 s,
+    # unless that cell's strip already shows those tasks (one bar per cell: see kernel_ext.strip).
+    strip.install(ipython, enabled=lambda: magics.progress_strip, skip=magics.router.is_cell_task)
+    set_get_progress(strip.get_progress(ipython, get_with_progress))
     print(LOADED_MESSAGE)
 
 
@@ -68,10 +72,11 @@ def unload_ipython_extension(ipython: Any) -> None:
     magics = ipython.magics_manager.registry.pop(CellrayMagics.__name__, None)
     if magics is None:
         return
-    from kernel_ext import interrupt, tracebacks
+    from kernel_ext import interrupt, strip, tracebacks
     from runtime.state import set_get_progress
     from widgets import unregister_formatters
     interrupt.uninstall(ipython)
+    strip.uninstall(ipython)
     tracebacks.uninstall()
     unregister_formatters(ipython)
     set_get_progress(None)

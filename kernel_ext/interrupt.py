@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import runtime as rt
+from kernel_ext.cell_hooks import CellHooks
 from kernel_ext.routing import connection_id
 from runtime import state
 from runtime.exceptions import GetTimeoutError, TaskCancelledError, WorkerCrashedError
@@ -46,7 +47,7 @@ class _Started:
     ref: weakref.ReferenceType[Any]
 
 
-class CellInterrupts:
+class CellInterrupts(CellHooks):
     """Records the tasks each cell starts and cancels them when the cell is interrupted.
 
     ``register()`` hooks the shell's events, ``unregister()`` unhooks them (both
@@ -56,28 +57,21 @@ class CellInterrupts:
 
     def __init__(self, shell: Any, grace: Callable[[], float],
                  skip: Callable[[str], bool] = lambda name: False) -> None:
-        self.shell = shell
+        super().__init__(shell)
         self._grace = grace
         self._skip = skip
         self._lock = threading.Lock()
         #: The running cell's tasks by task id; None between cells.
         self._started: dict[str, _Started] | None = None
         self._connection: str | None = None
-        self._registered = False
 
     # ---- hooks ----
 
     def register(self) -> None:
-        if not self._registered:
-            self.shell.events.register("pre_run_cell", self.pre_run_cell)
-            self.shell.events.register("post_run_cell", self.post_run_cell)
-            self._registered = True
+        self.register_cells()
 
     def unregister(self) -> None:
-        if self._registered:
-            self.shell.events.unregister("pre_run_cell", self.pre_run_cell)
-            self.shell.events.unregister("post_run_cell", self.post_run_cell)
-            self._registered = False
+        self.unregister_cells()
         if self._connection is not None and connection_id() == self._connection:
             state.remove_submit_handler(self.on_submit)
         self._connection = None
@@ -101,7 +95,7 @@ class CellInterrupts:
                 self._started[task.task_id] = _Started(
                     task.name, task.actor_id is not None, weakref.ref(task.refs[0]))
 
-    def post_run_cell(self, result: Any) -> None:
+    def post_run_cell(self, result: Any = None) -> None:
         """A cell ended: when a KeyboardInterrupt ended it, cancel what it left running."""
         with self._lock:
             started, self._started = self._started or {}, None
@@ -183,10 +177,6 @@ def summary(todo: list[tuple[_Started, Any]], outcomes: list[str], forced: bool)
     if n["ended"]:
         parts.append(f"{n['ended']} ended before the cancel reached them")
     return "cellray: interrupted: " + "; ".join(parts)
-    try:
-        return rt.get_runtime_context().get_worker_id()
-    except RuntimeError:  # shut down meanwhile
-        return None
 
 
 #: The interrupt handler of each shell the extension is loaded in.

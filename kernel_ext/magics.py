@@ -14,7 +14,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.display import display, update_display
-from traitlets import Float, Integer
+from traitlets import Bool, Float, Integer
 
 import runtime as rt
 from kernel_ext import arguments, cell, cluster
@@ -38,6 +38,10 @@ class CellrayMagics(Magics):
     large_value_warning = Integer(cell.LARGE_SHIPMENT_BYTES, help=(
         "A name a %%remote cell reads that is bigger than this many bytes, pickled, gets a "
         "warning suggesting rt.put.")).tag(config=True)
+    progress_strip = Bool(True, help=(
+        "Show a live progress strip under each cell whose tasks are still running a second after "
+        "they were submitted (kernel_ext.strip). CELLRAY_PROGRESS_STRIP=0 turns it off as well.")
+    ).tag(config=True)
 
     def __init__(self, shell: Any) -> None:
         super().__init__(shell=shell)
