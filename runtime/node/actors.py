@@ -381,7 +381,8 @@ class ActorTable:
         actor = self.actors.get(actor_id)
         if actor is None or actor.host_node:
             if actor is not None and no_restart:
-                actor.no_restart, actor.death_cause = True, cause
+                # ``ending``: a graceful end stays graceful when ``creation_reported`` passes it on
+                actor.no_restart, actor.death_cause, actor.ending = True, cause, graceful
             self._remote.kill(actor_id, no_restart, graceful)
             return
         if actor.state == ActorState.DEAD:

@@ -461,7 +461,7 @@ def test_dropping_the_last_ref_frees_a_store_object_once() -> None:
     s = _node()
     oid = _ids.object_id(b"p" * 16, 0)
     s.put(DRIVER, common_pb2.ObjectData(object_id=oid, shm_path="/shm/p", size=4096))
-    assert _acts(s, ObjectLocation) == [ObjectLocation(oid, 4096, False)]
+    assert _acts(s, ObjectLocation) == [ObjectLocation(oid, 4096, False, DRIVER)]  # its owner put it
     s.outbox.clear()
     s.update_refs(DRIVER, add=[], remove=[oid])
     assert s.store.freed == [oid] and oid not in s.objects
