@@ -49,6 +49,7 @@ from runtime.exceptions import (
     ObjectStoreFullError,
 )
 from runtime.gcs.client import GcsClient
+from runtime.object_store.pool import POOL_MIN
 from runtime.object_store.shm import read_object, write_object
 from runtime.protocol import codec, common_pb2, gcs_pb2, node_pb2, node_pb2_grpc
 from runtime.rpc.channel import connect, token_metadata
@@ -443,7 +444,7 @@ class CoreClient:
             assert data is not None
         if data.shm_path:
             try:
-                return read_object(data.shm_path)
+                return self._mapped(oid, data.size, read_object(data.shm_path))
             except FileNotFoundError:
                 # Spilled or moved since we learned the path, or freed (its owner died): ask
                 # the node for it again.
@@ -452,9 +453,15 @@ class CoreClient:
                 again = objects.data(oid)
                 assert again is not None
                 if again.shm_path:
-                    return read_object(again.shm_path)
+                    return self._mapped(oid, again.size, read_object(again.shm_path))
                 data = again
         return decode(oid, data.inline)
+
+    def _mapped(self, oid: bytes, size: int, value: Any) -> Any:
+        """``value``, read from the store: the node must never reuse a mapped file (``pool.py``)."""
+        if size >= POOL_MIN:
+            self.send(node_pb2.ClientOp(mapped=node_pb2.Mapped(object_ids=[oid])))
+        return value
 
     # ---- functions and tasks -------------------------------------------------------
 

@@ -38,6 +38,7 @@ class Store(Protocol):
     def pin(self, object_id: bytes) -> None: ...
     def unpin(self, object_id: bytes) -> None: ...
     def free(self, object_id: bytes) -> None: ...
+    def mark_mapped(self, object_ids: Iterable[bytes]) -> None: ...
 
 
 #: Serializes node-made errors (cancelled, worker crashed) into codec bytes.
@@ -141,6 +142,10 @@ class ObjectTable:
         else:
             self.objects[oid] = Obj(data.inline, len(data.inline), nested, False)
         return True
+
+    def mark_mapped(self, oids: Iterable[bytes]) -> None:
+        """A client mapped these objects from the store: their files are never reused."""
+        self._store.mark_mapped([oid for oid in oids if (o := self.objects.get(oid)) and o.in_store])
 
     def fill(self, data: common_pb2.ObjectData, oid: bytes, pin: bool = False) -> bool:
         """Describe object ``oid`` in ``data``; True when it was pinned in the store."""

@@ -212,6 +212,10 @@ def _cancel(s: LocalScheduler, cid: bytes, op: node_pb2.ClientOp) -> None:
     s.cancel(op.cancel.task_id, op.cancel.force, op.cancel.recursive)
 
 
+def _mapped(s: LocalScheduler, cid: bytes, op: node_pb2.ClientOp) -> None:
+    s.objects.mark_mapped(op.mapped.object_ids)
+
+
 def _kill_actor(s: LocalScheduler, cid: bytes, op: node_pb2.ClientOp) -> None:
     s.kill_actor(op.kill_actor.actor_id, op.kill_actor.no_restart)
 
@@ -221,6 +225,7 @@ def _kill_actor(s: LocalScheduler, cid: bytes, op: node_pb2.ClientOp) -> None:
 OPS: dict[str, OpHandler] = {
     "submit": _submit, "result": _result, "get": _get, "refs": _refs, "put": _put,
     "log": _log, "blocked": _blocked, "cancel": _cancel, "kill_actor": _kill_actor,
+    "mapped": _mapped,
 }
 
 

@@ -10,11 +10,16 @@ waits for them. A producer of an object of at least ``POOL_MIN`` bytes
 the object's file, writes into its pages and cuts it to the object's size, which gives the
 tail back; the pool makes another blank of that class behind it.
 
+A freed object's file becomes a blank too when no reader ever mapped it (``adopt``; the
+clients say which objects they mapped, ``ClientOp.mapped``): a loop of large puts then
+writes into the same pages over and over, as a store with its own arena would.
+
 Claiming needs no round trip to the node and is safe between processes: a blank is taken
 by renaming it to a name of the claimer's own (one rename wins), then linked to the
 object's path (which fails if the object exists, as ``O_EXCL`` would). A blank is never
 mapped by anyone before it is claimed, and an object's file is never reused after it is
-freed (a reader may still map it), so no reader can ever see another object's bytes.
+freed if a reader mapped it (it may still map it), so no reader ever sees another
+object's bytes.
 
 The pool's files live in the same file system as the store; the pool never lets them take
 room the store may need (``capacity - used``), and gives up filling for a while when the
@@ -24,12 +29,15 @@ file system is full. Budget: ``Settings.store_pool_bytes``.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import pathlib
 import shutil
 import threading
 from collections.abc import Callable
+
+from runtime.object_store._files import free_bytes
 
 __all__ = ["POOL_DIR", "POOL_MIN", "SegmentPool", "claim", "classes_for"]
 
@@ -88,11 +96,12 @@ class SegmentPool:
 
     def __init__(self, shm_dir: pathlib.Path, budget: int, room_needed: Callable[[], int]) -> None:
         self.dir = pathlib.Path(shm_dir) / POOL_DIR
+        self.budget = budget
         self.classes = classes_for(budget)
         self._room_needed = room_needed
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._seq = 0
+        self._seq = itertools.count(1)
         #: How many times the filler looked for missing blanks.
         self.looked = 0
         self._thread: threading.Thread | None = None
@@ -100,6 +109,23 @@ class SegmentPool:
             self.dir.mkdir(mode=0o700, exist_ok=True)
             self._thread = threading.Thread(target=self._run, name="cellray-segment-pool", daemon=True)
             self._thread.start()
+
+    def adopt(self, path: str, size: int, room_needed: int) -> bool:
+        """Keep the file of a freed object that no reader ever mapped (its producer wrote it
+        with ``write``, and it was only read whole, never mapped) as a blank: its pages are
+        allocated already, so the next large put writes into them without the kernel
+        allocating any. False, and the caller removes it, when the pool holds twice its
+        budget already or the store may need the room (``room_needed`` bytes free)."""
+        if size < POOL_MIN or self._stop.is_set() or not self.classes:
+            return False
+        held = sum(s * n for s, n in self.blanks().items())
+        if held + size > 2 * self.budget or free_bytes(str(self.dir)) < room_needed:
+            return False
+        try:
+            os.rename(path, self.dir / f"{size}.r{next(self._seq)}")
+        except OSError:
+            return False
+        return True
 
     def wake(self) -> None:
         """Look for missing blanks now."""
@@ -151,15 +177,15 @@ class SegmentPool:
         return True
 
     def _make(self, size: int) -> bool:
-        self._seq += 1
-        tmp = self.dir / f"making-{self._seq}"
+        seq = next(self._seq)
+        tmp = self.dir / f"making-{seq}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
                 os.posix_fallocate(fd, 0, size)  # allocates (and zeroes) every page now
             finally:
                 os.close(fd)
-            os.rename(tmp, self.dir / f"{size}.{self._seq}")
+            os.rename(tmp, self.dir / f"{size}.{seq}")
         except OSError as e:
             try:
                 os.unlink(tmp)

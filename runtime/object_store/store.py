@@ -29,6 +29,7 @@ import pathlib
 import shutil
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
 
 from runtime.exceptions import (
@@ -49,12 +50,13 @@ __all__ = ["SharedMemoryStore"]
 
 
 class _Entry:
-    __slots__ = ("in_shm", "pins", "size")
+    __slots__ = ("in_shm", "mapped", "pins", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size  #: bytes of the object's file
         self.pins = 0  #: nested pin count; pinned objects are never spilled
         self.in_shm = True  #: False while the object lives in the spill directory
+        self.mapped = False  #: a reader mapped it: its file is never reused (``mark_mapped``)
 
 
 class SharedMemoryStore:
@@ -359,11 +361,22 @@ class SharedMemoryStore:
                 self._lru[object_id] = None
                 self._pinned_bytes -= entry.size
 
+    def mark_mapped(self, object_ids: Iterable[bytes]) -> None:
+        """A reader mapped these objects (it may keep the mapping after they are freed):
+        their files are removed when freed, never kept as blank segments."""
+        with self._lock:
+            for oid in object_ids:
+                entry = self._objects.get(oid)
+                if entry is not None:
+                    entry.mapped = True
+
     def free(self, object_id: bytes) -> None:
         """Remove ``object_id`` wherever it is, pinned or not; unknown ids are ignored.
 
-        For an id the store does not know, a file a producer left at ``path_for`` (it
-        died before sealing) is removed too.
+        The file of an object in shared memory that no reader mapped and nothing pins
+        becomes a blank segment of the pool when it has room (``pool.py``), else it is
+        removed. For an id the store does not know, a file a producer left at
+        ``path_for`` (it died before sealing) is removed too.
         """
         with self._lock:
             entry = self._objects.pop(object_id, None)
@@ -376,7 +389,10 @@ class SharedMemoryStore:
                     self._pinned_bytes -= entry.size
                 else:
                     del self._lru[object_id]
-                unlink_quietly(self.path_for(object_id))
+                path = self.path_for(object_id)
+                if entry.pins or entry.mapped or self._pool is None or not self._pool.adopt(
+                        path, entry.size, self._capacity - self._used):
+                    unlink_quietly(path)
             else:
                 self._spilled_bytes -= entry.size
                 unlink_quietly(self._spill_path(object_id))

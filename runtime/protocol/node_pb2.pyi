@@ -21,7 +21,7 @@ class NodeBatch(_message.Message):
     def __init__(self, ops: _Optional[_Iterable[_Union[NodeOp, _Mapping]]] = ...) -> None: ...
 
 class ClientOp(_message.Message):
-    __slots__ = ("hello", "submit", "put", "get", "refs", "cancel", "result", "log", "blocked", "kill_actor")
+    __slots__ = ("hello", "submit", "put", "get", "refs", "cancel", "result", "log", "blocked", "kill_actor", "mapped")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     SUBMIT_FIELD_NUMBER: _ClassVar[int]
     PUT_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class ClientOp(_message.Message):
     LOG_FIELD_NUMBER: _ClassVar[int]
     BLOCKED_FIELD_NUMBER: _ClassVar[int]
     KILL_ACTOR_FIELD_NUMBER: _ClassVar[int]
+    MAPPED_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     submit: _common_pb2.TaskSpec
     put: _common_pb2.ObjectData
@@ -42,7 +43,14 @@ class ClientOp(_message.Message):
     log: LogLines
     blocked: BlockedState
     kill_actor: KillActor
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., submit: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ..., put: _Optional[_Union[_common_pb2.ObjectData, _Mapping]] = ..., get: _Optional[_Union[GetObjects, _Mapping]] = ..., refs: _Optional[_Union[RefUpdate, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ..., result: _Optional[_Union[TaskResult, _Mapping]] = ..., log: _Optional[_Union[LogLines, _Mapping]] = ..., blocked: _Optional[_Union[BlockedState, _Mapping]] = ..., kill_actor: _Optional[_Union[KillActor, _Mapping]] = ...) -> None: ...
+    mapped: Mapped
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., submit: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ..., put: _Optional[_Union[_common_pb2.ObjectData, _Mapping]] = ..., get: _Optional[_Union[GetObjects, _Mapping]] = ..., refs: _Optional[_Union[RefUpdate, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ..., result: _Optional[_Union[TaskResult, _Mapping]] = ..., log: _Optional[_Union[LogLines, _Mapping]] = ..., blocked: _Optional[_Union[BlockedState, _Mapping]] = ..., kill_actor: _Optional[_Union[KillActor, _Mapping]] = ..., mapped: _Optional[_Union[Mapped, _Mapping]] = ...) -> None: ...
+
+class Mapped(_message.Message):
+    __slots__ = ("object_ids",)
+    OBJECT_IDS_FIELD_NUMBER: _ClassVar[int]
+    object_ids: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, object_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class NodeOp(_message.Message):
     __slots__ = ("welcome", "object", "execute", "cancel", "log", "event", "object_error")

@@ -70,6 +70,8 @@ class NullStore:
 
     def free(self, object_id: bytes) -> None: ...
 
+    def mark_mapped(self, object_ids: Iterable[bytes]) -> None: ...
+
 
 def encode_error(err: BaseException) -> bytes:
     """Node-made errors, serialized as the node manager does."""

@@ -325,6 +325,7 @@ class Executor:
         else:
             fn = self.load_function(spec.function_id, spec.name)
         args, kwargs = _args.decode(spec.args, [results.arg_value(d) for d in ex.args])
+        results.note_mapped(self._client, ex.args)
         return fn, args, kwargs
 
     def _finish(self, res: node_pb2.TaskResult, spec: common_pb2.TaskSpec, value: Any) -> None:

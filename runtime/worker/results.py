@@ -10,12 +10,14 @@ from __future__ import annotations
 import inspect
 import os
 import traceback
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
 from runtime import _ids, _tracebacks
 from runtime.exceptions import ConnectionLostError, InternalError, TaskCancelledError, TaskError
+from runtime.object_store.pool import POOL_MIN
 from runtime.object_store.shm import read_object
 from runtime.protocol import codec, common_pb2, node_pb2
 
@@ -93,6 +95,14 @@ def arg_value(data: common_pb2.ObjectData) -> Any:
         raise InternalError(f"argument {_ids.short(data.object_id)} holds an error that is not "
                             f"an exception: {err!r}. This is a cellray bug; please report it.")
     return codec.deserialize(data.inline)
+
+
+def note_mapped(client: CoreClient, args: Iterable[common_pb2.ObjectData]) -> None:
+    """Tell the node which arguments were mapped from its store (their files must never be
+    reused: the task's values may outlive the objects); before the result, on the session."""
+    mapped = [d.object_id for d in args if d.shm_path and d.size >= POOL_MIN]
+    if mapped:
+        client.send(node_pb2.ClientOp(mapped=node_pb2.Mapped(object_ids=mapped)))
 
 
 def cancelled(spec: common_pb2.TaskSpec, when: str = "while running") -> TaskCancelledError:

@@ -171,3 +171,22 @@ def test_object_larger_than_the_store(cluster: rt.ClusterInfo) -> None:
     with pytest.raises(ObjectStoreFullError, match="object_store_memory"):
         rt.get(big.remote(), timeout=30)
     assert rt.get(make_array.remote(10, 1)).tolist() == [1] * 10
+
+
+def _pool_blanks() -> list[str]:
+    return [os.path.basename(p) for p in glob.glob("/dev/shm/cellray-*/.pool/*")]
+
+
+def test_freed_files_are_reused_only_when_no_reader_mapped_them(cluster: rt.ClusterInfo) -> None:
+    n = 8 * MiB
+    kept = rt.get(rt.put(np.full(n, 7, dtype=np.uint8)))  # mapped, then its ref is gone at once
+    task_arg = rt.put(np.full(n, 9, dtype=np.uint8))
+    assert rt.get(describe.remote(task_arg)) == (False, "mmap", 9)  # a worker mapped it too
+    del task_arg
+    for i in range(6):  # puts nobody reads: each freed file may become the next one's
+        ref = rt.put(np.full(n, i, dtype=np.uint8))
+        del ref
+    wait_for(lambda: any(".r" in b for b in _pool_blanks()), what="a freed, unread file kept as a blank")
+    for i in range(6):  # writing into reused files never touches what readers still map
+        assert rt.get(rt.put(np.full(n, 100 + i, dtype=np.uint8)))[0] == 100 + i
+    assert int(kept.min()) == int(kept.max()) == 7 and kept.shape == (n,)

@@ -93,3 +93,31 @@ def test_the_pool_never_takes_room_the_store_needs(shm_dir: pathlib.Path) -> Non
             pool.close()
     finally:
         shm_dir.rmdir()
+
+
+def test_a_freed_object_no_reader_mapped_becomes_the_next_objects_file(shm_dir: pathlib.Path,
+                                                                       tmp_path: pathlib.Path) -> None:
+    store = SharedMemoryStore(shm_dir, tmp_path / "spill", 512 * MB, pool_bytes=40 * MB)
+    try:
+        pool = store._pool
+        assert pool is not None
+        value = serialize(np.ones(3 * MB // 8))
+        a, b, c = (bytes([i]) * 20 for i in range(1, 4))
+        store.seal(a, _write(store, a, value))
+        inode = os.stat(store.path_for(a)).st_ino
+        wait_for(lambda: pool.blanks() == {16 * MB: 1, 4 * MB: 1}, what="the pool to fill")
+        store.free(a)  # nobody mapped it: its pages become a blank
+        assert not os.path.exists(store.path_for(a))
+        assert pool.blanks() == {16 * MB: 1, 4 * MB: 1, value.nbytes: 1}
+        store.seal(b, _write(store, b, value))  # the smallest blank that fits: a's file
+        assert os.stat(store.path_for(b)).st_ino == inode
+        assert float(read_object(store.path_for(b)).sum()) == 3 * MB // 8
+        store.mark_mapped([b])  # a reader mapped b: it may hold the mapping after the free
+        store.free(b)
+        assert value.nbytes not in pool.blanks()
+        store.seal(c, _write(store, c, value))
+        store.pin(c)  # pinned (a pull reading it): never reused either
+        store.free(c)
+        assert value.nbytes not in pool.blanks() and not os.path.exists(store.path_for(c))
+    finally:
+        store.close()
