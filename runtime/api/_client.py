@@ -459,7 +459,7 @@ class CoreClient:
 
     def _mapped(self, oid: bytes, size: int, value: Any) -> Any:
         """``value``, read from the store: the node must never reuse a mapped file (``pool.py``)."""
-        if size >= POOL_MIN:
+        if size >= POOL_MIN and self.objects.first_mapping(oid):
             self.send(node_pb2.ClientOp(mapped=node_pb2.Mapped(object_ids=[oid])))
         return value
 

@@ -58,6 +58,8 @@ class ObjectTable:
         self._requested: set[bytes] = set()
         #: Local ObjectRef counts.
         self._local_refs: dict[bytes, int] = {}
+        #: Objects this process mapped from the store and told the node so (``first_mapping``).
+        self._mapped: set[bytes] = set()
 
     # ---- references ----------------------------------------------------------------
 
@@ -78,6 +80,7 @@ class ObjectTable:
                 return
             self._local_refs.pop(oid, None)
             self._objects.pop(oid, None)
+            self._mapped.discard(oid)
             self._outbox.remove_ref(oid)
 
     # ---- data ----------------------------------------------------------------------
@@ -90,6 +93,7 @@ class ObjectTable:
         oid = data.object_id
         if oid in self._local_refs and (data.inline or data.shm_path or oid not in self._objects):
             self._objects[oid] = data
+            self._mapped.discard(oid)  # maybe another copy: mapping it is told again
         self._requested.discard(oid)
 
     def elsewhere(self, ids: Sequence[bytes]) -> list[bytes]:
@@ -104,6 +108,13 @@ class ObjectTable:
             self._requested.difference_update(far)
             self.request(far)
         return far
+
+    def first_mapping(self, oid: bytes) -> bool:
+        """True the first time this process maps the copy of ``oid`` it was last sent."""
+        if oid in self._mapped:
+            return False
+        self._mapped.add(oid)
+        return True
 
     def failed(self, object_id: bytes, error: bytes) -> None:
         """The node sent an object's error blob in place of its value; no wake-up."""
