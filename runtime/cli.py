@@ -20,8 +20,9 @@ newest one started here, or the one ``--address`` names); ``--all`` stops every 
 
 ``--tls`` makes the cluster's CA and certificates (``runtime._tls``) and runs every
 channel over mutual TLS; the head prints its join bundle, which nodes (``--bundle``) and
-drivers (``rt.init(address=..., bundle=...)``) on other machines take. Servers bound to a
-non-loopback ``--host`` need ``--tls``, or ``--insecure`` (plaintext, with a warning).
+drivers (``rt.init(address=..., bundle=...)``) on other machines take. A head bound to a
+non-loopback ``--host`` uses TLS without being asked; ``--insecure`` keeps it plaintext (with
+a warning). A node added off loopback needs the bundle, or ``--insecure``.
 
 This module only parses and prints; ``runtime.cluster.commands`` does the work. Exit
 codes: 0 success, 1 the command failed (the message says why), 2 bad input.
@@ -145,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "certificate; the node then uses TLS")
     security = start.add_mutually_exclusive_group()
     security.add_argument("--tls", action="store_true",
-                          help="(--head) make a cluster CA and run every channel over mutual TLS")
+                          help="(--head) make a cluster CA and run every channel over mutual TLS "
+                               "(on by itself when --host is not a loopback address)")
     security.add_argument("--insecure", action="store_true",
                           help="let servers bind a non-loopback --host without TLS (plaintext; "
                                "only on a network you trust)")
@@ -220,7 +222,7 @@ def _cmd_start(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         cluster = commands.start_head(spec, num_nodes=args.num_nodes, host=args.host, port=args.port,
                                       global_schedulers=args.global_schedulers,
                                       gcs_storage=args.gcs_storage, redis_shards=args.redis_shards,
-                                      tls=args.tls, insecure=args.insecure)
+                                      tls=True if args.tls else None, insecure=args.insecure)
         _print_started(cluster.address, cluster.session_dir, cluster.token_file, len(cluster.nodes),
                        cluster.storage, cluster.bundle)
         return 0

@@ -75,19 +75,23 @@ def _settings() -> config.Settings:
 def start_head(spec: NodeSpec, *, num_nodes: int = 1, host: str = "127.0.0.1",
                port: int | None = None, global_schedulers: int | None = None,
                gcs_storage: str | None = None, redis_shards: int | None = None,
-               tls: bool = False, insecure: bool = False) -> LocalCluster:
+               tls: bool | None = None, insecure: bool = False) -> LocalCluster:
     """Start a detached cluster (GCS and ``num_nodes`` nodes); it runs until ``stop_cluster``.
 
     ``port`` None means ``DEFAULT_PORT``, which must be free; 0 picks any free port.
     ``gcs_storage`` and ``redis_shards`` choose where the GCS keeps its tables (None: the
     settings', by default SQLite in the session directory); the head process restarts
     the GCS from them when it dies. ``tls`` makes the cluster's CA and join bundle and
-    runs every channel over mutual TLS; a non-loopback ``host`` without it needs
-    ``insecure`` (a warning is printed on stderr), else ``CommandError`` says how.
+    runs every channel over mutual TLS; None (the default) turns it on exactly when
+    ``host`` is not a loopback address and ``insecure`` is not given (safe by default off
+    this machine). ``tls=False`` off loopback needs ``insecure`` (a warning is printed on
+    stderr), else ``CommandError`` says how.
     """
+    insecure = insecure or bool(_settings().insecure)
+    if tls is None:
+        tls = not insecure and not security.is_loopback(host)
     try:
-        security.check_bind(host, port or DEFAULT_PORT, tls=tls,
-                            insecure=insecure or bool(_settings().insecure))
+        security.check_bind(host, port or DEFAULT_PORT, tls=tls, insecure=insecure)
     except security.InsecureBindError as err:
         raise CommandError(_cli_terms(str(err))) from err
     if port is None:

@@ -178,13 +178,14 @@ def two_machines(tmp_path: pathlib.Path, subprocess_env: Callable[..., dict[str,
         ok(run_cli(head, "stop", "--all"))
 
 
-def test_the_cli_refuses_plaintext_off_loopback_and_warns_once_with_insecure(
+def test_the_cli_turns_tls_on_off_loopback_and_warns_once_with_insecure(
         two_machines: tuple[dict[str, str], dict[str, str], pathlib.Path]) -> None:
     env, _, root = two_machines
-    refused = run_cli(env, "start", "--head", "--host", "0.0.0.0", "--port", "0", "--cpus", "1")
-    assert refused.returncode == 1, refused
-    assert "refusing to serve 0.0.0.0" in refused.stderr
-    assert "--tls" in refused.stderr and "--insecure" in refused.stderr
+    # Off loopback without a word about TLS: TLS, safe by default.
+    safe = ok(run_cli(env, "start", "--head", "--host", "0.0.0.0", "--port", "0", "--cpus", "1",
+                      "--global-schedulers", "1"))
+    assert "TLS:         on (mutual); join bundle:" in safe
+    ok(run_cli(env, "stop", "--all"))
     assert processes_of(root) == []
     started = run_cli(env, "start", "--head", "--host", "0.0.0.0", "--port", "0", "--cpus", "1",
                       "--global-schedulers", "1", "--insecure")
