@@ -137,12 +137,15 @@ class Spilling:
 
     def _reason(self, task: Task) -> SpillReason | None:
         spec = task.spec
-        if not self.has_schedulers or (spec.actor_id and not spec.actor_creation):
-            return None  # nowhere to go; an actor's calls go to the actor
+        if spec.actor_id and not spec.actor_creation:
+            return None  # an actor's calls go to the actor
         strategy = spec.strategy
         first = not spec.spill_count
-        if strategy.kind == _AFFINITY and strategy.node_id != self._node_id:
-            return SpillReason.AFFINITY if first else None
+        if strategy.kind == _AFFINITY and strategy.node_id != self._node_id and (
+                self.has_schedulers or not strategy.soft):
+            return SpillReason.AFFINITY if first else None  # a hard one waits for a scheduler
+        if not self.has_schedulers:
+            return None  # nowhere to go
         if not self._resources.ever_fits(task.resources):
             return SpillReason.NEVER_FITS
         if not self.peers or strategy.kind == _AFFINITY:

@@ -182,6 +182,20 @@ def test_affinity_to_this_node_stays_even_with_a_full_queue_and_to_another_node_
     assert SpillReason.AFFINITY.needs_scheduler and not SpillReason.SPREAD.needs_scheduler
 
 
+def test_hard_affinity_to_another_node_never_runs_here_before_a_scheduler_is_known() -> None:
+    s = Node()
+    s.set_schedulers(False)  # just started: no global scheduler known yet
+    s.take_actions()
+    there = common_pb2.SchedulingStrategy(kind="NODE_AFFINITY", node_id=PEER)
+    hard = _submit(s, 1, strategy=there)
+    actions = s.take_actions()
+    assert _spills(actions) == [(hard, SpillReason.AFFINITY)]  # the spill waits for a scheduler
+    assert not [a for a in actions if isinstance(a, Send) and a.op.WhichOneof("op") == "execute"]
+    soft = common_pb2.SchedulingStrategy(kind="NODE_AFFINITY", node_id=PEER, soft=True)
+    _submit(s, 2, strategy=soft)  # may run elsewhere: here, while no scheduler can place it
+    assert _spills(s.take_actions()) == []
+
+
 def test_an_unschedulable_task_fails_with_the_reason() -> None:
     s = Node()
     s.peer(PEER, available=2)
