@@ -6,12 +6,13 @@ The extension's parts that follow cells (``interrupt``: which tasks a cell start
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 __all__ = ["CellHooks"]
 
 
-class CellHooks:
+class CellHooks(ABC):
     """Calls ``pre_run_cell`` and ``post_run_cell`` of the subclass around every cell of
     ``shell`` between ``register_cells`` and ``unregister_cells``."""
 
@@ -19,11 +20,13 @@ class CellHooks:
         self.shell = shell
         self._registered = False
 
+    @abstractmethod
     def pre_run_cell(self, info: Any = None) -> None:
-        raise NotImplementedError
+        """A cell starts (IPython's ``pre_run_cell`` event)."""
 
+    @abstractmethod
     def post_run_cell(self, result: Any = None) -> None:
-        raise NotImplementedError
+        """A cell ended (IPython's ``post_run_cell`` event)."""
 
     def register_cells(self) -> None:
         """Follow every cell from now on (a second call does nothing)."""

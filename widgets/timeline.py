@@ -44,7 +44,7 @@ from __future__ import annotations
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Container, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from runtime.protocol import states
 from runtime.state import TERMINAL_TASK_STATES, TaskState
@@ -223,25 +223,6 @@ def build_view(bars: Iterable[TimelineBar], now: float, window_s: float, node_or
         kept=kept, node_order=tuple(node_order), labels=tuple(labels.items()))
 
 
-@dataclass
-class _Run:
-    """A bar while the model holds it (mutable: a running bar ends later)."""
-
-    task_id: str
-    attempt: int
-    name: str
-    state: str
-    node_id: str | None
-    pid: int | None
-    start: float
-    end: float | None
-    detail: str = ""
-
-    def frozen(self, colour: str) -> TimelineBar:
-        return TimelineBar(self.task_id, self.attempt, self.name, self.state, self.node_id, self.pid,
-                           self.start, self.end, colour, self.detail)
-
-
 class TimelineModel:
     """Task runs as the tasks table shows them, at most ``max_bars`` of them.
 
@@ -257,7 +238,8 @@ class TimelineModel:
         self.max_bars = max_bars
         #: Bars forgotten to stay within ``max_bars``.
         self.dropped = 0
-        self._runs: OrderedDict[tuple[str, float], _Run] = OrderedDict()  # (task, start), oldest first
+        #: Bars by (task, start), oldest first; their colour is set in ``view``.
+        self._runs: OrderedDict[tuple[str, float], TimelineBar] = OrderedDict()
         self._latest: dict[str, tuple[str, float]] = {}                     # task -> its latest run
         self._colours: dict[str, str] = {}
 
@@ -285,37 +267,39 @@ class TimelineModel:
             return
         runs = row.start_time is not None and (row.state == _Task.RUNNING or row.state in _ENDED)
         same = last is not None and last.start == row.start_time
-        if last is not None and last.end is None and not (same and runs) and (
+        if last is not None and last_key is not None and last.end is None and not (same and runs) and (
                 runs or row.attempt > last.attempt):  # another run began, or another attempt
-            self._retried(last, row)
+            self._retried(last_key, row)
         if not runs or row.start_time is None:
             return
-        if same and last is not None:
+        if same and last is not None and last_key is not None:
             if last.end is not None and row.attempt > last.attempt:
                 return  # a later attempt that never ran (cancelled while queued, say)
-            run = last
+            key = last_key
         else:
-            run = _Run(task_id, row.attempt, row.name, row.state, row.node_id, row.worker_pid,
-                       row.start_time, None)
             key = (task_id, row.start_time)
-            self._runs[key] = run
+            self._runs[key] = TimelineBar(task_id, row.attempt, row.name, row.state, row.node_id,
+                                          row.worker_pid, row.start_time, None, "")
             self._latest[task_id] = key
             self.colour(row.name)
             self._bound()
-        run.name, run.state, run.detail = row.name or run.name, row.state, row.detail
-        run.node_id, run.pid = row.node_id or run.node_id, row.worker_pid or run.pid
-        if row.state == _Task.RUNNING:
-            run.end = None
-        else:
-            run.end = max(row.end_time if row.end_time is not None else run.start, run.start)
+        run = self._runs.get(key)
+        if run is None:
+            return  # forgotten at once to stay within max_bars
+        end = (None if row.state == _Task.RUNNING
+               else max(row.end_time if row.end_time is not None else run.start, run.start))
+        self._runs[key] = replace(run, name=row.name or run.name, state=row.state, detail=row.detail,
+                                  node_id=row.node_id or run.node_id, pid=row.worker_pid or run.pid,
+                                  end=end)
 
-    def _retried(self, run: _Run, row: TaskState) -> None:
+    def _retried(self, key: tuple[str, float], row: TaskState) -> None:
         # The run ended before a later attempt began: at that attempt's first event.
+        run = self._runs[key]
         later = [e.time for e in row.history if e.attempt > run.attempt and e.time is not None]
         fallback = row.start_time if row.start_time is not None and row.start_time > run.start else run.start
-        run.end = max(min(later) if later else fallback, run.start)
-        run.state = _Task.FAILED
-        run.detail = f"retried as attempt {row.attempt}" + (f": {row.detail}" if row.detail else "")
+        self._runs[key] = replace(
+            run, end=max(min(later) if later else fallback, run.start), state=_Task.FAILED,
+            detail=f"retried as attempt {row.attempt}" + (f": {row.detail}" if row.detail else ""))
 
     def _bound(self) -> None:
         while len(self._runs) > self.max_bars:
@@ -339,5 +323,6 @@ class TimelineModel:
              label: Callable[[str], str | None] = lambda n: None) -> TimelineView:
         """The bars over ``[now - window_s, now]``; ``node_order`` and ``label`` as the Nodes
         section orders and names nodes."""
-        bars = [r.frozen(self._colours.get(r.name) or _hashed_colour(r.name)) for r in self._runs.values()]
+        bars = [replace(r, colour=self._colours.get(r.name) or _hashed_colour(r.name))
+                for r in self._runs.values()]
         return build_view(bars, now, window_s, node_order, label, self.dropped)

@@ -65,7 +65,8 @@ def _checked_stream(method: str, requests: AsyncIterator[Any],
 
 
 def _guard(handler: Any, method: str) -> Any:
-    """``handler`` with its deserializer made safe (grpc's stubs type handlers as sync: Any)."""
+    """``handler`` with its deserializer made safe (``Any``: grpc's type hints describe its
+    handlers as synchronous ones)."""
     parse = _safe(handler.request_deserializer)
     serialize = handler.response_serializer
     if handler.unary_unary is not None:
