@@ -59,6 +59,7 @@ LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking
 FINISHED = ".cellray-dashboard .cellray-count-finished .cellray-num"
 PENDING = ".cellray-dashboard .cellray-count-pending .cellray-num"
 RUNNING = ".cellray-dashboard .cellray-count-running .cellray-num"
+SENT_AHEAD = ".cellray-dashboard .cellray-count-sent-ahead .cellray-num"
 TIMELINE = ".cellray-dashboard .cellray-timeline"
 BARS = f"{TIMELINE} .cellray-timeline-chart svg rect.cellray-bar"
 LANES = f"{TIMELINE} .cellray-timeline-chart svg g.cellray-lane"
@@ -263,10 +264,10 @@ def test_dashboard_moves_in_jupyterlab(lab: Lab, tmp_path: pathlib.Path) -> None
             page.wait_for_selector(".cellray-dashboard", state="visible")
             page.wait_for_selector(".cellray-dashboard .cellray-node")  # the snapshot arrived
             run_cell(page, 1)
-            # All held: none finished, the batch pending or running.
+            # All held: none finished, the batch pending, sent ahead to a busy worker, or running.
             page.wait_for_function(
-                "([p, r, n]) => { const v = s => Number(document.querySelector(s)?.textContent);"
-                " return v(p) + v(r) === n; }", arg=[PENDING, RUNNING, BATCH])
+                "([p, a, r, n]) => { const v = s => Number(document.querySelector(s)?.textContent);"
+                " return v(p) + v(a) + v(r) === n; }", arg=[PENDING, SENT_AHEAD, RUNNING, BATCH])
             first = text_of(page, FINISHED)
             assert first == "0", f"nothing can have finished yet, the dashboard says {first}"
 
@@ -277,7 +278,7 @@ def test_dashboard_moves_in_jupyterlab(lab: Lab, tmp_path: pathlib.Path) -> None
             page.wait_for_function(
                 "([sel, n]) => document.querySelector(sel)?.textContent.trim() === String(n)",
                 arg=[FINISHED, BATCH])
-            assert text_of(page, PENDING) == "0" and text_of(page, RUNNING) == "0"
+            assert [text_of(page, c) for c in (PENDING, SENT_AHEAD, RUNNING)] == ["0", "0", "0"]
             # Latest tasks name the function; the chart counted the local decisions.
             assert "work" in text_of(page, ".cellray-dashboard .cellray-latest-tasks")
             chart = text_of(page, ".cellray-dashboard .cellray-decisions-chart svg")
