@@ -37,7 +37,7 @@ class Settings:
     heartbeat_ms: int = 500
     #: A node is marked dead after this long without a heartbeat, in milliseconds.
     node_timeout_ms: int = 10_000
-    #: Number of GCS shards.
+    #: Number of GCS shards (with Redis: one per server, whatever this says).
     gcs_shards: int = 4
     #: A bundle held this long (in milliseconds) is checked against the GCS's placement groups,
     #: and released when no group places it on this node (its group is gone or placed elsewhere).
@@ -61,7 +61,7 @@ class Settings:
     # ---- GCS storage (runtime/gcs/storage_open.py) ----
     #: Where the GCS keeps its tables: ``memory`` (gone when the GCS stops), ``sqlite`` (the
     #: file gcs.db in the session directory), ``sqlite:///abs/path.db``, or
-    #: ``redis://host:port,host:port`` (shard i on server i mod n).
+    #: ``redis://host:port,host:port`` (one shard on each server, in order).
     gcs_storage: str = "sqlite"
     #: Local redis-server processes the GCS starts and owns, its tables in them (0: none; > 0
     #: takes the place of the default ``sqlite``).

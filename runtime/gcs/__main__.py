@@ -36,7 +36,7 @@ from runtime.exceptions import ConfigError
 from runtime.gcs.service import GcsService
 from runtime.gcs.state import GcsState
 from runtime.gcs.storage import StorageError, StorageUnavailableError
-from runtime.gcs.storage_open import open_storage
+from runtime.gcs.storage_open import open_storage, shard_count
 
 logger = logging.getLogger("runtime.gcs")
 
@@ -59,13 +59,14 @@ async def serve(ctx: DaemonContext) -> int:
     """Run the GCS until a stop is requested or ``Admin.Shutdown``; return the exit code."""
     settings = ctx.settings
     try:
-        storage = open_storage(settings, ctx.session_dir, settings.gcs_shards)
+        num_shards = shard_count(settings)
+        storage = open_storage(settings, ctx.session_dir, num_shards)
     except (StorageError, ConfigError) as err:
         logger.error("cannot open the GCS storage: %s", err)
         return EXIT_STORAGE_LOST if isinstance(err, StorageUnavailableError) else 1
     lost: list[StorageError] = []
     try:
-        state = GcsState(num_shards=settings.gcs_shards, storage_factory=storage.factory())
+        state = GcsState(num_shards=num_shards, storage_factory=storage.factory())
         service = GcsService(state, session_dir=str(ctx.session_dir), heartbeat_ms=settings.heartbeat_ms,
                              node_timeout_ms=settings.node_timeout_ms,
                              queue_size=settings.subscriber_queue_size, token=ctx.token,
@@ -88,7 +89,7 @@ async def serve(ctx: DaemonContext) -> int:
         os.replace(tmp, ctx.session_dir / "address")
         ctx.ready(port, cluster_id=storage.cluster_id, storage=storage.description)
         logger.info("GCS serving on %s with %d shards, storage %s, cluster %s (%s; session %s)", address,
-                    settings.gcs_shards, storage.description, storage.cluster_id,
+                    num_shards, storage.description, storage.cluster_id,
                     "new" if storage.created else "restored from its storage", ctx.session_dir)
         try:
             await service.shutdown_requested.wait()

@@ -40,7 +40,7 @@ from runtime.gcs.storage_url import StorageSpec, parse_storage
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["META_TABLE", "GcsStorage", "open_spec", "open_storage"]
+__all__ = ["META_TABLE", "GcsStorage", "open_spec", "open_storage", "shard_count"]
 
 #: The hidden table of shard 0 that holds the cluster id and the number of shards.
 META_TABLE = "meta"
@@ -95,6 +95,15 @@ class GcsStorage:
                 self.servers.stop()
 
 
+def shard_count(settings: Settings) -> int:
+    """How many shards the GCS the settings describe runs: one per Redis server, as in the paper
+    (``redis_shards`` local ones, or the servers ``gcs_storage`` names), else ``gcs_shards``."""
+    if settings.redis_shards > 0:
+        return settings.redis_shards
+    spec = parse_storage(settings.gcs_storage)
+    return len(spec.servers) if spec.kind == "redis" else settings.gcs_shards
+
+
 def open_storage(settings: Settings, session_dir: str | pathlib.Path, num_shards: int) -> GcsStorage:
     """Open the storage the settings name (``gcs_storage``, ``redis_shards``) for ``num_shards``.
 
@@ -111,10 +120,6 @@ def open_storage(settings: Settings, session_dir: str | pathlib.Path, num_shards
         servers = LocalRedisServers(settings.redis_shards, pathlib.Path(session_dir) / "redis",
                                     host="127.0.0.1", start_timeout_s=settings.start_timeout_s)
         spec = StorageSpec("redis", servers=tuple(servers.start()))
-        if settings.redis_shards > num_shards:
-            logger.warning("%d Redis servers for %d GCS shards: %d of them hold nothing (raise "
-                           "--num-shards to use them)", settings.redis_shards, num_shards,
-                           settings.redis_shards - num_shards)
     try:
         storage = open_spec(spec, num_shards, session_dir=session_dir,
                             flush_s=settings.gcs_storage_flush_ms / 1000,

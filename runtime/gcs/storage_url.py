@@ -5,7 +5,7 @@ Accepted values::
     memory                          in the GCS's memory: gone when the GCS stops (tests)
     sqlite                          the file gcs.db in the session directory (the default)
     sqlite:///var/lib/cellray/gcs.db   that file (an absolute path: three slashes)
-    redis://10.0.0.5:6379,10.0.0.6:6379   these Redis servers; shard i lives on server i mod n
+    redis://10.0.0.5:6379,10.0.0.6:6379   these Redis servers, one GCS shard on each
 
 Pure (no I/O), so ``runtime.config`` validates the setting with it when settings are built.
 """

@@ -140,6 +140,14 @@ def owned_redis(session: pathlib.Path) -> list[tuple[str, int]]:
     return [("127.0.0.1", s["port"]) for s in servers]
 
 
+def assert_one_shard_per_server(addresses: list[tuple[str, int]]) -> None:
+    """Each Redis server holds the rows of one GCS shard, its own (as in the paper)."""
+    for index, (host, port) in enumerate(addresses):
+        with redis.Redis(host=host, port=port) as client:
+            shards = {name.decode().split(":")[2] for name in client.scan_iter(match="cellray:gcs:*", _type="HASH")}
+        assert shards == {str(index)}, (index, shards)
+
+
 def kill_and_restart_keeps_everything(session: pathlib.Path, *extra: str) -> None:
     head = start_head(session, *extra)
     again = None
@@ -152,6 +160,8 @@ def kill_and_restart_keeps_everything(session: pathlib.Path, *extra: str) -> Non
         saved = (lambda: sqlite_rows(session)) if "--redis-shards" not in extra else (
             lambda: redis_rows(owned_redis(session)))
         wait_for(lambda: served_rows(before) <= saved(), what="every row to be saved before the kill -9")
+        if "--redis-shards" in extra:
+            assert_one_shard_per_server(owned_redis(session))
         kill9(head)
         again = start_head(session, *extra, port=info["port"])
         info2 = again.wait_ready(timeout=60)
@@ -204,10 +214,10 @@ def gone(pid: int) -> bool:
         return True
 
 
-def kv_key_on_server(server: int, servers: int, num_shards: int = 4) -> bytes:
-    """A kv key whose shard lives on Redis server ``server`` (of ``servers``)."""
+def kv_key_on_server(server: int, servers: int) -> bytes:
+    """A kv key whose shard lives on Redis server ``server`` (of ``servers``: one shard each)."""
     keys = (b"key-%d" % i for i in range(1000))
-    return next(k for k in keys if shard_of(k, num_shards) % servers == server)
+    return next(k for k in keys if shard_of(k, servers) == server)
 
 
 def test_writes_resume_when_redis_restarts_on_its_port(tmp_path: pathlib.Path,
