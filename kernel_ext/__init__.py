@@ -30,8 +30,9 @@ tasks it started), ``strip`` (a live progress strip under a cell whose tasks run
 style). ``worker`` is the part that runs on the cluster; it imports only the standard
 library, which is why this file imports nothing at the top: workers import
 ``kernel_ext.worker`` without IPython.
-It uses only ``runtime``'s public API, and ``runtime._tracebacks`` (the hook that draws
-a failed task's traceback).
+It uses only ``runtime``'s public API, ``runtime._tracebacks`` (the hook that draws a
+failed task's traceback) and ``runtime.api._gcs_link.set_user_notifier`` (the hook that puts
+"GCS reconnecting…" under the cell that waits for the GCS).
 """
 
 from __future__ import annotations

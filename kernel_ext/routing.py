@@ -13,6 +13,12 @@ the same way (``runtime.state.set_warning_handler``): they come tagged with the 
 the task they are about, and are written to stderr under the cell that submitted it, not
 under the cell that started the cluster (whose thread the connection's IO thread is).
 
+A driver's lines about a GCS outage (``runtime.api._gcs_link.set_user_notifier``) go to the
+cell that waits for the GCS: "GCS reconnecting… ..." once, when a call of the running cell
+first waits, and "... is back after N s" under the same cell. With no cell running (a
+dashboard asking the GCS while the kernel is idle) nobody is told: the dashboard shows
+the outage, and the next cell that waits is told.
+
 In ipykernel (>= 7) the streams and the display publisher take a per-thread parent
 (``set_thread_parent``); older ipykernels get the message sent directly on iopub. In a
 plain IPython terminal there is nowhere else to put the lines: they are printed.
@@ -29,6 +35,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from runtime import state
+from runtime.api._gcs_link import set_user_notifier
+from runtime.gcs.reconnect import RECONNECTING
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +69,11 @@ class OutputRouter:
         self._own_names: _Bounded = _Bounded()
         self._lock = threading.Lock()
         self._connection: str | None = None
+        #: The running cell's parent header ({} outside a kernel), None between cells.
+        self._running: dict[str, Any] | None = None
+        #: The cell told that a call waits for the GCS (it hears that the GCS is back).
+        self._told: dict[str, Any] | None = None
+        self._following = False
 
     # ---- hooking the connection ----
 
@@ -76,7 +89,13 @@ class OutputRouter:
         state.add_output_handler(self.on_output)
         state.set_warning_handler(self.on_warning)
         state.set_origin_provider(self.current_origin)
+        set_user_notifier(self.on_gcs_line)
         self._connection = connection
+        if not self._following:  # installed from a cell (%cluster start): it runs now
+            self._running = self.current_header() or {}
+            self.shell.events.register("pre_run_cell", self._cell_starts)
+            self.shell.events.register("post_run_cell", self._cell_ends)
+            self._following = True
 
     def uninstall(self) -> None:
         """Stop routing (the connection may already be gone: nothing to undo then)."""
@@ -84,7 +103,24 @@ class OutputRouter:
             state.remove_output_handler(self.on_output)
             state.set_warning_handler(None)
             state.set_origin_provider(None)
+        if self._connection is not None:
+            set_user_notifier(None)
         self._connection = None
+        if self._following:
+            self.shell.events.unregister("pre_run_cell", self._cell_starts)
+            self.shell.events.unregister("post_run_cell", self._cell_ends)
+            self._following = False
+        with self._lock:
+            self._running = self._told = None
+
+    def _cell_starts(self, info: Any = None) -> None:
+        header = self.current_header() or {}
+        with self._lock:
+            self._running = header
+
+    def _cell_ends(self, result: Any = None) -> None:
+        with self._lock:
+            self._running = None
 
     # ---- origins ----
 
@@ -145,10 +181,27 @@ class OutputRouter:
         the cell that submitted it."""
         self.write(out.origin, "stderr", out.text)
 
+    def on_gcs_line(self, line: str) -> bool:
+        """The driver's line about a GCS outage (on the IO thread): "GCS reconnecting…" under
+        the running cell, the GCS back under the cell told so. False when no cell runs."""
+        with self._lock:
+            if line.startswith(RECONNECTING):
+                header = self._told = self._running
+            else:
+                header = self._told if self._told is not None else self._running
+                self._told = None
+        if header is None:
+            return False
+        self._write_under(header, "stderr", line + "\n")
+        return True
+
     def write(self, origin: str, stream: str, text: str) -> None:
         """Write ``text`` to ``stream`` ("stdout" or "stderr") under ``origin``'s cell."""
-        header = self.header_of(origin)
-        if header is None or self.kernel is None:
+        self._write_under(self.header_of(origin), stream, text)
+
+    def _write_under(self, header: dict[str, Any] | None, stream: str, text: str) -> None:
+        """Write ``text`` to ``stream`` with the parent ``header`` (as printed without one)."""
+        if not header or self.kernel is None:
             target = sys.stderr if stream == "stderr" else sys.stdout
             target.write(text)
             target.flush()

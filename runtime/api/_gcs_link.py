@@ -2,7 +2,13 @@
 
 - ``connect_gcs``: the ``GcsClient`` of a driver (fails at once where no GCS ever answered:
   there is no cluster there; tells the person at it, once per outage, that a call waits
-  for the GCS and when it is back) or of a worker (waits for a GCS that restarts).
+  for the GCS, "GCS reconnecting…", and when it is back) or of a worker (waits for a GCS
+  that restarts). Either fails a call that waits for the GCS at once, with an error that
+  says why, once the head reports that it left the GCS stopped because its storage is
+  unreachable (``runtime.cluster.supervision.storage_lost``, from the session directory
+  when the head runs on this machine).
+- ``set_user_notifier``: where a driver's lines for people go (default: stderr); the
+  notebook extension writes them into the cell that waits (``kernel_ext.routing``).
 - ``Exports``: which functions this process exported, once per connection: after the
   GCS came back from an outage each is exported again once, in case it lost the last
   exports before it died (a durable GCS keeps the rest; it answers "existed").
@@ -21,27 +27,57 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pathlib
 import sys
+from collections.abc import Callable
 
 from runtime.config import Settings
 from runtime.exceptions import RpcTimeoutError
 from runtime.gcs.client import GcsClient, NewClusterHook
 
-__all__ = ["Exports", "connect_gcs", "recheck_cluster", "timed_out"]
+__all__ = ["Exports", "connect_gcs", "recheck_cluster", "set_user_notifier", "timed_out"]
 
 logger = logging.getLogger(__name__)
 
+#: Where a driver's lines for people go instead of stderr (``set_user_notifier``).
+_notifier: Callable[[str], bool] | None = None
 
-def _tell_user(line: str) -> None:
+
+def set_user_notifier(notifier: Callable[[str], bool] | None) -> None:
+    """Send the lines a driver has for people ("GCS reconnecting…" when a call starts to
+    wait for the GCS, and that it is back) to ``notifier`` instead of stderr; None: stderr.
+
+    It runs on the connection's IO thread and returns whether someone was told: False
+    (a notebook with no cell running) lets the next call that waits tell again.
+    """
+    global _notifier
+    _notifier = notifier
+
+
+def _tell_user(line: str) -> bool:
     """A line for the person at a driver (a script's console, the waiting notebook cell)."""
+    notifier = _notifier
+    if notifier is not None:
+        return notifier(line)
     print(line, file=sys.stderr, flush=True)
+    return True
+
+
+def _head_verdict(session_dir: str, since: float) -> str | None:
+    """Why the head left the GCS stopped for good after ``since``, from its report in
+    ``session_dir`` (found when the head runs on this machine), or None."""
+    from runtime.cluster.supervision import storage_lost  # the head's side: imported when needed
+
+    return storage_lost(pathlib.Path(session_dir), since)
 
 
 def connect_gcs(address: str, token: str, settings: Settings, *, driver: bool,
                 on_new_cluster: NewClusterHook) -> GcsClient:
     """The GCS client of a driver (``driver``) or a worker; create it on the IO loop."""
-    return GcsClient.from_settings(address, token, settings, wait_for_first_contact=not driver,
-                                   on_new_cluster=on_new_cluster, notify=_tell_user if driver else None)
+    gcs = GcsClient.from_settings(address, token, settings, wait_for_first_contact=not driver,
+                                  on_new_cluster=on_new_cluster, notify=_tell_user if driver else None)
+    gcs.link.head_verdict = _head_verdict
+    return gcs
 
 
 class Exports:

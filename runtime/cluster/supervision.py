@@ -25,6 +25,11 @@ Each death, restart and give-up is one line in the session's ``logs/supervisor.l
 The restart counts go to the GCS ``kv`` table (``restarts.RESTARTS_KEY``) once the
 restarted process serves, and to ``supervisor.json`` in the session directory (read by
 ``cellray status`` when the GCS does not answer, to say that the head gave up on it).
+That file also holds, under ``"stopped"``, each process the head left stopped: its exit
+code, pid, when (wall clock), why, its log and its last error line. ``storage_lost``
+reads it for a driver whose GCS stopped answering: when the GCS exited because its
+storage stayed unreachable (``EXIT_STORAGE_LOST``), the driver's calls that need it fail
+at once with an error that says so (``runtime.gcs.reconnect.head_stopped_error``).
 
 The loop is one thread that polls every ``poll_s`` seconds and never blocks on a child:
 each process is in one phase (running, backoff, starting, gave up) and each pass moves it
@@ -49,6 +54,7 @@ from typing import Any, Literal
 from runtime.cluster.head import GCS_NAME, Head
 from runtime.cluster.process import ProcessHandle
 from runtime.cluster.restarts import (
+    EXIT_STORAGE_LOST,
     GCS_LEAVE_CODES,
     RESTARTS_KEY,
     Leave,
@@ -60,7 +66,7 @@ from runtime.cluster.restarts import (
 from runtime.exceptions import ConnectionLostError
 from runtime.gcs.client import GcsClient
 
-__all__ = ["STATUS_FILE", "Supervisor", "describe_exit", "read_status"]
+__all__ = ["STATUS_FILE", "Supervisor", "describe_exit", "read_status", "storage_lost"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +76,8 @@ STATUS_FILE = "supervisor.json"
 LOG_FILE = "supervisor.log"
 #: Seconds the supervisor tries to write the restart counts to a GCS that just came back.
 _PUBLISH_S = 5.0
+#: Bytes of a stopped process's log searched for its last error line.
+_LOG_TAIL = 64 * 1024
 
 _Phase = Literal["running", "backoff", "starting", "stopped"]
 
@@ -91,6 +99,42 @@ def read_status(session_dir: pathlib.Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def storage_lost(session_dir: pathlib.Path, since: float = 0.0) -> str | None:
+    """Why the head left the GCS stopped because its storage stayed unreachable, when it did
+    so after ``since`` (wall-clock seconds); else None (no report, another exit, an old one).
+
+    The head's reason and the GCS's own error line, for a driver's error::
+
+        its storage stayed unreachable (exit code 3); ...; the GCS said: GCS storage redis://...
+    """
+    report = read_status(session_dir) or {}
+    stopped = report.get("stopped")
+    gcs = stopped.get(GCS_NAME) if isinstance(stopped, dict) else None
+    if not isinstance(gcs, dict) or gcs.get("code") != EXIT_STORAGE_LOST:
+        return None
+    at = gcs.get("at")
+    if not isinstance(at, (int, float)) or at < since:
+        return None
+    error = gcs.get("error")
+    return str(gcs.get("reason", "")) + (f"; the GCS said: {error}" if error else "")
+
+
+def last_error_line(log: pathlib.Path) -> str:
+    """The message of the last ERROR line in the end of ``log`` ("" when there is none)."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - _LOG_TAIL))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    for line in reversed(tail.splitlines()):
+        if " ERROR " in line:
+            # "<time> ERROR gcs[pid] logger: message" (runtime._daemon's format)
+            rest = line.split(" ERROR ", 1)[1]
+            return rest.split(": ", 1)[1] if ": " in rest else rest
+    return ""
 
 
 @dataclass
@@ -136,6 +180,8 @@ class Supervisor:
         self._watched = {GCS_NAME: _Watched(GCS_NAME, RestartBudget(self._policy, GCS_LEAVE_CODES))}
         self._watched.update({name: _Watched(name, RestartBudget(self._policy))
                               for name in head.schedulers})
+        #: The processes left stopped, by name: exit code, pid, when, why, log, last error.
+        self._stopped: dict[str, dict[str, Any]] = {}
 
     # ---- running ----
 
@@ -212,7 +258,15 @@ class Supervisor:
         if not isinstance(decision, Restart):
             w.phase = "stopped"
             self.counts.not_restarted[w.name] = decision.reason
-            if isinstance(decision, Leave):
+            self._stopped[w.name] = {"code": code, "pid": handle.pid, "at": time.time(),
+                                     "reason": decision.reason, "log": str(handle.log_path),
+                                     "error": last_error_line(handle.log_path)}
+            said = self._stopped[w.name]["error"]
+            if isinstance(decision, Leave) and code == EXIT_STORAGE_LOST:
+                self._log(logging.ERROR, "%s (pid %d) stopped: %s; the head leaves it stopped. It "
+                          "said: %s. Its log: %s", what, handle.pid, decision.reason, said or "-",
+                          handle.log_path)
+            elif isinstance(decision, Leave):
                 self._log(logging.WARNING, "%s (pid %d) stopped: %s; the head leaves it stopped. "
                           "Its log: %s", what, handle.pid, decision.reason, handle.log_path)
             else:
@@ -286,7 +340,7 @@ class Supervisor:
         path = self.head.options.session_dir / STATUS_FILE
         tmp = path.with_name(path.name + ".tmp")
         body = {"pid": os.getpid(), "address": self.head.address,
-                **json.loads(self.counts.encode())}
+                **json.loads(self.counts.encode()), "stopped": self._stopped}
         try:
             tmp.write_text(json.dumps(body))
             os.replace(tmp, path)

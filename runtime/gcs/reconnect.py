@@ -15,8 +15,11 @@ does what it decides (wait and try again, give up, refuse a cluster that is not 
   back from durable storage names the same one; a GCS restarted without persistence
   makes a new cluster with a new id, and ``new_cluster_error`` says so.
 - ``Link``: the three above for one client, and what it tells people: the outage logged
-  once when it starts and once when it ends, and (``notify``) a line when a call first
-  waits and one when the GCS is back.
+  once when it starts and once when it ends, and (``notify``) a line that starts with
+  ``RECONNECTING`` ("GCS reconnecting…") when a call first waits and one when the GCS is
+  back. Its owner may give it ``head_verdict``, which asks the head whether it left the GCS
+  stopped for good (its storage gone): a waiting call then fails at once with
+  ``head_stopped_error``, which says so, rather than after its deadline.
 """
 
 from __future__ import annotations
@@ -29,12 +32,19 @@ from dataclasses import dataclass
 
 from runtime.exceptions import ConnectionLostError
 
-__all__ = ["Backoff", "ClusterIdentity", "Link", "Outage", "RetryPolicy", "new_cluster_error",
-           "unreachable_error"]
+__all__ = ["RECONNECTING", "Backoff", "ClusterIdentity", "HeadVerdict", "Link", "Outage", "RetryPolicy",
+           "head_stopped_error", "new_cluster_error", "unreachable_error"]
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+#: ``head_verdict(session_dir, since)``: why the head left the GCS stopped for good (its
+#: storage is gone) after ``since`` (wall-clock seconds), or None: it did not, or cannot say.
+HeadVerdict = Callable[[str, float], str | None]
+
+#: How the line that tells a person that a call waits for the GCS starts (the dashboard
+#: shows the same words while the GCS is away).
+RECONNECTING = "GCS reconnecting…"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +76,13 @@ class Backoff:
     """
 
     def __init__(self, policy: RetryPolicy, *, clock: Clock = time.monotonic,
-                 rand: Callable[[], float] = random.random) -> None:
+                 rand: Callable[[], float] = random.random,
+                 stop: Callable[[], bool] | None = None) -> None:
         self.policy = policy
         self._clock = clock
         self._rand = rand
+        #: Asked before each wait: True ends the waits early (waiting cannot help).
+        self._stop = stop
         #: When the first failure happened (the deadline counts from there).
         self.started = clock()
         self._next = policy.first_s
@@ -88,11 +101,12 @@ class Backoff:
         """Seconds to wait before the next try, or None: the deadline passed, give up.
 
         A delay is between half and all of the current step (jitter), never past the
-        deadline; the step doubles after each call, up to ``max_s``.
+        deadline; the step doubles after each call, up to ``max_s``. None at once when
+        ``stop`` says waiting cannot help.
         """
         self.failures += 1
         left = self.deadline - self._clock()
-        if left <= 0:
+        if left <= 0 or (self._stop is not None and self._stop()):
             return None
         step = self._next
         self._next = min(step * 2, self.policy.max_s)
@@ -156,6 +170,21 @@ def unreachable_error(address: str, waited: float, timeout: float, cause: str,
         address=address, waited_s=waited, timeout_s=timeout)
 
 
+def head_stopped_error(address: str, waited: float, verdict: str,
+                       session_dir: str = "") -> ConnectionLostError:
+    """The error of a call that needs a GCS the head left stopped because its storage is
+    unreachable (``verdict``: the head's words, and the GCS's own error line)."""
+    logs = f"{session_dir}/logs" if session_dir else "the head's logs"
+    return ConnectionLostError(
+        f"The GCS at {address} stopped because its storage is unreachable, and the head does not "
+        f"restart it ({verdict}). This call gave up after {waited:.1f} s; work already running goes "
+        f"on, but what needs the GCS fails until the cluster is started again. Bring the storage "
+        f"back (is its Redis server running?), then start the cluster again on the same storage to "
+        f"keep its tables: runtime.shutdown() and runtime.init(gcs_storage=...), or `cellray stop` "
+        f"and `cellray start --head --gcs-storage ...`. See {logs}/supervisor.log and {logs}/gcs.log.",
+        address=address, waited_s=waited, storage_lost=True)
+
+
 def new_cluster_error(address: str, was: str, now: str, storage: str) -> ConnectionLostError:
     """The error once the GCS at ``address`` came back as another cluster (``now``, not ``was``)."""
     backend = storage or "memory"
@@ -183,20 +212,27 @@ class Link:
         Whether a call waits for a GCS never reached yet (else it fails at once: there
         may be no cluster there at all).
     notify
-        Called with a line for people when a call first waits in an outage, and when the
-        GCS is back after one. With it, the outage's log lines are INFO (the person was
-        told already), else WARNING (a daemon's log is where people look).
+        Called with a line for people when a call first waits in an outage (it starts
+        with ``RECONNECTING``), and when the GCS is back after one (only when the first
+        was told). It may return False: nobody could be told now (a notebook with no cell
+        running); the next call that waits tells again. With it, the outage's log lines
+        are INFO (the person was told already), else WARNING (a daemon's log is where
+        people look).
     clock
         Monotonic seconds.
+    wall
+        Wall-clock seconds (to compare with what the head reports, ``head_verdict``).
     """
 
     def __init__(self, address: str, policy: RetryPolicy, *, wait_first: bool = False,
-                 notify: Callable[[str], None] | None = None, clock: Clock = time.monotonic) -> None:
+                 notify: Callable[[str], object] | None = None, clock: Clock = time.monotonic,
+                 wall: Clock = time.time) -> None:
         self.address = address
         self.policy = policy
         self._wait_first = wait_first
         self._notify = notify
         self._clock = clock
+        self._wall = wall
         self.outage = Outage(clock)
         self.identity = ClusterIdentity()
         #: A ping vouched for the GCS, and no call failed since.
@@ -209,6 +245,11 @@ class Link:
         self.storage = self.session_dir = ""
         #: False: calls fail at their first failure (a stopping process waits for no GCS).
         self.waits = True
+        #: Asks the head whether it left the GCS stopped for good (None: never asks).
+        self.head_verdict: HeadVerdict | None = None
+        #: When a ``Ping`` last answered (wall clock): the head's verdicts before it are old.
+        self.answered_at = 0.0
+        self._verdict: str | None = None
         self._announced = False
         self._level = logging.INFO if notify is not None else logging.WARNING
 
@@ -227,19 +268,36 @@ class Link:
         return self.waits and (resend or not sent) and bool(self.connections or self._wait_first)
 
     def backoff(self) -> Backoff:
-        """The waits of a call that just failed for the first time."""
-        return Backoff(self.policy, clock=self._clock)
+        """The waits of a call that just failed for the first time; they end early once the
+        head says it left the GCS stopped for good (``head_verdict``)."""
+        return Backoff(self.policy, clock=self._clock, stop=self._stopped_for_good)
+
+    def _stopped_for_good(self) -> bool:
+        """Whether the head reported, since the GCS last answered, that it leaves it stopped."""
+        if self.head_verdict is None or not self.session_dir:
+            return False
+        try:
+            self._verdict = self.head_verdict(self.session_dir, self.answered_at)
+        except Exception as e:  # noqa: BLE001 - a report that cannot be read: wait as usual
+            logger.debug("could not read the head's report in %s: %s", self.session_dir, e)
+            self._verdict = None
+        return self._verdict is not None
 
     def waiting(self) -> None:
-        """A call waits for the GCS: tell people, once per outage."""
+        """A call waits for the GCS: tell people, once per outage (again when nobody could
+        be told)."""
         if self._announced or self._notify is None or not self.connections:
             return
-        self._announced = True
-        self._notify(f"cellray: the GCS at {self.address} is unreachable; reconnecting... (calls that "
-                     f"need it wait up to {self.policy.timeout_s:g} s; running work goes on)")
+        told = self._notify(f"{RECONNECTING} the GCS at {self.address} does not answer; calls that "
+                            f"need it wait up to {self.policy.timeout_s:g} s for it to come back "
+                            "(running work goes on).")
+        self._announced = told is not False
 
     def gave_up(self, backoff: Backoff, cause: str) -> ConnectionLostError:
-        """The error of a call whose backoff reached its deadline."""
+        """The error of a call whose backoff ended: the head's verdict when it gave one,
+        else the GCS stayed unreachable until the call's deadline."""
+        if self._verdict is not None:
+            return head_stopped_error(self.address, backoff.waited(), self._verdict, self.session_dir)
         return unreachable_error(self.address, backoff.waited(), self.policy.timeout_s, cause,
                                  self.session_dir)
 
@@ -253,6 +311,7 @@ class Link:
             self.outage.back()
             return self.new_cluster
         self.storage, self.session_dir = storage, session_dir
+        self.answered_at, self._verdict = self._wall(), None
         self.verified = True
         self.connections += 1
         lasted = self.outage.back()
