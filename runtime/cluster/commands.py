@@ -229,16 +229,23 @@ def add_nodes(address: str, spec: NodeSpec, *, count: int = 1, token_file: str |
         except OSError as err:
             raise CommandError(f"could not read the token file {path}: {err}") from err
     tls_dir = _local_tls(session)
+    try:
+        security.check_bind(host, 0, tls=tls_dir is not None or joined is not None,
+                            insecure=insecure or bool(_settings().insecure))
+    except security.InsecureBindError as err:
+        raise CommandError(_cli_terms(str(err))) from err
     if joined is not None and tls_dir is None:
         # The head runs elsewhere: check it with the bundle's files, kept in a new session.
         session = _node_only_session(address, token)
-        tls_dir = _tls.install_bundle(joined, session).resolve()
+        try:
+            tls_dir = _tls.install_bundle(joined, session).resolve()
+            before = _check_head(address, token, _transport(tls_dir))
+        except BaseException:  # no node will use them: the copies of the secrets go
+            _session.remove_secrets(session)
+            raise
         path = session / "token"
-    try:
-        security.check_bind(host, 0, tls=tls_dir is not None, insecure=insecure or bool(_settings().insecure))
-    except security.InsecureBindError as err:
-        raise CommandError(_cli_terms(str(err))) from err
-    before = _check_head(address, token, _transport(tls_dir))
+    else:
+        before = _check_head(address, token, _transport(tls_dir))
     if session is None:
         session = _node_only_session(address, token)
         path = session / "token"

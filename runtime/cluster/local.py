@@ -340,7 +340,10 @@ class LocalCluster:
 
     def stop(self) -> None:
         """Stop the supervision (so nothing is restarted meanwhile), the nodes (each stops its
-        workers), the global schedulers, then the GCS. Returns when all are gone."""
+        workers), the global schedulers, then the GCS. Returns when all are gone.
+
+        Then the session's token and TLS files are removed (its logs stay) when this
+        started its head, or when nothing else of the session runs (``attach``)."""
         if self._supervision is not None:
             self._supervision.stop()
             self._supervision = None
@@ -357,7 +360,10 @@ class LocalCluster:
             self._stop_recorded_head()
         if self._head is not None:
             self._head.stop()
-        if (self._head is not None or self.supervisor is not None) and self.session_dir is not None:
+        if self.session_dir is not None and (
+                self._head is not None or self.supervisor is not None
+                or not _session.in_use(self.session_dir, besides=os.getpid())):
+            # The cluster is gone, or (attached) nothing of this session runs any more.
             _session.remove_secrets(self.session_dir)
         if self._transport is not None:
             security.uninstall(self._transport)

@@ -330,7 +330,10 @@ def stop_sessions(session_dirs: Sequence[pathlib.Path], grace: float = 5.0) -> l
     Each phase stops its processes in parallel (SIGTERM to the process group, ``grace``
     seconds, then SIGKILL), and returns when they are gone. A supervisor stops its own
     replicas and GCS; those the later phases find gone count as stopped all the same.
-    Returns what was running and is stopped.
+    Then each session whose head was stopped or that has no process left loses its token
+    and TLS files (``_session.remove_secrets``; a node's session joined with a bundle or
+    a token file holds copies of them, the files passed in stay). Returns what was
+    running and is stopped.
     """
     targets: dict[str, list[StoppedProcess]] = {role: [] for role in _STOP_ORDER}
     for d in session_dirs:
@@ -358,7 +361,10 @@ def stop_sessions(session_dirs: Sequence[pathlib.Path], grace: float = 5.0) -> l
         by_session.setdefault(p.session_dir, set()).add(p.pid)
     for d, pids in by_session.items():
         forget(d, pids)
-    for p in stopped:
-        if p.role == "head":  # the cluster is gone: its token goes (its logs stay)
-            _session.remove_secrets(p.session_dir)
+    heads = {p.session_dir for p in stopped if p.role == "head"}
+    for d in by_session:
+        # The session's cluster is gone (its head stopped), or nothing of it runs here any
+        # more (nodes joined to a head elsewhere): its token and TLS files go, its logs stay.
+        if d in heads or not _session.in_use(d):
+            _session.remove_secrets(d)
     return stopped
