@@ -127,3 +127,38 @@ def test_a_full_disk(small_store: rt.ClusterInfo,
     kept.append(rt.put(_block(2)))
     assert (spill / kept[0].hex()).exists()
     _assert_kept(kept)
+
+
+def test_a_task_on_another_node_whose_result_cannot_spill_fails_at_once(tmp_path: pathlib.Path) -> None:
+    """Three nodes, each store holding two blocks, no spill directory possible: a task
+    placed on a far node whose result needs a spill fails at once with that node's error;
+    the blocks stored there before read back from the driver's node, and every node
+    serves on."""
+    from runtime.cluster.local import LocalCluster, NodeSpec
+    from runtime.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    cluster = LocalCluster([NodeSpec(num_cpus=1, object_store_memory=STORE) for _ in range(3)],
+                           session_root=tmp_path / "s").start()
+    try:
+        rt.init(address=cluster.address, token_file=str(cluster.token_file))
+        spill_root = pathlib.Path(cluster.session_dir) / "spill"
+        shutil.rmtree(spill_root, ignore_errors=True)
+        spill_root.write_text("a regular file where the nodes' spill directories go")
+        far = cluster.node_info[2]["node_id"]
+        on_far = NodeAffinitySchedulingStrategy(far, soft=False)
+        kept = [make_block.options(scheduling_strategy=on_far).remote(i) for i in range(2)]
+        assert rt.get([first.options(scheduling_strategy=on_far).remote(r) for r in kept],
+                      timeout=60) == [0, 1]
+
+        with pytest.raises(ObjectSpillError, match=re.escape(str(spill_root / far[:8]))) as info:
+            rt.get(make_block.options(scheduling_strategy=on_far).remote(9), timeout=60)
+        assert "Objects stored before are kept" in str(info.value)
+
+        _assert_kept(kept)  # pulled to the driver's node, byte for byte
+        nodes = [n["node_id"] for n in cluster.node_info]
+        assert rt.get([add_one.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False))
+                       .remote(i) for i, n in enumerate(nodes)], timeout=60) == [1, 2, 3]
+    finally:
+        rt.shutdown()
+        cluster.stop()
+        gc.collect()
