@@ -124,10 +124,11 @@ class ActorTable:
         actor = self.actors.get(task.spec.actor_id)
         if actor is None or w is None:
             return
-        if res.failed:
+        if res.failed:  # retryable: not the constructor, its class could not be loaded (GCS away)
             self._emit(KillWorker(w.worker_id))
             actor.death_error = res.error
-            self._dead(actor, f"its constructor raised:\n{res.error_summary}")
+            self._dead(actor, f"{'it could not be created' if res.retryable else 'its constructor raised'}:\n"
+                              f"{res.error_summary}")
             return
         actor.state, actor.worker_id, actor.pid = ActorState.ALIVE, w.worker_id, w.pid
         self._workers.become_actor(w)

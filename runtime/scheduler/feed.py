@@ -6,8 +6,11 @@ ends (the GCS restarted, or dropped this subscriber for falling behind) it subsc
 again after a backoff that doubles from ``min_backoff`` up to ``max_backoff`` seconds,
 with jitter, and restarts from ``min_backoff`` after each good snapshot. Meanwhile the
 view keeps its last picture: placing on a stale view is still better than refusing, and
-a node that turns out dead fails its ``ForwardTask`` and is skipped. Through a GCS outage
-the next subscription waits for the GCS to come back (the client logs the outage once).
+a node that turns out dead fails its ``ForwardTask`` and is skipped. The view is not
+``current`` meanwhile: a task pinned to a node it does not know waits for the next
+snapshot (the node may have joined while the GCS was away) instead of being refused.
+Through a GCS outage the next subscription waits for the GCS to come back (the client
+logs the outage once).
 A GCS that came back as another cluster ends ``run()``: this replica's cluster is gone.
 """
 
@@ -74,6 +77,7 @@ class NodeFeed:
                 if getattr(err, "cluster_restarted", False):
                     return
                 reason = str(err)
+            self.view.current = False  # until the next snapshot: nodes may join meanwhile
             if self._got_snapshot:  # it worked for a while: start the backoff over
                 backoff = self.min_backoff
             self.reconnects += 1

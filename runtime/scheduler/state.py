@@ -156,6 +156,9 @@ class ClusterView:
         self._row_versions: dict[bytes, int] = {}
         #: Bumped on every change from the GCS (not on charges); waiters retry when it moves.
         self.version = 0
+        #: False while the feed has lost the GCS (``NodeFeed``): nodes that joined meanwhile
+        #: are missing, so a node unknown here may exist. A snapshot (``reset``) makes it True.
+        self.current = True
 
     def spread_policy(self) -> Policy:
         """The policy of ``"SPREAD"`` tasks (least loaded node), whatever the view's own."""
@@ -195,6 +198,7 @@ class ClusterView:
             self.remove(node_id)
         for row in fresh.values():
             self.update(row)
+        self.current = True
         self.version += 1
 
     # ---- queries ----
@@ -375,6 +379,9 @@ class PlacementAttempts:
         if target is None or not target.alive:
             if self.soft:
                 return None
+            if target is None and not self.view.current:  # it may have joined while the GCS was away
+                return Wait(f"its NodeAffinitySchedulingStrategy(soft=False) names {name}, unknown to "
+                            "this scheduler while it reconnects to the GCS; it waits for the GCS's nodes")
             state = "is dead" if target is not None else "is not in the cluster"
             return Unschedulable(f"its NodeAffinitySchedulingStrategy(soft=False) names {name}, "
                                  f"which {state}")

@@ -10,6 +10,7 @@ clusters (or another test's).
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import socket
 import subprocess
@@ -18,11 +19,15 @@ from collections.abc import Callable, Iterator
 
 import psutil
 import pytest
+import redis
 
 from runtime import cli
+from runtime.gcs.redis_servers import redis_server_path
 from runtime.testing.wait import wait_for
 
 pytestmark = pytest.mark.timeout(120)
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
 
 #: Bound on one CLI call, so a hung command fails the test instead of the whole run.
 CALL_TIMEOUT = 90
@@ -177,6 +182,46 @@ def test_the_detached_head_restarts_its_gcs_and_status_shows_storage_and_restart
     assert f"stopped head (GCS) pid {new_gcs}" in stopped and stopped.count("stopped head (GCS)") == 1
     wait_for(lambda: not [p for p in pids if alive(p)], timeout=15,
              what=f"the cluster's processes {pids} to exit")
+    assert processes_of(cli_root) == []
+
+
+def need_redis() -> None:
+    if redis_server_path() is None:
+        why = ("redis-server is not installed, so `cellray start --head --redis-shards` is not tested "
+               "here; install it with `apt-get install -y redis-server`")
+        if IN_CI:
+            pytest.fail(f"{why} (.ci/run installs it: CI must test Redis)")
+        pytest.skip(why)
+
+
+@pytest.mark.cluster
+def test_a_head_with_redis_shards_owns_its_redis_servers_and_stop_leaves_none(
+        cli_env: dict[str, str], cli_root: pathlib.Path) -> None:
+    need_redis()
+    port = free_port()
+    out = ok(run_cli(cli_env, "start", "--head", "--port", str(port), "--cpus", "1", "--redis-shards", "2"))
+    session = (cli_root / "session_latest").resolve()
+    servers = json.loads((session / "redis" / "servers.json").read_text())["servers"]
+    assert len(servers) == 2, servers
+    ports, pids = [int(s["port"]) for s in servers], [int(s["pid"]) for s in servers]
+    storage = f"redis://127.0.0.1:{ports[0]},127.0.0.1:{ports[1]} (2 local redis-server processes)"
+    assert f"storage:     {storage}" in out, out
+    for server_port, pid in zip(ports, pids, strict=True):  # each one answers, as the pid recorded
+        client = redis.Redis(host="127.0.0.1", port=server_port, socket_timeout=5)
+        try:
+            assert int(client.info("server")["process_id"]) == pid
+        finally:
+            client.close()
+
+    status = ok(run_cli(cli_env, "status"))
+    assert f"cluster 127.0.0.1:{port}  (GCS pid " in status and ", 2 shards," in status, status
+    assert f"storage: {storage} (cluster id " in status and "nodes: 1 alive" in status, status
+
+    cluster_pids = processes_of(cli_root)
+    stopped = ok(run_cli(cli_env, "stop"))
+    assert stopped.count("stopped head (GCS)") == 1, stopped
+    # The GCS stops the servers it started (they die with it even when it is killed).
+    gone(cluster_pids + pids)
     assert processes_of(cli_root) == []
 
 

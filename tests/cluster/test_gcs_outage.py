@@ -22,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import pathlib
+import re
 import signal
 import sys
 import time
@@ -30,6 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import cloudpickle
+import psutil
 import pytest
 
 import runtime as rt
@@ -38,6 +40,7 @@ from runtime.cluster.local import LocalCluster, NodeSpec
 from runtime.cluster.process import ProcessHandle
 from runtime.cluster.restarts import RestartPolicy
 from runtime.exceptions import ConnectionLostError
+from runtime.gcs.reconnect import RECONNECTING
 from runtime.testing.wait import wait_for
 from runtime.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -192,8 +195,8 @@ def test_work_goes_on_through_a_gcs_restart_and_nothing_runs_twice(
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     told += capfd.readouterr().err
-    said = [line for line in told.splitlines() if line.startswith("cellray: the GCS")]
-    assert len(said) == 2 and "reconnecting" in said[0] and "is back after" in said[1], told
+    said = [line for line in told.splitlines() if line.startswith((RECONNECTING, "cellray: the GCS"))]
+    assert len(said) == 2 and said[0].startswith(RECONNECTING) and "is back after" in said[1], told
 
     # Everything ran once, and the cluster goes on as before.
     assert rt.get([f.remote(i, str(log)) for i in range(4, 8)], timeout=60) == [8, 10, 12, 14]
@@ -209,19 +212,69 @@ def test_work_goes_on_through_a_gcs_restart_and_nothing_runs_twice(
     assert [s.pid for s in cluster.schedulers] == replicas and all(s.alive() for s in cluster.schedulers)
 
 
+def _where(tag: str) -> tuple[str, str]:
+    return tag, rt.get_runtime_context().get_node_id()
+
+
+def _listening(pid: int) -> bool:
+    """Whether the process listens on a TCP port (a node serves before it registers)."""
+    try:
+        return any(c.status == psutil.CONN_LISTEN for c in psutil.Process(pid).net_connections("tcp"))
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_a_node_started_during_the_outage_waits_for_the_gcs_and_joins_when_it_is_back(
+        durable: tuple[LocalCluster, GcsByHand]) -> None:
+    cluster, by_hand = durable
+    before = {n["NodeID"] for n in rt.nodes()}
+    assert cluster.head is not None
+    _kill(cluster.head)
+    late = cluster.add_node(NodeSpec(num_cpus=1, resources={"late": 1}), wait=False)
+    # It serves, then registers with the GCS: it waits for it (no ready file), and does not give up.
+    wait_for(lambda: _listening(late.pid) or not late.alive(), timeout=60,
+             what="the new node serving, before it registers")
+    assert late.alive(), late.log_path.read_text()
+    assert late.poll_ready() is None, "the node says it is ready, though no GCS could register it"
+
+    by_hand.start()
+    info = late.wait_ready(60)  # registered once the GCS is back
+    cluster.node_info.append(info)
+    new = info["node_id"]
+    assert new not in before
+    wait_for(lambda: {n["NodeID"]: n["Alive"] for n in rt.nodes()}.get(new) is True, timeout=60,
+             what="the GCS to list the node that joined")
+    where = rt.remote(_where)
+    pinned = where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(new, soft=False))
+    assert rt.get(pinned.remote("pinned"), timeout=60) == ("pinned", new)
+    assert rt.get(where.options(resources={"late": 1}).remote("late"), timeout=60) == ("late", new)
+
+
 def test_a_call_that_needs_the_gcs_fails_clearly_after_the_outage_timeout(tmp_path: pathlib.Path) -> None:
     settings = FAST.override(gcs_outage_timeout_s=1.0)
     cluster = LocalCluster([NodeSpec(num_cpus=1)], settings=settings, session_root=tmp_path / "s",
                            gcs_storage="sqlite", restart_policy=NO_RESTARTS).start()
     try:
         rt.init(address=cluster.address, token_file=str(cluster.token_file), _settings=settings)
-        actor = rt.remote(Counted).remote(str(tmp_path / "log"))
-        assert rt.get(actor.incr.remote(), timeout=60) == 1
+        counted = rt.remote(num_cpus=0)(Counted)
+        actor = counted.remote(str(tmp_path / "log"))
+        named = counted.options(name="keeper").remote(str(tmp_path / "log"))
+        assert rt.get([actor.incr.remote(), named.incr.remote()], timeout=60) == [1, 1]
         assert cluster.head is not None
         _kill(cluster.head)
-        with pytest.raises(ConnectionLostError, match=r"unreachable for .*gcs_outage_timeout_s = 1 s"):
+        why = r"unreachable for .*gcs_outage_timeout_s = 1 s"
+        with pytest.raises(ConnectionLostError, match=why):  # a new function
             rt.remote(_new).remote(str(tmp_path / "log"))
+        # A new actor: its worker cannot load its class; it dies of that, not of its constructor.
+        with pytest.raises(rt.exceptions.ActorDiedError, match="it could not be created") as died:
+            rt.get(counted.remote(str(tmp_path / "log")).incr.remote(), timeout=60)
+        assert "constructor raised" not in str(died.value), died.value
+        assert isinstance(died.value.__cause__, ConnectionLostError), died.value.__cause__
+        assert re.search(why, str(died.value.__cause__)), died.value.__cause__
+        with pytest.raises(ConnectionLostError, match=why):  # a named-actor lookup
+            rt.get_actor("keeper")
         assert rt.get(actor.incr.remote(), timeout=60) == 2  # what needs no GCS goes on
+        assert rt.get(named.incr.remote(), timeout=60) == 2  # a handle held already, too
     finally:
         rt.shutdown()
         cluster.stop()

@@ -204,3 +204,24 @@ def test_init_takes_the_storage_and_refuses_a_bad_one(tmp_session_root: pathlib.
     with pytest.raises(ValueError, match="applies to a cluster that init\\(\\) starts"):
         rt.init(address="127.0.0.1:1", gcs_storage="memory")
     assert not rt.is_initialized()
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "memory"])
+def test_init_starts_a_cluster_on_the_storage_it_is_given_and_rt_state_shows_it(storage: str) -> None:
+    info = rt.init(num_cpus=1, gcs_storage=storage)
+    try:
+        head = rt.state.get_head()
+        session = pathlib.Path(info.session_dir)
+        assert pathlib.Path(head.session_dir) == session
+        if storage == "sqlite":  # SQLite in the session directory
+            assert head.storage == f"sqlite://{session / 'gcs.db'}" and head.durable, head
+            assert (session / "gcs.db").is_file()
+        else:
+            assert head.storage == "memory" and not head.durable, head
+            assert not (session / "gcs.db").exists()
+        assert head.summary() == f"storage {head.storage} · GCS restarts 0"
+        assert rt.get(rt.remote(lambda: 6 * 7).remote(), timeout=60) == 42
+        seen = [p.pid for p in psutil.Process().children(recursive=True)]
+    finally:
+        rt.shutdown()
+    assert not [p for p in seen if alive(p)], "processes left after shutdown()"
