@@ -179,7 +179,13 @@ class TaskError(ClusterError):
         return (_rebuild, (TaskError, self.message, self._fields))
 
     def as_instanceof_cause(self) -> TaskError:
-        """This error as an instance of ``TaskError`` *and* the cause's class."""
+        """This error as an instance of ``TaskError`` *and* the cause's class.
+
+        A cause that is cellray's own error (the task met a lost object, a dead owner or
+        actor: ``ObjectLostError`` for an argument that could not be rebuilt) is also its
+        ``__cause__``, as an ``ActorDiedError``'s constructor error is: that failure came
+        first. A user's exception is not: the dual class is already of its type.
+        """
         cause = self.cause
         if cause is None:
             return self
@@ -200,6 +206,8 @@ class TaskError(ClusterError):
             err.__dict__.update(self.__dict__)
         except Exception:  # noqa: BLE001 - a class we cannot imitate: the plain TaskError says it all
             return self
+        if isinstance(cause, ClusterError):
+            err.__cause__ = cause
         return err
 
 

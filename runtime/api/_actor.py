@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+import cloudpickle
 
 from runtime import _ids
 from runtime.api import _args, _context, _options, _runtime_env
@@ -42,6 +44,59 @@ def _signatures_of(cls: type, names: Iterable[str]) -> dict[str, inspect.Signatu
         if not isinstance(attr, staticmethod) and params:
             params = params[1:]  # self, or cls for a classmethod
         sigs[name] = sig.replace(parameters=params)
+    return sigs
+
+
+#: A signature as plain data: each parameter's name, kind (its index in ``_KINDS``) and
+#: whether it has a default. What a call-site check needs, small and picklable anywhere
+#: (defaults and annotations, which may not pickle, are left out).
+Shape = Mapping[str, Sequence[Sequence[Any]]]
+_KINDS = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+          inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.KEYWORD_ONLY,
+          inspect.Parameter.VAR_KEYWORD)
+
+
+def _shape(sigs: Mapping[str, inspect.Signature]) -> dict[str, list[list[Any]]]:
+    return {name: [[p.name, _KINDS.index(p.kind), p.default is not p.empty]
+                   for p in sig.parameters.values()] for name, sig in sigs.items()}
+
+
+def _unshape(shape: Shape) -> dict[str, inspect.Signature]:
+    """The signatures ``_shape`` described (a default stands in as None: ``bind`` does not
+    use it); a malformed entry is left out, and its method not checked."""
+    sigs: dict[str, inspect.Signature] = {}
+    for name, params in shape.items():
+        try:
+            sigs[name] = inspect.Signature([
+                inspect.Parameter(p, _KINDS[k], default=None if d else inspect.Parameter.empty)
+                for p, k, d in params])
+        except (TypeError, ValueError, IndexError):
+            continue
+    return sigs
+
+
+#: Method signatures of actor classes loaded from the GCS, by function id (``_class_signatures``).
+_LOADED: dict[bytes, dict[str, inspect.Signature]] = {}
+
+
+def _class_signatures(client: Any, function_id: bytes,
+                      methods: Iterable[str]) -> dict[str, inspect.Signature]:
+    """The method signatures of the actor class exported as ``function_id``, loaded from the
+    GCS once per process; ``{}`` when the class does not load here or the GCS does not
+    answer at once (that handle's calls are then checked by the actor only)."""
+    sigs = _LOADED.get(function_id)
+    if sigs is not None:
+        return sigs
+    try:
+        row = client.run(client.gcs.get_function(function_id), client.settings.probe_timeout_s)
+    except Exception:  # noqa: BLE001 - no GCS now (or a call from the IO thread): no check
+        return {}
+    try:
+        cls = cloudpickle.loads(row.pickled) if row is not None else None
+        sigs = _signatures_of(cls, methods) if isinstance(cls, type) else {}
+    except Exception:  # noqa: BLE001 - it needs what this process lacks: the actor checks
+        sigs = {}
+    _LOADED[function_id] = sigs
     return sigs
 
 
@@ -130,8 +185,8 @@ class ActorClass:
             anchor_id = _ids.object_id(actor_id, 0)
             anchor = ObjectRef(anchor_id)
             client.put_serialized(anchor_id, codec.serialize(None))
-        handle = ActorHandle(actor_id, self.__name__, self._methods, name, namespace, cid, anchor)
-        handle._signatures = self._signatures
+        handle = ActorHandle(actor_id, self.__name__, self._methods, name, namespace, cid, anchor,
+                             self._signatures)
         op = node_pb2.ClientOp()
         spec = op.submit
         spec.task_id = _ids.new_id()
@@ -158,7 +213,8 @@ class ActorClass:
         if name:
             assert client.gcs is not None
             entry = json.dumps({"actor_id": actor_id.hex(), "class_name": self.__name__,
-                                "function_id": cid.hex(), "methods": self._methods}).encode()
+                                "function_id": cid.hex(), "methods": self._methods,
+                                "signatures": _shape(self._signatures)}).encode()
             written, existing = client.run(client.gcs.claim_actor_name(namespace, name, entry),
                                            client.settings.rpc_timeout_s)
             if not written:
@@ -188,8 +244,10 @@ class ActorClass:
 
 def _handle_from_entry(raw: bytes, name: str, namespace: str) -> ActorHandle:
     e = json.loads(raw)
+    shape = e.get("signatures")  # absent: an entry without them; loaded from the class then
     return ActorHandle(bytes.fromhex(e["actor_id"]), e["class_name"], dict(e["methods"]), name,
-                       namespace, bytes.fromhex(e["function_id"]))
+                       namespace, bytes.fromhex(e["function_id"]),
+                       signatures=_unshape(shape) if isinstance(shape, dict) else None)
 
 
 class ActorHandle:
@@ -202,7 +260,8 @@ class ActorHandle:
 
     def __init__(self, actor_id: bytes, class_name: str, methods: dict[str, int | str],
                  name: str | None, namespace: str, function_id: bytes,
-                 anchor: ObjectRef | None = None) -> None:
+                 anchor: ObjectRef | None = None,
+                 signatures: Mapping[str, inspect.Signature] | None = None) -> None:
         self._actor_id = actor_id
         #: What keeps an unnamed, non-detached actor alive: it ends when no handle holds it.
         self._anchor = anchor
@@ -211,9 +270,9 @@ class ActorHandle:
         self._name = name
         self._namespace = namespace
         self._function_id = function_id
-        #: Method signatures, for checks at the call site; known to the handle its creator
-        #: got (a handle passed on or looked up by name does without).
-        self._signatures: dict[str, inspect.Signature] = {}
+        #: Method signatures, for checks at the call site: travel with the handle; None when
+        #: not known yet (they are loaded from the actor's class at the first call).
+        self._signatures = dict(signatures) if signatures is not None else None
 
     def __getattr__(self, item: str) -> ActorMethod:
         methods = self.__dict__.get("_methods", {})
@@ -222,8 +281,9 @@ class ActorHandle:
         raise AttributeError(f"actor class {self.__dict__.get('_class_name')!r} has no method {item!r}")
 
     def __reduce__(self) -> Any:
-        return (ActorHandle, (self._actor_id, self._class_name, self._methods, self._name,
-                              self._namespace, self._function_id, self._anchor))
+        shape = _shape(self._signatures) if self._signatures is not None else None
+        return (_rebuild_handle, (self._actor_id, self._class_name, self._methods, self._name,
+                                  self._namespace, self._function_id, self._anchor, shape))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
@@ -255,6 +315,14 @@ class ActorHandle:
     def __repr__(self) -> str:
         name = f", name={self._name!r}" if self._name else ""
         return f"ActorHandle({self._class_name}{name}, id={self._actor_id.hex()[:12]}, state={self.state()})"
+
+
+def _rebuild_handle(actor_id: bytes, class_name: str, methods: dict[str, int | str],
+                    name: str | None, namespace: str, function_id: bytes,
+                    anchor: ObjectRef | None, shape: Shape | None) -> ActorHandle:
+    """An unpickled handle, with the method signatures it was sent with."""
+    return ActorHandle(actor_id, class_name, methods, name, namespace, function_id, anchor,
+                       _unshape(shape) if shape is not None else None)
 
 
 def known_state(handle: ActorHandle, gcs_state: str | None) -> str:
@@ -295,7 +363,11 @@ class ActorMethod:
         Raises ``TypeError`` at once, submitting nothing, when the arguments do not fit the
         method's signature (as a plain call would)."""
         h = self._handle
-        sig = h._signatures.get(self._name)
+        sigs = h._signatures
+        if sigs is None:  # a handle made without them (``current_actor``): from its class
+            sigs = h._signatures = _class_signatures(_context.connected(), h._function_id,
+                                                     h._methods)
+        sig = sigs.get(self._name)
         if sig is not None:
             try:
                 sig.bind(*args, **kwargs)

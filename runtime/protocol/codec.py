@@ -310,6 +310,12 @@ def _serialize_error(exc: object) -> Serialized:
         reason = why
         logger.debug("could not pickle %s; degrading it", type(exc).__name__, exc_info=True)
     if isinstance(exc, TaskError) and exc.cause is not None:
+        try:  # a cause whose __init__ takes other arguments than its args: load it without
+            return _loadable_error(TaskError(exc.message, **{**exc._fields,
+                                                             "cause": _NoInit(exc.cause)}))
+        except Exception:  # anything at all: drop the cause, next
+            logger.debug("could not pickle %s without its __init__", type(exc.cause).__name__,
+                         exc_info=True)
         # TaskError carries everything the driver shows without its cause: keep the
         # task, node and traceback, drop only the cause (documented as None then).
         cause_name = exc.cause_type_name or type(exc.cause).__name__
@@ -324,6 +330,29 @@ def _serialize_error(exc: object) -> Serialized:
     return _pickle_any(RuntimeError(
         f"{type(exc).__name__}: {_safe_str(exc)} "
         f"(the original exception could not be pickled: {_safe_str(reason)})"), True)
+
+
+class _NoInit:
+    """Pickles an exception so that loading it skips its ``__init__``: a user's exception
+    whose ``__init__`` takes other arguments than the ``args`` it passes on (pickle calls
+    ``cls(*args)``) still loads, of its class, with its args and attributes."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __reduce__(self) -> Any:
+        exc = self.exc
+        return (_revive, (type(exc), tuple(exc.args), dict(getattr(exc, "__dict__", {}))))
+
+
+def _revive(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
+    try:
+        exc = cls.__new__(cls, *args)
+    except TypeError:
+        exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
 
 
 def _loadable_error(exc: object) -> Serialized:

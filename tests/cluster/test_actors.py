@@ -15,6 +15,7 @@ import inspect
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -307,6 +308,94 @@ def test_handles_work_inside_tasks_and_other_actors(cluster) -> None:
     assert rt.get(c.value.remote(), timeout=30) == 15
     rt.kill(c)
     rt.kill(relay)
+
+
+def _misuse(h: rt.ActorHandle, good: int) -> tuple[list[str], int]:
+    """Call ``h``'s methods with arguments that do not fit (each must raise TypeError at
+    once), then one that fits: the refusals' texts and the good call's value."""
+    refused = []
+    for call in (lambda: h.incr.remote(1, 2, 3), lambda: h.double.remote()):
+        try:
+            call()
+        except TypeError as e:
+            refused.append(str(e))
+        else:
+            refused.append("submitted")
+    return refused, rt.get(h.incr.remote(good))
+
+
+def _assert_refused(refused: list[str]) -> None:
+    assert len(refused) == 2, refused
+    assert re.fullmatch(r"Counter\.incr\.remote\(\): too many positional arguments\. "
+                        r"Nothing was submitted\.", refused[0]), refused[0]
+    assert re.fullmatch(r"Counter\.double\.remote\(\): missing a required argument: 'x'\. "
+                        r"Nothing was submitted\.", refused[1]), refused[1]
+
+
+@rt.remote
+def misuse(h: rt.ActorHandle, good: int) -> tuple[list[str], int]:
+    return _misuse(h, good)
+
+
+@rt.remote
+def misuse_by_name(name: str, namespace: str, good: int) -> tuple[list[str], int]:
+    return _misuse(rt.get_actor(name, namespace), good)
+
+
+@rt.remote
+class Misuser:
+    def misuse(self, h: rt.ActorHandle, good: int) -> tuple[list[str], int]:
+        return _misuse(h, good)
+
+    def one(self, x: int) -> int:
+        return x
+
+    def me(self) -> rt.ActorHandle:
+        return rt.get_runtime_context().current_actor
+
+    def misuse_myself(self) -> tuple[str, rt.ObjectRef]:
+        me = rt.get_runtime_context().current_actor
+        try:
+            me.one.remote(1, 2, 3)
+        except TypeError as e:
+            refused = str(e)
+        else:
+            refused = "submitted"
+        return refused, me.one.remote(7)  # runs once this call returns
+
+
+def test_every_handle_checks_arguments_at_the_call_site(cluster) -> None:
+    """Not only the creator's handle: one passed to a task or an actor, one looked up by
+    name (here or in a task), one from ``current_actor``: the call that does not fit raises
+    TypeError in the caller's ``.remote()``, the good ones run."""
+    c = Counter.remote()
+    refused, value = rt.get(misuse.remote(c, 5), timeout=30)
+    _assert_refused(refused)
+    assert value == 5
+    m = Misuser.remote()
+    refused, value = rt.get(m.misuse.remote(c, 5), timeout=30)
+    _assert_refused(refused)
+    assert value == 10
+
+    named = Counter.options(name="checked", namespace="ns-checked").remote(100)
+    found = rt.get_actor("checked", "ns-checked")
+    _assert_refused(_misuse(found, 1)[0])
+    refused, value = rt.get(misuse.remote(found, 1), timeout=30)  # passed on from get_actor
+    _assert_refused(refused)
+    refused, value = rt.get(misuse_by_name.remote("checked", "ns-checked", 1), timeout=30)
+    _assert_refused(refused)
+    assert rt.get(named.value.remote(), timeout=30) == 103
+
+    # current_actor: inside the actor, and sent back to the driver.
+    refused_self, ref = rt.get(m.misuse_myself.remote(), timeout=30)
+    assert refused_self.startswith("Misuser.one.remote(): too many positional arguments"), refused_self
+    assert rt.get(ref, timeout=30) == 7
+    me = rt.get(m.me.remote(), timeout=30)
+    with pytest.raises(TypeError, match=r"Misuser\.one\.remote\(\): missing a required argument"):
+        me.one.remote()
+    assert rt.get(me.one.remote(8), timeout=30) == 8
+    for h in (c, m, named):
+        rt.kill(h)
 
 
 def test_a_method_that_raises_gives_task_error_and_the_actor_keeps_its_state(cluster) -> None:
@@ -683,6 +772,70 @@ def test_a_constructor_that_raises_fails_every_call_with_its_traceback(cluster, 
         assert isinstance(cause, RuntimeError) and "could not open its database" in str(cause)
     row = wait_row(b, lambda r: r.state == "DEAD", "DEAD")
     assert "could not open its database" in row.death_cause
+
+
+class VaultLockedError(Exception):
+    """A user's own exception class (shipped by value with this module), with its data."""
+
+    def __init__(self, vault: str, code: int) -> None:
+        super().__init__(vault, code)
+        self.vault, self.code = vault, code
+
+    def __str__(self) -> str:
+        return f"vault {self.vault!r} is locked (code {self.code})"
+
+
+class VaultSealedError(Exception):
+    """One whose ``__init__`` takes other arguments than the ``args`` it passes on (pickle
+    alone would call ``VaultSealedError(message)`` to load it, and fail)."""
+
+    def __init__(self, vault: str, code: int) -> None:
+        super().__init__(f"vault {vault!r} is sealed (code {code})")
+        self.vault, self.code = vault, code
+
+
+def _unlock(vault: str, error: type[Exception]) -> None:
+    raise error(vault, 42)
+
+
+@rt.remote
+class Vault:
+    def __init__(self, vault: str, error: type[Exception]) -> None:
+        _unlock(vault, error)
+
+    def read(self) -> str:
+        return "secret"
+
+
+@pytest.mark.parametrize(("error", "text"), [(VaultLockedError, "is locked"),
+                                             (VaultSealedError, "is sealed")],
+                         ids=["plain", "init-takes-other-args"])
+def test_a_constructor_that_raises_a_users_exception_is_every_calls_cause(cluster, error,
+                                                                           text) -> None:
+    v = Vault.remote("north", error)
+    line = inspect.getsourcelines(Vault._cls.__init__)[1] + 1  # the `_unlock(...)` line
+    shown = f"{error.__name__}: vault 'north' {text} (code 42)"
+    causes = []
+    for ref in (v.read.remote(), v.read.remote()):
+        with pytest.raises(ActorDiedError, match="its constructor raised") as info:
+            rt.get(ref, timeout=30)
+        cause = info.value.__cause__
+        # Of the user's own class (this module's, not a copy), with its data ...
+        assert isinstance(cause, error), type(cause).__mro__
+        assert (cause.vault, cause.code) == ("north", 42)  # type: ignore[attr-defined]
+        # ... and the remote traceback: where the constructor raised, down to the raise.
+        assert isinstance(cause, TaskError) and "Vault.__init__" in cause.function_name
+        tb = cause.remote_traceback
+        assert f"line {line}, in __init__" in tb and "in _unlock" in tb, tb
+        assert tb.rstrip().endswith(shown), tb
+        assert type(cause.cause) is error
+        causes.append(cause)
+    assert causes[0] is not causes[1]  # each call raises its own error
+    # A call made after the actor is known dead fails the same way.
+    wait_row(v, lambda r: r.state == "DEAD", "DEAD")
+    with pytest.raises(ActorDiedError) as late:
+        rt.get(v.read.remote(), timeout=30)
+    assert isinstance(late.value.__cause__, error)
 
 
 # ---- concurrency -----------------------------------------------------------------------

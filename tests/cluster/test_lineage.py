@@ -113,9 +113,17 @@ def test_a_lost_object_whose_task_has_no_retries_left_raises_object_lost(
         rt.get(x, timeout=30)
     msg = str(info.value)
     assert x.hex() in msg and "link()" in msg and victim[:12] in msg and "max_retries=0" in msg
-    # A task that takes it fails with the same error as its cause.
-    with pytest.raises(rt.exceptions.ObjectLostError):
+    # A task that takes it fails with that error as its cause: a TaskError that is also an
+    # ObjectLostError, naming the object and why it cannot be rebuilt.
+    with pytest.raises(rt.exceptions.ObjectLostError) as dep:
         rt.get(total.remote(x), timeout=30)
+    err = dep.value
+    assert isinstance(err, rt.exceptions.TaskError) and "total()" in str(err)
+    assert x.hex() in str(err) and "max_retries=0" in str(err) and "cannot be rebuilt" in str(err)
+    cause = err.cause
+    assert type(cause) is rt.exceptions.ObjectLostError and cause.object_id == x.hex()
+    assert "max_retries=0" in str(cause) and victim[:12] in str(cause)
+    assert err.__cause__ is cause
     assert _runs(log) == Counter({"0": 1})
 
 
