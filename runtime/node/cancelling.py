@@ -6,12 +6,15 @@ in a worker, the worker is asked to stop it (``force``: the worker is killed); s
 another node, that node is asked to cancel it too (``CancelRemote``) while it ends here at
 once. ``recursive`` cancels the tasks it submitted as well.
 
-An *owner* is the client (driver or worker) that submitted a task or put an object. When
-its session ends without it (its process died, or exited with work in flight), what it
-owned goes with it, as in Ray: its tasks still pending or running are force-cancelled,
-here and on the nodes they were spilled to, so their workers are free again; and its
-objects that others still hold (borrowers) become an ``OwnerDiedError`` naming it: their
-data is freed here and on the nodes keeping copies for this one.
+An *owner* is the client (driver or worker) that submitted a task, put an object or
+created an actor. When its session ends (its process died or exited; a worker busy or
+idle alike), what it owned goes with it, as in Ray: its actors die (unless detached); its
+tasks still pending or running are force-cancelled, here and on the nodes they were
+spilled to, so their workers are free again; and its objects that others still hold
+(borrowers) become an ``OwnerDiedError`` naming it: their data is freed here and on the
+nodes keeping copies for this one. So that an idle worker is not reaped from under what it
+owns, ``owning`` names the clients that still own something (as Ray's workers refuse to
+exit while they own objects).
 """
 
 from __future__ import annotations
@@ -21,25 +24,26 @@ from collections.abc import Callable
 from runtime import _ids
 from runtime.exceptions import OwnerDiedError
 from runtime.node.actions import Action, CancelRemote, DropPulled, KillWorker
+from runtime.node.actors import ActorTable
 from runtime.node.clients import Client, ClientTable
 from runtime.node.objects import ErrorEncoder, ObjectTable
 from runtime.node.spill import Spilling
 from runtime.node.tasks import Phase, Task, TaskHost, cancelled_error
 from runtime.node.workers import Worker, WorkerTable
 from runtime.protocol import common_pb2, node_pb2
-from runtime.protocol.states import ClientKind, TaskState
+from runtime.protocol.states import ActorState, ClientKind, Lifetime, TaskState
 
 
 class Cancelling:
     """Cancels, and owners' deaths (see the module docstring)."""
 
-    __slots__ = ("_children", "_clients", "_emit", "_encode_error", "_host", "_node_id",
-                 "_objects", "_spill", "_tasks", "_workers")
+    __slots__ = ("_actors", "_children", "_clients", "_emit", "_encode_error", "_host",
+                 "_node_id", "_objects", "_spill", "_tasks", "_workers")
 
     def __init__(self, node_id: bytes, host: TaskHost, tasks: dict[bytes, Task],
                  children: dict[bytes, set[bytes]], workers: WorkerTable, clients: ClientTable,
-                 objects: ObjectTable, spill: Spilling, encode_error: ErrorEncoder,
-                 emit: Callable[[Action], None]) -> None:
+                 objects: ObjectTable, spill: Spilling, actors: ActorTable,
+                 encode_error: ErrorEncoder, emit: Callable[[Action], None]) -> None:
         self._node_id = node_id
         self._host = host
         self._tasks = tasks
@@ -48,6 +52,7 @@ class Cancelling:
         self._clients = clients
         self._objects = objects
         self._spill = spill
+        self._actors = actors
         self._encode_error = encode_error
         self._emit = emit
 
@@ -95,10 +100,23 @@ class Cancelling:
         op.cancel.task_id = task_id
         self._clients.send(w.client_id, op)
 
+    def owning(self) -> set[bytes]:
+        """The clients that own something still in use: an object something holds, a task
+        not over, or a live actor that dies with its owner."""
+        held = self._objects.held
+        out = {owner for oid, owner in self._objects.owners.items() if held(oid)}
+        out.update(t.spec.owner_id for t in self._tasks.values() if not t.spec.actor_id)
+        out.update(a.creation.owner_id for a in self._actors.actors.values()
+                   if a.state != ActorState.DEAD and not a.hosted_for
+                   and a.options.get("lifetime") != Lifetime.DETACHED)
+        return out
+
     def owner_died(self, client: Client) -> None:
-        """``client``'s session ended (its references are dropped already): cancel what it
-        submitted that is not over, and turn what it owned that others hold into errors."""
+        """``client``'s session ended (its references are dropped already): its actors die
+        (unless detached), what it submitted that is not over is cancelled, and what it owned
+        that others hold turns into errors."""
         owner = client.client_id
+        self._actors.owner_gone(owner, client.pid)
         for task in [t for t in self._tasks.values()
                      if t.spec.owner_id == owner and not t.spec.actor_id and not t.cancelled]:
             self.cancel(task.spec.task_id, True, True)

@@ -74,8 +74,6 @@ class LocalScheduler:
         self._idle_worker_s = settings.idle_worker_s
         #: Workers kept started even when idle (the node's prestarted pool), refilled when some die.
         self.warm_workers = 0
-        #: Clients of workers that died running a task, before their session's end was seen.
-        self._died_busy: set[bytes] = set()
         #: Decisions for the I/O side, drained after each event (``take_actions``).
         self._actions: list[Action] = []
         emit = self._emit = self._actions.append
@@ -125,8 +123,8 @@ class LocalScheduler:
         self.can_run = self.resources.can_run
         self.bundles = BundleTable(self.resources, self.workers, self.actors, self)  # placement groups
         self.lineage = Lineage(node_id, self, self.objects, encode_error)
-        self.cancelling = Cancelling(node_id, self, self.tasks, self.children, self.workers,
-                                     self.clients, self.objects, self.spill, encode_error, emit)
+        self.cancelling = Cancelling(node_id, self, self.tasks, self.children, self.workers, self.clients,
+                                     self.objects, self.spill, self.actors, encode_error, emit)
         self.cancel = self.cancelling.cancel
         self.objects.on_free += [self.lineage.freed, self.actors.anchor_freed]
         self.objects.rebuild = self.lineage.rebuild
@@ -156,21 +154,15 @@ class LocalScheduler:
 
     def disconnect(self, client_id: bytes) -> None:
         """A client's session ended: the references it held are dropped; a worker's process
-        is killed (its exit reports its tasks). What a driver, an actor, or a worker that was
-        running a task, owned goes with it: its actors (unless detached), objects and tasks
-        (see ``cancelling.py``); an idle pooled worker's outlive it."""
-        w = self.workers.of_client(client_id)
-        busy = (w is not None and (bool(w.frames) or w.is_actor)) or client_id in self._died_busy
-        self._died_busy.discard(client_id)
+        is killed (its exit reports its tasks). What it owned, a driver or a worker (busy or
+        idle), goes with it: its actors (unless detached), objects and tasks (``cancelling.py``)."""
         client = self.clients.disconnect(client_id)
         if client is None:
             return
         if client.kind == ClientKind.WORKER:
             self.workers.disconnected(client_id)
             self._emit(KillWorker(client.worker_id))
-        if client.kind == ClientKind.DRIVER or busy:
-            self.actors.owner_gone(client_id, client.pid)
-            self.cancelling.owner_died(client)
+        self.cancelling.owner_died(client)
 
     # ---- workers -------------------------------------------------------------------
 
@@ -178,8 +170,6 @@ class LocalScheduler:
         w = self.workers.exited(worker_id)
         if w is None:
             return
-        if (w.frames or w.was_actor) and w.client_id in self.clients:  # an owner died (session ends after)
-            self._died_busy.add(w.client_id)
         was_actor = w.was_actor
         if was_actor:
             self.actors.worker_died(w, exit_code)
@@ -219,9 +209,11 @@ class LocalScheduler:
 
     def reap_idle(self) -> None:
         """The heartbeat's turn: stop workers idle for ``idle_worker_s`` s beyond one per CPU
-        (a StopWorker each); write the rows of actors whose calls returned since the last."""
+        (a StopWorker each), but not those that own something in use; write the rows of
+        actors whose calls returned since the last."""
         self.actors.write_changed_rows()
-        for worker_id in self.workers.reap(max(1, self.resources.cpus), self._idle_worker_s):
+        keep, idle_s = max(1, self.resources.cpus), self._idle_worker_s
+        for worker_id in self.workers.reap(keep, idle_s, self.cancelling.owning):
             self._emit(StopWorker(worker_id))
 
     # ---- tasks ---------------------------------------------------------------------

@@ -10,7 +10,7 @@ running one ends, on the resources it held. Idle workers are handed out last-in 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -228,14 +228,19 @@ class WorkerTable:
                 return w
         return None
 
-    def reap(self, keep: int, idle_s: float) -> list[bytes]:
+    def reap(self, keep: int, idle_s: float,
+             owning: Callable[[], Collection[bytes]] = frozenset) -> list[bytes]:
         """Forget and return the workers idle for ``idle_s`` seconds beyond the ``keep``
-        most recently used (those stay warm)."""
+        most recently used (those stay warm), except those whose session is among
+        ``owning()`` (they own something still in use, which would die with them)."""
         if len(self.idle) <= keep:
             return []
         now = self._clock()
         # Oldest idle first; the most recently used (end of the list) stay.
         victims = [w for w in self.idle[:len(self.idle) - keep] if now - w.idle_since >= idle_s]
+        if victims:
+            owners = owning()
+            victims = [w for w in victims if w.client_id not in owners]
         for w in victims:
             self.idle.remove(w)
             w.state = WorkerState.DEAD

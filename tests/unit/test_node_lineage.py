@@ -199,3 +199,32 @@ def test_a_dead_drivers_spilled_task_is_cancelled_where_it_runs_and_its_borrowed
               if isinstance(a, Send) and a.op.WhichOneof("op") == "object"]
     err = codec.deserialize(blob)
     assert isinstance(err, OwnerDiedError) and "driver pid 1" in str(err)
+
+
+def test_an_idle_workers_death_cancels_its_tasks_and_turns_its_borrowed_object_into_an_error() -> None:
+    s = _node()
+    worker, client = b"W" * 16, b"C" * 16
+    s.worker_starting(worker, counted=False)
+    s.connect(client, "worker", 7, worker)
+    put = _ids.object_id(b"p" * 16, 0)
+    s.put(client, common_pb2.ObjectData(object_id=put, shm_path="/shm/p", size=5000))
+    s.update_refs(DRIVER, [put], [])  # the driver borrows it (returned inside a result)
+    s.update_refs(client, [], [put])
+    spec = common_pb2.TaskSpec(task_id=_tid(1), name="f1", num_returns=1, owner_id=client)
+    spec.resources["CPU"] = 1.0
+    spec.strategy.kind, spec.strategy.node_id = "NODE_AFFINITY", PEER
+    s.submit(client, spec)  # a task it submitted, not over (spilled to PEER)
+    s.spilled(_tid(1), PEER, "gs-0", "AFFINITY")
+    w = s.workers.of_client(client)
+    assert w is not None and not w.frames  # idle: it runs nothing
+    s.take_actions()
+    s.disconnect(client)
+    actions = s.take_actions()
+    assert [(a.node_id, a.task_id, a.force) for a in actions if isinstance(a, CancelRemote)] == [
+        (PEER, _tid(1), True)]
+    assert _tid(1) not in s.tasks
+    s.get(DRIVER, [put])
+    [blob] = [a.op.object.inline for a in s.take_actions()
+              if isinstance(a, Send) and a.op.WhichOneof("op") == "object"]
+    err = codec.deserialize(blob)
+    assert isinstance(err, OwnerDiedError) and "worker pid 7" in str(err) and put.hex() in str(err)

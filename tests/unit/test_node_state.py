@@ -829,6 +829,20 @@ def test_a_worker_counts_as_idle_from_the_end_of_its_last_task() -> None:
     assert _reap(s, t, 8.0) == [w0]
 
 
+def test_a_surplus_idle_worker_is_not_reaped_while_it_owns_what_others_hold() -> None:
+    t = [0.0]
+    s = _node(cpus=1, workers=2, t=t)  # w1, the most recently connected, stays warm
+    put = _ids.object_id(b"p" * 16, 0)
+    s.put(_cid(0), common_pb2.ObjectData(object_id=put, shm_path="/shm/p", size=5000))
+    s.update_refs(DRIVER, [put], [])  # the driver borrows what w0 put (returned nested)
+    s.update_refs(_cid(0), [], [put])  # and w0 dropped its own ref
+    t[0] = 100.0
+    assert _reap(s, t, 10.0) == []  # its death would take the object: it stays (as in Ray)
+    assert put in s.objects and _wid(0) in s.workers.workers
+    s.update_refs(DRIVER, [], [put])
+    assert _reap(s, t, 10.0) == [_wid(0)]  # owning nothing in use any more, it goes
+
+
 def test_a_freshly_connected_worker_is_not_reaped_at_once() -> None:
     t = [1000.0]
     s = _node(cpus=1, workers=3, t=t)
