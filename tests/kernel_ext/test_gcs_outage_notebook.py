@@ -206,9 +206,10 @@ def test_the_dashboard_shows_the_storage_and_gcs_reconnecting_during_a_real_outa
         assert "GCS reconnecting… (" in dash.summary() and "running work goes on" in dash.summary()
 
         by_hand.start()
-        wait_for(lambda: "reconnecting" not in dash._header.value, timeout=60,
-                 what="the header back to normal once the GCS is back")
-        assert storage in dash._header.value and dash.status == "live"
+        # Its subscription starts over once the GCS is back: "connecting…", then "live".
+        wait_for(lambda: "reconnecting" not in dash._header.value and dash.status == "live", timeout=60,
+                 what="the header back to normal and the feed live once the GCS is back")
+        assert storage in dash._header.value
         assert "reconnecting" not in dash.summary() and dash.statistics()["gcs_away_s"] is None
     finally:
         dash.close()
